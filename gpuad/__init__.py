@@ -1,0 +1,55 @@
+"""gpuad: GPU kernels in Python that differentiate the functions they call.
+
+See DESIGN.md for the pipeline: interpret → differentiate → lower → link →
+emit → launch. Enzyme.jl's names, Python spelling.
+"""
+from gpuad.api import (
+    Active,
+    Const,
+    Duplicated,
+    DuplicatedNoNeed,
+    Forward,
+    ForwardWithPrimal,
+    Reverse,
+    ReverseWithPrimal,
+    autodiff,
+    autodiff_deferred,
+    thread_index,
+)
+from gpuad.errors import GpuadError
+from gpuad.kernel import Kernel, kernel
+from gpuad.method_table import CPU, CUDA, MethodTable, overlay
+from gpuad.record import CompilationRecord
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Active", "Const", "Duplicated", "DuplicatedNoNeed", "Forward", "ForwardWithPrimal",
+    "Reverse", "ReverseWithPrimal", "autodiff", "autodiff_deferred", "thread_index",
+    "GpuadError", "Kernel", "kernel", "CPU", "CUDA", "MethodTable", "overlay",
+    "CompilationRecord", "rule", "gradcheck", "gradcheck_kernel",
+]
+
+
+def __getattr__(name):
+    # Heavier parts load on first use so that `import gpuad` stays cheap.
+    if name == "rule":
+        from gpuad.ad.rules import rule
+
+        return rule
+    if name in ("gradcheck", "gradcheck_kernel"):
+        import importlib
+
+        module = importlib.import_module("gpuad.gradcheck")
+        # The submodule import bound `gpuad.gradcheck` to the module; the API
+        # name is the function.
+        globals().update(gradcheck=module.gradcheck, gradcheck_kernel=module.gradcheck_kernel)
+        return globals()[name]
+    raise AttributeError(f"module 'gpuad' has no attribute {name!r}")
+
+
+def load_ipython_extension(ipython):
+    """`%load_ext gpuad`: registers %%gpukernel and %gpuad_info."""
+    from gpuad.notebook.magics import load_ipython_extension as load
+
+    load(ipython)

@@ -1,0 +1,1 @@
+"""Stages 3–5 of the pipeline: lower (numba), link (gpuad), emit (NVVM)."""

@@ -1,0 +1,119 @@
+"""Deferred jobs: one derivative per (function, mode, activities, argument types).
+
+A job is created when numba types an `autodiff_deferred` call site, because
+only then are the argument types known. The job runs stage 2 (generate the
+derivative's Python source) and hands the result to a target-specific
+`compile_job`, which makes it a separate compilation unit. Identical jobs
+from several call sites are one job, compiled once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from gpuad import api
+from gpuad.errors import GpuadError, LoweringError
+from gpuad.interpreter import DeferredSite
+from gpuad.record import JobRecord
+
+
+@dataclass
+class DeferredJob:
+    id: int
+    site: DeferredSite
+    primal_types: tuple  # numba type of each parameter of the function
+    flat_types: tuple  # numba types of the flattened call arguments, status included
+    derivative: Any = None  # gpuad.ad.Derivative
+    return_type: Any = None
+    symbol: str = ""  # LLVM symbol (cuda) or "" (cpu)
+    ir_text: str = ""  # the job's own module (cuda), nested markers included
+    compiled: Any = None  # what the cpu target calls
+    call_sites: list[str] = field(default_factory=list)
+    parent: int | None = None
+
+    def record(self) -> JobRecord:
+        return JobRecord(
+            id=self.id,
+            function=self.site.function.__qualname__,
+            mode=self.site.mode.name,
+            activities=tuple(a.__name__ for a in self.site.activities),
+            argument_types=tuple(str(t) for t in self.primal_types),
+            symbol=self.symbol,
+            call_sites=tuple(self.call_sites),
+            parent=self.parent,
+        )
+
+
+def primal_types(activities: tuple[type, ...], flat_types: tuple) -> tuple:
+    """The type of each wrapped argument's primal value (shadows dropped)."""
+    from numba.core import types
+
+    flat = [types.unliteral(t) for t in flat_types[:-1]]  # last is the status array
+    primals, i = [], 0
+    for activity in activities:
+        primals.append(flat[i])
+        i += activity.arity
+    return tuple(primals)
+
+
+@dataclass
+class JobRegistry:
+    """All jobs of one kernel compilation, keyed so identical jobs are shared."""
+
+    compile_job: Callable[[DeferredJob], None]
+    tape_capacity: int | None = None
+    jobs: list[DeferredJob] = field(default_factory=list)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    _by_key: dict[tuple, DeferredJob] = field(default_factory=dict)
+    _building: list[int] = field(default_factory=list)
+
+    def job_for(self, site: DeferredSite, flat_types: tuple) -> DeferredJob:
+        primals = primal_types(site.activities, flat_types)
+        key = (id(site.function), site.mode, site.activities, primals)
+        job = self._by_key.get(key)
+        where = f"{site.location.filename}:{site.location.line}"
+        if job is None:
+            job = DeferredJob(len(self.jobs) + 1, site, primals, tuple(flat_types))
+            job.parent = self._building[-1] if self._building else None
+            self._by_key[key] = job
+            self.jobs.append(job)
+            self._build(job)
+        if where not in job.call_sites:
+            job.call_sites.append(where)
+        return job
+
+    def _build(self, job: DeferredJob) -> None:
+        import time
+
+        from gpuad.ad import differentiate
+
+        self._building.append(job.id)
+        try:
+            start = time.perf_counter()
+            options = {} if self.tape_capacity is None else {"tape_capacity": self.tape_capacity}
+            job.derivative = differentiate(
+                job.site.function, job.site.mode, job.site.activities, job.primal_types, **options
+            )
+            self._add_time("differentiate", time.perf_counter() - start)
+            start = time.perf_counter()
+            self.compile_job(job)
+            self._add_time("compile_jobs", time.perf_counter() - start)
+        except GpuadError:
+            raise
+        except Exception as exc:  # numba's errors: say which job and where it came from
+            raise LoweringError(
+                f"compiling the derivative of {job.site.function.__qualname__} "
+                f"({job.site.mode.name}) failed: {exc}",
+                job.site.location,
+            ) from exc
+        finally:
+            self._building.pop()
+
+    def _add_time(self, stage: str, seconds: float) -> None:
+        self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + seconds
+
+    def by_id(self, job_id: int) -> DeferredJob:
+        return self.jobs[job_id - 1]
+
+
+MODES = {m.name: m for m in api.MODES}

@@ -1,0 +1,223 @@
+"""Every use of numba / numba-cuda internals, behind one small surface.
+
+A numba-cuda upgrade should touch this file only. Nothing here knows about
+differentiation; it lowers Python functions to LLVM IR text, emits the
+deferred-codegen marker, compiles IR to PTX and launches PTX on a device.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+from dataclasses import dataclass
+
+from llvmlite import ir
+
+MARKER_SYMBOL = "gpuad.deferred_codegen"
+DEFAULT_CC = (9, 0)
+
+
+def cuda_modules():
+    """numba.cuda imported lazily: its import is slow and we want CLI start fast."""
+    from numba import cuda
+
+    return cuda
+
+
+@dataclass(frozen=True)
+class _FixedDevice:
+    """Stands in for the current device so compilation never asks the driver."""
+
+    compute_capability: tuple[int, int]
+
+
+@contextlib.contextmanager
+def compute_capability(cc: tuple[int, int]):
+    """Make numba-cuda device-function dispatchers compile for `cc`.
+
+    `cuda.jit(device=True)` dispatchers ask the driver for the current
+    device's compute capability, which fails on machines without a GPU; we
+    compile for an explicit architecture instead.
+    """
+    import numba.cuda.dispatcher as dispatcher
+
+    saved = dispatcher.get_current_device
+    dispatcher.get_current_device = lambda: _FixedDevice(cc)
+    try:
+        yield
+    finally:
+        dispatcher.get_current_device = saved
+
+
+def device_function(pyfunc):
+    """A numba-cuda device-function dispatcher for a plain Python function."""
+    return cuda_modules().jit(device=True)(pyfunc)
+
+
+@dataclass
+class Lowered:
+    """A function lowered by numba-cuda: its modules' IR text and its symbol."""
+
+    symbol: str
+    modules: list[str]  # the function's own module first, then linked libraries
+    return_type: object
+    arg_types: tuple
+
+
+def lower_cuda(pyfunc, argtypes, *, kernel: bool, cc=DEFAULT_CC, fastmath=False) -> Lowered:
+    """Lower `pyfunc` for `argtypes` to LLVM IR with numba-cuda's own pipeline."""
+    from numba.core import types
+    from numba.cuda.compiler import compile_cuda, kernel_fixup
+
+    with compute_capability(cc):
+        cres = compile_cuda(
+            pyfunc, types.void if kernel else None, tuple(argtypes), cc=cc, fastmath=fastmath
+        )
+    library = cres.library
+    symbol = cres.fndesc.llvm_func_name
+    if kernel:
+        kernel_fixup(library.get_function(symbol), debug=False)
+    modules = [str(m) for m in _all_modules(library)]
+    return Lowered(symbol, modules, cres.signature.return_type, tuple(cres.signature.args))
+
+
+def _all_modules(library, seen=None):
+    """The library's modules followed by those of the libraries it links, depth first."""
+    seen = set() if seen is None else seen
+    if id(library) in seen:
+        return []
+    seen.add(id(library))
+    modules = list(library.modules)
+    for linked in getattr(library, "_linking_libraries", ()):
+        modules.extend(_all_modules(linked, seen))
+    return modules
+
+
+def deferred_call_intrinsic(job_for_types, name: str):
+    """An intrinsic that lowers one `autodiff_deferred` call site.
+
+    `job_for_types(argtypes)` returns the `(job_id, return_type, job_argtypes)`
+    of the deferred job for these argument types. The call lowers to
+    `call i8* @gpuad.deferred_codegen(i64 ID)` followed by an indirect call
+    through the returned pointer with the numba ABI of the job's function;
+    the linker later replaces the marker by the function's address.
+    """
+    from numba.core import cgutils, types
+    from numba.core.typing import signature
+    from numba.cuda.extending import intrinsic
+
+    def typer(typingctx, *args):
+        job_id, return_type, job_argtypes = job_for_types(tuple(args))
+        sig = signature(return_type, types.StarArgTuple.from_types(args))
+
+        def codegen(context, builder, sig, llargs):
+            values = cgutils.unpack_tuple(builder, llargs[0])
+            return _emit_deferred_call(context, builder, job_id, return_type, job_argtypes, values)
+
+        return sig, codegen
+
+    typer.__name__ = name
+    return intrinsic(typer)
+
+
+def _emit_deferred_call(context, builder, job_id, return_type, argtypes, values):
+    from numba.core import cgutils
+
+    i8p = ir.IntType(8).as_pointer()
+    marker_type = ir.FunctionType(i8p, [ir.IntType(64)])
+    marker = cgutils.get_or_insert_function(builder.module, marker_type, MARKER_SYMBOL)
+    address = builder.call(marker, [ir.Constant(ir.IntType(64), job_id)])
+    call_conv = context.call_conv
+    fn_type = call_conv.get_function_type(return_type, argtypes)
+    callee = builder.bitcast(address, fn_type.as_pointer())
+    # Same steps as numba's CallConv.call_function, which needs a Function
+    # object where we have a pointer.
+    result_type = fn_type.args[0].pointee
+    result_slot = cgutils.alloca_once(builder, result_type)
+    builder.store(cgutils.get_null_value(result_type), result_slot)
+    packed = call_conv._get_arg_packer(argtypes).as_arguments(builder, values)
+    builder.call(callee, [result_slot, *packed])
+    return context.get_returned_value(builder, return_type, builder.load(result_slot))
+
+
+def compile_ptx(ir_text: str, *, cc=DEFAULT_CC, fastmath=False, opt=3) -> str:
+    """NVVM: one linked LLVM module → PTX. Needs no GPU, only the NVVM library."""
+    from numba.cuda.cudadrv import nvvm
+
+    arch = f"compute_{cc[0]}{cc[1]}"
+    ptx = nvvm.compile_ir([ir_text], arch=arch, opt=opt, fastmath=fastmath)
+    return ptx.decode() if isinstance(ptx, bytes) else ptx
+
+
+def nvvm_version() -> str | None:
+    try:
+        from numba.cuda.cudadrv import nvvm
+
+        return ".".join(map(str, nvvm.NVVM().get_version()))
+    except Exception:  # noqa: BLE001 - any failure means "not found"
+        return None
+
+
+@functools.cache
+def gpu_available() -> bool:
+    try:
+        return bool(cuda_modules().is_available())
+    except Exception:  # noqa: BLE001 - no driver, no GPU
+        return False
+
+
+def device_compute_capability() -> tuple[int, int]:
+    return tuple(cuda_modules().get_current_device().compute_capability)
+
+
+class PtxKernel:
+    """A kernel loaded from PTX that gpuad produced, launched with numba's ABI."""
+
+    def __init__(self, ptx: str, symbol: str, argtypes: tuple):
+        from numba.cuda.cudadrv import devices, driver
+
+        ctx = devices.get_context()
+        linker = driver._Linker(cc=device_compute_capability())
+        linker.add_ptx(ptx.encode())
+        module = ctx.create_module_image(linker.complete())
+        self._module = module
+        self._function = module.get_function(symbol)
+        self.argtypes = argtypes
+
+    def __call__(self, griddim, blockdim, args, status, on_status):
+        """Launch; `on_status(host_status)` runs before results are copied back."""
+        from cuda.core import LaunchConfig, launch
+        from numba.cuda.dispatcher import _Kernel
+
+        cuda = cuda_modules()
+        stream = cuda.default_stream()
+        device_status = cuda.to_device(status, stream=stream)
+        writebacks, kernelargs = [], []
+        packer = _ArgPacker()
+        for ty, value in zip(self.argtypes, (*args, device_status)):
+            _Kernel._prepare_args(packer, ty, value, stream, writebacks, kernelargs)
+        config = LaunchConfig(grid=griddim, block=blockdim, shmem_size=0)
+        launch(stream, config, self._function.kernel, *kernelargs)
+        stream.synchronize()
+        on_status(device_status.copy_to_host(stream=stream))
+        for writeback in writebacks:
+            writeback()
+        stream.synchronize()
+
+
+class _ArgPacker:
+    """What `_Kernel._prepare_args` needs of its `self`: no extensions."""
+
+    extensions = ()
+
+
+def typeof(value):
+    """numba's type of a host value (arrays of any kind, scalars)."""
+    from numba.cuda.typing.typeof import Purpose, typeof as cuda_typeof
+
+    return cuda_typeof(value, Purpose.argument)
+
+
+def cpu_jit(pyfunc):
+    import numba
+
+    return numba.njit(cache=False)(pyfunc)

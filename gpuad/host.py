@@ -1,0 +1,40 @@
+"""`autodiff` outside kernels: compile the derivative for the cpu target and call it."""
+from __future__ import annotations
+
+from gpuad import api
+from gpuad.compiler import numba_adapter
+from gpuad.errors import AutodiffCallError
+from gpuad.interpreter import DeferredSite, is_plain_function
+from gpuad.errors import SourceLocation
+from gpuad.targets import status as st
+
+_registry = None
+
+
+def _jobs():
+    global _registry  # one cache of host jobs per process, like numba's dispatchers
+    if _registry is None:
+        from gpuad.targets import cpu
+
+        _registry = cpu.new_registry()[1]
+    return _registry
+
+
+def host_autodiff(mode, f, args):
+    if not isinstance(mode, api.Mode):
+        raise AutodiffCallError(f"the first argument of autodiff must be a mode, got {mode!r}",
+                                hint="use gpuad.Reverse, ReverseWithPrimal, Forward or ForwardWithPrimal")
+    if not is_plain_function(f):
+        raise AutodiffCallError(f"{f!r} is not a plain Python function",
+                                hint="pass a function defined with `def`")
+    activities = tuple(type(a) if isinstance(a, api.Activity) else api.Const for a in args)
+    flat = [v for a in args for v in (a.values if isinstance(a, api.Activity) else (a,))]
+    status = st.new_status()
+    flat_types = tuple(numba_adapter.typeof(v) for v in flat) + (st.status_type(),)
+    code = f.__code__
+    site = DeferredSite(-1, f, mode, activities,
+                        SourceLocation(code.co_filename, code.co_firstlineno, "autodiff", f.__name__))
+    job = _jobs().job_for(site, flat_types)
+    result = job.compiled(*flat, status)
+    st.raise_for_status(status, f.__name__, code.co_filename)
+    return result

@@ -1,0 +1,316 @@
+"""Stage 1: resolve every call in a kernel through a target's method table.
+
+The interpreter reads a kernel's Python source, and recursively that of every
+plain Python function it calls, and rewrites each into a fresh function whose
+calls are bound by identity: overlays replace what the table says, plain
+functions become device functions of the target, and every `autodiff` call
+becomes a deferred call site (`autodiff` → `autodiff_deferred`, the overlay
+CUDA.jl applies to Enzyme's `autodiff`). What was replaced is recorded.
+
+Every rewritten function takes one hidden trailing parameter, the per-thread
+status array, which carries tape-overflow reports out of a kernel (and, on
+the cpu target, the emulated thread index in).
+"""
+from __future__ import annotations
+
+import ast
+import builtins
+import inspect
+import textwrap
+import types
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from gpuad import api
+from gpuad.errors import AutodiffCallError, InterpretError, SourceLocation
+from gpuad.method_table import MethodTable, qualified_name
+from gpuad.record import OverlayRecord
+
+STATUS = "_gpuad_status"
+_UNRESOLVED = object()
+
+
+@dataclass(frozen=True)
+class DeferredSite:
+    """One `autodiff` call site: what to differentiate and how."""
+
+    id: int
+    function: Callable
+    mode: api.Mode
+    activities: tuple[type, ...]
+    location: SourceLocation
+
+
+@dataclass
+class ResolvedFunction:
+    """A function rewritten for a target, ready for numba."""
+
+    original: Callable
+    pyfunc: Callable
+    had_status: bool  # the status parameter was already there (generated code)
+    source: str
+
+
+@dataclass
+class ParsedFunction:
+    tree: ast.FunctionDef
+    filename: str
+    source: str
+
+
+def parse_function(fn: Callable) -> ParsedFunction:
+    """The function's AST with line numbers of its real file (or cell)."""
+    try:
+        lines, first_line = inspect.getsourcelines(fn)
+    except (OSError, TypeError) as exc:
+        raise InterpretError(
+            f"cannot read the source of {getattr(fn, '__qualname__', fn)!r}",
+            hint="define kernels and the functions they call in a file or notebook cell, "
+            "not with exec() or lambda",
+        ) from exc
+    source = textwrap.dedent("".join(lines))
+    module = ast.parse(source)
+    tree = module.body[0]
+    if not isinstance(tree, ast.FunctionDef):
+        raise InterpretError(f"{fn!r} is not defined by a `def` statement")
+    ast.increment_lineno(module, first_line - 1)
+    tree.decorator_list = []
+    filename = inspect.getsourcefile(fn) or fn.__code__.co_filename
+    return ParsedFunction(tree, filename, source)
+
+
+def function_namespace(fn: Callable) -> dict[str, Any]:
+    """Globals of `fn` with its closure variables on top, as the body sees them."""
+    namespace = dict(fn.__globals__)
+    for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or ()):
+        try:
+            namespace[name] = cell.cell_contents
+        except ValueError:  # an empty cell: a name assigned later in the outer scope
+            pass
+    return namespace
+
+
+def local_names(tree: ast.FunctionDef) -> set[str]:
+    names = {a.arg for a in tree.args.args}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            names.add(node.id)
+    return names
+
+
+def static_value(node: ast.expr, namespace: dict, locals_: set[str]) -> Any:
+    """What `node` refers to at compile time, or _UNRESOLVED if it is a run-time value."""
+    if isinstance(node, ast.Name):
+        if node.id in locals_:
+            return _UNRESOLVED
+        if node.id in namespace:
+            return namespace[node.id]
+        return getattr(builtins, node.id, _UNRESOLVED)
+    if isinstance(node, ast.Attribute):
+        base = static_value(node.value, namespace, locals_)
+        if base is _UNRESOLVED:
+            return _UNRESOLVED
+        try:
+            return inspect.getattr_static(base, node.attr)
+        except AttributeError:
+            return _UNRESOLVED
+    return _UNRESOLVED
+
+
+def is_plain_function(obj: Any) -> bool:
+    """A user's Python function that the interpreter must follow into."""
+    if not isinstance(obj, types.FunctionType):
+        return False
+    module = getattr(obj, "__module__", "") or ""
+    return not module.startswith(("numba", "numpy", "math"))
+
+
+@dataclass
+class Interpreter:
+    """Resolves functions for one target; one instance per compilation."""
+
+    table: MethodTable
+    bind_function: Callable[[ResolvedFunction], Any]  # → what calls of it bind to
+    bind_site: Callable[[DeferredSite], Any]  # → the callable of a deferred site
+    overlays: list[OverlayRecord] = field(default_factory=list)
+    sites: list[DeferredSite] = field(default_factory=list)
+    _resolved: dict[int, tuple[ResolvedFunction, Any]] = field(default_factory=dict)
+    _in_progress: set[int] = field(default_factory=set)
+
+    def resolve(self, fn: Callable) -> ResolvedFunction:
+        return self._resolve(fn)[0]
+
+    def _resolve(self, fn: Callable) -> tuple[ResolvedFunction, Any]:
+        key = id(fn)
+        if key in self._resolved:
+            return self._resolved[key]
+        if key in self._in_progress:
+            raise InterpretError(
+                f"{fn.__qualname__} calls itself (directly or through other functions)",
+                SourceLocation(fn.__code__.co_filename, fn.__code__.co_firstlineno, "recursion", fn.__name__),
+                hint="GPU device functions cannot recurse; rewrite it as a loop",
+            )
+        self._in_progress.add(key)
+        try:
+            resolved = self._rewrite(fn)
+            bound = self.bind_function(resolved)
+        finally:
+            self._in_progress.discard(key)
+        self._resolved[key] = (resolved, bound)
+        return resolved, bound
+
+    def _rewrite(self, fn: Callable) -> ResolvedFunction:
+        parsed = parse_function(fn)
+        namespace = function_namespace(fn)
+        rewriter = _CallRewriter(self, fn, parsed, namespace)
+        tree = rewriter.visit(parsed.tree)
+        had_status = _has_status_parameter(fn)
+        if not had_status:
+            tree.args.args.append(ast.arg(arg=STATUS))
+        module = ast.fix_missing_locations(ast.Module(body=[tree], type_ignores=[]))
+        code = compile(module, parsed.filename, "exec")
+        exec(code, namespace)  # noqa: S102 - compiling the user's own, rewritten code
+        pyfunc = namespace[tree.name]
+        return ResolvedFunction(fn, pyfunc, had_status, parsed.source)
+
+
+def _has_status_parameter(fn: Callable) -> bool:
+    """Generated derivatives already end with the status parameter."""
+    params = fn.__code__.co_varnames[: fn.__code__.co_argcount]
+    generated = fn.__code__.co_filename.startswith("<gpuad")
+    return bool(params) and (params[-1] == STATUS or (generated and params[-1] == "status"))
+
+
+class _CallRewriter(ast.NodeTransformer):
+    """Rebinds the calls of one function; see `Interpreter`."""
+
+    def __init__(self, interp: Interpreter, fn: Callable, parsed: ParsedFunction, namespace: dict):
+        self.interp, self.fn, self.parsed, self.namespace = interp, fn, parsed, namespace
+        self.locals = local_names(parsed.tree)
+        self.counter = 0
+
+    def location(self, node: ast.AST) -> SourceLocation:
+        return SourceLocation(
+            self.parsed.filename, getattr(node, "lineno", 0), ast.unparse(node)[:80], self.fn.__name__
+        )
+
+    def bind(self, value: Any) -> ast.Name:
+        name = f"_gpuad_{self.counter}"
+        self.counter += 1
+        self.namespace[name] = value
+        return ast.Name(id=name, ctx=ast.Load())
+
+    def record(self, node, original, replacement_name: str) -> None:
+        self.interp.overlays.append(
+            OverlayRecord(
+                call_site=f"{self.parsed.filename}:{node.lineno}",
+                original=qualified_name(original),
+                replacement=replacement_name,
+                function=self.fn.__qualname__,
+            )
+        )
+
+    def status(self) -> ast.Name:
+        return ast.Name(id=STATUS, ctx=ast.Load())
+
+    def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
+        value = static_value(node, self.namespace, self.locals)
+        overlay = self.interp.table.lookup(value) if value is not _UNRESOLVED else None
+        if overlay is None or not isinstance(node.ctx, ast.Load):
+            return self.generic_visit(node)
+        self.record(node, value, qualified_name(overlay.replacement))
+        replacement = self.bind(overlay.replacement)
+        if overlay.needs_context:
+            return ast.copy_location(ast.Call(replacement, [self.status()], []), node)
+        return ast.copy_location(replacement, node)
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        callee = static_value(node.func, self.namespace, self.locals)
+        if callee is api.autodiff or callee is api.autodiff_deferred:
+            return self.deferred_site(node, callee)
+        node.args = [self.visit(a) for a in node.args]
+        node.keywords = [self.visit(k) for k in node.keywords]
+        if callee is _UNRESOLVED:
+            node.func = self.visit(node.func)
+            return node
+        overlay = self.interp.table.lookup(callee)
+        if overlay is not None:
+            self.record(node, callee, qualified_name(overlay.replacement))
+            callee = overlay.replacement
+            if overlay.needs_context:
+                node.args.append(self.status())
+        if is_plain_function(callee):
+            resolved, bound = self.interp._resolve(callee)
+            node.func = ast.copy_location(self.bind(bound), node.func)
+            if not resolved.had_status:
+                node.args.append(self.status())
+        elif overlay is not None:
+            node.func = ast.copy_location(self.bind(callee), node.func)
+        return node
+
+    def deferred_site(self, node: ast.Call, callee) -> ast.AST:
+        location = self.location(node)
+        site, flat = parse_autodiff_call(
+            node, self.namespace, self.locals, location, len(self.interp.sites)
+        )
+        if callee is api.autodiff:
+            self.record(node, api.autodiff, "gpuad.autodiff_deferred")
+        self.interp.sites.append(site)
+        flat_args = [self.visit(a) for a in flat]
+        site_callable = self.bind(self.interp.bind_site(site))
+        return ast.copy_location(ast.Call(site_callable, [*flat_args, self.status()], []), node)
+
+
+def _activity_class(node: ast.expr, namespace, locals_) -> type | None:
+    if isinstance(node, ast.Call):
+        wrapper = static_value(node.func, namespace, locals_)
+        if isinstance(wrapper, type):
+            if issubclass(wrapper, api.Activity):
+                return wrapper
+            raise AutodiffCallError(
+                f"unknown activity wrapper `{wrapper.__name__}`",
+                hint="wrap arguments in Active, Const, Duplicated or DuplicatedNoNeed",
+            )
+    return None
+
+
+def parse_autodiff_call(node: ast.Call, namespace, locals_, location, site_id):
+    """Check an `autodiff(mode, f, args...)` call; return its site and flat arguments."""
+    if node.keywords or len(node.args) < 2:
+        raise AutodiffCallError(
+            "autodiff takes (mode, f, args...) with no keyword arguments", location,
+            hint="e.g. autodiff(Reverse, f, Active(x), Duplicated(a, da))",
+        )
+    mode = static_value(node.args[0], namespace, locals_)
+    if not isinstance(mode, api.Mode):
+        raise AutodiffCallError(
+            f"the first argument of autodiff must be a mode, got `{ast.unparse(node.args[0])}`",
+            location, hint="use gpuad.Reverse, ReverseWithPrimal, Forward or ForwardWithPrimal",
+        )
+    fn = static_value(node.args[1], namespace, locals_)
+    if not is_plain_function(fn):
+        raise AutodiffCallError(
+            f"`{ast.unparse(node.args[1])}` is not a plain Python function", location,
+            hint="pass a function defined with `def` (not a kernel, lambda or local variable)",
+        )
+    activities, flat = [], []
+    for arg in node.args[2:]:
+        try:
+            wrapper = _activity_class(arg, namespace, locals_)
+        except AutodiffCallError as exc:
+            raise AutodiffCallError(exc.message, location, exc.hint) from None
+        values = arg.args if wrapper is not None else [arg]
+        wrapper = wrapper or api.Const  # Enzyme: an unannotated argument is Const
+        if len(values) != wrapper.arity:
+            raise AutodiffCallError(
+                f"{wrapper.__name__} takes {wrapper.arity} argument(s), got {len(values)}", location
+            )
+        activities.append(wrapper)
+        flat.extend(values)
+    params = inspect.signature(fn).parameters
+    if len(params) != len(activities):
+        raise AutodiffCallError(
+            f"{fn.__name__} takes {len(params)} argument(s) but autodiff passes {len(activities)}",
+            location, hint="pass one (wrapped) argument per parameter of the function",
+        )
+    return DeferredSite(site_id, fn, mode, tuple(activities), location), flat

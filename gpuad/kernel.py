@@ -1,0 +1,186 @@
+"""`@gpuad.kernel`: a Python kernel compiled through gpuad's pipeline.
+
+`kernel.compile(*args)` runs stages 1–5 for the CUDA target (no GPU needed)
+and returns the compilation record; launching runs stage 6 on the kernel's
+target. Compilations are cached per argument types, target and options.
+"""
+from __future__ import annotations
+
+import inspect
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from gpuad.compiler import numba_adapter
+from gpuad.compiler.emit import emit_ptx, parse_arch
+from gpuad.compiler.link import JobModule, link_deferred
+from gpuad.errors import GpuadError, LaunchError, LoweringError, SourceLocation
+from gpuad.record import CompilationRecord
+from gpuad.targets import check_target, default_target
+from gpuad.targets import status as st
+
+DEFAULT_BLOCK = 256
+
+
+@dataclass
+class _Compiled:
+    record: CompilationRecord
+    argtypes: tuple
+    symbol: str
+    device_kernel: Any = None  # loaded PTX, once launched on a GPU
+
+
+class Kernel:
+    """A GPU kernel whose body may call `autodiff`; see DESIGN.md for the API."""
+
+    def __init__(self, pyfunc: Callable, *, target: str | None = None, arch: str = "sm_90",
+                 fastmath: bool = False, tape_capacity: int | None = None):
+        self.pyfunc = pyfunc
+        self.name = pyfunc.__name__
+        self.target = check_target(target) if target else None
+        self.arch = arch
+        self.fastmath = fastmath
+        self.tape_capacity = tape_capacity
+        self._cuda: dict[tuple, _Compiled] = {}
+        self._cpu: dict[tuple, Any] = {}
+        self.__doc__ = pyfunc.__doc__
+        self.__wrapped__ = pyfunc
+
+    def __repr__(self) -> str:
+        return f"<gpuad.kernel {self.name}>"
+
+    def __call__(self, *args):
+        raise LaunchError(
+            f"kernel {self.name} needs a launch configuration",
+            hint=f"use {self.name}[blocks, threads](...) or {self.name}.launch(n, ...)",
+        )
+
+    # -- compilation -------------------------------------------------------
+
+    def argument_types(self, args) -> tuple:
+        n_params = len(inspect.signature(self.pyfunc).parameters)
+        if len(args) != n_params:
+            raise LaunchError(f"kernel {self.name} takes {n_params} arguments, got {len(args)}",
+                              self._location())
+        types = []
+        for i, value in enumerate(args):
+            try:
+                types.append(numba_adapter.typeof(value))
+            except Exception as exc:  # numba cannot type it: say which argument
+                raise LaunchError(
+                    f"argument {i} of kernel {self.name} has type {type(value).__name__}, "
+                    "which a kernel cannot take", self._location(),
+                    hint="pass numpy/CuPy/numba device arrays, ints, floats or bools",
+                ) from exc
+        return tuple(types)
+
+    def compile(self, *args, target: str | None = None, arch: str | None = None,
+                fastmath: bool | None = None) -> CompilationRecord:
+        """Stages 1–5 for these arguments' types; nothing runs."""
+        return self._compile_cuda(self.argument_types(args), arch or self.arch,
+                                  self.fastmath if fastmath is None else fastmath,
+                                  target or self.target or default_target()).record
+
+    def _compile_cuda(self, argtypes, arch, fastmath, target) -> _Compiled:
+        key = (argtypes, arch, fastmath)
+        if key in self._cuda:
+            compiled = self._cuda[key]
+            compiled.record.target = target
+            return compiled
+        from gpuad.targets import cuda as cuda_target
+
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        try:
+            lowered = cuda_target.lower_kernel(self.pyfunc, argtypes, cc=parse_arch(arch),
+                                               fastmath=fastmath, tape_capacity=self.tape_capacity)
+        except GpuadError:
+            raise
+        except Exception as exc:
+            raise LoweringError(f"numba could not lower kernel {self.name}: {exc}",
+                                self._location()) from exc
+        timings.update(lowered.jobs.stage_seconds)
+        timings["interpret+lower"] = time.perf_counter() - start - sum(timings.values())
+        start = time.perf_counter()
+        jobs = lowered.jobs
+
+        def job_module(job_id: int) -> JobModule:
+            job = jobs.by_id(job_id)
+            return JobModule(job.ir_text, job.symbol)
+
+        linked = link_deferred(lowered.ir_text, job_module)
+        timings["link"] = time.perf_counter() - start
+        start = time.perf_counter()
+        ptx = emit_ptx(linked.ir_text, arch=arch, fastmath=fastmath)
+        timings["emit"] = time.perf_counter() - start
+        record = CompilationRecord(
+            kernel_name=self.name, target=target, arch=arch,
+            signature=tuple(str(t) for t in argtypes),
+            source=inspect.getsource(self.pyfunc),
+            overlays=list(lowered.interpreter.overlays),
+            jobs=[job.record() for job in jobs.jobs],
+            adjoint_sources={job.id: job.derivative.source for job in jobs.jobs},
+            ir_before_link=lowered.ir_text, ir_after_link=linked.ir_text, ptx=ptx,
+            timings=timings,
+        )
+        compiled = _Compiled(record, lowered.argtypes, lowered.symbol)
+        self._cuda[key] = compiled
+        return compiled
+
+    # -- launching -----------------------------------------------------------
+
+    def __getitem__(self, config) -> Callable:
+        griddim, blockdim = config[:2]
+        return lambda *args: self._launch(griddim, blockdim, args)
+
+    def launch(self, n: int, *args, block: int = DEFAULT_BLOCK) -> None:
+        """Run `n` threads (numba-cuda's `kernel[ceil(n/block), block]`)."""
+        block = max(1, min(block, n))
+        self._launch(-(-n // block), block, args, n_threads=n)
+
+    def _launch(self, griddim, blockdim, args, n_threads=None) -> None:
+        target = self.target or default_target()
+        argtypes = self.argument_types(args)
+        on_status = lambda status: st.raise_for_status(status, self.name, self._location().filename)  # noqa: E731
+        if target == "cpu":
+            grid, block = _as_int(griddim), _as_int(blockdim)
+            n = grid * block if n_threads is None else n_threads
+            self._cpu_kernel(argtypes).launch(n, block, args, on_status)
+            return
+        from gpuad.targets import cuda as cuda_target
+
+        compiled = self._compile_cuda(argtypes, self._device_arch(), self.fastmath, target)
+        if compiled.device_kernel is None:
+            compiled.device_kernel = cuda_target.load_ptx(compiled.record.ptx, compiled.symbol,
+                                                          compiled.argtypes)
+        cuda_target.launch(compiled.device_kernel, griddim, blockdim, args, on_status)
+
+    def _device_arch(self) -> str:
+        major, minor = numba_adapter.device_compute_capability()
+        return f"sm_{major}{minor}"
+
+    def _cpu_kernel(self, argtypes):
+        if argtypes not in self._cpu:
+            from gpuad.targets import cpu
+
+            self._cpu[argtypes] = cpu.build_kernel(self.pyfunc, len(argtypes), self.tape_capacity)
+        return self._cpu[argtypes]
+
+    def _location(self) -> SourceLocation:
+        code = self.pyfunc.__code__
+        return SourceLocation(code.co_filename, code.co_firstlineno, "kernel", self.name)
+
+
+def _as_int(dim) -> int:
+    if isinstance(dim, tuple):
+        if len(dim) != 1:
+            raise LaunchError("the cpu target emulates 1-D launches only", hint="use kernel.launch(n, ...)")
+        return dim[0]
+    return int(dim)
+
+
+def kernel(pyfunc: Callable | None = None, **options) -> Kernel | Callable[[Callable], Kernel]:
+    """Decorator: `@gpuad.kernel` or `@gpuad.kernel(target="cpu", tape_capacity=256)`."""
+    if pyfunc is None:
+        return lambda fn: Kernel(fn, **options)
+    return Kernel(pyfunc, **options)

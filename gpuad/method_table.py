@@ -1,0 +1,71 @@
+"""Method tables: per-target overlays, `Base.Experimental.@overlay` style.
+
+A `MethodTable` maps an object (a function, a numba stub, a property such as
+`cuda.threadIdx.x`) to its replacement inside kernels compiled for that
+target. Lookup is by identity, never by spelling, so `import math as m`,
+`from math import sin` and a closure over `sin` all find the same overlay.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class Overlay:
+    original: Any
+    replacement: Any
+    # The replacement needs the per-thread context (the hidden status array):
+    # the cpu target's emulation of thread indices reads it from there.
+    needs_context: bool = False
+
+
+class MethodTable:
+    """Overlays for one target, keyed by the identity of the original."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self._overlays: dict[int, Overlay] = {}
+
+    def add(self, original: Any, replacement: Any, *, needs_context: bool = False) -> None:
+        self._overlays[id(original)] = Overlay(original, replacement, needs_context)
+
+    def lookup(self, obj: Any) -> Overlay | None:
+        overlay = self._overlays.get(id(obj))
+        # The id of a dead object can be reused; the stored original keeps
+        # ours alive, so an identity check is enough.
+        return overlay if overlay is not None and overlay.original is obj else None
+
+    def __contains__(self, obj: Any) -> bool:
+        return self.lookup(obj) is not None
+
+    def __repr__(self) -> str:
+        return f"<MethodTable {self.name}: {len(self._overlays)} overlays>"
+
+
+CUDA = MethodTable("CUDA")
+CPU = MethodTable("CPU")
+
+
+def overlay(table: MethodTable, original: Any) -> Callable:
+    """Decorator: replace `original` by the decorated function in `table`'s kernels.
+
+    >>> @gpuad.overlay(gpuad.CUDA, math.exp)
+    ... def fast_exp(x):
+    ...     return 2.0 ** (x * 1.4426950408889634)
+    """
+
+    def register(replacement):
+        table.add(original, replacement)
+        return replacement
+
+    return register
+
+
+def qualified_name(obj: Any) -> str:
+    """A readable dotted name for an overlay record."""
+    if isinstance(obj, property):
+        return getattr(obj.fget, "__qualname__", repr(obj))
+    module = getattr(obj, "__module__", None) or ""
+    name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None) or repr(obj)
+    return f"{module}.{name}" if module and module != "builtins" else name

@@ -1,0 +1,81 @@
+"""The compilation record: every artefact of the pipeline, collected.
+
+This is what `kernel.compile(...)` returns and what the notebook layer
+displays. It holds data only; each field is produced by exactly one stage.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class OverlayRecord:
+    """One call the interpreter replaced through a method table."""
+
+    call_site: str  # "file:line"
+    original: str  # qualified name of what the call referred to
+    replacement: str  # qualified name of what was called instead
+    function: str  # the function in which the call was found
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One deferred-codegen job: a derivative compiled as its own unit."""
+
+    id: int
+    function: str
+    mode: str
+    activities: tuple[str, ...]
+    argument_types: tuple[str, ...]
+    symbol: str  # the LLVM symbol the marker is replaced by
+    call_sites: tuple[str, ...] = ()
+    parent: int | None = None  # the job whose module contains this job's marker
+
+
+@dataclass
+class CompilationRecord:
+    """All artefacts of compiling one kernel for one signature."""
+
+    kernel_name: str
+    target: str
+    arch: str
+    signature: tuple[str, ...]
+    source: str
+    overlays: list[OverlayRecord] = field(default_factory=list)
+    jobs: list[JobRecord] = field(default_factory=list)
+    adjoint_sources: dict[int, str] = field(default_factory=dict)
+    ir_before_link: str = ""
+    ir_after_link: str = ""
+    ptx: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def linked_functions(self) -> list[str]:
+        """Symbols defined after linking that were not defined before."""
+        from gpuad.compiler.llvm_text import defined_functions
+
+        before = set(defined_functions(self.ir_before_link))
+        return [f for f in defined_functions(self.ir_after_link) if f not in before]
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["adjoint_sources"] = {str(k): v for k, v in self.adjoint_sources.items()}
+        data["linked_functions"] = self.linked_functions
+        return data
+
+    def to_json(self, **kwargs) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    def summary(self) -> str:
+        """A short deterministic text form (what nbval compares)."""
+        ptx_kib = len(self.ptx.encode()) / 1024
+        size = "none" if not self.ptx else ("small" if ptx_kib < 16 else "medium" if ptx_kib < 128 else "large")
+        return (
+            f"gpuad kernel {self.kernel_name} [{self.target}, {self.arch}]: "
+            f"{len(self.overlays)} overlays, {len(self.jobs)} deferred jobs, "
+            f"{len(self.linked_functions)} functions linked, PTX {size}"
+        )
+
+    def __repr__(self) -> str:
+        return f"<CompilationRecord {self.summary()}>"

@@ -1,0 +1,90 @@
+"""The cuda target: overlays for kernels on the GPU, and stages 3 and 6.
+
+Lowering runs without a GPU (numba-cuda and NVVM from PyPI wheels), so every
+user sees the IR and PTX; only launching needs a device.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from numba import cuda
+
+from gpuad import api
+from gpuad.ad import primitives
+from gpuad.compiler import numba_adapter
+from gpuad.compiler.jobs import DeferredJob, JobRegistry
+from gpuad.compiler.llvm_text import merge_texts
+from gpuad.interpreter import DeferredSite, Interpreter
+from gpuad.method_table import CUDA
+from gpuad.targets import status as status_array
+
+
+def cuda_thread_index():
+    """`gpuad.thread_index()` on the GPU."""
+    return cuda.grid(1)
+
+
+def _install_overlays() -> None:
+    CUDA.add(api.thread_index, cuda_thread_index)
+    CUDA.add(primitives.atomic_add, cuda.atomic.add)
+    CUDA.add(primitives.tape_alloc, cuda.local.array)
+
+
+_install_overlays()
+
+
+@dataclass
+class LoweredKernel:
+    """Stage 3's artefact: the kernel module as lowered, markers included."""
+
+    symbol: str
+    ir_text: str
+    argtypes: tuple
+    interpreter: Interpreter
+    jobs: JobRegistry
+
+
+def lower_kernel(pyfunc, argtypes: tuple, *, cc, fastmath=False, tape_capacity=None) -> LoweredKernel:
+    """Interpret and lower a kernel for the GPU; jobs are created while numba types it."""
+    interp: Interpreter
+
+    def compile_job(job: DeferredJob) -> None:
+        resolved = interp.resolve(job.derivative.function)
+        argtypes = tuple(_unliteral(t) for t in job.flat_types)
+        lowered = numba_adapter.lower_cuda(resolved.pyfunc, argtypes, kernel=False, cc=cc, fastmath=fastmath)
+        job.flat_types = argtypes
+        job.symbol, job.return_type = lowered.symbol, lowered.return_type
+        job.ir_text = merge_texts(lowered.modules).text()
+
+    registry = JobRegistry(compile_job, tape_capacity)
+
+    def bind_site(site: DeferredSite):
+        def job_for_types(flat_types):
+            job = registry.job_for(site, flat_types)
+            return job.id, job.return_type, job.flat_types
+
+        return numba_adapter.deferred_call_intrinsic(job_for_types, f"autodiff_deferred_{site.id}")
+
+    def bind_function(resolved):
+        return numba_adapter.device_function(resolved.pyfunc)
+
+    interp = Interpreter(CUDA, bind_function, bind_site)
+    resolved = interp.resolve(pyfunc)
+    full_types = (*argtypes, status_array.status_type())
+    lowered = numba_adapter.lower_cuda(resolved.pyfunc, full_types, kernel=True, cc=cc, fastmath=fastmath)
+    return LoweredKernel(lowered.symbol, merge_texts(lowered.modules).text(), full_types, interp, registry)
+
+
+def _unliteral(t):
+    from numba.core import types
+
+    return types.unliteral(t)
+
+
+def load_ptx(ptx: str, symbol: str, argtypes: tuple) -> numba_adapter.PtxKernel:
+    return numba_adapter.PtxKernel(ptx, symbol, argtypes)
+
+
+def launch(kernel: numba_adapter.PtxKernel, griddim, blockdim, args, on_status) -> None:
+    """Run on the current GPU; `on_status(status)` may raise before write-back."""
+    kernel(griddim, blockdim, args, status_array.new_status(), on_status)
