@@ -18,7 +18,7 @@ from gpuad.errors import LinkError
 
 MARKER_CALL = re.compile(
     r'^(?P<lhs>\s*%(?:"[^"]+"|[-\w.$]+) = )call i8\* @"' + re.escape(MARKER_SYMBOL)
-    + r'"\(i64 (?P<id>\d+)\)\s*$',
+    + r'"\(i64 (?P<id>\d+)\)(?P<attachments>(?:, ![-\w.]+ !\d+)*)\s*$',
     re.M,
 )
 
@@ -74,7 +74,10 @@ def _pending_markers(module: IRModule) -> list[int]:
 
 def _replace_markers(module: IRModule, addresses: dict[int, str]) -> None:
     def address(match: re.Match) -> str:
-        return match.group("lhs") + addresses[int(match.group("id"))]
+        job_id = int(match.group("id"))
+        if job_id not in addresses:  # a nested job's marker: linked in the next round
+            return match.group(0)
+        return match.group("lhs") + addresses[job_id] + match.group("attachments")
 
     for entity in module.entities.values():
         if entity.kind == "define" and MARKER_SYMBOL in entity.text:

@@ -1,0 +1,13 @@
+"""Shared test set-up: the `gpu` marker skips without a usable GPU."""
+import pytest
+
+
+def pytest_collection_modifyitems(config, items):
+    from gpuad.compiler.numba_adapter import gpu_available
+
+    if gpu_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
