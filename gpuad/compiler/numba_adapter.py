@@ -186,22 +186,24 @@ class PtxKernel:
     def __call__(self, griddim, blockdim, args, status, on_status):
         """Launch; `on_status(host_status)` runs before results are copied back."""
         from cuda.core import LaunchConfig, launch
+        from numba.cuda.cudadrv import driver
         from numba.cuda.dispatcher import _Kernel
 
         cuda = cuda_modules()
-        stream = cuda.default_stream()
-        device_status = cuda.to_device(status, stream=stream)
+        # The default stream in cuda.core's form, as numba-cuda's launch config makes it.
+        stream = driver._to_core_stream(0)
+        device_status = cuda.to_device(status)
         writebacks, kernelargs = [], []
         packer = _ArgPacker()
         for ty, value in zip(self.argtypes, (*args, device_status)):
             _Kernel._prepare_args(packer, ty, value, stream, writebacks, kernelargs)
         config = LaunchConfig(grid=griddim, block=blockdim, shmem_size=0)
         launch(stream, config, self._function.kernel, *kernelargs)
-        stream.synchronize()
-        on_status(device_status.copy_to_host(stream=stream))
+        cuda.synchronize()
+        on_status(device_status.copy_to_host())
         for writeback in writebacks:
             writeback()
-        stream.synchronize()
+        cuda.synchronize()
 
 
 class _ArgPacker:
