@@ -226,19 +226,19 @@ class _CallRewriter(ast.NodeTransformer):
 
     def visit_Call(self, node: ast.Call) -> ast.AST:
         callee = static_value(node.func, self.namespace, self.locals)
-        if callee is api.autodiff or callee is api.autodiff_deferred:
-            return self.deferred_site(node, callee)
+        overlay = self.interp.table.lookup(callee) if callee is not _UNRESOLVED else None
+        if overlay is not None:
+            self.record(node, callee, qualified_name(overlay.replacement))
+            callee = overlay.replacement
+        if callee is api.autodiff_deferred:
+            return self.deferred_site(node)
         node.args = [self.visit(a) for a in node.args]
         node.keywords = [self.visit(k) for k in node.keywords]
         if callee is _UNRESOLVED:
             node.func = self.visit(node.func)
             return node
-        overlay = self.interp.table.lookup(callee)
-        if overlay is not None:
-            self.record(node, callee, qualified_name(overlay.replacement))
-            callee = overlay.replacement
-            if overlay.needs_context:
-                node.args.append(self.status())
+        if overlay is not None and overlay.needs_context:
+            node.args.append(self.status())
         if is_plain_function(callee):
             resolved, bound = self.interp._resolve(callee)
             node.func = ast.copy_location(self.bind(bound), node.func)
@@ -248,13 +248,11 @@ class _CallRewriter(ast.NodeTransformer):
             node.func = ast.copy_location(self.bind(callee), node.func)
         return node
 
-    def deferred_site(self, node: ast.Call, callee) -> ast.AST:
+    def deferred_site(self, node: ast.Call) -> ast.AST:
         location = self.location(node)
         site, flat = parse_autodiff_call(
             node, self.namespace, self.locals, location, len(self.interp.sites)
         )
-        if callee is api.autodiff:
-            self.record(node, api.autodiff, "gpuad.autodiff_deferred")
         self.interp.sites.append(site)
         flat_args = [self.visit(a) for a in flat]
         site_callable = self.bind(self.interp.bind_site(site))

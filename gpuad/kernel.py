@@ -6,6 +6,7 @@ target. Compilations are cached per argument types, target and options.
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import time
 from dataclasses import dataclass
@@ -77,16 +78,15 @@ class Kernel:
     def compile(self, *args, target: str | None = None, arch: str | None = None,
                 fastmath: bool | None = None) -> CompilationRecord:
         """Stages 1–5 for these arguments' types; nothing runs."""
-        return self._compile_cuda(self.argument_types(args), arch or self.arch,
-                                  self.fastmath if fastmath is None else fastmath,
-                                  target or self.target or default_target()).record
+        target = check_target(target or self.target or default_target())
+        compiled = self._compile_cuda(self.argument_types(args), arch or self.arch,
+                                      self.fastmath if fastmath is None else fastmath)
+        return dataclasses.replace(compiled.record, target=target)
 
-    def _compile_cuda(self, argtypes, arch, fastmath, target) -> _Compiled:
+    def _compile_cuda(self, argtypes, arch, fastmath) -> _Compiled:
         key = (argtypes, arch, fastmath)
         if key in self._cuda:
-            compiled = self._cuda[key]
-            compiled.record.target = target
-            return compiled
+            return self._cuda[key]
         from gpuad.targets import cuda as cuda_target
 
         timings: dict[str, float] = {}
@@ -114,7 +114,7 @@ class Kernel:
         ptx = emit_ptx(linked.ir_text, arch=arch, fastmath=fastmath)
         timings["emit"] = time.perf_counter() - start
         record = CompilationRecord(
-            kernel_name=self.name, target=target, arch=arch,
+            kernel_name=self.name, target="cuda", arch=arch,
             signature=tuple(str(t) for t in argtypes),
             source=inspect.getsource(self.pyfunc),
             overlays=list(lowered.interpreter.overlays),
@@ -149,7 +149,7 @@ class Kernel:
             return
         from gpuad.targets import cuda as cuda_target
 
-        compiled = self._compile_cuda(argtypes, self._device_arch(), self.fastmath, target)
+        compiled = self._compile_cuda(argtypes, self._device_arch(), self.fastmath)
         if compiled.device_kernel is None:
             compiled.device_kernel = cuda_target.load_ptx(compiled.record.ptx, compiled.symbol,
                                                           compiled.argtypes)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from gpuad import api
+
 
 @dataclass(frozen=True)
 class Overlay:
@@ -26,6 +28,9 @@ class MethodTable:
     def __init__(self, name: str):
         self.name = name
         self._overlays: dict[int, Overlay] = {}
+        # Inside any kernel, `autodiff` is deferred: its derivative becomes a
+        # separate job linked into the kernel (CUDA.jl overlays Enzyme's the same way).
+        self.add(api.autodiff, api.autodiff_deferred)
 
     def add(self, original: Any, replacement: Any, *, needs_context: bool = False) -> None:
         self._overlays[id(original)] = Overlay(original, replacement, needs_context)

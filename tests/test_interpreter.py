@@ -103,7 +103,7 @@ def test_autodiff_becomes_a_deferred_site():
     assert site.activities == (Active, Duplicated)
     assert site.location.line == kernel_with_autodiff.__code__.co_firstlineno + 2
     assert [(o.original, o.replacement) for o in interp.overlays] == [
-        ("gpuad.api.autodiff", "gpuad.autodiff_deferred")
+        ("gpuad.api.autodiff", "gpuad.api.autodiff_deferred")
     ]
 
 

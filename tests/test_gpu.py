@@ -1,0 +1,62 @@
+"""The cuda target on a real GPU: same kernels, same numbers as the cpu target."""
+import numpy as np
+import pytest
+
+import gpuad
+from test_kernel import forward_kernel, nested, twice
+
+from gpuad.examples import grad_f
+
+pytestmark = pytest.mark.gpu
+
+
+def inputs(n=1000, dtype=np.float64):
+    return (np.linspace(-2.0, 2.0, n, dtype=dtype), np.linspace(0.5, 1.5, n, dtype=dtype),
+            np.zeros(n, dtype=dtype))
+
+
+@pytest.mark.parametrize("body", [grad_f.pyfunc, twice, nested])
+def test_cuda_matches_cpu(body):
+    on_gpu, on_cpu = inputs(), inputs()
+    gpuad.kernel(body, target="cuda").launch(1000, *on_gpu)
+    gpuad.kernel(body, target="cpu").launch(1000, *on_cpu)
+    assert np.any(on_cpu[2] != 0)
+    np.testing.assert_allclose(on_gpu[2], on_cpu[2], rtol=1e-13, atol=1e-15)
+
+
+def test_forward_mode_on_gpu():
+    xs, ys, out = inputs()
+    primal = np.zeros_like(xs)
+    gpuad.kernel(forward_kernel, target="cuda")[4, 256](xs, ys, out, primal)
+    np.testing.assert_allclose(out, np.cos(xs) * ys, rtol=1e-13)
+    np.testing.assert_allclose(primal, np.sin(xs) * ys, rtol=1e-13)
+
+
+def test_float32_on_gpu():
+    xs, ys, dxs = inputs(dtype=np.float32)
+    gpuad.kernel(grad_f.pyfunc, target="cuda").launch(1000, xs, ys, dxs)
+    np.testing.assert_allclose(dxs, np.cos(xs) * ys, rtol=1e-5)
+
+
+def test_device_arrays_are_not_copied():
+    from numba import cuda
+
+    xs, ys, dxs = inputs()
+    d_out = cuda.to_device(dxs)
+    gpuad.kernel(grad_f.pyfunc, target="cuda")[4, 256](cuda.to_device(xs), cuda.to_device(ys), d_out)
+    np.testing.assert_allclose(d_out.copy_to_host(), np.cos(xs) * ys, rtol=1e-13)
+
+
+def test_cupy_arrays():
+    cp = pytest.importorskip("cupy")
+    xs, ys, dxs = inputs()
+    out = cp.asarray(dxs)
+    gpuad.kernel(grad_f.pyfunc, target="cuda").launch(1000, cp.asarray(xs), cp.asarray(ys), out)
+    np.testing.assert_allclose(cp.asnumpy(out), np.cos(xs) * ys, rtol=1e-13)
+
+
+def test_default_target_is_cuda_with_a_gpu(monkeypatch):
+    from gpuad.targets import default_target
+
+    monkeypatch.delenv("GPUAD_TARGET", raising=False)
+    assert default_target() == "cuda"

@@ -1,0 +1,186 @@
+"""The spine end to end: record artefacts, jobs, linking, cpu-target results."""
+import math
+
+import numpy as np
+import pytest
+
+import gpuad
+from gpuad import Active, Const, Duplicated, Forward, Reverse, ReverseWithPrimal, autodiff
+from gpuad.errors import LaunchError
+from gpuad.examples import f, grad_f
+
+MARKER = '@"gpuad.deferred_codegen"'
+
+
+def central_difference(fn, x, *rest, h=1e-6):
+    return (fn(x + h, *rest) - fn(x - h, *rest)) / (2 * h)
+
+
+@pytest.fixture(scope="module")
+def points():
+    n = 64
+    return np.linspace(-2.0, 2.0, n), np.linspace(0.5, 1.5, n), np.zeros(n)
+
+
+@pytest.fixture(scope="module")
+def record(points):
+    return grad_f.compile(*points, target="cpu")
+
+
+def test_record_shows_the_marker_before_link_and_not_after(record):
+    assert record.ir_before_link.count(f"call i8* {MARKER}(i64 1)") == 1
+    assert MARKER not in record.ir_after_link
+    (job,) = record.jobs
+    assert f'bitcast i32 ' in record.ir_after_link and f'@"{job.symbol}" to i8*' in record.ir_after_link
+
+
+def test_linking_defines_exactly_the_job_function(record):
+    assert record.linked_functions == [record.jobs[0].symbol]
+
+
+def test_ptx_has_an_entry_and_the_record_the_stages(record):
+    assert ".entry" in record.ptx and ".target sm_90" in record.ptx
+    assert {"interpret+lower", "differentiate", "compile_jobs", "link", "emit"} <= set(record.timings)
+    job = record.jobs[0]
+    assert (job.function, job.mode, job.activities) == ("f", "Reverse", ("Active", "Active"))
+    assert job.argument_types == ("float64", "float64")
+    assert "def " in record.adjoint_sources[job.id]
+    assert [(o.original, o.replacement) for o in record.overlays] == [
+        ("gpuad.api.thread_index", "gpuad.targets.cuda.cuda_thread_index"),
+        ("gpuad.api.autodiff", "gpuad.api.autodiff_deferred"),
+    ]
+    assert '"kernel_name": "grad_f"' in record.to_json()
+
+
+def test_kernel_gradient_on_cpu_matches_finite_differences(points):
+    xs, ys, dxs = (p.copy() for p in points)
+    gpuad.kernel(target="cpu")(grad_f.pyfunc).launch(len(xs), xs, ys, dxs)
+    expected = [central_difference(f, x, y) for x, y in zip(xs, ys)]
+    np.testing.assert_allclose(dxs, expected, rtol=1e-7, atol=1e-9)
+
+
+def twice(xs, ys, out):
+    i = gpuad.thread_index()
+    if i < xs.shape[0]:
+        (a, _), = autodiff(Reverse, f, Active(xs[i]), Const(ys[i]))
+        (b, _), = autodiff(Reverse, f, Active(xs[i]), Const(ys[i]))
+        out[i] = a + b
+
+
+def test_a_job_used_twice_is_compiled_and_linked_once(points):
+    rec = gpuad.kernel(twice).compile(*points)
+    (job,) = rec.jobs
+    assert len(job.call_sites) == 2
+    assert rec.ir_before_link.count(f"call i8* {MARKER}(i64 1)") == 2
+    assert rec.linked_functions == [job.symbol]
+
+
+def inner(y):
+    return y * y * y
+
+
+def outer(x, y):
+    # The inner derivative depends only on the Const y: the adjoint of outer
+    # keeps this autodiff call, so job 1's module carries a marker of its own.
+    (dy,), = autodiff(Reverse, inner, Active(y))
+    return x * dy
+
+
+def nested(xs, ys, out):
+    i = gpuad.thread_index()
+    if i < xs.shape[0]:
+        (dx, _), = autodiff(Reverse, outer, Active(xs[i]), Const(ys[i]))
+        out[i] = dx
+
+
+def test_a_nested_job_links_and_runs(points):
+    xs, ys, out = (p.copy() for p in points)
+    k = gpuad.kernel(nested, target="cpu")
+    rec = k.compile(xs, ys, out)
+    assert [(j.function, j.parent) for j in rec.jobs] == [("outer", None), ("inner", 1)]
+    assert MARKER not in rec.ir_after_link
+    assert sorted(rec.linked_functions) == sorted(j.symbol for j in rec.jobs)
+    k.launch(len(xs), xs, ys, out)
+    np.testing.assert_allclose(out, 3 * ys**2, rtol=1e-12)
+
+
+def forward_kernel(xs, ys, out, primal):
+    i = gpuad.thread_index()
+    if i < xs.shape[0]:
+        df, p = autodiff(gpuad.ForwardWithPrimal, f, Duplicated(xs[i], 1.0), Const(ys[i]))
+        out[i] = df
+        primal[i] = p
+
+
+def test_forward_mode_in_a_kernel(points):
+    xs, ys, out = (p.copy() for p in points)
+    primal = np.zeros_like(xs)
+    gpuad.kernel(forward_kernel, target="cpu").launch(len(xs), xs, ys, out, primal)
+    np.testing.assert_allclose(out, np.cos(xs) * ys, rtol=1e-12)
+    np.testing.assert_allclose(primal, np.sin(xs) * ys, rtol=1e-12)
+
+
+def test_float32_kernel_on_cpu():
+    xs = np.linspace(-1, 1, 33, dtype=np.float32)
+    ys = np.full(33, 2.0, dtype=np.float32)
+    dxs = np.zeros(33, dtype=np.float32)
+    k = gpuad.kernel(grad_f.pyfunc, target="cpu")
+    assert k.compile(xs, ys, dxs).jobs[0].argument_types == ("float32", "float32")
+    k[2, 32](xs, ys, dxs)
+    np.testing.assert_allclose(dxs, np.cos(xs) * ys, rtol=1e-5)
+
+
+def my_sin(x):
+    return math.sin(x)
+
+
+def my_fast_sin(x):
+    return x - x * x * x / 6.0
+
+
+def overlaid(xs, out):
+    i = gpuad.thread_index()
+    if i < xs.shape[0]:
+        out[i] = my_sin(xs[i])
+
+
+def test_user_overlay_applies_on_its_target_only():
+    gpuad.CPU.add(my_sin, my_fast_sin)
+    try:
+        xs = np.array([0.5]); out = np.zeros(1)
+        gpuad.kernel(overlaid, target="cpu").launch(1, xs, out)
+        assert out[0] == pytest.approx(0.5 - 0.125 / 6.0)
+        rec = gpuad.kernel(overlaid).compile(xs, out)  # the record is the CUDA pipeline's
+        assert "my_fast_sin" not in {o.replacement.rsplit(".", 1)[-1] for o in rec.overlays}
+    finally:
+        gpuad.CPU._overlays.pop(id(my_sin))
+
+
+def test_host_autodiff_matches_the_derivative():
+    (dx, dy), = autodiff(Reverse, f, Active(1.0), Active(2.0))
+    assert dx == pytest.approx(math.cos(1.0) * 2.0, rel=1e-12)
+    assert dy == pytest.approx(math.sin(1.0), rel=1e-12)
+    (dx, dy), primal = autodiff(ReverseWithPrimal, f, Active(1.0), Const(2.0))
+    assert dy is None and primal == pytest.approx(math.sin(1.0) * 2.0)
+    (df,) = autodiff(Forward, f, Duplicated(1.0, 1.0), Const(2.0))
+    assert df == pytest.approx(math.cos(1.0) * 2.0, rel=1e-12)
+
+
+def test_launch_errors_name_the_kernel_and_what_to_do(points):
+    with pytest.raises(LaunchError, match="takes 3 arguments, got 2"):
+        grad_f.compile(points[0], points[1])
+    with pytest.raises(LaunchError, match="argument 0 of kernel grad_f has type object") as info:
+        grad_f.compile(object(), points[1], points[2])
+    assert "hint" in str(info.value)
+    with pytest.raises(LaunchError, match=r"grad_f\[blocks, threads\]"):
+        grad_f(*points)
+
+
+def test_default_target_follows_the_environment(monkeypatch):
+    from gpuad.targets import default_target
+
+    monkeypatch.setenv("GPUAD_TARGET", "cpu")
+    assert default_target() == "cpu"
+    monkeypatch.setenv("GPUAD_TARGET", "tpu")
+    with pytest.raises(LaunchError, match="unknown target 'tpu'"):
+        default_target()
