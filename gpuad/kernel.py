@@ -145,7 +145,18 @@ class Kernel:
         if target == "cpu":
             grid, block = _as_int(griddim), _as_int(blockdim)
             n = grid * block if n_threads is None else n_threads
-            self._cpu_kernel(argtypes).launch(n, block, args, on_status)
+            try:
+                self._cpu_kernel(argtypes).launch(n, block, args, on_status)
+            except GpuadError:
+                raise
+            except Exception as exc:  # numba's typing errors happen at the first call
+                if type(exc).__module__.split(".")[0] != "numba":
+                    raise
+                raise LoweringError(
+                    f"numba could not compile kernel {self.name} for the cpu target: {exc}",
+                    self._location(), hint="the cpu target emulates 1-D grids, atomics and local "
+                    "arrays; shared memory and syncthreads need the cuda target",
+                ) from exc
             return
         from gpuad.targets import cuda as cuda_target
 

@@ -70,7 +70,10 @@ class CompilationRecord:
     def summary(self) -> str:
         """A short deterministic text form (what nbval compares)."""
         ptx_kib = len(self.ptx.encode()) / 1024
-        size = "none" if not self.ptx else ("small" if ptx_kib < 16 else "medium" if ptx_kib < 128 else "large")
+        if not self.ptx:
+            size = "none"
+        else:
+            size = "small" if ptx_kib < 16 else "medium" if ptx_kib < 128 else "large"
         return (
             f"gpuad kernel {self.kernel_name} [{self.target}, {self.arch}]: "
             f"{len(self.overlays)} overlays, {len(self.jobs)} deferred jobs, "

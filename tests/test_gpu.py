@@ -1,10 +1,9 @@
 """The cuda target on a real GPU: same kernels, same numbers as the cpu target."""
 import numpy as np
 import pytest
-
-import gpuad
 from test_kernel import forward_kernel, nested, twice
 
+import gpuad
 from gpuad.examples import grad_f
 
 pytestmark = pytest.mark.gpu

@@ -31,7 +31,7 @@ def test_record_shows_the_marker_before_link_and_not_after(record):
     assert record.ir_before_link.count(f"call i8* {MARKER}(i64 1)") == 1
     assert MARKER not in record.ir_after_link
     (job,) = record.jobs
-    assert f'bitcast i32 ' in record.ir_after_link and f'@"{job.symbol}" to i8*' in record.ir_after_link
+    assert 'bitcast i32 ' in record.ir_after_link and f'@"{job.symbol}" to i8*' in record.ir_after_link
 
 
 def test_linking_defines_exactly_the_job_function(record):
@@ -147,7 +147,7 @@ def overlaid(xs, out):
 def test_user_overlay_applies_on_its_target_only():
     gpuad.CPU.add(my_sin, my_fast_sin)
     try:
-        xs = np.array([0.5]); out = np.zeros(1)
+        xs, out = np.array([0.5]), np.zeros(1)
         gpuad.kernel(overlaid, target="cpu").launch(1, xs, out)
         assert out[0] == pytest.approx(0.5 - 0.125 / 6.0)
         rec = gpuad.kernel(overlaid).compile(xs, out)  # the record is the CUDA pipeline's

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from gpuad import api
+from gpuad.compiler import numba_adapter
 from gpuad.errors import GpuadError, LoweringError
 from gpuad.interpreter import DeferredSite
 from gpuad.record import JobRecord
@@ -91,9 +92,10 @@ class JobRegistry:
         try:
             start = time.perf_counter()
             options = {} if self.tape_capacity is None else {"tape_capacity": self.tape_capacity}
-            job.derivative = differentiate(
-                job.site.function, job.site.mode, job.site.activities, job.primal_types, **options
-            )
+            with numba_adapter.outside_enclosing_compilation():
+                job.derivative = differentiate(
+                    job.site.function, job.site.mode, job.site.activities, job.primal_types, **options
+                )
             self._add_time("differentiate", time.perf_counter() - start)
             start = time.perf_counter()
             self.compile_job(job)

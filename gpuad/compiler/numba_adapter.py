@@ -48,6 +48,25 @@ def compute_capability(cc: tuple[int, int]):
         dispatcher.get_current_device = saved
 
 
+@contextlib.contextmanager
+def outside_enclosing_compilation():
+    """Let a numba CPU compilation run inside a numba-cuda one.
+
+    Deferred jobs are built while numba-cuda types the kernel; numba's
+    thread-local flags stack then holds the CUDA flags, which a nested CPU
+    compilation (the AD engine's type inference) would inherit and reject.
+    """
+    from numba.core.targetconfig import _FlagsStack
+
+    stack = _FlagsStack()._stack
+    saved = stack[:]
+    stack.clear()
+    try:
+        yield
+    finally:
+        stack[:] = saved
+
+
 def device_function(pyfunc):
     """A numba-cuda device-function dispatcher for a plain Python function."""
     return cuda_modules().jit(device=True)(pyfunc)
@@ -214,7 +233,8 @@ class _ArgPacker:
 
 def typeof(value):
     """numba's type of a host value (arrays of any kind, scalars)."""
-    from numba.cuda.typing.typeof import Purpose, typeof as cuda_typeof
+    from numba.cuda.typing.typeof import Purpose
+    from numba.cuda.typing.typeof import typeof as cuda_typeof
 
     return cuda_typeof(value, Purpose.argument)
 

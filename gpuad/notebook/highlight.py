@@ -17,7 +17,6 @@ from pygments.styles.default import DefaultStyle
 from pygments.token import Whitespace
 
 
-
 class GpuadStyle(DefaultStyle):
     """Pygments' default colours, minus the grey on whitespace.
 

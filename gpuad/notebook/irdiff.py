@@ -79,7 +79,7 @@ class IRDiff:
         for tag, i1, i2, j1, j2 in self.opcodes:
             if tag == "equal":
                 rows += [Row(self._line("equal", i, before=True), self._line("equal", j, before=False))
-                         for i, j in zip(range(i1, i2), range(j1, j2))]
+                         for i, j in zip(range(i1, i2), range(j1, j2), strict=True)]
             else:
                 olds = [self._line("delete", i, before=True) for i in range(i1, i2)]
                 news = [self._line("insert", j, before=False) for j in range(j1, j2)]

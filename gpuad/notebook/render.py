@@ -99,7 +99,8 @@ def render_overlays(record: CompilationRecord) -> str:
     if not record.overlays:
         return note("No call was overlaid: every call resolved to its original function.")
     rows = [[o.call_site, o.original, o.replacement, o.function] for o in record.overlays]
-    return table(["call site", "original", "replacement", "function"], rows, code_columns=frozenset({0, 1, 2}))
+    header = ["call site", "original", "replacement", "function"]
+    return table(header, rows, code_columns=frozenset({0, 1, 2}))
 
 
 def render_jobs(record: CompilationRecord) -> str:
@@ -109,7 +110,8 @@ def render_jobs(record: CompilationRecord) -> str:
         [str(j.id), j.function, j.mode, ", ".join(j.activities), ", ".join(j.argument_types), j.symbol]
         for j in record.jobs
     ]
-    return table(["id", "function", "mode", "activities", "types", "symbol"], rows, code_columns=frozenset({5}))
+    header = ["id", "function", "mode", "activities", "types", "symbol"]
+    return table(header, rows, code_columns=frozenset({5}))
 
 
 def render_derivatives(record: CompilationRecord) -> str:
@@ -152,11 +154,11 @@ def render_diff(diff: IRDiff, layout: str = "unified", context: int = 3) -> str:
     rows = []
     if layout == "unified":
         for item in diff.unified(context):
-            rows.append(_collapsed_row(item, 3) if isinstance(item, Collapsed)
+            rows.append(_collapsed_row(item, columns=2) if isinstance(item, Collapsed)
                         else _unified_row(item, before_html if item.tag == "delete" else after_html))
     else:
         for item in diff.side_by_side(context):
-            rows.append(_collapsed_row(item, 6) if isinstance(item, Collapsed)
+            rows.append(_collapsed_row(item, columns=4) if isinstance(item, Collapsed)
                         else _side_by_side_row(item, before_html, after_html))
     legend = _diff_legend(diff)
     return (
@@ -169,9 +171,10 @@ def render_diff(diff: IRDiff, layout: str = "unified", context: int = 3) -> str:
 
 def _diff_legend(diff: IRDiff) -> str:
     linked = ", ".join(diff.linked_functions) or "none"
+    labels = ((MARKER, "marker"), (LINKED, "linked function"), (LINK_REF, "reference to linked function"))
     swatch = "".join(
         f'<span style="{MARK_STYLE[m]}; padding: 0 6px; margin-right: 8px">{label}</span>'
-        for m, label in ((MARKER, "marker"), (LINKED, "linked function"), (LINK_REF, "reference to linked function"))
+        for m, label in labels
     )
     return (
         f'<p style="margin: 4px 0">{diff.deleted} lines removed, {diff.inserted} added; '
@@ -191,7 +194,8 @@ def _line_cells(line: DiffLine | None, highlighted: list[str]) -> str:
         style += "; " + MARK_STYLE[line.mark]
         css += f" gpuad-mark-{line.mark}"
         title = f' title="{html.escape(MARK_TITLE[line.mark])}"'
-    number = f'<td style="color: {MUTED}; text-align: right; padding: 0 4px; white-space: pre">{line.number}</td>'
+    number = (f'<td style="color: {MUTED}; text-align: right; padding: 0 4px; white-space: pre">'
+              f"{line.number}</td>")
     code = f"{DIFF_SIGN[line.tag]} {highlighted[line.number - 1]}"
     return f'{number}<td class="{css}" style="{style}"{title}>{code}</td>'
 
@@ -204,10 +208,9 @@ def _side_by_side_row(row: Row, before_html: list[str], after_html: list[str]) -
     return f"<tr>{_line_cells(row.before, before_html)}{_line_cells(row.after, after_html)}</tr>"
 
 
-def _collapsed_row(item: Collapsed, columns: int) -> str:
-    span = columns if columns == 6 else 2
+def _collapsed_row(item: Collapsed, *, columns: int) -> str:
     return (
-        f'<tr><td colspan="{span}" class="gpuad-diff-collapsed" style="background-color: #eaeef2; '
+        f'<tr><td colspan="{columns}" class="gpuad-diff-collapsed" style="background-color: #eaeef2; '
         f'color: {MUTED}; font-style: italic; padding: 1px 8px">⋯ {item.count} unchanged lines '
         f"(before {item.before_start}–{item.before_start + item.count - 1}) ⋯</td></tr>"
     )
@@ -231,7 +234,8 @@ def render_timings(timings: dict[str, float]) -> str:
     total = (f'<tr><td style="padding-top: 4px; font-weight: bold">total</td><td></td>'
              f'<td style="text-align: right; font-family: monospace; font-weight: bold">'
              f"{_format_seconds(sum(timings.values()))}</td></tr>")
-    return f'<table style="border-collapse: collapse; width: 100%; {TABLE_FONT}">{"".join(rows)}{total}</table>'
+    return (f'<table style="border-collapse: collapse; width: 100%; {TABLE_FONT}">'
+            f'{"".join(rows)}{total}</table>')
 
 
 def _format_seconds(seconds: float) -> str:

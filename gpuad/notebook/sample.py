@@ -5,6 +5,7 @@ without the compiler: one kernel calling `autodiff(Reverse, f, …)`, its
 module before linking (with the deferred-codegen marker), after linking
 (marker replaced by the adjoint's address, adjoint appended) and its PTX.
 """
+# ruff: noqa: E501 (IR and PTX lines are as long as the compiler makes them)
 from __future__ import annotations
 
 from gpuad.record import CompilationRecord, JobRecord, OverlayRecord

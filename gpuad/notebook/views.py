@@ -105,7 +105,8 @@ class CompilationView:
     def to_html(self) -> str:
         """Every stage as a section; the first one open."""
         sections = [
-            render.section(_TITLES[key], self.stage_html(key), opened=(k == 0), css_class=f"gpuad-stage-{key}")
+            render.section(_TITLES[key], self.stage_html(key), opened=(k == 0),
+                           css_class=f"gpuad-stage-{key}")
             for k, key in enumerate(self.stages)
         ]
         return render.panel(self.header_html() + "".join(sections))
@@ -173,8 +174,8 @@ class ModuleBrowser:
         self.text, self.language = text, language
         self.lines = text.splitlines()
         self.outline = outline(text, language)
-        self.picker = widgets.Dropdown(options=[self.WHOLE_MODULE, *self.outline.names], description="function",
-                                       layout=widgets.Layout(width="60%"))
+        self.picker = widgets.Dropdown(options=[self.WHOLE_MODULE, *self.outline.names],
+                                       description="function", layout=widgets.Layout(width="60%"))
         self.search = widgets.Text(placeholder="search (substring)", description="find",
                                    continuous_update=False)
         self.body = widgets.HTML()

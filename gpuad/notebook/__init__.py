@@ -1,0 +1,23 @@
+"""The Jupyter layer of gpuad: magics, the compilation widget, static views.
+
+Nothing here compiles anything; it displays what the library produced.
+`%load_ext gpuad` ends in `gpuad.notebook.magics.load_ipython_extension`.
+Submodules import IPython and ipywidgets only when used.
+"""
+from __future__ import annotations
+
+
+def load_ipython_extension(ipython) -> None:
+    """Register `%%gpukernel` and `%gpuad_info` (also `%load_ext gpuad.notebook`)."""
+    from gpuad.notebook.magics import load_ipython_extension as load
+
+    load(ipython)
+
+
+def __getattr__(name: str):
+    # `gpuad.notebook.CompilationView` without importing ipywidgets at `import gpuad`.
+    if name == "CompilationView":
+        from gpuad.notebook.views import CompilationView
+
+        return CompilationView
+    raise AttributeError(f"module 'gpuad.notebook' has no attribute {name!r}")

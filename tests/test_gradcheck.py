@@ -1,0 +1,204 @@
+"""AD against central finite differences (gpuad/gradcheck.py)."""
+from __future__ import annotations
+
+import importlib
+import math
+
+import numpy as np
+import pytest
+
+# The module, not the function `gpuad.gradcheck` that gpuad/__init__ exports under the same name.
+gc = importlib.import_module("gpuad.gradcheck")
+
+
+def f(x, w):
+    return math.sin(x) * w
+
+
+def exact(f_, args):
+    x, w = args
+    return (math.cos(x) * w, math.sin(x))
+
+
+def wrong(f_, args):
+    x, w = args
+    return (math.cos(x) * w * 1.01, math.sin(x))  # 1 % off in x only
+
+
+@pytest.fixture
+def correct_ad(monkeypatch):
+    monkeypatch.setattr(gc, "_ad_gradient", exact)
+
+
+def test_a_correct_gradient_passes_with_small_errors(correct_ad):
+    report = gc.gradcheck(f, 0.7, 2.0)
+    assert report.passed
+    assert [c.name for c in report.checks] == ["x", "w"]
+    assert report.check("x").ad == pytest.approx(math.cos(0.7) * 2.0)
+    assert report.check("x").fd == pytest.approx(math.cos(0.7) * 2.0, rel=1e-9)
+    assert report.max_rel_error < 1e-9 and report.max_abs_error < 1e-9
+    assert repr(report) == "gradcheck of f: PASSED — 2 argument(s), rtol=1e-05, atol=1e-08"
+
+
+def test_a_wrong_gradient_is_flagged(monkeypatch):
+    monkeypatch.setattr(gc, "_ad_gradient", wrong)
+    report = gc.gradcheck(f, 0.7, 2.0)
+    assert not report.passed
+    assert not report.check("x").passed and report.check("w").passed
+    assert report.check("x").max_rel_error == pytest.approx(0.01, rel=1e-6)
+    assert repr(report).startswith("gradcheck of f: FAILED (x outside tolerance)")
+    assert "FAIL" in report._repr_html_()
+
+
+def test_step_is_cbrt_eps_scaled_by_the_magnitude_and_reported(correct_ad):
+    eps64 = np.cbrt(np.finfo(np.float64).eps)
+    small, large = gc.gradcheck(f, 0.25, 2.0), gc.gradcheck(f, 300.0, 2.0)
+    assert small.check("x").step == pytest.approx(eps64, rel=1e-6)
+    assert large.check("x").step == pytest.approx(300.0 * eps64, rel=1e-6)
+    assert gc.step_size(np.float32(0.5), np.dtype(np.float32)) == pytest.approx(
+        np.cbrt(np.finfo(np.float32).eps), rel=1e-3)
+    assert gc.gradcheck(f, 0.25, 2.0, eps=1e-3).check("x").step == pytest.approx(1e-3)
+
+
+def test_float32_arguments_get_float32_steps_and_tolerances(correct_ad):
+    report = gc.gradcheck(f, np.float32(0.7), np.float32(2.0))
+    assert (report.rtol, report.atol) == gc.TOLERANCES[np.dtype(np.float32)]
+    assert report.check("x").step > 1e-3 and report.passed
+
+
+def test_explicit_tolerances_decide_the_verdict(monkeypatch):
+    monkeypatch.setattr(gc, "_ad_gradient", wrong)
+    assert gc.gradcheck(f, 0.7, 2.0, rtol=0.02).passed
+    assert not gc.gradcheck(f, 0.7, 2.0, rtol=0.005).passed
+
+
+def test_integer_arguments_are_const_and_not_checked(monkeypatch):
+    def power(x, n):
+        return x ** n
+
+    monkeypatch.setattr(gc, "_ad_gradient", lambda fn, args: (args[1] * args[0] ** (args[1] - 1), None))
+    report = gc.gradcheck(power, 1.5, 3)
+    assert [c.name for c in report.checks] == ["x"] and report.passed
+    with pytest.raises(ValueError, match="at least one float"):
+        gc.gradcheck(power, 2, 3)
+
+
+def test_the_seam_calls_autodiff_reverse_with_active_floats(monkeypatch):
+    import gpuad.api as api
+
+    calls = []
+
+    def fake_autodiff(mode, fn, *args):
+        calls.append((mode, fn, args))
+        return ((2.5, None),)
+
+    monkeypatch.setattr(api, "autodiff", fake_autodiff)
+    assert gc._ad_gradient(f, [0.5, 3]) == (2.5, None)
+    ((mode, fn, args),) = calls
+    assert mode is api.Reverse and fn is f
+    assert isinstance(args[0], api.Active) and args[0].values == (0.5,)
+    assert isinstance(args[1], api.Const) and args[1].values == (3,)
+
+
+def test_figure_sweeps_one_argument_with_the_error_on_a_log_scale(correct_ad):
+    report = gc.gradcheck(f, 0.7, 2.0)
+    figure = report.figure(arg="x", lo=-1.0, hi=2.0, num=41)
+    top, bottom = figure.axes
+    ad_line, fd_line = top.get_lines()[:2]
+    assert (ad_line.get_label(), fd_line.get_label()) == ("AD", "central FD")
+    np.testing.assert_allclose(ad_line.get_xdata(), np.linspace(-1.0, 2.0, 41))
+    np.testing.assert_allclose(ad_line.get_ydata(), np.cos(np.linspace(-1.0, 2.0, 41)) * 2.0)
+    np.testing.assert_allclose(fd_line.get_ydata(), ad_line.get_ydata(), rtol=1e-8, atol=1e-9)
+    assert bottom.get_yscale() == "log"
+    with pytest.raises(ValueError, match="not a float"):
+        gc.gradcheck(lambda x, n: x * n, 1.0, 2).figure(arg="n")
+
+
+def test_figure_saves_as_png_and_svg_and_embeds_in_html(correct_ad, tmp_path):
+    report = gc.gradcheck(f, 0.7, 2.0)
+    report.savefig(tmp_path / "check.png")
+    report.savefig(tmp_path / "check.svg")
+    assert (tmp_path / "check.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "<svg" in (tmp_path / "check.svg").read_text()
+    page = report._repr_html_()
+    assert '<img style="margin-top: 6px; max-width: 100%" src="data:image/png;base64,iVBORw0KGgo' in page
+    assert "PASSED" in page and "<style" not in page
+
+
+class GradientKernel:
+    """A kernel writing dxs[i] = d/dx sin(x)·w, optionally wrong at some points."""
+
+    def __init__(self, wrong_at=()):
+        self.name, self.wrong_at, self.launches = "grad_f", set(wrong_at), []
+
+        def grad_f(xs, ws, dxs):  # the signature names wrt/out refer to
+            pass
+
+        self.pyfunc = grad_f
+
+    def launch(self, n, xs, ws, dxs):
+        self.launches.append(n)
+        dxs[:n] = np.cos(xs[:n]) * ws[:n]
+        for i in self.wrong_at:
+            dxs[i] += 0.1
+
+
+def _arrays(n=50):
+    return np.linspace(-2.0, 2.0, n), np.linspace(0.5, 1.5, n), np.zeros(n)
+
+
+def test_kernel_gradcheck_passes_for_a_correct_kernel():
+    kernel = GradientKernel()
+    report = gc.gradcheck_kernel(kernel, 50, *_arrays(), primal=f, wrt="xs", out="dxs")
+    assert kernel.launches == [50]
+    assert report.passed and repr(report).startswith("gradcheck of kernel grad_f: PASSED")
+    (check,) = report.checks
+    assert (check.name, check.points, check.failures) == ("xs", 50, 0)
+    assert check.max_rel_error < 1e-8
+
+
+def test_kernel_gradcheck_counts_and_locates_wrong_points():
+    report = gc.gradcheck_kernel(GradientKernel(wrong_at=(7, 31)), 50, *_arrays(), primal=f, wrt=0, out=2)
+    (check,) = report.checks
+    assert not report.passed and check.failures == 2 and check.worst_point in (7, 31)
+    assert check.max_abs_error == pytest.approx(0.1, rel=1e-6)
+    assert "FAIL 2/50" in report._repr_html_()
+
+
+def test_kernel_gradcheck_samples_at_most_max_points_and_plots_them(tmp_path):
+    report = gc.gradcheck_kernel(GradientKernel(), 50, *_arrays(), primal=f, max_points=10)
+    assert report.checks[0].points == 10
+    figure = report.figure()
+    top, bottom = figure.axes
+    ad = top.get_lines()[0]
+    assert len(ad.get_xdata()) == 10 and list(ad.get_xdata()) == sorted(ad.get_xdata())
+    assert bottom.get_yscale() == "log"
+    report.savefig(tmp_path / "kernel.png")
+    assert (tmp_path / "kernel.png").stat().st_size > 1000
+
+
+def test_kernel_gradcheck_checks_several_gradients_and_rejects_bad_names():
+    def launch(n, xs, ws, dxs, dws):
+        dxs[:] = np.cos(xs) * ws
+        dws[:] = np.sin(xs)
+
+    kernel = GradientKernel()
+    kernel.launch = launch
+    kernel.pyfunc = lambda xs, ws, dxs, dws: None
+    xs, ws, dxs = _arrays()
+    report = gc.gradcheck_kernel(kernel, 50, xs, ws, dxs, np.zeros(50), primal=f,
+                                 wrt=("xs", "ws"), out=("dxs", "dws"))
+    assert [c.name for c in report.checks] == ["xs", "ws"] and report.passed
+    with pytest.raises(ValueError, match="not a parameter"):
+        gc.gradcheck_kernel(kernel, 50, xs, ws, dxs, np.zeros(50), primal=f, wrt="zs", out="dxs")
+
+
+def test_kernel_gradcheck_ignores_scalar_arguments_by_default():
+    def launch(n, xs, ws, dxs, count):
+        dxs[:count] = np.cos(xs[:count]) * ws[:count]
+
+    kernel = GradientKernel()
+    kernel.launch = launch
+    kernel.pyfunc = lambda xs, ws, dxs, count: None
+    report = gc.gradcheck_kernel(kernel, 50, *_arrays(), 50, primal=f, wrt="xs", out="dxs")
+    assert report.passed and report.checks[0].points == 50

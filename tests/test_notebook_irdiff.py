@@ -1,0 +1,91 @@
+"""The module outline and the link-diff model (gpuad/notebook/outline.py, irdiff.py)."""
+from __future__ import annotations
+
+from gpuad.notebook.irdiff import LINK_REF, LINKED, MARKER, Collapsed, DiffLine, Row, diff_ir
+from gpuad.notebook.outline import llvm_outline, ptx_outline
+from gpuad.notebook.sample import (
+    ADJOINT_SYMBOL,
+    IR_AFTER_LINK,
+    IR_BEFORE_LINK,
+    KERNEL_SYMBOL,
+    PTX,
+)
+
+MARKER_CALL = '  %".5" = call i8* @"gpuad.deferred_codegen"(i64 1)'
+
+
+def test_llvm_outline_finds_quoted_definitions_and_skips_declarations():
+    before, after = llvm_outline(IR_BEFORE_LINK), llvm_outline(IR_AFTER_LINK)
+    assert before.names == [KERNEL_SYMBOL]
+    assert after.names == [KERNEL_SYMBOL, ADJOINT_SYMBOL]
+    adjoint = after.function(ADJOINT_SYMBOL)
+    lines = IR_AFTER_LINK.splitlines()
+    assert lines[adjoint.start].startswith("define linkonce_odr i32")
+    assert lines[adjoint.end - 1] == "}"
+
+
+def test_outline_segments_cover_the_module_in_order():
+    shape = llvm_outline(IR_AFTER_LINK)
+    runs = shape.segments()
+    assert runs[0][1] == 0 and runs[-1][2] == shape.line_count
+    assert all(a[2] == b[1] for a, b in zip(runs, runs[1:], strict=False))
+
+
+def test_ptx_outline_finds_entry_and_func_but_not_prototypes():
+    text = ".extern .func  (.param .b32 func_retval0) vprintf\n(\n\t.param .b64 vprintf_param_0\n)\n;\n" + PTX
+    shape = ptx_outline(text)
+    assert shape.names == [KERNEL_SYMBOL, ADJOINT_SYMBOL]
+    body = text.splitlines()[shape.function(ADJOINT_SYMBOL).start:shape.function(ADJOINT_SYMBOL).end]
+    assert any("sin.approx.f64" in line for line in body) and body[-1] == "}"
+
+
+def test_diff_finds_the_linked_function_and_the_replaced_marker():
+    diff = diff_ir(IR_BEFORE_LINK, IR_AFTER_LINK)
+    assert diff.linked_functions == (ADJOINT_SYMBOL,)
+    marker_index = diff.before.index(MARKER_CALL)
+    assert diff.before_marks[marker_index] == MARKER
+    replaced = next(i for i, line in enumerate(diff.after) if line.startswith('  %".5" = bitcast'))
+    assert diff.after_marks[replaced] == LINK_REF
+    define = next(i for i, line in enumerate(diff.after) if line.startswith("define linkonce_odr"))
+    assert diff.after_marks[define] == LINKED
+    # The marker call and the marker's declaration are the only deletions.
+    assert diff.deleted == 2
+
+
+def test_unified_view_pairs_marker_deletion_with_its_replacement():
+    lines = [x for x in diff_ir(IR_BEFORE_LINK, IR_AFTER_LINK).unified(context=2) if isinstance(x, DiffLine)]
+    k = next(i for i, line in enumerate(lines) if line.text == MARKER_CALL)
+    assert (lines[k].tag, lines[k].mark) == ("delete", MARKER)
+    assert lines[k + 1].tag == "insert" and ADJOINT_SYMBOL in lines[k + 1].text
+    assert lines[k].number == lines[k + 1].number == IR_BEFORE_LINK.splitlines().index(MARKER_CALL) + 1
+
+
+def test_unchanged_runs_are_collapsed_but_context_is_kept():
+    items = diff_ir(IR_BEFORE_LINK, IR_AFTER_LINK).unified(context=2)
+    folds = [x for x in items if isinstance(x, Collapsed)]
+    assert folds and folds[0].before_start == 1
+    first_change = next(i for i, x in enumerate(items) if isinstance(x, DiffLine) and x.tag != "equal")
+    assert [x.tag for x in items[first_change - 2:first_change]] == ["equal", "equal"]
+    shown = sum(1 for x in items if isinstance(x, DiffLine))
+    assert shown + sum(f.count for f in folds) == len(IR_BEFORE_LINK.splitlines()) + diff_ir(
+        IR_BEFORE_LINK, IR_AFTER_LINK).inserted
+
+
+def test_side_by_side_keeps_line_numbers_of_both_sides():
+    rows = [r for r in diff_ir(IR_BEFORE_LINK, IR_AFTER_LINK).side_by_side(context=1) if isinstance(r, Row)]
+    marker_row = next(r for r in rows if r.before and r.before.text == MARKER_CALL)
+    assert marker_row.before.mark == MARKER
+    assert marker_row.after is not None and marker_row.after.mark == LINK_REF
+    added = [r for r in rows if r.before is None and r.after.mark == LINKED]
+    assert added and all(r.after.tag == "insert" for r in added)
+
+
+def test_a_marker_left_after_linking_is_flagged():
+    diff = diff_ir(IR_BEFORE_LINK, IR_BEFORE_LINK)
+    assert diff.linked_functions == () and diff.inserted == diff.deleted == 0
+    assert MARKER in diff.after_marks.values()
+
+
+def test_context_zero_collapses_everything_but_changes_and_marks():
+    items = diff_ir(IR_BEFORE_LINK, IR_AFTER_LINK).unified(context=0)
+    assert all(x.tag != "equal" or x.mark for x in items if isinstance(x, DiffLine))

@@ -1,0 +1,185 @@
+"""The compilation display: static HTML, MIME bundle, widget (gpuad/notebook/views.py, render.py)."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from gpuad.notebook.highlight import highlight, highlight_lines
+from gpuad.notebook.sample import ADJOINT_SYMBOL, KERNEL_SYMBOL, sample_record
+from gpuad.notebook.views import STAGE_KEYS, WIDGET_MIMETYPE, CompilationView, parse_stages
+
+TITLES = ["Source", "Overlays", "Deferred jobs", "Derivative source", "IR before link", "IR after link",
+          "Link diff", "PTX", "Timings"]
+
+
+@pytest.fixture
+def view():
+    return CompilationView(sample_record(), widget=False)
+
+
+def _cell_of(html: str, text: str) -> str:
+    """The opening tag of the diff cell whose text contains `text`."""
+    for match in re.finditer(r"<td class=\"(gpuad-diff-[^\"]*)\" style=\"([^\"]*)\"[^>]*>(.*?)</td>", html):
+        if text in re.sub(r"<[^>]+>", "", match.group(3)).replace("&quot;", '"'):
+            return match.group(0)
+    raise AssertionError(f"no diff cell contains {text!r}")
+
+
+def _marker_row(html: str) -> str:
+    """The side-by-side row holding the marker call (tags stripped when matching)."""
+    return next(r for r in html.split("<tr>")
+                if "gpuad-mark-marker" in r and "(i64 1)" in re.sub(r"<[^>]+>", "", r))
+
+
+def test_text_plain_is_the_records_short_summary(view):
+    bundle = view._repr_mimebundle_()
+    assert bundle["text/plain"] == sample_record().summary()
+    assert bundle["text/plain"] == ("gpuad kernel grad_f [cuda, sm_90]: 2 overlays, 1 deferred jobs, "
+                                    "1 functions linked, PTX small")
+    assert WIDGET_MIMETYPE not in bundle
+
+
+def test_static_html_has_every_stage_as_a_section_and_no_style_block(view):
+    page = view._repr_mimebundle_()["text/html"]
+    for key, title in zip(STAGE_KEYS, TITLES, strict=True):
+        assert f'class="gpuad-stage-{key}"' in page
+        assert f">{title}</summary>" in page
+    # JupyterLab's sanitizer drops <style>; colours must be inline and set by us.
+    assert "<style" not in page and "class=\"highlight\"" not in page
+    assert page.startswith('<div class="gpuad-view" style="background-color: #ffffff; color: #1f2328')
+
+
+def test_static_html_is_deterministic():
+    assert CompilationView(sample_record()).to_html() == CompilationView(sample_record()).to_html()
+
+
+def test_tables_show_overlays_and_jobs(view):
+    page = view.to_html()
+    assert "gpuad.api.autodiff_deferred" in page and "kernels.py:14" in page
+    jobs = view.stage_html("jobs")
+    assert ADJOINT_SYMBOL in jobs and "Active, Active" in jobs and "float64, float64" in jobs
+
+
+def test_python_ir_and_ptx_are_highlighted_with_inline_styles(view):
+    source = view.stage_html("source")
+    assert '<span style="color: #008000; font-weight: bold">def</span>' in source
+    ir = view.stage_html("ir-after")
+    assert re.search(r'<span style="[^"]+">define</span>', ir)
+    ptx = view.stage_html("ptx")
+    assert re.search(r'<span style="[^"]+">\.visible</span>', ptx)
+
+
+def test_modules_are_folded_by_function(view):
+    after = view.stage_html("ir-after")
+    assert after.count('class="gpuad-function"') == 2
+    assert f"{ADJOINT_SYMBOL}  (" in after
+    assert view.stage_html("ptx").count('class="gpuad-function"') == 2
+
+
+def test_large_modules_start_folded():
+    record = sample_record()
+    filler = "\n".join(f"@g{k} = global i32 {k}" for k in range(400))
+    record.ir_after_link = record.ir_after_link + filler
+    after = CompilationView(record).stage_html("ir-after")
+    assert '<details class="gpuad-function" open' not in after
+    small = CompilationView(sample_record()).stage_html("ir-after")
+    assert '<details class="gpuad-function" open' in small
+
+
+def test_diff_highlights_marker_before_and_linked_function_after(view):
+    diff = view.stage_html("diff")
+    marker = _cell_of(diff, '@"gpuad.deferred_codegen"(i64 1)')
+    assert "gpuad-diff-delete" in marker and "gpuad-mark-marker" in marker
+    assert "background-color: #fff1b8" in marker and 'title="deferred-codegen marker' in marker
+    replacement = _cell_of(diff, f'bitcast i32 ({{double, double}}*, double, double)* @"{ADJOINT_SYMBOL}"')
+    assert "gpuad-diff-insert" in replacement and "gpuad-mark-link-ref" in replacement
+    definition = _cell_of(diff, f'define linkonce_odr i32 @"{ADJOINT_SYMBOL}"')
+    assert "gpuad-diff-insert" in definition and "gpuad-mark-linked" in definition
+    assert "background-color: #f0ebff" in definition
+    # Unchanged runs far from the link are folded, with their line range.
+    assert re.search(r"⋯ \d+ unchanged lines \(before 1–\d+\) ⋯", diff)
+    assert f"functions linked: <code>{ADJOINT_SYMBOL}</code>" in diff
+
+
+def test_side_by_side_diff_has_both_line_numbers_on_the_marker_row():
+    view = CompilationView(sample_record(), diff_layout="side-by-side")
+    diff = view.stage_html("diff")
+    row = _marker_row(diff)
+    assert "gpuad-mark-link-ref" in row  # the replacement sits beside the marker
+    numbers = re.findall(r'white-space: pre">(\d+)</td>', row)
+    assert numbers == ["23", "23"]
+    # Folded runs span both sides (number + code cell per side).
+    assert re.findall(r'<td colspan="(\d)" class="gpuad-diff-collapsed"', diff) and \
+        set(re.findall(r'<td colspan="(\d)" class="gpuad-diff-collapsed"', diff)) == {"4"}
+
+
+def test_timings_are_bars_scaled_to_the_slowest(view):
+    timings = view.stage_html("timings")
+    widths = [float(w) for w in re.findall(r'class="gpuad-bar" style="[^"]*width: ([\d.]+)%', timings)]
+    assert len(widths) == 5 and max(widths) == 100.0
+    assert "931.0 ms" in timings and "total" in timings
+
+
+def test_show_selects_and_orders_stages():
+    assert parse_stages("ptx, source,diff") == ("ptx", "source", "diff")
+    assert parse_stages("adjoint,before,after") == ("derivatives", "ir-before", "ir-after")
+    with pytest.raises(ValueError, match="unknown stage 'assembly'"):
+        parse_stages("assembly")
+    page = CompilationView(sample_record(), show="ptx").to_html()
+    assert "gpuad-stage-ptx" in page and "gpuad-stage-source" not in page
+
+
+def test_bundle_carries_the_widget_view_when_widgets_can_show():
+    bundle = CompilationView(sample_record(), widget=True)._repr_mimebundle_()
+    assert {"text/plain", "text/html", WIDGET_MIMETYPE} <= set(bundle)
+    assert bundle[WIDGET_MIMETYPE]["model_id"]
+    assert bundle["text/plain"].startswith("gpuad kernel grad_f")
+
+
+def test_widget_has_one_tab_per_stage():
+    box = CompilationView(sample_record()).widget()
+    assert list(box.tabs.titles) == TITLES
+    assert len(box.tabs.children) == 9
+
+
+def test_function_picker_and_search_in_the_ir_tab():
+    browser = CompilationView(sample_record()).widget().browsers["ir-after"]
+    assert list(browser.picker.options) == ["(whole module)", KERNEL_SYMBOL, ADJOINT_SYMBOL]
+    browser.picker.value = ADJOINT_SYMBOL
+    assert "__nv_cos" in browser.body.value and "llvm.nvvm.read.ptx.sreg.tid.x" not in browser.body.value
+    browser.search.value = "fmul"
+    assert "3 line(s) contain &#x27;fmul&#x27;" in browser.body.value
+    marked = '<mark style="background-color: #ffd33d; color: #1f2328">fmul</mark>'
+    assert browser.body.value.count(marked) == 3
+    browser.picker.value = KERNEL_SYMBOL
+    assert "0 line(s) contain" in browser.body.value
+
+
+def test_diff_tab_switches_layout():
+    diff = CompilationView(sample_record()).widget().browsers["diff"]
+    unified = diff.body.value
+    diff.layout.value = "side-by-side"
+    assert diff.body.value != unified
+    row = _marker_row(diff.body.value)
+    assert "gpuad-mark-link-ref" in row
+
+
+def test_empty_stages_say_so():
+    record = sample_record()
+    record.overlays, record.jobs, record.adjoint_sources, record.ptx, record.timings = [], [], {}, "", {}
+    view = CompilationView(record)
+    assert "No call was overlaid" in view.stage_html("overlays")
+    assert "No deferred jobs" in view.stage_html("jobs")
+    assert "Not produced" in view.stage_html("ptx")
+    assert "No timings" in view.stage_html("timings")
+
+
+def test_highlight_lines_keeps_one_fragment_per_line_even_inside_docstrings():
+    text = 'def f():\n    """one\n    two"""\n'
+    lines = highlight_lines(text, "python")
+    assert len(lines) == 3
+    assert all(line.count("<span") == line.count("</span>") for line in lines)
+    assert "(empty)" in highlight("", "llvm")
+    with pytest.raises(ValueError, match="no highlighter"):
+        highlight_lines("x", "fortran")
