@@ -21,6 +21,9 @@ from gpuad.targets import check_target, default_target
 from gpuad.targets import status as st
 
 DEFAULT_BLOCK = 256
+# Generated code that can fail calls this primitive; only such kernels make
+# the host wait for the status array after a launch.
+TAPE_CHECK = "report_tape_overflow"
 
 
 @dataclass
@@ -162,8 +165,10 @@ class Kernel:
 
         compiled = self._compile_cuda(argtypes, self._device_arch(), self.fastmath)
         if compiled.device_kernel is None:
-            compiled.device_kernel = cuda_target.load_ptx(compiled.record.ptx, compiled.symbol,
-                                                          compiled.argtypes)
+            compiled.device_kernel = cuda_target.load_ptx(
+                compiled.record.ptx, compiled.symbol, compiled.argtypes,
+                checks_status=any(TAPE_CHECK in src for src in compiled.record.adjoint_sources.values()),
+            )
         cuda_target.launch(compiled.device_kernel, griddim, blockdim, args, on_status)
 
     def _device_arch(self) -> str:

@@ -189,40 +189,46 @@ def device_compute_capability() -> tuple[int, int]:
 
 
 class PtxKernel:
-    """A kernel loaded from PTX that gpuad produced, launched with numba's ABI."""
+    """A kernel loaded from PTX that gpuad produced, launched with numba's ABI.
 
-    def __init__(self, ptx: str, symbol: str, argtypes: tuple):
+    The status array stays on the device between launches. Only kernels
+    that can report an error (a bounded tape) wait for it after a launch;
+    the others are asynchronous, like numba-cuda's own launches.
+    """
+
+    def __init__(self, ptx: str, symbol: str, argtypes: tuple, status_size: int, checks_status: bool):
+        import numpy as np
         from numba.cuda.cudadrv import devices, driver
 
         ctx = devices.get_context()
         linker = driver._Linker(cc=device_compute_capability())
         linker.add_ptx(ptx.encode())
-        module = ctx.create_module_image(linker.complete())
-        self._module = module
-        self._function = module.get_function(symbol)
+        self._module = ctx.create_module_image(linker.complete())
+        self._function = self._module.get_function(symbol)
         self.argtypes = argtypes
+        self.checks_status = checks_status
+        self._clean_status = np.zeros(status_size, dtype=np.int64)
+        self._status = cuda_modules().to_device(self._clean_status)
 
-    def __call__(self, griddim, blockdim, args, status, on_status):
+    def __call__(self, griddim, blockdim, args, on_status):
         """Launch; `on_status(host_status)` runs before results are copied back."""
         from cuda.core import LaunchConfig, launch
         from numba.cuda.cudadrv import driver
         from numba.cuda.dispatcher import _Kernel
 
-        cuda = cuda_modules()
         # The default stream in cuda.core's form, as numba-cuda's launch config makes it.
         stream = driver._to_core_stream(0)
-        device_status = cuda.to_device(status)
+        if self.checks_status:
+            self._status.copy_to_device(self._clean_status)
         writebacks, kernelargs = [], []
-        packer = _ArgPacker()
-        for ty, value in zip(self.argtypes, (*args, device_status)):
-            _Kernel._prepare_args(packer, ty, value, stream, writebacks, kernelargs)
+        for ty, value in zip(self.argtypes, (*args, self._status)):
+            _Kernel._prepare_args(_ArgPacker, ty, value, stream, writebacks, kernelargs)
         config = LaunchConfig(grid=griddim, block=blockdim, shmem_size=0)
         launch(stream, config, self._function.kernel, *kernelargs)
-        cuda.synchronize()
-        on_status(device_status.copy_to_host())
+        if self.checks_status:
+            on_status(self._status.copy_to_host())
         for writeback in writebacks:
             writeback()
-        cuda.synchronize()
 
 
 class _ArgPacker:

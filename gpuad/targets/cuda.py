@@ -81,10 +81,10 @@ def _unliteral(t):
     return types.unliteral(t)
 
 
-def load_ptx(ptx: str, symbol: str, argtypes: tuple) -> numba_adapter.PtxKernel:
-    return numba_adapter.PtxKernel(ptx, symbol, argtypes)
+def load_ptx(ptx: str, symbol: str, argtypes: tuple, checks_status: bool) -> numba_adapter.PtxKernel:
+    return numba_adapter.PtxKernel(ptx, symbol, argtypes, status_array.SIZE, checks_status)
 
 
 def launch(kernel: numba_adapter.PtxKernel, griddim, blockdim, args, on_status) -> None:
     """Run on the current GPU; `on_status(status)` may raise before write-back."""
-    kernel(griddim, blockdim, args, status_array.new_status(), on_status)
+    kernel(griddim, blockdim, args, on_status)
