@@ -211,7 +211,9 @@ class _CallRewriter(ast.NodeTransformer):
         )
 
     def status(self) -> ast.Name:
-        return ast.Name(id=STATUS, ctx=ast.Load())
+        # Generated derivatives bring their own status parameter, last.
+        name = self.parsed.tree.args.args[-1].arg if _has_status_parameter(self.fn) else STATUS
+        return ast.Name(id=name, ctx=ast.Load())
 
     def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
         value = static_value(node, self.namespace, self.locals)

@@ -54,15 +54,20 @@ def outside_enclosing_compilation():
 
     Deferred jobs are built while numba-cuda types the kernel; numba's
     thread-local flags stack then holds the CUDA flags, which a nested CPU
-    compilation (the AD engine's type inference) would inherit and reject.
+    compilation (the AD engine's type inference) would inherit and reject,
+    and the active target is cuda.
     """
+    from numba.core.target_extension import target_override
     from numba.core.targetconfig import _FlagsStack
 
     stack = _FlagsStack()._stack
     saved = stack[:]
     stack.clear()
     try:
-        yield
+        # numba-cuda compiles under target_override("cuda"); numba's CPU typing
+        # context would otherwise load its registries for the wrong target.
+        with target_override("cpu"):
+            yield
     finally:
         stack[:] = saved
 

@@ -1,0 +1,118 @@
+"""gpuad's source-to-source differentiation engine (pipeline stage 2).
+
+`differentiate(fn, mode, activities, argtypes)` turns a plain Python function
+into the Python source of its derivative (an adjoint for reverse modes, a
+tangent for forward modes), plus the namespace that source runs in.
+
+Modules, one job each: `normalize` (AST → three-address statements), `typing`
+(numba type inference of locals), `tuples` (scalarise tuples), `activity`
+(which values carry derivatives), `rules` (derivative rules as data, user
+rules), `forward` / `reverse` (the two sweeps), `tape` (per-thread tape),
+`emit` (source rendering and namespace), `primitives` (target-specific
+operations the compiler overlays), `engine` (one job's shared state).
+
+Entry calling convention (what the compiler spine calls): flattened arguments
+(`Active(x)` → x, `Const(y)` → y, `Duplicated(a, da)` → a, da) followed by one
+`status` int64 array of length 4. Reverse returns `(derivs,)` (or
+`(derivs, primal)`), `derivs` holding the derivative of each `Active` argument
+and None for the others; forward returns `(df,)` (or `(df, primal)`).
+"""
+from __future__ import annotations
+
+import hashlib
+import linecache
+from dataclasses import dataclass
+
+from numba.core import types
+
+from gpuad import api
+from gpuad.ad.engine import Program, array_dtype_is_float
+from gpuad.ad.normalize import unwrap
+from gpuad.ad.rules import rule
+from gpuad.ad.typing import is_float, local_types
+from gpuad.errors import AutodiffCallError, SourceLocation
+
+__all__ = ["Derivative", "differentiate", "rule", "local_types", "DEFAULT_TAPE_CAPACITY"]
+
+DEFAULT_TAPE_CAPACITY = 64
+
+
+@dataclass(frozen=True)
+class Derivative:
+    """A generated derivative: source text, its namespace, and the entry function."""
+
+    entry: str
+    source: str
+    namespace: dict
+    function: object
+    mode: api.Mode
+    activities: tuple
+    argtypes: tuple
+    filename: str
+
+
+def check_call(fn, mode, activities, argtypes) -> None:
+    """Reject malformed requests before generating anything."""
+    code = unwrap(fn).__code__
+    where = SourceLocation(code.co_filename, code.co_firstlineno, "autodiff", unwrap(fn).__name__)
+    if mode not in api.MODES:
+        raise AutodiffCallError(f"unknown mode {mode!r}", where, "use Reverse, ReverseWithPrimal, Forward "
+                                "or ForwardWithPrimal")
+    if len(activities) != code.co_argcount or len(argtypes) != code.co_argcount:
+        raise AutodiffCallError(
+            f"{code.co_name} takes {code.co_argcount} arguments, got {len(activities)} activities and "
+            f"{len(argtypes)} types", where, "wrap every argument in an activity")
+    for i, (act, ty) in enumerate(zip(activities, argtypes)):
+        if not (isinstance(act, type) and issubclass(act, api.Activity)):
+            raise AutodiffCallError(f"argument {i} has activity {act!r}", where,
+                                    "use Active, Const, Duplicated or DuplicatedNoNeed")
+        if act is api.Active and not mode.reverse:
+            raise AutodiffCallError(f"Active argument {i} in forward mode", where,
+                                    "use Duplicated(x, dx) to give a tangent in forward mode")
+        if act is api.Active and isinstance(ty, types.Array):
+            raise AutodiffCallError(f"Active array argument {i}", where, "pass arrays as Duplicated(a, da)")
+        if issubclass(act, api.Duplicated) and mode.reverse and not isinstance(ty, types.Array):
+            raise AutodiffCallError(f"Duplicated scalar argument {i} in reverse mode", where,
+                                    "use Active(x) for scalars in reverse mode")
+
+
+def entry_name(fn, mode) -> str:
+    snake = {"Reverse": "reverse", "ReverseWithPrimal": "reverse_with_primal", "Forward": "forward",
+             "ForwardWithPrimal": "forward_with_primal"}[mode.name]
+    return f"{snake}_{unwrap(fn).__name__}"
+
+
+def differentiate(fn, mode: api.Mode, activities: tuple, argtypes: tuple, *,
+                  tape_capacity: int = DEFAULT_TAPE_CAPACITY) -> Derivative:
+    """Generate the derivative of `fn` (see the module docstring for the calling convention).
+
+    `tape_capacity` bounds the iterations each loop with a run-time trip count
+    may record on the per-thread tape; running more reports a tape overflow.
+    """
+    from gpuad.ad.forward import forward_entry
+    from gpuad.ad.reverse import reverse_entry
+
+    activities, argtypes = tuple(activities), tuple(argtypes)
+    check_call(fn, mode, activities, argtypes)
+    prog = Program(tape_capacity)
+    flags = tuple(a is api.Active or issubclass(a, api.Duplicated) for a in activities)
+    prep = prog.prepare(fn, argtypes, flags)
+    name = prog.unique(entry_name(fn, mode))
+    prog.in_progress.append(unwrap(fn))
+    if mode.reverse:
+        reverse_entry(prog, mode, prep, activities, argtypes, name)
+    else:
+        forward_entry(prog, fn, mode, prep, flags, argtypes, name)
+    source = "\n\n\n".join(prog.defs) + "\n"
+    namespace = {k: prog.ns.objects[k] for k in sorted(prog.ns.objects)}
+    letters = ",".join({"Active": "A", "Const": "C", "Duplicated": "D", "DuplicatedNoNeed": "N"}
+                       .get(a.__name__, a.__name__) for a in activities)
+    digest = hashlib.sha1(source.encode()).hexdigest()[:10]
+    filename = f"<gpuad-derivative {unwrap(fn).__qualname__} {mode.name} {letters} {digest}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    scope = dict(namespace)
+    exec(compile(source, filename, "exec"), scope)
+    return Derivative(name, source, namespace, scope[name], mode, activities, argtypes, filename)
+
+
+del is_float, array_dtype_is_float

@@ -1,0 +1,48 @@
+"""Which variables carry derivatives.
+
+A variable is active when its type is a float and some assignment to it reads
+an active value (flow-insensitive fixpoint). Active parameters seed the
+analysis; arrays are active only as `Duplicated` parameters. Integers and
+booleans are never active. Storing an active value into an inactive array
+would lose its derivative, so it is refused here.
+"""
+from __future__ import annotations
+
+from numba.core import types
+
+from gpuad.ad import ir
+from gpuad.ad.typing import is_float
+from gpuad.errors import SourceLocation, UnsupportedConstruct
+
+
+def is_active_atom(atom, active: set) -> bool:
+    return isinstance(atom, ir.Var) and atom.name in active
+
+
+def reads_active(expr, active: set) -> bool:
+    if isinstance(expr, ir.Attr):
+        return False
+    return any(is_active_atom(a, active) for a in ir.atoms_of(expr))
+
+
+def analyse(fir: ir.FunctionIR, localtypes: dict, active_params: set) -> set:
+    """The set of active variable names (parameters included)."""
+    active = set(active_params)
+    stmts = list(ir.walk(fir.body))
+    changed = True
+    while changed:
+        changed = False
+        for s in stmts:
+            if isinstance(s, ir.Assign) and reads_active(s.value, active):
+                for name in ir.target_names(s.target):
+                    if name not in active and is_float(localtypes.get(name, types.none)):
+                        active.add(name)
+                        changed = True
+    for s in stmts:
+        if isinstance(s, ir.Store) and is_active_atom(s.value, active) and s.array not in active:
+            raise UnsupportedConstruct(
+                f"an active value is stored into `{s.array}`, which has no shadow",
+                SourceLocation(fir.filename, s.line, f"{s.array}[...] = {s.value.name}", fir.func.__name__),
+                f"pass `{s.array}` as Duplicated(array, shadow) so its derivative is tracked",
+            )
+    return active

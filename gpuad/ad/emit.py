@@ -1,0 +1,243 @@
+"""Rendering the normalised form back to Python source, and the namespace it runs in.
+
+`Namespace` binds every global object the generated source refers to under a
+name, by identity, renaming on clashes so that callees from different modules
+can share one generated module. `Writer` collects indented lines. The
+`*_text` helpers render atoms, expressions and targets; `emit_primal` renders
+a statement list unchanged (used to type the normalised function and as the
+forward part of every derivative).
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+
+from gpuad.ad import ir
+
+
+class Namespace:
+    """Name → object bindings of one generated module, resolved by identity."""
+
+    def __init__(self):
+        self.objects: dict[str, object] = {}
+
+    def bind(self, name: str, obj: object) -> str:
+        """Bind `obj` under `name`, or under `name_1`, `name_2`... if `name` is taken."""
+        candidate, n = name, 0
+        while candidate in self.objects and self.objects[candidate] is not obj:
+            n += 1
+            candidate = f"{name}_{n}"
+        self.objects[candidate] = obj
+        return candidate
+
+
+class Writer:
+    """Indented source lines."""
+
+    def __init__(self, indent: int = 0):
+        self.lines: list[str] = []
+        self.level = indent
+
+    def line(self, text: str) -> None:
+        for part in text.split("\n"):
+            self.lines.append("    " * self.level + part)
+
+    def extend(self, other: Writer) -> None:
+        for text in other.lines:
+            self.lines.append("    " * self.level + text)
+
+    @contextmanager
+    def block(self, header: str):
+        self.line(header)
+        self.level += 1
+        mark = len(self.lines)
+        yield
+        if len(self.lines) == mark:
+            self.line("pass")
+        self.level -= 1
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+def const_text(value) -> str:
+    if isinstance(value, float):
+        if math.isinf(value):
+            return "1e999" if value > 0 else "-1e999"
+        if math.isnan(value):
+            return "(1e999 - 1e999)"
+    return repr(value)
+
+
+def atom_text(a) -> str:
+    if isinstance(a, ir.Const):
+        return const_text(a.value)
+    return a.name
+
+
+def index_text(index: tuple) -> str:
+    return ", ".join(atom_text(i) for i in index)
+
+
+def target_text(target) -> str:
+    if isinstance(target, str):
+        return target
+    inner = ", ".join(target_text(t) for t in target)
+    return f"({inner},)" if len(target) == 1 else f"({inner})"
+
+
+def expr_text(e) -> str:
+    """Python source of one right-hand side."""
+    if isinstance(e, ir.Copy):
+        return atom_text(e.a)
+    if isinstance(e, ir.BinOp | ir.Compare):
+        return f"{atom_text(e.a)} {e.op} {atom_text(e.b)}"
+    if isinstance(e, ir.UnaryOp):
+        sep = " " if e.op == "not" else ""
+        return f"{e.op}{sep}{atom_text(e.a)}"
+    if isinstance(e, ir.Call):
+        return f"{e.name}({', '.join(atom_text(a) for a in e.args)})"
+    if isinstance(e, ir.Load):
+        return f"{atom_text(e.array)}[{index_text(e.index)}]"
+    if isinstance(e, ir.Attr):
+        return f"{e.var}.{e.attr}"
+    if isinstance(e, ir.Pack):
+        return target_text(tuple(atom_text(a) for a in e.items))
+    if isinstance(e, ir.TupleGet):
+        return f"{e.var}[{e.k}]"
+    if isinstance(e, ir.AutodiffCall):
+        wrapped = [f"{cname}({', '.join(atom_text(a) for a in atoms)})" for _, cname, atoms in e.wrappers]
+        return f"{e.name}({', '.join([e.mode_name, e.f_name, *wrapped])})"
+    raise TypeError(e)
+
+
+def range_text(loop: ir.Loop) -> str:
+    start, stop, step = (atom_text(a) for a in (loop.start, loop.stop, loop.step))
+    if step == "1":
+        return f"range({stop})" if start == "0" else f"range({start}, {stop})"
+    return f"range({start}, {stop}, {step})"
+
+
+def loop_header(loop: ir.Loop) -> str:
+    if loop.var is None:
+        return "while True:"
+    return f"for {loop.var} in {range_text(loop)}:"
+
+
+def emit_primal(stmts: list, w: Writer, render=expr_text) -> None:
+    """Render statements as plain Python (no derivative code)."""
+    for s in stmts:
+        if isinstance(s, ir.Assign):
+            w.line(f"{target_text(s.target)} = {render(s.value)}")
+        elif isinstance(s, ir.Store):
+            w.line(f"{s.array}[{index_text(s.index)}] = {atom_text(s.value)}")
+        elif isinstance(s, ir.If):
+            with w.block(f"if {atom_text(s.test)}:"):
+                emit_primal(s.body, w, render)
+            if s.orelse:
+                with w.block("else:"):
+                    emit_primal(s.orelse, w, render)
+        elif isinstance(s, ir.Loop):
+            with w.block(loop_header(s)):
+                emit_primal(s.body, w, render)
+                if s.exit_flag:
+                    with w.block(f"if {s.exit_flag}:"):
+                        w.line("break")
+        else:
+            raise TypeError(s)
+
+
+def emit_function(fir: ir.FunctionIR, render=expr_text) -> str:
+    """The normalised function as a standalone `def` (for typing and display)."""
+    w = Writer()
+    with w.block(f"def {fir.name}({', '.join(fir.params)}):"):
+        emit_primal(fir.body, w, render)
+        if fir.ret is not None:
+            w.line(f"return {target_text(fir.ret)}")
+    return w.text() + "\n"
+
+
+# ------------------------------------------------------------- templates
+import ast  # noqa: E402
+
+
+def fill_template(template: str, values: dict, namespace: Namespace, globals_: dict) -> ast.expr:
+    """Parse a rule expression and substitute its names.
+
+    `values` maps parameter names (and `out`) to atoms; other names are
+    globals of the rules module, bound in `namespace` by identity.
+    """
+    tree = ast.parse(template, mode="eval").body
+
+    class Substitute(ast.NodeTransformer):
+        def visit_Name(self, node):
+            if node.id in values:
+                a = values[node.id]
+                if isinstance(a, ir.Const):
+                    return ast.Constant(a.value)
+                return ast.Name(a.name, ast.Load())
+            if node.id in globals_:
+                return ast.Name(namespace.bind(node.id, globals_[node.id]), ast.Load())
+            return node
+
+    return Substitute().visit(tree)
+
+
+def is_const(node: ast.expr, value: float) -> bool:
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return is_const(node.operand, -value)
+    return isinstance(node, ast.Constant) and node.value == value
+
+
+def scaled(factor: str, partial: ast.expr) -> tuple[str, str]:
+    """(`+`|`-`, text) of `factor * partial`, simplified when the partial is ±1."""
+    if is_const(partial, 1.0):
+        return "+", factor
+    if is_const(partial, -1.0):
+        return "-", factor
+    if isinstance(partial, ast.UnaryOp) and isinstance(partial.op, ast.USub):
+        return "-", ast.unparse(ast.BinOp(ast.Name(factor), ast.Mult(), partial.operand))
+    return "+", ast.unparse(ast.BinOp(ast.Name(factor), ast.Mult(), partial))
+
+
+def names_read(line: str) -> set:
+    """Names a generated line reads (to know which values the reverse sweep needs)."""
+    tree = ast.parse(line.strip() if not line.strip().endswith(":") else line.strip() + " pass")
+    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+
+
+def zero_text(ty) -> str:
+    from numba.core import types
+    ty = types.unliteral(ty)
+    if ty == types.float64:
+        return "0.0"
+    if ty == types.float32:
+        return "np.float32(0.0)"
+    if isinstance(ty, types.Boolean):
+        return "False"
+    if isinstance(ty, types.Integer):
+        return "0"
+    return "None"
+
+
+def cast_text(text: str, ty) -> str:
+    from numba.core import types
+    ty = types.unliteral(ty)
+    if ty in (types.float64, types.int64) or not isinstance(ty, types.Number | types.Boolean):
+        return text
+    if isinstance(ty, types.Boolean):
+        return f"bool({text})"
+    return f"np.{ty}({text})"
+
+
+def render(code: list, level: int = 0) -> list:
+    """Lines of a nested code list: items are strings or (header, [body])."""
+    out = []
+    for item in code:
+        if isinstance(item, str):
+            out.append("    " * level + item)
+        else:
+            header, body = item
+            out.append("    " * level + header)
+            out += render(body, level + 1) if body else ["    " * (level + 1) + "pass"]
+    return out

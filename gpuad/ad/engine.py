@@ -1,0 +1,151 @@
+"""One derivative job: the shared namespace, the generated functions, and the
+per-function preparation pipeline (normalise → type → scalarise tuples →
+activity) that the forward and reverse sweeps start from.
+"""
+from __future__ import annotations
+
+import math
+import types as pytypes
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+from numba.core import types
+
+from gpuad.ad import ir, primitives
+from gpuad.ad.activity import analyse
+from gpuad.ad.emit import Namespace, atom_text, emit_function, expr_text
+from gpuad.ad.normalize import normalize, unwrap
+from gpuad.ad.tuples import expand_tuples
+from gpuad.ad.typing import infer, is_float
+from gpuad.errors import SourceLocation, UnsupportedConstruct
+
+_typing_cache: dict = {}
+_stub_cache: dict = {}
+
+
+@dataclass
+class Prepared:
+    """A function ready for a sweep: scalarised IR, local types, active set."""
+
+    fir: ir.FunctionIR
+    types: dict
+    active: set
+    return_type: object
+
+
+def array_dtype_is_float(ty) -> bool:
+    return isinstance(ty, types.Array) and is_float(ty.dtype)
+
+
+def type_of_atom(atom, localtypes: dict, namespace: dict):
+    if isinstance(atom, ir.Var):
+        return localtypes.get(atom.name, types.none)
+    if isinstance(atom, ir.Const):
+        return types.none if atom.value is None else numba.typeof(atom.value)
+    return numba.typeof(namespace[atom.name])
+
+
+class Program:
+    """The module being generated for one `differentiate` call."""
+
+    def __init__(self, tape_capacity: int):
+        self.tape_capacity = tape_capacity
+        self.ns = Namespace()
+        self.ns.bind("np", np)
+        self.ns.bind("math", math)
+        for prim in (primitives.atomic_add, primitives.tape_alloc, primitives.report_tape_overflow):
+            self.ns.bind(prim.__name__, prim)
+        self.defs: list[str] = []
+        self.generated: dict = {}
+        self.in_progress: list = []
+        self.used_names: set = set()
+
+    def unique(self, name: str) -> str:
+        candidate, n = name, 0
+        while candidate in self.used_names or candidate in self.ns.objects:
+            n += 1
+            candidate = f"{name}_{n}"
+        self.used_names.add(candidate)
+        return candidate
+
+    def prepare(self, fn, argtypes: tuple, active_flags: tuple) -> Prepared:
+        """Normalise, type and analyse `fn` with `active_flags[i]` for parameter i."""
+        fn = unwrap(fn)
+        fir = normalize(fn, self.ns)
+        typing = self.type_normalised(fn, fir, argtypes)
+        localtypes = dict(typing.locals)
+        for p, ty in zip(fir.params, argtypes):
+            localtypes[p] = ty
+        fir, localtypes = expand_tuples(fir, localtypes)
+        active_params = {p for p, flag, ty in zip(fir.params, active_flags, argtypes)
+                         if flag and (is_float(ty) or array_dtype_is_float(ty))}
+        active = analyse(fir, localtypes, active_params)
+        return Prepared(fir, localtypes, active, typing.return_type)
+
+    def type_normalised(self, fn, fir: ir.FunctionIR, argtypes: tuple):
+        key = (fn, tuple(argtypes))
+        if key not in _typing_cache:
+            stubs: dict = {}
+
+            def render(e):
+                if isinstance(e, ir.AutodiffCall):
+                    stub = autodiff_stub(e.mode, e.f, tuple(c for c, _, _ in e.wrappers),
+                                         tuple(len(a) for _, _, a in e.wrappers))
+                    name = f"_adstub{len(stubs)}"
+                    stubs[name] = stub
+                    args = [atom_text(a) for _, _, atoms in e.wrappers for a in atoms]
+                    return f"{name}({', '.join(args)})"
+                return expr_text(e)
+
+            source = emit_function(fir, render)
+            scope = dict(self.ns.objects)
+            scope.update(stubs)
+            exec(compile(source, f"<gpuad-normalised {fn.__name__}>", "exec"), scope)
+            _typing_cache[key] = infer(scope[fir.name], argtypes)
+        return _typing_cache[key]
+
+    def check_callee(self, fir: ir.FunctionIR, stmt, func, text: str) -> None:
+        """Only plain Python functions (or numba dispatchers of them) can be differentiated."""
+        if not isinstance(unwrap(func), pytypes.FunctionType):
+            self.refuse(fir, stmt.line, text, f"no derivative rule for `{text}` and it is not a Python "
+                        "function gpuad can differentiate",
+                        "use a math function, add a rule to gpuad.ad.rules.DERIVATIVES "
+                        "or register gpuad.rule(f)")
+
+    def refuse(self, fir: ir.FunctionIR, line: int, construct: str, message: str, hint: str):
+        where = SourceLocation(fir.filename, line, construct, fir.func.__name__)
+        raise UnsupportedConstruct(message, where, hint)
+
+
+def autodiff_stub(mode, f, classes: tuple, arities: tuple):
+    """A numba-typable stand-in for a nested `autodiff(mode, f, ...)` call (typing only).
+
+    Typing it differentiates `f` for the argument types seen and returns the
+    result type of the generated derivative; it is never lowered.
+    """
+    from numba.extending import type_callable
+
+    key = (mode, unwrap(f), classes, arities)
+    if key in _stub_cache:
+        return _stub_cache[key]
+    n = sum(arities)
+    params = ", ".join(f"a{i}" for i in range(n))
+    scope: dict = {}
+    exec(f"def stub({params}):\n    raise NotImplementedError\n", scope)
+    stub = scope["stub"]
+
+    def result_type(*argtys):
+        from gpuad.ad import differentiate
+
+        primal, i = [], 0
+        for arity in arities:
+            primal.append(types.unliteral(argtys[i]))
+            i += arity
+        deriv = differentiate(f, mode, classes, tuple(primal))
+        flat = tuple(types.unliteral(t) for t in argtys) + (types.Array(types.int64, 1, "C"),)
+        return infer(deriv.function, flat).return_type
+
+    type_callable(stub)(lambda context: result_type)
+    _stub_cache[key] = stub
+    return stub

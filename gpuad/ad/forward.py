@@ -1,0 +1,268 @@
+"""Forward mode: each statement is followed by the statement computing its tangent.
+
+Tangents (`t_x`) flow along the primal control flow unchanged; rule partials
+come from `rules.DERIVATIVES`, calls of plain functions become calls of their
+own tangent functions (`tan_g`), user rules are called as written.
+"""
+from __future__ import annotations
+
+from numba.core import types
+
+from gpuad.ad import ir
+from gpuad.ad.emit import (
+    atom_text,
+    cast_text,
+    expr_text,
+    fill_template,
+    index_text,
+    loop_header,
+    render,
+    scaled,
+    target_text,
+    zero_text,
+)
+from gpuad.ad.engine import Prepared, Program, type_of_atom
+from gpuad.ad.normalize import unwrap
+from gpuad.ad.rules import BINARY, DERIVATIVES, TEMPLATE_GLOBALS, UNARY, user_rule
+from gpuad.ad.typing import is_float
+from gpuad.errors import UnsupportedConstruct
+
+STATUS_TYPE = types.Array(types.int64, 1, "C")
+
+
+def rule_key(e):
+    if isinstance(e, ir.BinOp):
+        return BINARY.get(e.op)
+    if isinstance(e, ir.UnaryOp):
+        return UNARY.get(e.op)
+    if isinstance(e, ir.Call):
+        return e.func
+    return None
+
+
+class TangentSweep:
+    """Generates the tangent function of one prepared function."""
+
+    def __init__(self, prog: Program, prep: Prepared):
+        self.prog = prog
+        self.prep = prep
+        self.fir = prep.fir
+        self.active = prep.active
+        self.ntemp = 0
+
+    def t(self, atom) -> str | None:
+        if isinstance(atom, ir.Var) and atom.name in self.active:
+            return "t_" + atom.name
+        return None
+
+    def refuse(self, s, construct: str, message: str, hint: str):
+        self.prog.refuse(self.fir, s.line, construct, message, hint)
+
+    # ------------------------------------------------------------ statements
+    def block(self, stmts: list) -> list:
+        code = []
+        for s in stmts:
+            if isinstance(s, ir.Assign):
+                code += self.assign(s)
+            elif isinstance(s, ir.Store):
+                code.append(f"{s.array}[{index_text(s.index)}] = {atom_text(s.value)}")
+                if s.array in self.active:
+                    tv = self.t(s.value) or "0.0"
+                    code.append(f"t_{s.array}[{index_text(s.index)}] = {tv}")
+            elif isinstance(s, ir.If):
+                code.append((f"if {atom_text(s.test)}:", self.block(s.body)))
+                if s.orelse:
+                    code.append(("else:", self.block(s.orelse)))
+            elif isinstance(s, ir.Loop):
+                body = self.block(s.body)
+                if s.exit_flag:
+                    body.append((f"if {s.exit_flag}:", ["break"]))
+                code.append((loop_header(s), body))
+        return code
+
+    def assign(self, s: ir.Assign) -> list:
+        names = ir.target_names(s.target)
+        active_out = [n for n in names if n in self.active]
+        e = s.value
+        primal = f"{target_text(s.target)} = {expr_text(e)}"
+        reads = any(self.t(a) for a in ir.atoms_of(e)) and not isinstance(e, ir.Attr)
+        if isinstance(e, ir.Call) and reads and e.func not in DERIVATIVES:
+            return self.call(s)
+        if isinstance(e, ir.AutodiffCall) and reads:
+            return self.nested_autodiff(s)
+        if not active_out:
+            return [primal]
+        (out,) = active_out
+        if not reads:
+            return [primal, f"t_{out} = {zero_text(self.prep.types[out])}"]
+        if isinstance(e, ir.Copy):
+            return [primal, f"t_{out} = {self.t(e.a)}"]
+        if isinstance(e, ir.Load):
+            return [primal, f"t_{out} = t_{e.array.name}[{index_text(e.index)}]"]
+        return [primal, f"t_{out} = {self.rule_tangent(s, out)}"]
+
+    def rule_tangent(self, s: ir.Assign, out: str) -> str:
+        e = s.value
+        d = DERIVATIVES.get(rule_key(e))
+        args = ir.atoms_of(e)
+        if d is None or len(d.params) != len(args):
+            self.refuse(s, expr_text(e), f"no derivative rule for `{expr_text(e)}`",
+                        "add an entry to gpuad.ad.rules.DERIVATIVES or register gpuad.rule(f)")
+        values = dict(zip(d.params, args))
+        values["out"] = ir.Var(out)
+        terms = []
+        for a, partial in zip(args, d.partials):
+            ta = self.t(a)
+            if ta is None or partial is None:
+                continue
+            sign, text = scaled(ta, fill_template(partial, values, self.prog.ns, TEMPLATE_GLOBALS))
+            terms.append((sign, text))
+        if not terms:
+            return zero_text(self.prep.types[out])
+        first_sign, first = terms[0]
+        text = first if first_sign == "+" else f"-{first}" if " " not in first else f"-({first})"
+        for sign, term in terms[1:]:
+            text += f" {sign} {term}"
+        return text
+
+    def call(self, s: ir.Assign) -> list:
+        """A plain function (or one with a user rule) called with active arguments."""
+        e = s.value
+        argtypes = tuple(type_of_atom(a, self.prep.types, self.prog.ns.objects) for a in e.args)
+        flags = tuple(self.t(a) is not None for a in e.args)
+        rule = user_rule(e.func)
+        if rule is not None:
+            if rule.forward_fn is None:
+                self.refuse(s, expr_text(e), f"{e.name} has a user rule without a forward rule",
+                            "register one with @gpuad.rule(f).forward")
+            name = self.prog.ns.bind(rule.forward_fn.__name__, rule.forward_fn)
+            args = []
+            for a in e.args:
+                args += [atom_text(a), self.t(a) or "0.0"]
+            out = [f"{target_text(s.target)} = {expr_text(e)}"]
+            (tout,) = [n for n in ir.target_names(s.target)] if isinstance(s.target, str) else [None]
+            if tout is None:
+                self.refuse(s, expr_text(e), "user rules must return a scalar", "return a float")
+            if tout in self.active:
+                out.append(f"t_{tout} = {name}({', '.join(args)})")
+            return out
+        self.prog.check_callee(self.fir, s, e.func, expr_text(e))
+        callee = tangent_function(self.prog, unwrap(e.func), argtypes, flags, s, self.fir)
+        args = []
+        for a, flag in zip(e.args, flags):
+            args.append(atom_text(a))
+            if flag:
+                args.append(self.t(a))
+        args.append("status")
+        tangent_target = self.tangent_pattern(s.target)
+        lhs = f"{target_text(s.target)}, {target_text(tangent_target)}"
+        return [f"{lhs} = {callee}({', '.join(args)})"]
+
+    def nested_autodiff(self, s: ir.Assign) -> list:
+        """Forward over reverse: the tangent of the generated adjoint of the inner function."""
+        from gpuad.ad import differentiate
+
+        e = s.value
+        if not e.mode.reverse:
+            self.refuse(s, "autodiff(...)", "forward over forward is not supported",
+                        "differentiate the inner function in Reverse mode")
+        ns = self.prog.ns.objects
+        classes = tuple(c for c, _, _ in e.wrappers)
+        primal_types = tuple(type_of_atom(atoms[0], self.prep.types, ns) for _, _, atoms in e.wrappers)
+        deriv = differentiate(e.f, e.mode, classes, primal_types, tape_capacity=self.prog.tape_capacity)
+        flat = [a for _, _, atoms in e.wrappers for a in atoms]
+        argtypes = tuple(type_of_atom(a, self.prep.types, ns) for a in flat) + (STATUS_TYPE,)
+        flags = tuple(self.t(a) is not None for a in flat) + (False,)
+        try:
+            callee = tangent_function(self.prog, deriv.function, argtypes, flags, s, self.fir)
+        except UnsupportedConstruct as exc:
+            self.refuse(s, expr_text(e), f"cannot differentiate the adjoint of {e.f_name} in forward mode "
+                        f"({exc.message})", "forward over reverse supports inner functions whose adjoint "
+                        "needs no tape: straight-line code and branches, no loops over active values")
+        args = []
+        for a, flag in zip(flat, flags):
+            args.append(atom_text(a))
+            if flag:
+                args.append(self.t(a))
+        args += ["status", "status"]
+        lhs = f"{target_text(s.target)}, {target_text(self.tangent_pattern(s.target))}"
+        return [f"{lhs} = {callee}({', '.join(args)})"]
+
+    def tangent_pattern(self, target):
+        if isinstance(target, str):
+            if target in self.active:
+                return "t_" + target
+            self.ntemp += 1
+            return f"_tt{self.ntemp}"
+        return tuple(self.tangent_pattern(t) for t in target)
+
+
+def tangent_function(prog: Program, fn, argtypes: tuple, flags: tuple, site, caller) -> str:
+    """Name of the generated tangent function of `fn` (generated once per signature)."""
+    key = ("tangent", fn, argtypes, flags)
+    if key in prog.generated:
+        return prog.generated[key]
+    if fn in prog.in_progress:
+        prog.refuse(caller, site.line, getattr(fn, "__name__", "call"), "recursion is not supported",
+                    "rewrite the recursion as a loop")
+    prog.in_progress.append(fn)
+    prep = prog.prepare(fn, argtypes, flags)
+    name = prog.unique("tan_" + prep.fir.name)
+    prog.generated[key] = name
+    params = []
+    for p, flag in zip(prep.fir.params, flags):
+        params.append(p)
+        if flag and p in prep.active:
+            params.append("t_" + p)
+        elif flag:
+            params.append("_unused_t_" + p)
+    params.append("status")
+    sweep = TangentSweep(prog, prep)
+    body = init_tangents(prep) + sweep.block(prep.fir.body)
+    if prep.fir.ret is None:
+        body.append("return None, None")
+    else:
+        body.append(f"return {target_text(prep.fir.ret)}, {target_text(tangent_ret(prep, prep.fir.ret))}")
+    prog.defs.append("\n".join(render([(f"def {name}({', '.join(params)}):", body)])))
+    prog.in_progress.pop()
+    return name
+
+
+def tangent_ret(prep: Prepared, ret):
+    if isinstance(ret, str):
+        if ret in prep.active:
+            return "t_" + ret
+        return zero_text(prep.types.get(ret, types.float64)) if is_float(prep.types.get(ret)) else "0.0"
+    return tuple(tangent_ret(prep, r) for r in ret)
+
+
+def init_tangents(prep: Prepared) -> list:
+    """Zero tangents of active locals so every path defines them."""
+    lines = []
+    for name in sorted(prep.active - set(prep.fir.params)):
+        ty = prep.types.get(name)
+        if ty is not None and not isinstance(ty, types.Array):
+            lines.append(f"t_{name} = {zero_text(ty)}")
+    return lines
+
+
+def forward_entry(prog: Program, fn, mode, prep: Prepared, flags: tuple, argtypes: tuple, name: str) -> None:
+    """The entry tangent function: returns `(df,)` or `(df, primal)`."""
+    params = []
+    for p, flag in zip(prep.fir.params, flags):
+        params.append(p)
+        if flag:
+            params.append(("t_" if p in prep.active else "_unused_t_") + p)
+    params.append("status")
+    body = init_tangents(prep) + TangentSweep(prog, prep).block(prep.fir.body)
+    ret = prep.fir.ret
+    if ret is None:
+        df, primal = "None", "None"
+    elif not isinstance(ret, str):
+        prog.refuse(prep.fir, prep.fir.firstline, "return (...)", "forward mode of a function returning a "
+                    "tuple is not supported", "return one scalar")
+    else:
+        df = cast_text("t_" + ret, prep.return_type) if ret in prep.active else zero_text(prep.return_type)
+        primal = ret
+    body.append(f"return ({df}, {primal})" if mode.with_primal else f"return ({df},)")
+    prog.defs.append("\n".join(render([(f"def {name}({', '.join(params)}):", body)])))

@@ -1,0 +1,583 @@
+"""Python AST of a plain function → normalised statements (`gpuad.ad.ir`).
+
+Every expression becomes a chain of single-operation assignments to
+temporaries (`_t0 = x * y`), short-circuit operators and ternaries become
+`If`s, `while c:` becomes `while True: if not c: break`, and `break`,
+`continue` and early `return` become flags guarding the statements after
+them. Globals are resolved by identity and bound in the shared `Namespace`;
+numeric globals are inlined as constants. Anything the engine cannot
+differentiate is rejected here with the original file and line.
+"""
+from __future__ import annotations
+
+import ast
+import builtins
+import inspect
+import textwrap
+from dataclasses import dataclass
+
+from gpuad import api
+from gpuad.ad import ir
+from gpuad.ad.emit import Namespace
+from gpuad.errors import SourceLocation, UnsupportedConstruct
+
+# Names the generated code uses itself; user locals with these names are renamed.
+RESERVED = {"status", "np", "math", "atomic_add", "tape_alloc", "report_tape_overflow", "None"}
+LOCAL_ATTRS = ("shape", "size", "ndim")
+BINOPS = {
+    ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.FloorDiv: "//",
+    ast.Mod: "%", ast.Pow: "**", ast.BitAnd: "&", ast.BitOr: "|", ast.BitXor: "^",
+    ast.LShift: "<<", ast.RShift: ">>",
+}
+UNOPS = {ast.USub: "-", ast.UAdd: "+", ast.Not: "not", ast.Invert: "~"}
+CMPOPS = {
+    ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=", ast.Eq: "==",
+    ast.NotEq: "!=", ast.Is: "is", ast.IsNot: "is not",
+}
+REFUSED_STMTS = {
+    ast.Try: ("try", "remove the try/except; kernels cannot raise or catch exceptions"),
+    ast.With: ("with", "remove the with-block; context managers are not supported in kernels"),
+    ast.Raise: ("raise", "remove the raise; report errors through an output array instead"),
+    ast.Assert: ("assert", "remove the assert; kernels cannot raise"),
+    ast.Global: ("global", "pass the value as an argument instead"),
+    ast.Nonlocal: ("nonlocal", "pass the value as an argument instead"),
+    ast.FunctionDef: ("def", "define helper functions at module level and call them"),
+    ast.ClassDef: ("class", "define classes outside differentiated functions"),
+    ast.Import: ("import", "import at module level"),
+    ast.ImportFrom: ("import", "import at module level"),
+    ast.Delete: ("del", "remove the del statement"),
+}
+REFUSED_EXPRS = {
+    ast.Lambda: ("lambda", "define a module-level function instead"),
+    ast.List: ("list", "use a tuple or an array argument"),
+    ast.Dict: ("dict", "use scalars, tuples or arrays"),
+    ast.Set: ("set", "use scalars, tuples or arrays"),
+    ast.ListComp: ("list comprehension", "use a for loop writing into an array"),
+    ast.SetComp: ("set comprehension", "use a for loop"),
+    ast.DictComp: ("dict comprehension", "use a for loop"),
+    ast.GeneratorExp: ("generator expression", "use a for loop"),
+    ast.Yield: ("yield", "return a value instead; generators are not supported"),
+    ast.YieldFrom: ("yield from", "return a value instead; generators are not supported"),
+    ast.Await: ("await", "async code is not supported"),
+    ast.JoinedStr: ("f-string", "remove string formatting from differentiated code"),
+    ast.NamedExpr: ("walrus (:=)", "assign in a separate statement"),
+    ast.Starred: ("*args", "pass arguments explicitly"),
+    ast.Slice: ("slice", "index single elements; slices are not differentiated"),
+}
+
+
+def unwrap(fn):
+    """The Python function behind a numba dispatcher (or `fn` itself)."""
+    return getattr(fn, "py_func", fn)
+
+
+def source_tree(fn):
+    """(FunctionDef node, filename, line offset) of `fn`'s source."""
+    fn = unwrap(fn)
+    try:
+        lines, _ = inspect.getsourcelines(fn)
+    except (OSError, TypeError) as exc:
+        raise UnsupportedConstruct(
+            f"cannot read the source of {getattr(fn, '__name__', fn)!r}",
+            SourceLocation(getattr(fn.__code__, "co_filename", "<unknown>"), fn.__code__.co_firstlineno,
+                           "def", fn.__name__),
+            "define the function in a file, a notebook cell or register its source in linecache",
+        ) from exc
+    tree = ast.parse(textwrap.dedent("".join(lines)))
+    node = tree.body[0]
+    filename = inspect.getsourcefile(fn) or fn.__code__.co_filename
+    offset = fn.__code__.co_firstlineno - 1
+    if not isinstance(node, ast.FunctionDef):
+        raise UnsupportedConstruct(
+            "only functions defined with `def` can be differentiated",
+            SourceLocation(filename, offset + 1, type(node).__name__.lower(), fn.__name__),
+            "write the function with def at module level",
+        )
+    return node, filename, offset
+
+
+def scope_of(fn) -> dict:
+    """Closure cells over globals: what a free name in `fn` means."""
+    fn = unwrap(fn)
+    scope = dict(fn.__globals__)
+    if fn.__closure__:
+        for name, cell in zip(fn.__code__.co_freevars, fn.__closure__):
+            try:
+                scope[name] = cell.cell_contents
+            except ValueError:
+                pass
+    return scope
+
+
+def loop_exits(node) -> tuple[bool, bool, bool]:
+    """(break, continue, return) reachable from `node`, breaks/continues of this loop level only."""
+    brk = cont = ret = False
+
+    def visit(n, nested):
+        nonlocal brk, cont, ret
+        if isinstance(n, ast.Return):
+            ret = True
+        elif isinstance(n, ast.Break) and not nested:
+            brk = True
+        elif isinstance(n, ast.Continue) and not nested:
+            cont = True
+        for child in ast.iter_child_nodes(n):
+            visit(child, nested or isinstance(n, ast.For | ast.While))
+
+    if isinstance(node, list):
+        for n in node:
+            visit(n, False)
+    else:
+        visit(node, False)
+    return brk, cont, ret
+
+
+@dataclass
+class LoopCtx:
+    skip: str
+    brk: str
+
+
+class Normalizer:
+    """Turns one function into an `ir.FunctionIR`; see the module docstring."""
+
+    def __init__(self, fn, namespace: Namespace, name: str | None = None):
+        self.fn = unwrap(fn)
+        self.ns = namespace
+        self.node, self.filename, self.offset = source_tree(self.fn)
+        self.scope = scope_of(self.fn)
+        self.name = name or self.fn.__name__
+        args = self.node.args
+        if args.vararg or args.kwarg or args.kwonlyargs or args.posonlyargs:
+            self.refuse(self.node, "*args/**kwargs", "use plain positional parameters")
+        self.params = [a.arg for a in args.args]
+        self.locals = set(self.params)
+        for n in ast.walk(self.node):
+            if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store):
+                self.locals.add(n.id)
+        self.ntemp = 0
+        self.nloop = 0
+        self.loops: list[LoopCtx] = []
+        self.out: list = []
+        self.single_temps: set[str] = set()
+        self.has_return_value = any(isinstance(n, ast.Return) and n.value is not None
+                                    for n in ast.walk(self.node))
+        self.need_done = any(isinstance(n, ast.Return) for s in self.node.body
+                             if not isinstance(s, ast.Return) for n in ast.walk(s))
+
+    # ------------------------------------------------------------ helpers
+    def line(self, node) -> int:
+        return self.offset + getattr(node, "lineno", 1)
+
+    def refuse(self, node, construct: str, hint: str):
+        raise UnsupportedConstruct(
+            f"cannot differentiate `{construct}`",
+            SourceLocation(self.filename, self.line(node), construct, self.fn.__name__),
+            hint,
+        )
+
+    def local(self, name: str) -> str:
+        if name.startswith(("_", "d_", "t_")) or name in RESERVED:
+            return "u_" + name
+        return name
+
+    def temp(self, prefix: str = "_t") -> str:
+        name = f"{prefix}{self.ntemp}"
+        self.ntemp += 1
+        return name
+
+    def emit(self, stmt) -> None:
+        self.out.append(stmt)
+
+    def assign_temp(self, value, node) -> ir.Var:
+        t = self.temp()
+        self.emit(ir.Assign(t, value, self.line(node)))
+        self.single_temps.add(t)
+        return ir.Var(t)
+
+    def block(self, stmts: list) -> list:
+        """Normalise a statement list, guarding what follows a possible exit."""
+        saved, self.out = self.out, []
+        for i, s in enumerate(stmts):
+            self.stmt(s)
+            if isinstance(s, ast.Return | ast.Break | ast.Continue):
+                break
+            brk, cont, ret = loop_exits(s)
+            if (brk or cont or ret) and i + 1 < len(stmts) and (self.loops or ret):
+                flag = self.loops[-1].skip if self.loops else "_done"
+                g = self.assign_temp(ir.UnaryOp("not", ir.Var(flag)), stmts[i + 1])
+                rest = self.block(stmts[i + 1:])
+                self.emit(ir.If(g, rest, [], self.line(stmts[i + 1])))
+                break
+        out, self.out = self.out, saved
+        return out
+
+    # ---------------------------------------------------------- function
+    def run(self) -> ir.FunctionIR:
+        body = []
+        if self.need_done:
+            body.append(ir.Assign("_done", ir.Copy(ir.Const(False)), self.line(self.node)))
+        body += self.block(self.node.body)
+        return ir.FunctionIR(
+            name=self.name,
+            params=[self.local(p) for p in self.params],
+            body=body,
+            ret="_ret" if self.has_return_value else None,
+            filename=self.filename,
+            firstline=self.offset + self.node.lineno,
+            func=self.fn,
+        )
+
+    # --------------------------------------------------------- statements
+    def stmt(self, node) -> None:
+        kind = type(node)
+        if kind in REFUSED_STMTS:
+            construct, hint = REFUSED_STMTS[kind]
+            self.refuse(node, construct, hint)
+        method = getattr(self, "stmt_" + kind.__name__, None)
+        if method is None:
+            self.refuse(node, kind.__name__.lower(), "rewrite with assignments, if, for or while")
+        method(node)
+
+    def stmt_Pass(self, node) -> None:
+        pass
+
+    def stmt_Expr(self, node) -> None:
+        if isinstance(node.value, ast.Constant):
+            return  # docstring or a bare literal: no effect
+        self.expr(node.value)  # calls may write arrays; refused constructs must be seen
+
+    def stmt_Assign(self, node) -> None:
+        value = self.expr(node.value)
+        for target in node.targets:
+            self.assign(target, value, node, retarget=len(node.targets) == 1)
+
+    def stmt_AnnAssign(self, node) -> None:
+        if node.value is not None:
+            self.assign(node.target, self.expr(node.value), node, retarget=True)
+
+    def stmt_AugAssign(self, node) -> None:
+        op = BINOPS[type(node.op)]
+        target = node.target
+        if isinstance(target, ast.Name):
+            value = self.expr(node.value)
+            t = self.assign_temp(ir.BinOp(op, self.name_atom(target), value), node)
+            self.emit(ir.Assign(self.local(target.id), ir.Copy(t), self.line(node)))
+        elif isinstance(target, ast.Subscript):
+            array, index = self.subscript_parts(target)
+            value = self.expr(node.value)
+            old = self.assign_temp(ir.Load(array, index), node)
+            new = self.assign_temp(ir.BinOp(op, old, value), node)
+            self.store(array, index, new, target)
+        else:
+            self.refuse(target, ast.unparse(target), "only names and array elements can be updated")
+
+    def assign(self, target, value, node, retarget: bool) -> None:
+        if isinstance(target, ast.Name):
+            self.assign_name(self.local(target.id), value, node, retarget)
+        elif isinstance(target, ast.Tuple | ast.List):
+            if not isinstance(value, ir.Var):
+                self.refuse(target, ast.unparse(target), "unpack only tuples")
+            for k, elt in enumerate(target.elts):
+                if isinstance(elt, ast.Starred):
+                    self.refuse(elt, ast.unparse(elt), "unpack into a fixed number of names")
+                part = self.assign_temp(ir.TupleGet(value.name, k), elt)
+                self.assign(elt, part, node, retarget=True)
+        elif isinstance(target, ast.Subscript):
+            array, index = self.subscript_parts(target)
+            self.store(array, index, value, target)
+        else:
+            self.refuse(target, ast.unparse(target), "assign to names, tuples of names or array elements")
+
+    def assign_name(self, name: str, value, node, retarget: bool) -> None:
+        """`name = value`, reusing the statement that computed a fresh temporary."""
+        last = self.out[-1] if self.out else None
+        if (retarget and isinstance(value, ir.Var) and value.name in self.single_temps
+                and isinstance(last, ir.Assign) and last.target == value.name
+                and ir.Var(name) not in ir.atoms_of(last.value)):
+            last.target = name
+            self.single_temps.discard(value.name)
+        else:
+            self.emit(ir.Assign(name, ir.Copy(value), self.line(node)))
+
+    def store(self, array, index, value, node) -> None:
+        if not isinstance(array, ir.Var):
+            self.refuse(node, ast.unparse(node), "write only into arrays passed as arguments")
+        self.emit(ir.Store(array.name, index, value, self.line(node)))
+
+    def stmt_Return(self, node) -> None:
+        if node.value is not None:
+            self.assign_name("_ret", self.expr(node.value), node, retarget=True)
+        if self.need_done:
+            self.emit(ir.Assign("_done", ir.Copy(ir.Const(True)), self.line(node)))
+        for ctx in self.loops:
+            self.emit(ir.Assign(ctx.skip, ir.Copy(ir.Const(True)), self.line(node)))
+            self.emit(ir.Assign(ctx.brk, ir.Copy(ir.Const(True)), self.line(node)))
+
+    def stmt_Break(self, node) -> None:
+        ctx = self.loops[-1]
+        self.emit(ir.Assign(ctx.skip, ir.Copy(ir.Const(True)), self.line(node)))
+        self.emit(ir.Assign(ctx.brk, ir.Copy(ir.Const(True)), self.line(node)))
+
+    def stmt_Continue(self, node) -> None:
+        self.emit(ir.Assign(self.loops[-1].skip, ir.Copy(ir.Const(True)), self.line(node)))
+
+    def stmt_If(self, node) -> None:
+        test = self.expr(node.test)
+        if isinstance(test, ir.Var) and test.name not in self.single_temps:
+            test = self.assign_temp(ir.Copy(test), node)  # a decision must not change later
+        self.emit(ir.If(test, self.block(node.body), self.block(node.orelse), self.line(node)))
+
+    def stmt_For(self, node) -> None:
+        if node.orelse:
+            self.refuse(node, "for ... else", "move the else-block after the loop using a flag")
+        it = node.iter
+        if not (isinstance(it, ast.Call) and self.resolve(it.func) is range and not it.keywords
+                and 1 <= len(it.args) <= 3):
+            self.refuse(it, ast.unparse(it), "loop over range(start, stop, step)")
+        if not isinstance(node.target, ast.Name):
+            self.refuse(node.target, ast.unparse(node.target), "use a single loop variable")
+        bounds = [self.expr(a) for a in it.args]
+        if len(bounds) == 1:
+            bounds = [ir.Const(0), bounds[0]]
+        if len(bounds) == 2:
+            bounds.append(ir.Const(1))
+        start, stop, step = bounds
+        # the reverse sweep rebuilds the index from start and step: keep copies
+        if isinstance(start, ir.Var):
+            start = self.assign_temp(ir.Copy(start), node)
+        if isinstance(step, ir.Var):
+            step = self.assign_temp(ir.Copy(step), node)
+        trips = None
+        if all(isinstance(b, ir.Const) and type(b.value) is int for b in (start, stop, step)):
+            if step.value == 0:
+                self.refuse(it, ast.unparse(it), "range() step must not be zero")
+            trips = len(range(start.value, stop.value, step.value))
+        self.loop(node, self.local(node.target.id), start, stop, step, node.body, trips)
+
+    def stmt_While(self, node) -> None:
+        if node.orelse:
+            self.refuse(node, "while ... else", "move the else-block after the loop using a flag")
+        body = list(node.body)
+        if not (isinstance(node.test, ast.Constant) and node.test.value):
+            exit_test = ast.copy_location(ast.UnaryOp(ast.Not(), node.test), node.test)
+            body.insert(0, ast.copy_location(
+                ast.If(exit_test, [ast.copy_location(ast.Break(), node)], []), node))
+        self.loop(node, None, None, None, None, body, None)
+
+    def loop(self, node, var, start, stop, step, body, trips) -> None:
+        brk, cont, ret = loop_exits(body)
+        k = self.nloop
+        self.nloop += 1
+        ctx = LoopCtx(f"_skip{k}", f"_brk{k}")
+        if brk or ret:
+            self.emit(ir.Assign(ctx.brk, ir.Copy(ir.Const(False)), self.line(node)))
+        self.loops.append(ctx)
+        stmts = []
+        if brk or cont or ret:
+            stmts.append(ir.Assign(ctx.skip, ir.Copy(ir.Const(False)), self.line(node)))
+        stmts += self.block(body)
+        self.loops.pop()
+        self.emit(ir.Loop(var, start, stop, step, stmts, self.line(node), k,
+                          exit_flag=ctx.brk if (brk or ret) else None, trips=trips))
+
+    # -------------------------------------------------------- expressions
+    def expr(self, node):
+        """Normalise an expression; return the atom holding its value."""
+        kind = type(node)
+        if kind in REFUSED_EXPRS:
+            construct, hint = REFUSED_EXPRS[kind]
+            self.refuse(node, construct, hint)
+        method = getattr(self, "expr_" + kind.__name__, None)
+        if method is None:
+            self.refuse(node, ast.unparse(node), "use arithmetic, math functions, calls and indexing")
+        return method(node)
+
+    def expr_Constant(self, node):
+        if isinstance(node.value, bool | int | float) or node.value is None:
+            return ir.Const(node.value)
+        self.refuse(node, ast.unparse(node), "only numeric constants can appear in kernels")
+
+    def expr_Name(self, node):
+        return self.name_atom(node)
+
+    def name_atom(self, node):
+        if node.id in self.locals:
+            return ir.Var(self.local(node.id))
+        return self.global_atom(node.id, self.lookup(node), node)
+
+    def lookup(self, node):
+        if node.id in self.scope:
+            return self.scope[node.id]
+        if hasattr(builtins, node.id):
+            return getattr(builtins, node.id)
+        self.refuse(node, node.id, f"`{node.id}` is not defined where {self.fn.__name__} is defined")
+
+    def global_atom(self, name: str, obj, node):
+        if isinstance(obj, bool | int | float) or obj is None:
+            return ir.Const(obj)
+        return ir.Global(self.ns.bind(name, obj))
+
+    def resolve(self, node):
+        """The object a (dotted) global name denotes, or None for locals."""
+        if isinstance(node, ast.Name):
+            return None if node.id in self.locals else self.lookup(node)
+        if isinstance(node, ast.Attribute):
+            base = self.resolve(node.value)
+            if base is None:
+                return None
+            if not hasattr(base, node.attr):
+                self.refuse(node, ast.unparse(node),
+                            f"{ast.unparse(node.value)} has no attribute {node.attr}")
+            return getattr(base, node.attr)
+        return None
+
+    def bound_text(self, node) -> str:
+        """Source text of a dotted global name, with its root bound in the namespace."""
+        if isinstance(node, ast.Name):
+            return self.ns.bind(node.id, self.lookup(node))
+        return f"{self.bound_text(node.value)}.{node.attr}"
+
+    def expr_Attribute(self, node):
+        root = node
+        while isinstance(root, ast.Attribute):
+            root = root.value
+        if isinstance(root, ast.Name) and root.id in self.locals:
+            if isinstance(node.value, ast.Name) and node.attr in LOCAL_ATTRS:
+                return self.assign_temp(ir.Attr(self.local(node.value.id), node.attr), node)
+            self.refuse(node, ast.unparse(node), "only .shape, .size and .ndim of local arrays are supported")
+        if not isinstance(root, ast.Name):
+            self.refuse(node, ast.unparse(node), "use attributes of modules or of local arrays only")
+        obj = self.resolve(node)
+        if isinstance(obj, bool | int | float):
+            return ir.Const(obj)
+        return ir.Global(self.bound_text(node))
+
+    def expr_Subscript(self, node):
+        array, index = self.subscript_parts(node)
+        return self.assign_temp(ir.Load(array, index), node)
+
+    def subscript_parts(self, node):
+        array = self.expr(node.value)
+        if isinstance(array, ir.Const):
+            self.refuse(node, ast.unparse(node), "index arrays or tuples only")
+        sl = node.slice
+        elts = sl.elts if isinstance(sl, ast.Tuple) else [sl]
+        index = []
+        for e in elts:
+            if isinstance(e, ast.Slice):
+                self.refuse(e, ast.unparse(node), "index single elements; slices are not differentiated")
+            index.append(self.expr(e))
+        return array, tuple(index)
+
+    def expr_Tuple(self, node):
+        return self.assign_temp(ir.Pack(tuple(self.expr(e) for e in node.elts)), node)
+
+    def expr_BinOp(self, node):
+        a, b = self.expr(node.left), self.expr(node.right)
+        op = BINOPS.get(type(node.op))
+        if op is None:
+            self.refuse(node, ast.unparse(node), "use arithmetic operators")
+        return self.assign_temp(ir.BinOp(op, a, b), node)
+
+    def expr_UnaryOp(self, node):
+        op = UNOPS[type(node.op)]
+        a = self.expr(node.operand)
+        if isinstance(a, ir.Const) and op in "-+" and isinstance(a.value, int | float):
+            return ir.Const(-a.value if op == "-" else a.value)
+        if op == "+":
+            return a
+        return self.assign_temp(ir.UnaryOp(op, a), node)
+
+    def expr_Compare(self, node):
+        if len(node.ops) > 1:  # a < b < c  →  a < b and b < c (b evaluated twice: it is pure)
+            parts = [ast.Compare(left, [op], [right]) for left, op, right
+                     in zip([node.left, *node.comparators[:-1]], node.ops, node.comparators)]
+            return self.expr(ast.copy_location(ast.BoolOp(ast.And(), parts), node))
+        op = CMPOPS.get(type(node.ops[0]))
+        if op is None:
+            self.refuse(node, ast.unparse(node), "use <, <=, >, >=, ==, !=")
+        a, b = self.expr(node.left), self.expr(node.comparators[0])
+        return self.assign_temp(ir.Compare(op, a, b), node)
+
+    def expr_BoolOp(self, node):
+        """`a and b` → `t = a; if t: t = b` (short-circuit kept)."""
+        t = self.temp()
+        first = self.expr(node.values[0])
+        self.emit(ir.Assign(t, ir.Copy(first), self.line(node)))
+        rest = node.values[1:]
+        if not rest:
+            return ir.Var(t)
+        test = ir.Var(t)
+        if isinstance(node.op, ast.Or):
+            test = self.assign_temp(ir.UnaryOp("not", ir.Var(t)), node)
+        saved, self.out = self.out, []
+        tail = rest[0] if len(rest) == 1 else ast.copy_location(ast.BoolOp(node.op, rest), node)
+        value = self.expr(tail)
+        self.emit(ir.Assign(t, ir.Copy(value), self.line(node)))
+        body, self.out = self.out, saved
+        if test.name == t:  # the decision must not change when t is reassigned
+            test = self.assign_temp(ir.Copy(ir.Var(t)), node)
+        self.emit(ir.If(test, body, [], self.line(node)))
+        return ir.Var(t)
+
+    def expr_IfExp(self, node):
+        test = self.expr(node.test)
+        if isinstance(test, ir.Var) and test.name not in self.single_temps:
+            test = self.assign_temp(ir.Copy(test), node)
+        t = self.temp()
+        branches = []
+        for branch in (node.body, node.orelse):
+            saved, self.out = self.out, []
+            value = self.expr(branch)
+            self.emit(ir.Assign(t, ir.Copy(value), self.line(branch)))
+            branches.append(self.out)
+            self.out = saved
+        self.emit(ir.If(test, branches[0], branches[1], self.line(node)))
+        return ir.Var(t)
+
+    def expr_Call(self, node):
+        if node.keywords:
+            self.refuse(node, ast.unparse(node), "pass arguments by position")
+        func = self.resolve(node.func)
+        if func is None:
+            self.refuse(node, ast.unparse(node), "call global functions only")
+        if unwrap(func) is self.fn:
+            self.refuse(node, ast.unparse(node), "recursion is not supported; rewrite with a loop")
+        if func is range:
+            self.refuse(node, ast.unparse(node), "use range() only as the iterable of a for loop")
+        if func in (api.autodiff, api.autodiff_deferred):
+            return self.autodiff_call(node, func)
+        if isinstance(func, type) and issubclass(func, api.Activity):
+            self.refuse(node, ast.unparse(node), "activity wrappers belong inside autodiff(...) calls")
+        if func in (min, max) and len(node.args) > 2:  # min(a, b, c) → min(min(a, b), c)
+            nested = ast.copy_location(ast.Call(node.func, node.args[:2], []), node)
+            return self.expr(ast.copy_location(ast.Call(node.func, [nested, *node.args[2:]], []), node))
+        args = tuple(self.expr(a) for a in node.args)
+        return self.assign_temp(ir.Call(func, self.bound_text(node.func), args), node)
+
+    def autodiff_call(self, node, func):
+        if len(node.args) < 2:
+            self.refuse(node, ast.unparse(node), "call autodiff(mode, f, args...)")
+        mode = self.resolve(node.args[0])
+        f = self.resolve(node.args[1])
+        if not isinstance(mode, api.Mode) or f is None:
+            self.refuse(node, ast.unparse(node), "pass a gpuad mode and a global function to autodiff")
+        wrappers = []
+        for a in node.args[2:]:
+            cls = self.resolve(a.func) if isinstance(a, ast.Call) else None
+            if not (isinstance(cls, type) and issubclass(cls, api.Activity)):
+                self.refuse(a, ast.unparse(a), "wrap every argument in Active, Const, Duplicated...")
+            atoms = tuple(self.expr(x) for x in a.args)
+            wrappers.append((cls, self.bound_text(a.func), atoms))
+        call = ir.AutodiffCall(func, self.bound_text(node.func), mode, self.bound_text(node.args[0]),
+                               f, self.bound_text(node.args[1]), tuple(wrappers))
+        return self.assign_temp(call, node)
+
+
+def normalize(fn, namespace: Namespace | None = None, name: str | None = None) -> ir.FunctionIR:
+    """Normalise `fn` (see module docstring); globals are bound in `namespace`."""
+    ns = namespace if namespace is not None else Namespace()
+    fir = Normalizer(fn, ns, name).run()
+    fir.globals = ns.objects
+    return fir

@@ -1,0 +1,435 @@
+"""Reverse mode: a forward sweep that records, then a reverse sweep that replays backwards.
+
+Each statement yields forward code (the primal, preceded by saving the value
+it overwrites when the reverse sweep will need it) and reverse code (adjoint
+accumulation from `rules.DERIVATIVES`, zeroing the consumed adjoint, restoring
+the overwritten value). `If` decisions, loop trip counts and overwritten
+values are recorded in locals (outside loops, entry function) or on the tape
+(inside loops, and always in split callees, whose locals die between their
+forward half `aug_g` and reverse half `rev_g`).
+
+Which values to save is decided by generating the sweep twice: the first pass
+collects the names the adjoint code reads, the second saves only those.
+"""
+from __future__ import annotations
+
+from numba.core import types
+
+from gpuad import api
+from gpuad.ad import ir, tape
+from gpuad.ad.emit import (
+    atom_text,
+    cast_text,
+    expr_text,
+    fill_template,
+    index_text,
+    loop_header,
+    names_read,
+    render,
+    scaled,
+    target_text,
+    zero_text,
+)
+from gpuad.ad.engine import Prepared, Program, type_of_atom
+from gpuad.ad.forward import rule_key
+from gpuad.ad.normalize import unwrap
+from gpuad.ad.rules import DERIVATIVES, TEMPLATE_GLOBALS, user_rule
+from gpuad.ad.tape import TapeUse
+from gpuad.ad.typing import is_float
+
+
+def multi_assigned(fir: ir.FunctionIR) -> set:
+    """Variables assigned more than once per call (several sites, loops, parameters)."""
+    count: dict = {p: 1 for p in fir.params}
+
+    def visit(stmts, in_loop):
+        for s in stmts:
+            if isinstance(s, ir.Assign):
+                for n in ir.target_names(s.target):
+                    count[n] = count.get(n, 0) + (2 if in_loop else 1)
+            elif isinstance(s, ir.If):
+                visit(s.body, in_loop)
+                visit(s.orelse, in_loop)
+            elif isinstance(s, ir.Loop):
+                if s.var:
+                    count[s.var] = count.get(s.var, 0) + 2
+                visit(s.body, True)
+
+    visit(fir.body, False)
+    return {n for n, c in count.items() if c > 1}
+
+
+def assigned_names(fir: ir.FunctionIR) -> set:
+    names = set()
+    for s in ir.walk(fir.body):
+        if isinstance(s, ir.Assign):
+            names.update(ir.target_names(s.target))
+        elif isinstance(s, ir.Loop) and s.var:
+            names.add(s.var)
+    return names
+
+
+class AdjointSweep:
+    """Forward and reverse code of one prepared function (one pass)."""
+
+    def __init__(self, prog: Program, prep: Prepared, split: bool, needed: set | None):
+        self.prog, self.prep, self.fir = prog, prep, prep.fir
+        self.types, self.active = prep.types, prep.active
+        self.split = split
+        self.needed = needed  # None: first pass, save everything
+        self.reads: set = set()
+        self.multi = multi_assigned(self.fir)
+        self.assigned = set(self.fir.params)
+        self.depth = 0
+        self.preinit: set = set()
+        self.nslot = 0
+        self.dynamic_line: int | None = None
+        self.uses_tape = False
+
+    # ------------------------------------------------------------- helpers
+    def d(self, atom) -> str | None:
+        if isinstance(atom, ir.Var) and atom.name in self.active:
+            return "d_" + atom.name
+        return None
+
+    def adj(self, line: str) -> str:
+        """An adjoint line; the names it reads must survive until the reverse sweep."""
+        self.reads |= names_read(line)
+        return line
+
+    def is_needed(self, name: str) -> bool:
+        return self.needed is None or name in self.needed
+
+    def record_on_tape(self) -> bool:
+        return self.split or self.depth > 0
+
+    def refuse(self, s, construct, message, hint):
+        self.prog.refuse(self.fir, s.line, construct, message, hint)
+
+    def save(self, name: str) -> tuple[list, list, TapeUse]:
+        """(forward, reverse, use) preserving `name` across the statement that overwrites it."""
+        if not (self.is_needed(name) and (name in self.assigned or self.depth > 0)):
+            return [], [], TapeUse()
+        ty = self.types.get(name, types.float64)
+        if name not in self.fir.params:
+            self.preinit.add(name)
+        if self.record_on_tape():
+            code, use = tape.push(name, ty)
+            self.uses_tape = True
+            return code, tape.pop(name, ty), use
+        slot = f"_s{self.nslot}"
+        self.nslot += 1
+        return [f"{slot} = {name}"], [f"{name} = {slot}"], TapeUse()
+
+    def record(self, name: str, ty=types.int64) -> tuple[list, list, TapeUse]:
+        """Keep a decision or trip count for the reverse sweep."""
+        if not self.record_on_tape():
+            self.reads.add(name)
+            return [], [], TapeUse()
+        code, use = tape.push(name, ty)
+        self.uses_tape = True
+        return code, tape.pop(name, ty), use
+
+    # ---------------------------------------------------------- statements
+    def block(self, stmts: list) -> tuple[list, list, TapeUse]:
+        fwd, rev, use = [], [], TapeUse()
+        for s in stmts:
+            if isinstance(s, ir.Assign):
+                f, r, u = self.assign(s)
+            elif isinstance(s, ir.Store):
+                f, r, u = self.store(s)
+            elif isinstance(s, ir.If):
+                f, r, u = self.if_(s)
+            else:
+                f, r, u = self.loop(s)
+            fwd += f
+            rev = r + rev
+            use = use + u
+        return fwd, rev, use
+
+    def assign(self, s: ir.Assign) -> tuple[list, list, TapeUse]:
+        names = ir.target_names(s.target)
+        fwd, restores, use = [], [], TapeUse()
+        for n in names:
+            f, r, u = self.save(n)
+            fwd += f
+            restores = r + restores
+            use = use + u
+        e = s.value
+        reads_active = not isinstance(e, ir.Attr) and any(self.d(a) for a in ir.atoms_of(e))
+        if isinstance(e, ir.Call) and reads_active and e.func not in DERIVATIVES:
+            f, adjoint, u = self.call(s)
+            fwd += f
+            use = use + u
+        else:
+            fwd.append(f"{target_text(s.target)} = {expr_text(e)}")
+            adjoint = self.adjoint(s) if reads_active else []
+        for n in names:
+            if n in self.active and n in self.multi:
+                adjoint.append(f"d_{n} = {zero_text(self.types[n])}")
+        self.assigned.update(names)
+        return fwd, adjoint + restores, use
+
+    def adjoint(self, s: ir.Assign) -> list:
+        e = s.value
+        if isinstance(e, ir.AutodiffCall):
+            self.refuse(s, "autodiff(...)", "differentiating through an active nested autodiff call in "
+                        "reverse mode is not supported",
+                        "pass its inputs as Const, or use forward over reverse")
+        if not isinstance(s.target, str) or s.target not in self.active:
+            return []
+        out = s.target
+        if isinstance(e, ir.Copy):
+            return [self.adj(f"d_{e.a.name} += d_{out}")]
+        if isinstance(e, ir.Load):
+            index = index_text(e.index)
+            index = f"({index})" if len(e.index) > 1 else index
+            return [self.adj(f"atomic_add(d_{e.array.name}, {index}, d_{out})")]
+        d = DERIVATIVES.get(rule_key(e))
+        args = ir.atoms_of(e)
+        if d is None or len(d.params) != len(args):
+            self.refuse(s, expr_text(e), f"no derivative rule for `{expr_text(e)}`",
+                        "add an entry to gpuad.ad.rules.DERIVATIVES or register gpuad.rule(f)")
+        values = dict(zip(d.params, args))
+        values["out"] = ir.Var(out)
+        lines = []
+        for a, partial in zip(args, d.partials):
+            da = self.d(a)
+            if da is None or partial is None:
+                continue
+            sign, text = scaled(f"d_{out}", fill_template(partial, values, self.prog.ns, TEMPLATE_GLOBALS))
+            lines.append(self.adj(f"{da} {sign}= {text}"))
+        return lines
+
+    def store(self, s: ir.Store) -> tuple[list, list, TapeUse]:
+        fwd = [f"{s.array}[{index_text(s.index)}] = {atom_text(s.value)}"]
+        if s.array not in self.active:
+            return fwd, [], TapeUse()
+        rev = []
+        where = f"d_{s.array}[{index_text(s.index)}]"
+        dv = self.d(s.value)
+        if dv:
+            rev.append(self.adj(f"{dv} += {where}"))
+        rev.append(self.adj(f"{where} = 0.0"))
+        return fwd, rev, TapeUse()
+
+    def if_(self, s: ir.If) -> tuple[list, list, TapeUse]:
+        fb, rb, ub = self.block(s.body)
+        fo, ro, uo = self.block(s.orelse)
+        test = atom_text(s.test)
+        fwd = [(f"if {test}:", fb)] + ([("else:", fo)] if fo else [])
+        if not (rb or ro):
+            return fwd, [], ub.max(uo)
+        fr, rr, ur = self.record(test) if isinstance(s.test, ir.Var) else ([], [], TapeUse())
+        rev = rr + [(f"if {test}:", rb)] + ([("else:", ro)] if ro else [])
+        return fr + fwd, rev, ub.max(uo) + ur
+
+    def loop(self, s: ir.Loop) -> tuple[list, list, TapeUse]:
+        fv, rv, uv = self.save(s.var) if s.var else ([], [], TapeUse())
+        if s.var:
+            self.assigned.add(s.var)
+        self.depth += 1
+        fb, rb, ub = self.block(s.body)
+        self.depth -= 1
+        exit_ = [(f"if {s.exit_flag}:", ["break"])] if s.exit_flag else []
+        if not rb:
+            return fv + [(loop_header(s), fb + exit_)], rv, uv + ub * self.trips(s, ub)
+        n = f"_n{s.ident}"
+        fr, rr, ur = self.record(n)
+        fwd = fv + [f"{n} = 0", (loop_header(s), [f"{n} += 1"] + fb + exit_)] + fr
+        k = f"_k{s.ident}"
+        body = []
+        if s.var:
+            start, step = atom_text(s.start), atom_text(s.step)
+            index = k if step == "1" else f"{k} * {step}"
+            index = index if start == "0" else f"{start} + {index}"
+            body.append(self.adj(f"{s.var} = {index}"))
+        rev = rr + [(f"for {k} in range({n} - 1, -1, -1):", body + rb)] + rv
+        return fwd, rev, uv + ub * self.trips(s, ub) + ur
+
+    def trips(self, s: ir.Loop, body_use: TapeUse) -> int:
+        """Iterations to size the tape for: static count, or the configured capacity."""
+        if s.trips is not None:
+            return s.trips
+        if body_use.empty:
+            return 0
+        if self.dynamic_line is None:
+            self.dynamic_line = s.line
+        return self.prog.tape_capacity
+
+    # --------------------------------------------------------------- calls
+    def call(self, s: ir.Assign) -> tuple[list, list, TapeUse]:
+        """A call of a plain function (or of one with a user rule) with active arguments."""
+        e = s.value
+        argtypes = tuple(type_of_atom(a, self.types, self.prog.ns.objects) for a in e.args)
+        flags = tuple(self.d(a) is not None for a in e.args)
+        rule = user_rule(e.func)
+        if rule is not None:
+            return self.user_rule_call(s, rule, flags)
+        self.prog.check_callee(self.fir, s, e.func, expr_text(e))
+        info = split_functions(self.prog, unwrap(e.func), argtypes, flags, s, self.fir)
+        if info.dynamic_line is not None and self.dynamic_line is None:
+            self.dynamic_line = info.dynamic_line
+        self.uses_tape = True
+        args = [atom_text(a) for a in e.args]
+        tape_args = "_tf, _ti, _spf, _spi, status"
+        lhs = "_spf, _spi" if info.ret is None else f"{target_text(s.target)}, _spf, _spi"
+        fwd = [f"{lhs} = {info.aug}({', '.join(args + [tape_args])})"]
+        rev_args = []
+        for a, flag, ty in zip(e.args, flags, argtypes):
+            rev_args.append(atom_text(a))
+            if flag and isinstance(ty, types.Array):
+                rev_args.append(f"d_{a.name}")
+        seeds = [f"d_{n}" if n in self.active else "0.0" for n, ty in
+                 zip(ir.target_names(s.target), info.ret_leaf_types) if is_float(ty)] if info.ret else []
+        results = [f"_r{i}" for i in range(len(info.adjoint_args))]
+        rev = [self.adj(f"{', '.join(results + ['_spf', '_spi'])} = "
+                        f"{info.rev}({', '.join(rev_args + seeds + [tape_args])})")]
+        for r, i in zip(results, info.adjoint_args):
+            rev.append(f"{self.d(e.args[i])} += {r}")
+        return fwd, rev, info.use
+
+    def user_rule_call(self, s: ir.Assign, rule, flags) -> tuple[list, list, TapeUse]:
+        e = s.value
+        if rule.reverse_fn is None:
+            self.refuse(s, expr_text(e), f"{e.name} has a user rule without a reverse rule",
+                        "register one with @gpuad.rule(f).reverse")
+        if not isinstance(s.target, str):
+            self.refuse(s, expr_text(e), "user rules must return a scalar", "return a float")
+        name = self.prog.ns.bind(rule.reverse_fn.__name__, rule.reverse_fn)
+        fwd = [f"{s.target} = {expr_text(e)}"]
+        seed = f"d_{s.target}" if s.target in self.active else "0.0"
+        r = f"_ur{self.nslot}"
+        self.nslot += 1
+        args = [atom_text(a) for a in e.args]
+        rev = [self.adj(f"{r} = {name}({', '.join(args + [seed])})")]
+        for i, (a, flag) in enumerate(zip(e.args, flags)):
+            if flag and not isinstance(self.types.get(a.name), types.Array):
+                rev.append(f"{self.d(a)} += {r}[{i}]")
+        return fwd, rev, TapeUse()
+
+
+class SplitInfo:
+    """What a caller needs to call a callee's forward and reverse halves."""
+
+    def __init__(self, aug, rev, ret, ret_leaf_types, adjoint_args, use, dynamic_line):
+        self.aug, self.rev, self.ret = aug, rev, ret
+        self.ret_leaf_types, self.adjoint_args = ret_leaf_types, adjoint_args
+        self.use, self.dynamic_line = use, dynamic_line
+
+
+def two_pass(prog: Program, prep: Prepared, split: bool) -> AdjointSweep:
+    """Generate once to learn what the adjoints read, then again saving only that."""
+    first = AdjointSweep(prog, prep, split, None)
+    first.block(prep.fir.body)
+    locals_ = set(prep.types) | set(prep.fir.params)
+    sweep = AdjointSweep(prog, prep, split, first.reads & locals_)
+    sweep.code = sweep.block(prep.fir.body)
+    return sweep
+
+
+def adjoint_inits(prep: Prepared) -> list:
+    lines = []
+    for name in sorted(prep.active):
+        ty = prep.types.get(name)
+        if ty is not None and not isinstance(ty, types.Array):
+            lines.append(f"d_{name} = {zero_text(ty)}")
+    return lines
+
+
+def preinits(sweep: AdjointSweep, names) -> list:
+    return [f"{n} = {zero_text(sweep.types.get(n, types.float64))}" for n in sorted(names)
+            if n not in sweep.fir.params]
+
+
+def split_functions(prog: Program, fn, argtypes, flags, site, caller) -> SplitInfo:
+    """Generate (once) `aug_g` (forward half) and `rev_g` (reverse half) of a callee."""
+    key = ("split", fn, argtypes, flags)
+    if key in prog.generated:
+        return prog.generated[key]
+    if fn in prog.in_progress:
+        prog.refuse(caller, site.line, getattr(fn, "__name__", "call"), "recursion is not supported",
+                    "rewrite the recursion as a loop")
+    prog.in_progress.append(fn)
+    prep = prog.prepare(fn, argtypes, flags)
+    fir = prep.fir
+    sweep = two_pass(prog, prep, split=True)
+    fwd, rev, use = sweep.code
+    snapshot = sorted((sweep.needed & assigned_names(fir)) - set(fir.params)) + sorted(
+        sweep.needed & assigned_names(fir) & set(fir.params))
+    snap_fwd, snap_rev = [], []
+    for n in snapshot:
+        code, u = tape.push(n, prep.types.get(n, types.float64))
+        snap_fwd += code
+        snap_rev = tape.pop(n, prep.types.get(n, types.float64)) + snap_rev
+        use = use + u
+    aug, revname = prog.unique("aug_" + fir.name), prog.unique("rev_" + fir.name)
+    tape_params = ["_tf", "_ti", "_spf", "_spi", "status"]
+    caps = ["_capf = len(_tf)", "_capi = len(_ti)"]
+    ret_text = target_text(fir.ret) if fir.ret is not None else None
+    aug_body = caps + preinits(sweep, sweep.preinit | set(snapshot)) + fwd + snap_fwd
+    aug_body.append(f"return {ret_text}, _spf, _spi" if ret_text else "return _spf, _spi")
+    params, adjoint_args = [], []
+    for i, (p, flag, ty) in enumerate(zip(fir.params, flags, argtypes)):
+        params.append(p)
+        if flag and isinstance(ty, types.Array):
+            params.append("d_" + p if p in prep.active else "_unused_d_" + p)
+        elif flag and is_float(ty):
+            adjoint_args.append(i)
+    leaves = ir.target_names(fir.ret) if fir.ret is not None else []
+    leaf_types = [prep.types.get(n, types.none) for n in leaves]
+    seeds = [f"_seed{k}" for k, ty in enumerate(leaf_types) if is_float(ty)]
+    seed_lines = [f"d_{n} += _seed{k}" for k, (n, ty) in enumerate(zip(leaves, leaf_types))
+                  if is_float(ty) and n in prep.active]
+    rev_body = caps + snap_rev + adjoint_inits(prep) + seed_lines + rev
+    outs = [("d_" + fir.params[i]) if fir.params[i] in prep.active else "0.0" for i in adjoint_args]
+    rev_body.append(f"return {', '.join(outs + ['_spf', '_spi'])}")
+    prog.defs.append("\n".join(render([(f"def {aug}({', '.join(fir.params + tape_params)}):", aug_body)])))
+    prog.defs.append("\n".join(render([(f"def {revname}({', '.join(params + seeds + tape_params)}):",
+                                        rev_body)])))
+    info = SplitInfo(aug, revname, fir.ret, leaf_types, adjoint_args, use, sweep.dynamic_line)
+    prog.generated[key] = info
+    prog.in_progress.pop()
+    return info
+
+
+def reverse_entry(prog: Program, mode, prep: Prepared, activities, argtypes, name: str) -> None:
+    """The entry adjoint function: forward sweep, reverse sweep, `(derivs,)` [+ primal]."""
+    fir = prep.fir
+    if fir.ret is not None and not isinstance(fir.ret, str):
+        prog.refuse(fir, fir.firstline, "return (...)", "reverse mode of a function returning a tuple is "
+                    "not supported", "return one scalar (sum the outputs you want to differentiate)")
+    sweep = two_pass(prog, prep, split=False)
+    fwd, rev, use = sweep.code
+    params = []
+    for p, act in zip(fir.params, activities):
+        params.append(p)
+        if issubclass(act, api.Duplicated):
+            params.append("d_" + p if p in prep.active else "_unused_d_" + p)
+    params.append("status")
+    derivs = []
+    for p, act, ty in zip(fir.params, activities, argtypes):
+        if act is api.Active and is_float(ty):
+            derivs.append(cast_text("d_" + p, ty) if p in prep.active else zero_text(ty))
+        else:
+            derivs.append("None")
+    zero_derivs = [zero_text(ty) if d != "None" else "None" for d, ty in zip(derivs, argtypes)]
+    primal = fir.ret if fir.ret is not None else "None"
+
+    def result(ds):
+        tup = f"({', '.join(ds)},)" if len(ds) == 1 else f"({', '.join(ds)})"
+        return f"return ({tup}, _primal)" if mode.with_primal else f"return ({tup},)"
+
+    body = tape.alloc(use) if sweep.uses_tape else []
+    body += preinits(sweep, sweep.preinit) + fwd
+    body.append(f"_primal = {primal}")
+    if sweep.dynamic_line is not None:
+        for sp, cap in (("_spf", "_capf"), ("_spi", "_capi")):
+            report = f"report_tape_overflow(status, {sweep.dynamic_line}, {cap}, {sp})"
+            body.append((f"if {sp} > {cap}:", [report, result(zero_derivs)]))
+    body += adjoint_inits(prep)
+    if fir.ret is not None and fir.ret in prep.active:
+        body.append(f"d_{fir.ret} += 1.0")
+    body += rev
+    body.append(result(derivs))
+    prog.defs.append("\n".join(render([(f"def {name}({', '.join(params)}):", body)])))

@@ -1,0 +1,61 @@
+"""The per-thread tape: where the forward sweep records what the reverse sweep needs.
+
+Two stacks, one of float64 (`_tf`) and one of int64 (`_ti`, decisions, trip
+counts, integer values), each with a stack pointer (`_spf`, `_spi`) and a
+capacity (`_capf`, `_capi`). A push past the capacity writes nothing but
+still counts, so the entry function can report exactly how many entries were
+needed (`report_tape_overflow`) and return before the reverse sweep reads
+anything. Outside loops, the joint (entry) function records into plain local
+variables instead: nothing is pushed where nothing is overwritten.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gpuad.ad.emit import cast_text
+from gpuad.ad.typing import is_float
+
+
+@dataclass
+class TapeUse:
+    """Upper bound of entries pushed by one execution of some code."""
+
+    floats: int = 0
+    ints: int = 0
+
+    def __add__(self, other: TapeUse) -> TapeUse:
+        return TapeUse(self.floats + other.floats, self.ints + other.ints)
+
+    def __mul__(self, n: int) -> TapeUse:
+        return TapeUse(self.floats * n, self.ints * n)
+
+    def max(self, other: TapeUse) -> TapeUse:
+        return TapeUse(max(self.floats, other.floats), max(self.ints, other.ints))
+
+    @property
+    def empty(self) -> bool:
+        return self.floats == 0 and self.ints == 0
+
+
+def stack(ty) -> tuple[str, str, str]:
+    """(tape, pointer, capacity) names for values of type `ty`."""
+    return ("_tf", "_spf", "_capf") if is_float(ty) else ("_ti", "_spi", "_capi")
+
+
+def push(value: str, ty) -> tuple[list, TapeUse]:
+    tape, sp, cap = stack(ty)
+    code = [(f"if {sp} < {cap}:", [f"{tape}[{sp}] = {value}"]), f"{sp} += 1"]
+    return code, TapeUse(1, 0) if tape == "_tf" else TapeUse(0, 1)
+
+
+def pop(var: str, ty) -> list:
+    tape, sp, _ = stack(ty)
+    return [f"{sp} -= 1", f"{var} = {cast_text(f'{tape}[{sp}]', ty)}"]
+
+
+def alloc(use: TapeUse) -> list:
+    """Entry-function tape allocation, sized at generation time."""
+    capf, capi = max(use.floats, 1), max(use.ints, 1)
+    return [f"_capf = {use.floats}", f"_capi = {use.ints}",
+            f"_tf = tape_alloc({capf}, np.float64)", f"_ti = tape_alloc({capi}, np.int64)",
+            "_spf = 0", "_spi = 0"]

@@ -1,0 +1,153 @@
+"""Types of a function's locals, from numba's CPU type inference of the primal.
+
+This is the one module that touches numba internals for typing (the spine can
+swap it for its interpreter). `infer(fn, argtypes)` runs numba's frontend and
+type inference (no lowering) on a copy of `fn` whose plain Python callees are
+replaced by `numba.njit` copies of themselves, so calls resolve. SSA versions
+(`x.1`, `x.2`) of a variable are merged by numba's unification.
+"""
+from __future__ import annotations
+
+import types as pytypes
+from dataclasses import dataclass
+
+import numba
+from numba.core import types
+from numba.core.compiler import CompilerBase, DefaultPassBuilder, Flags
+from numba.core.registry import cpu_target
+from numba.core.typed_passes import NopythonTypeInference
+
+from gpuad.errors import LoweringError, SourceLocation
+
+_jit_copies: dict = {}  # id(python function) -> (function, njit dispatcher); kept alive on purpose
+_typing_cache: dict = {}
+
+
+class TypeOnly(CompilerBase):
+    """numba's untyped passes (static getitem, SSA...) and type inference; no lowering."""
+
+    def define_pipelines(self):
+        pm = DefaultPassBuilder.define_untyped_pipeline(self.state)
+        pm.add_pass(NopythonTypeInference, "nopython type inference")
+        pm.finalize()
+        return [pm]
+
+
+@dataclass(frozen=True)
+class Typing:
+    """Local variable types and the return type of one typed function."""
+
+    locals: dict
+    return_type: object
+
+
+def is_float(ty) -> bool:
+    return isinstance(types.unliteral(ty), types.Float)
+
+
+def is_int(ty) -> bool:
+    return isinstance(types.unliteral(ty), types.Integer | types.Boolean)
+
+
+def jit_value(value):
+    """What a global means inside numba-compiled code: plain functions become njit copies."""
+    if isinstance(value, pytypes.FunctionType) and not numba_knows(value):
+        return jit_copy(value)
+    return value
+
+
+def numba_knows(fn) -> bool:
+    """True for functions numba already types itself (`@overload` stubs, `register_jitable`)."""
+    try:
+        cpu_target.typing_context.refresh()
+        cpu_target.typing_context.resolve_value_type(fn)
+        return True
+    except Exception:  # numba raises several error types for "untyped global"
+        return False
+
+
+def jit_copy(fn):
+    """`numba.njit` of a copy of `fn` whose own callees are njit copies too."""
+    key = id(fn)
+    if key in _jit_copies and _jit_copies[key][0] is fn:
+        return _jit_copies[key][1]
+    copy = pytypes.FunctionType(fn.__code__, jit_namespace(fn.__globals__, fn.__code__.co_names),
+                                fn.__name__, fn.__defaults__, jit_cells(fn))
+    dispatcher = numba.njit(copy)
+    _jit_copies[key] = (fn, dispatcher)
+    return dispatcher
+
+
+def jit_cells(fn):
+    if not fn.__closure__:
+        return None
+    cells = []
+    for cell in fn.__closure__:
+        try:
+            cells.append(pytypes.CellType(jit_value(cell.cell_contents)))
+        except ValueError:
+            cells.append(cell)
+    return tuple(cells)
+
+
+def jit_namespace(namespace: dict, names=None) -> dict:
+    """A copy of `namespace` (restricted to `names` when given) ready for numba."""
+    out = dict(namespace)
+    for name in names if names is not None else list(namespace):
+        if name in namespace:
+            out[name] = jit_value(namespace[name])
+    return out
+
+
+def infer(fn, argtypes) -> Typing:
+    """Type `fn` (a plain function) for `argtypes` with numba's CPU type inference."""
+    key = (fn, tuple(argtypes))
+    if key in _typing_cache:
+        return _typing_cache[key]
+    copy = pytypes.FunctionType(fn.__code__, jit_namespace(fn.__globals__, fn.__code__.co_names),
+                                fn.__name__, fn.__defaults__, jit_cells(fn))
+    typingctx, targetctx = cpu_target.typing_context, cpu_target.target_context
+    typingctx.refresh()
+    targetctx.refresh()
+    flags = Flags()
+    flags.nrt = True
+    pipeline = TypeOnly(typingctx, targetctx, None, tuple(argtypes), None, flags, {})
+    try:
+        try:
+            pipeline.compile_extra(copy)
+        except AttributeError:
+            if pipeline.state.typemap is None:  # asking for the compile result of a typing-only pipeline
+                raise
+        result = pipeline.state
+    except numba.core.errors.NumbaError as exc:
+        code = fn.__code__
+        raise LoweringError(
+            f"numba cannot type {fn.__name__} for {tuple(map(str, argtypes))}: {str(exc).splitlines()[0]}",
+            SourceLocation(code.co_filename, code.co_firstlineno, "def", fn.__name__),
+            "check that the function only uses what numba compiles (scalars, tuples, math, arrays)",
+        ) from exc
+    merged: dict = {}
+    for name, ty in result.typemap.items():
+        if name.startswith(("$", "arg.")):
+            continue
+        base = name.split(".")[0]
+        ty = types.unliteral(ty)
+        if base in merged and merged[base] != ty:
+            unified = typingctx.unify_pairs(merged[base], ty)
+            ty = unified if unified is not None else ty
+        merged[base] = ty
+    typing = Typing(merged, types.unliteral(result.return_type))
+    _typing_cache[key] = typing
+    return typing
+
+
+def local_types(fn, argtypes) -> dict:
+    """`{name: numba type}` for every local of `fn` typed with `argtypes`."""
+    return infer(fn, argtypes).locals
+
+
+def jit_derivative(deriv):
+    """`numba.njit` the entry of a `gpuad.ad.Derivative` for the CPU (helpers and callees too)."""
+    scope = dict(deriv.namespace)
+    exec(compile(deriv.source, deriv.filename, "exec"), scope)
+    return jit_copy(scope[deriv.entry])

@@ -1,0 +1,84 @@
+"""Forward over reverse: Hessian-vector products through nested autodiff calls."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from numba.core import types
+from test_ad_helpers import status
+
+from gpuad.ad import differentiate
+from gpuad.ad.typing import jit_derivative
+from gpuad.api import Active, Const, Duplicated, Forward, ForwardWithPrimal, Reverse, autodiff
+
+
+def energy(x, y):
+    return x * x * y + math.sin(x * y) + math.exp(0.3 * y) / (1.0 + x * x)
+
+
+def grad_dot(x, y, vx, vy):
+    (dx, dy), = autodiff(Reverse, energy, Active(x), Active(y))
+    return dx * vx + dy * vy
+
+
+def hessian(x, y):
+    """Closed-form Hessian of `energy`: (f_xx, f_xy, f_yy)."""
+    s, c = math.sin(x * y), math.cos(x * y)
+    e = math.exp(0.3 * y)
+    q = 1.0 + x * x
+    fxx = 2 * y - y * y * s + e * (6 * x * x - 2) / q ** 3
+    fxy = 2 * x + c - x * y * s - 0.3 * e * 2 * x / q ** 2
+    fyy = -x * x * s + 0.09 * e / q
+    return fxx, fxy, fyy
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("point", [(0.7, 1.3), (-0.4, 0.9)])
+def test_hessian_vector_products_are_exact(point, jit):
+    x, y = point
+    fxx, fxy, fyy = hessian(x, y)
+    d = differentiate(grad_dot, ForwardWithPrimal, (Duplicated, Duplicated, Const, Const),
+                      (types.float64,) * 4)
+    fn = jit_derivative(d) if jit else d.function
+    directions = [((1.0, 0.0), (1.0, 0.0)), ((0.0, 1.0), (0.0, 1.0)), ((0.3, -0.8), (0.5, 0.25))]
+    for (vx, vy), (tx, ty) in directions:
+        hvp, primal = fn(x, tx, y, ty, vx, vy, status())
+        expected = vx * (fxx * tx + fxy * ty) + vy * (fxy * tx + fyy * ty)
+        assert hvp == pytest.approx(expected, rel=1e-12, abs=1e-12)
+    assert "tan_reverse_energy" in d.source
+
+
+def test_reverse_over_active_nested_autodiff_is_refused_clearly():
+    from gpuad.errors import UnsupportedConstruct
+    with pytest.raises(UnsupportedConstruct) as info:
+        differentiate(grad_dot, Reverse, (Active, Active, Const, Const), (types.float64,) * 4)
+    assert info.value.location.line == grad_dot.__code__.co_firstlineno + 1
+
+
+def test_forward_over_inactive_nested_autodiff():
+    d = differentiate(grad_dot, Forward, (Const, Const, Duplicated, Const), (types.float64,) * 4)
+    (t,) = d.function(0.7, 1.3, 0.2, 1.0, 0.0, status())
+    (gx, _), = differentiate(energy, Reverse, (Active, Active), (types.float64,) * 2).function(
+        0.7, 1.3, np.zeros(4, np.int64))
+    assert t == pytest.approx(gx, rel=1e-14)
+
+
+def looped(x, n):
+    s = x
+    for i in range(n):  # noqa: B007
+        s = math.sin(s) * x
+    return s
+
+
+def grad_looped(x, n):
+    (dx, dn), = autodiff(Reverse, looped, Active(x), Const(n))
+    return dx
+
+
+def test_forward_over_taped_reverse_is_refused_not_wrong():
+    from gpuad.errors import UnsupportedConstruct
+    with pytest.raises(UnsupportedConstruct) as info:
+        differentiate(grad_looped, Forward, (Duplicated, Const), (types.float64, types.int64))
+    assert info.value.location.line == grad_looped.__code__.co_firstlineno + 1
+    assert "tape" in info.value.hint

@@ -1,0 +1,115 @@
+"""Unsupported constructs are refused with the original file, line and construct."""
+from __future__ import annotations
+
+import inspect
+import math
+
+import numba
+import numpy as np
+import pytest
+from numba.core import types
+
+from gpuad.ad import differentiate
+from gpuad.api import Active, Const, Duplicated, Reverse
+from gpuad.errors import UnsupportedConstruct
+
+
+def uses_try(x):
+    try:
+        y = x * 2.0
+    except ValueError:
+        y = 0.0
+    return y
+
+
+def uses_with(x):
+    with open("f") as fh:  # noqa: F841
+        x = x * 2.0
+    return x
+
+
+def uses_generator(x):
+    yield x
+
+
+def recursive(x):
+    if x < 1.0:
+        return x
+    return recursive(x * 0.5) * 2.0
+
+
+def uses_attribute(x):
+    return x.real * 2.0
+
+
+def uses_list(x):
+    v = [x, x]
+    return v[0]
+
+
+def for_over_list(x):
+    s = 0.0
+    for v in (x, x):
+        s += v
+    return s
+
+
+def stores_into_const(a, x):
+    a[0] = x * 2.0
+    return a[0]
+
+
+def unknown_call(x):
+    return np.exp(x)
+
+
+def slices(a):
+    return a[1:].sum()
+
+
+FIRST = {f: inspect.getsourcelines(f)[1] for f in (uses_try, uses_with, uses_generator, recursive,
+                                                     uses_attribute, uses_list, for_over_list,
+                                                     stores_into_const, unknown_call, slices)}
+
+CASES = [
+    (uses_try, 1, "try", (types.float64,), (Active,)),
+    (uses_with, 1, "with", (types.float64,), (Active,)),
+    (uses_generator, 1, "yield", (types.float64,), (Active,)),
+    (recursive, 3, "recursive(x * 0.5)", (types.float64,), (Active,)),
+    (uses_attribute, 1, "x.real", (types.float64,), (Active,)),
+    (uses_list, 1, "list", (types.float64,), (Active,)),
+    (for_over_list, 2, "(x, x)", (types.float64,), (Active,)),
+    (stores_into_const, 1, "a[...] = ", (types.float64[:], types.float64), (Const, Active)),
+    (unknown_call, 1, "np.exp(x)", (types.float64,), (Active,)),
+    (slices, 1, "a[1:]", (types.float64[:],), (Duplicated,)),
+]
+
+
+@pytest.mark.parametrize("f,offset,construct,argtypes,acts", CASES, ids=[c[0].__name__ for c in CASES])
+def test_refusal_points_at_the_original_line(f, offset, construct, argtypes, acts):
+    with pytest.raises(UnsupportedConstruct) as info:
+        differentiate(f, Reverse, acts, argtypes)
+    loc = info.value.location
+    assert loc.filename == __file__
+    assert loc.line == FIRST[f] + offset
+    assert construct in loc.construct
+    assert loc.function == f.__name__
+    assert info.value.hint
+
+
+def closure_maker(k):
+    def inner(x):
+        return math.sin(k * x)
+    return inner
+
+
+def test_closures_resolve_free_variables():
+    f = closure_maker(3.0)
+    (dx,), = differentiate(f, Reverse, (Active,), (types.float64,)).function(0.2, np.zeros(4, np.int64))
+    assert dx == pytest.approx(3.0 * math.cos(0.6))
+
+
+def test_njit_functions_are_differentiated_through_py_func():
+    h = numba.njit(closure_maker(2.0))
+    (dx,), = differentiate(h, Reverse, (Active,), (types.float64,)).function(0.2, np.zeros(4, np.int64))
+    assert dx == pytest.approx(2.0 * math.cos(0.4))
