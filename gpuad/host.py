@@ -3,9 +3,8 @@ from __future__ import annotations
 
 from gpuad import api
 from gpuad.compiler import numba_adapter
-from gpuad.errors import AutodiffCallError
+from gpuad.errors import AutodiffCallError, SourceLocation
 from gpuad.interpreter import DeferredSite, is_plain_function
-from gpuad.errors import SourceLocation
 from gpuad.targets import status as st
 
 _registry = None
@@ -36,5 +35,5 @@ def host_autodiff(mode, f, args):
                         SourceLocation(code.co_filename, code.co_firstlineno, "autodiff", f.__name__))
     job = _jobs().job_for(site, flat_types)
     result = job.compiled(*flat, status)
-    st.raise_for_status(status, f.__name__, code.co_filename)
+    st.raise_for_status(status, f.__name__, [job])
     return result

@@ -247,8 +247,18 @@ class _CallRewriter(ast.NodeTransformer):
             if not resolved.had_status:
                 node.args.append(self.status())
         elif overlay is not None:
-            node.func = ast.copy_location(self.bind(callee), node.func)
+            node.func = ast.copy_location(self.reference(overlay), node.func)
         return node
+
+    def reference(self, overlay) -> ast.expr:
+        """An expression for the overlay's replacement that numba can type."""
+        if overlay.spelled is None:
+            return self.bind(overlay.replacement)
+        module, path = overlay.spelled
+        expr: ast.expr = self.bind(module)
+        for attr in path.split("."):
+            expr = ast.Attribute(value=expr, attr=attr, ctx=ast.Load())
+        return expr
 
     def deferred_site(self, node: ast.Call) -> ast.AST:
         location = self.location(node)

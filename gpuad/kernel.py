@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import time
-from dataclasses import dataclass
 from typing import Any, Callable
 
 from gpuad.compiler import numba_adapter
@@ -26,11 +25,12 @@ DEFAULT_BLOCK = 256
 TAPE_CHECK = "report_tape_overflow"
 
 
-@dataclass
+@dataclasses.dataclass
 class _Compiled:
     record: CompilationRecord
     argtypes: tuple
     symbol: str
+    jobs: list = dataclasses.field(default_factory=list)  # the DeferredJobs, for error reports
     device_kernel: Any = None  # loaded PTX, once launched on a GPU
 
 
@@ -126,7 +126,7 @@ class Kernel:
             ir_before_link=lowered.ir_text, ir_after_link=linked.ir_text, ptx=ptx,
             timings=timings,
         )
-        compiled = _Compiled(record, lowered.argtypes, lowered.symbol)
+        compiled = _Compiled(record, lowered.argtypes, lowered.symbol, jobs.jobs)
         self._cuda[key] = compiled
         return compiled
 
@@ -144,12 +144,12 @@ class Kernel:
     def _launch(self, griddim, blockdim, args, n_threads=None) -> None:
         target = self.target or default_target()
         argtypes = self.argument_types(args)
-        on_status = lambda status: st.raise_for_status(status, self.name, self._location().filename)  # noqa: E731
         if target == "cpu":
             grid, block = _as_int(griddim), _as_int(blockdim)
             n = grid * block if n_threads is None else n_threads
             try:
-                self._cpu_kernel(argtypes).launch(n, block, args, on_status)
+                cpu_kernel = self._cpu_kernel(argtypes)
+                cpu_kernel.launch(n, block, args, self._status_check(cpu_kernel.jobs.jobs))
             except GpuadError:
                 raise
             except Exception as exc:  # numba's typing errors happen at the first call
@@ -169,7 +169,11 @@ class Kernel:
                 compiled.record.ptx, compiled.symbol, compiled.argtypes,
                 checks_status=any(TAPE_CHECK in src for src in compiled.record.adjoint_sources.values()),
             )
-        cuda_target.launch(compiled.device_kernel, griddim, blockdim, args, on_status)
+        cuda_target.launch(compiled.device_kernel, griddim, blockdim, args,
+                           self._status_check(compiled.jobs))
+
+    def _status_check(self, jobs) -> Callable:
+        return lambda status: st.raise_for_status(status, self.name, jobs)
 
     def _device_arch(self) -> str:
         major, minor = numba_adapter.device_compute_capability()

@@ -20,6 +20,9 @@ class Overlay:
     # The replacement needs the per-thread context (the hidden status array):
     # the cpu target's emulation of thread indices reads it from there.
     needs_context: bool = False
+    # numba types some stubs (`cuda.local.array`) only when reached as an
+    # attribute of their module: (module, "local.array") spells it so.
+    spelled: tuple[Any, str] | None = None
 
 
 class MethodTable:
@@ -32,8 +35,9 @@ class MethodTable:
         # separate job linked into the kernel (CUDA.jl overlays Enzyme's the same way).
         self.add(api.autodiff, api.autodiff_deferred)
 
-    def add(self, original: Any, replacement: Any, *, needs_context: bool = False) -> None:
-        self._overlays[id(original)] = Overlay(original, replacement, needs_context)
+    def add(self, original: Any, replacement: Any, *, needs_context: bool = False,
+            spelled: tuple[Any, str] | None = None) -> None:
+        self._overlays[id(original)] = Overlay(original, replacement, needs_context, spelled)
 
     def lookup(self, obj: Any) -> Overlay | None:
         overlay = self._overlays.get(id(obj))

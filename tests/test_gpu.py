@@ -4,6 +4,7 @@ import pytest
 from test_kernel import forward_kernel, nested, twice
 
 import gpuad
+import gpuad.errors
 from gpuad.examples import grad_f
 
 pytestmark = pytest.mark.gpu
@@ -59,3 +60,16 @@ def test_default_target_is_cuda_with_a_gpu(monkeypatch):
 
     monkeypatch.delenv("GPUAD_TARGET", raising=False)
     assert default_target() == "cuda"
+
+
+def test_dynamic_loop_gradient_and_tape_overflow_on_gpu():
+    from test_kernel import grad_orbit, orbit_gradient
+
+    xs, ys, dxs = inputs()
+    k = gpuad.kernel(grad_orbit, target="cuda", tape_capacity=16)
+    k.launch(1000, xs, ys, dxs, 10)
+    np.testing.assert_allclose(dxs, [orbit_gradient(x, y, 10) for x, y in zip(xs, ys)], rtol=1e-12)
+    before = dxs.copy()
+    with pytest.raises(gpuad.errors.TapeOverflow, match="needed 20 tape entries .* holds 16"):
+        k.launch(1000, xs, ys, dxs, 20)
+    assert np.array_equal(dxs, before)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import gpuad
+import gpuad.errors
 from gpuad import Active, Const, Duplicated, Forward, Reverse, ReverseWithPrimal, autodiff
 from gpuad.errors import LaunchError
 from gpuad.examples import f, grad_f
@@ -184,3 +185,43 @@ def test_default_target_follows_the_environment(monkeypatch):
     monkeypatch.setenv("GPUAD_TARGET", "tpu")
     with pytest.raises(LaunchError, match="unknown target 'tpu'"):
         default_target()
+
+
+def orbit(x, w, steps):
+    for _ in range(steps):
+        x = math.sin(x) * w
+    return x
+
+
+def grad_orbit(xs, ws, dxs, steps):
+    i = gpuad.thread_index()
+    if i < xs.shape[0]:
+        (dx, _, _), = autodiff(Reverse, orbit, Active(xs[i]), Const(ws[i]), Const(steps))
+        dxs[i] = dx
+
+
+def orbit_gradient(x, w, steps):
+    dx = 1.0
+    for _ in range(steps):
+        dx *= math.cos(x) * w
+        x = math.sin(x) * w
+    return dx
+
+
+def test_tape_primitives_reach_numba_cuda_as_its_stubs(points):
+    xs, ys, dxs = points
+    rec = gpuad.kernel(grad_orbit, tape_capacity=16).compile(xs, ys, dxs, 10)
+    assert "report_tape_overflow" in rec.adjoint_sources[1]
+    assert "alloca [16 x double]" in rec.ir_after_link  # cuda.local.array, per thread
+
+
+def test_dynamic_loop_gradient_and_tape_overflow_on_cpu(points):
+    xs, ys, dxs = (p.copy() for p in points)
+    k = gpuad.kernel(grad_orbit, target="cpu", tape_capacity=16)
+    k.launch(len(xs), xs, ys, dxs, 10)
+    np.testing.assert_allclose(dxs, [orbit_gradient(x, y, 10) for x, y in zip(xs, ys)], rtol=1e-12)
+    before = dxs.copy()
+    with pytest.raises(gpuad.errors.TapeOverflow, match="needed 20 tape entries .* holds 16") as info:
+        k.launch(len(xs), xs, ys, dxs, 20)
+    assert info.value.location.line == orbit.__code__.co_firstlineno + 1
+    assert np.array_equal(dxs, before)

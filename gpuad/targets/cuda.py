@@ -26,8 +26,8 @@ def cuda_thread_index():
 
 def _install_overlays() -> None:
     CUDA.add(api.thread_index, cuda_thread_index)
-    CUDA.add(primitives.atomic_add, cuda.atomic.add)
-    CUDA.add(primitives.tape_alloc, cuda.local.array)
+    CUDA.add(primitives.atomic_add, cuda.atomic.add, spelled=(cuda, "atomic.add"))
+    CUDA.add(primitives.tape_alloc, cuda.local.array, spelled=(cuda, "local.array"))
 
 
 _install_overlays()

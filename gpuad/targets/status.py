@@ -26,14 +26,24 @@ def status_type():
     return types.Array(types.int64, 1, "C")
 
 
-def raise_for_status(status: np.ndarray, kernel_name: str, filename: str) -> None:
+def raise_for_status(status: np.ndarray, kernel_name: str, jobs) -> None:
+    """Raise for an error the launch reported; `jobs` are the launch's deferred jobs."""
     if status[FLAG] == 0:
         return
     if status[FLAG] == TAPE_OVERFLOW:
+        line = int(status[LINE])
         raise TapeOverflow(
             f"a loop in kernel {kernel_name} needed {status[NEEDED]} tape entries per thread "
             f"but the tape holds {status[CAPACITY]}; no result was written back",
-            SourceLocation(filename, int(status[LINE]), "loop"),
+            SourceLocation(_file_of_loop(jobs, line), line, "loop"),
             hint=f"raise the capacity: gpuad.kernel(tape_capacity={int(status[NEEDED])})",
         )
     raise TapeOverflow(f"kernel {kernel_name} reported error code {status[FLAG]}")
+
+
+def _file_of_loop(jobs, line: int) -> str:
+    """The file of the differentiated function whose loop at `line` overflowed."""
+    for job in jobs:
+        if f"report_tape_overflow(status, {line}," in job.derivative.source:
+            return job.site.function.__code__.co_filename
+    return "<unknown>"
