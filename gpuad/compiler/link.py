@@ -47,6 +47,7 @@ def link_deferred(ir_text: str, job_module: Callable[[int], JobModule]) -> LinkR
     module = IRModule.parse(ir_text)
     result = LinkResult("")
     addresses: dict[int, str] = {}
+    symbols: list[str] = []
     while pending := _pending_markers(module):
         for job_id in pending:
             if job_id in addresses:
@@ -57,11 +58,22 @@ def link_deferred(ir_text: str, job_module: Callable[[int], JobModule]) -> LinkR
                 raise LinkError(f"deferred job {job_id} does not define {job.symbol}")
             fn_type = function_pointer_type(module.entities[job.symbol].text)
             addresses[job_id] = f'bitcast {fn_type} @"{job.symbol}" to i8*'
+            symbols.append(job.symbol)
             result.linked_jobs.append(job_id)
         _replace_markers(module, addresses)
     module.entities.pop(MARKER_SYMBOL, None)
+    for symbol in symbols:
+        _internalize(module, symbol)
     result.ir_text = module.text()
     return result
+
+
+def _internalize(module: IRModule, symbol: str) -> None:
+    """Only the replaced markers refer to a job's function: once NVVM has
+    inlined it, an internal definition can be dropped from the PTX."""
+    entity = module.entities[symbol]
+    header, _, body = entity.text.partition("\n")
+    entity.text = re.sub(r"^define (?:linkonce_odr |weak_odr |external )?", "define internal ", header) + "\n" + body
 
 
 def _pending_markers(module: IRModule) -> list[int]:
