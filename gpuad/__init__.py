@@ -38,13 +38,9 @@ def __getattr__(name):
 
         return rule
     if name in ("gradcheck", "gradcheck_kernel"):
-        import importlib
+        from gpuad import gradient_check
 
-        module = importlib.import_module("gpuad.gradcheck")
-        # The submodule import bound `gpuad.gradcheck` to the module; the API
-        # name is the function.
-        globals().update(gradcheck=module.gradcheck, gradcheck_kernel=module.gradcheck_kernel)
-        return globals()[name]
+        return getattr(gradient_check, name)
     raise AttributeError(f"module 'gpuad' has no attribute {name!r}")
 
 

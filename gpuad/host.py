@@ -8,14 +8,19 @@ from gpuad.interpreter import DeferredSite, is_plain_function
 from gpuad.targets import status as st
 
 _registry = None
+_registry_version = -1
 
 
 def _jobs():
-    global _registry  # one cache of host jobs per process, like numba's dispatchers
-    if _registry is None:
+    # One cache of host jobs per process, like numba's dispatchers; a change
+    # to the cpu method table starts a new one.
+    global _registry, _registry_version
+    from gpuad.method_table import CPU
+
+    if _registry is None or _registry_version != CPU.version:
         from gpuad.targets import cpu
 
-        _registry = cpu.new_registry()[1]
+        _registry, _registry_version = cpu.new_registry()[1], CPU.version
     return _registry
 
 

@@ -216,15 +216,25 @@ class _CallRewriter(ast.NodeTransformer):
         return ast.Name(id=name, ctx=ast.Load())
 
     def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
-        value = static_value(node, self.namespace, self.locals)
-        overlay = self.interp.table.lookup(value) if value is not _UNRESOLVED else None
+        overlay, original = self.attribute_overlay(node)
         if overlay is None or not isinstance(node.ctx, ast.Load):
             return self.generic_visit(node)
-        self.record(node, value, qualified_name(overlay.replacement))
-        replacement = self.bind(overlay.replacement)
+        self.record(node, original, qualified_name(overlay.replacement))
+        replacement = self.reference(overlay)
         if overlay.needs_context:
             return ast.copy_location(ast.Call(replacement, [self.status()], []), node)
         return ast.copy_location(replacement, node)
+
+    def attribute_overlay(self, node: ast.Attribute):
+        """The overlay of `owner.attr` (by owner and name), else of its value."""
+        owner = static_value(node.value, self.namespace, self.locals)
+        if owner is _UNRESOLVED:
+            return None, None
+        overlay = self.interp.table.lookup_attribute(owner, node.attr)
+        if overlay is not None:
+            return overlay, (owner, node.attr)
+        value = static_value(node, self.namespace, self.locals)
+        return (self.interp.table.lookup(value), value) if value is not _UNRESOLVED else (None, None)
 
     def visit_Call(self, node: ast.Call) -> ast.AST:
         callee = static_value(node.func, self.namespace, self.locals)
@@ -252,6 +262,8 @@ class _CallRewriter(ast.NodeTransformer):
 
     def reference(self, overlay) -> ast.expr:
         """An expression for the overlay's replacement that numba can type."""
+        if is_plain_function(overlay.replacement):
+            return self.bind(self.interp._resolve(overlay.replacement)[1])
         if overlay.spelled is None:
             return self.bind(overlay.replacement)
         module, path = overlay.spelled

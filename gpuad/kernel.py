@@ -87,7 +87,9 @@ class Kernel:
         return dataclasses.replace(compiled.record, target=target)
 
     def _compile_cuda(self, argtypes, arch, fastmath) -> _Compiled:
-        key = (argtypes, arch, fastmath)
+        from gpuad.method_table import CUDA
+
+        key = (argtypes, arch, fastmath, CUDA.version)
         if key in self._cuda:
             return self._cuda[key]
         from gpuad.targets import cuda as cuda_target
@@ -180,11 +182,13 @@ class Kernel:
         return f"sm_{major}{minor}"
 
     def _cpu_kernel(self, argtypes):
-        if argtypes not in self._cpu:
-            from gpuad.targets import cpu
+        from gpuad.method_table import CPU
+        from gpuad.targets import cpu
 
-            self._cpu[argtypes] = cpu.build_kernel(self.pyfunc, len(argtypes), self.tape_capacity)
-        return self._cpu[argtypes]
+        key = (argtypes, CPU.version)
+        if key not in self._cpu:
+            self._cpu[key] = cpu.build_kernel(self.pyfunc, len(argtypes), self.tape_capacity)
+        return self._cpu[key]
 
     def _location(self) -> SourceLocation:
         code = self.pyfunc.__code__

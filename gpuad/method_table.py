@@ -31,6 +31,9 @@ class MethodTable:
     def __init__(self, name: str):
         self.name = name
         self._overlays: dict[int, Overlay] = {}
+        self._attributes: dict[tuple[int, str], Overlay] = {}
+        # Bumped by every change, so compiled kernels know when to recompile.
+        self.version = 0
         # Inside any kernel, `autodiff` is deferred: its derivative becomes a
         # separate job linked into the kernel (CUDA.jl overlays Enzyme's the same way).
         self.add(api.autodiff, api.autodiff_deferred)
@@ -38,6 +41,27 @@ class MethodTable:
     def add(self, original: Any, replacement: Any, *, needs_context: bool = False,
             spelled: tuple[Any, str] | None = None) -> None:
         self._overlays[id(original)] = Overlay(original, replacement, needs_context, spelled)
+        self.version += 1
+
+    def add_attribute(self, owner: Any, attr: str, replacement: Any, *, needs_context: bool = False) -> None:
+        """Overlay `owner.attr` where the attribute alone is not unique.
+
+        numba-cuda's `threadIdx.x` and `blockIdx.x` are one inherited
+        property object, so they are told apart by their owner.
+        """
+        self._attributes[(id(owner), attr)] = Overlay((owner, attr), replacement, needs_context)
+        self.version += 1
+
+    def lookup_attribute(self, owner: Any, attr: str) -> Overlay | None:
+        overlay = self._attributes.get((id(owner), attr))
+        return overlay if overlay is not None and overlay.original[0] is owner else None
+
+    def remove(self, original: Any) -> None:
+        """Undo an overlay; kernels compiled with it recompile on next use."""
+        if self.lookup(original) is None:
+            raise KeyError(f"{qualified_name(original)} has no overlay in {self.name}")
+        del self._overlays[id(original)]
+        self.version += 1
 
     def lookup(self, obj: Any) -> Overlay | None:
         overlay = self._overlays.get(id(obj))
@@ -73,6 +97,8 @@ def overlay(table: MethodTable, original: Any) -> Callable:
 
 def qualified_name(obj: Any) -> str:
     """A readable dotted name for an overlay record."""
+    if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[1], str):
+        return f"{qualified_name(obj[0])}.{obj[1]}"
     if isinstance(obj, property):
         return getattr(obj.fget, "__qualname__", repr(obj))
     module = getattr(obj, "__module__", None) or ""

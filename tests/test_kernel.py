@@ -3,6 +3,7 @@ import math
 
 import numpy as np
 import pytest
+from numba import cuda
 
 import gpuad
 import gpuad.errors
@@ -154,7 +155,38 @@ def test_user_overlay_applies_on_its_target_only():
         rec = gpuad.kernel(overlaid).compile(xs, out)  # the record is the CUDA pipeline's
         assert "my_fast_sin" not in {o.replacement.rsplit(".", 1)[-1] for o in rec.overlays}
     finally:
-        gpuad.CPU._overlays.pop(id(my_sin))
+        gpuad.CPU.remove(my_sin)
+
+
+def test_adding_an_overlay_recompiles_kernels_that_were_compiled_before():
+    k = gpuad.kernel(overlaid, target="cpu")
+    xs, out = np.array([0.5]), np.zeros(1)
+    k.launch(1, xs, out)
+    assert out[0] == pytest.approx(math.sin(0.5))
+    gpuad.CPU.add(my_sin, my_fast_sin)
+    try:
+        k.launch(1, xs, out)
+        assert out[0] == pytest.approx(0.5 - 0.125 / 6.0)
+    finally:
+        gpuad.CPU.remove(my_sin)
+    k.launch(1, xs, out)
+    assert out[0] == pytest.approx(math.sin(0.5))
+
+
+def cuda_style_indices(xs, out):
+    i = cuda.threadIdx.x + cuda.blockIdx.x * cuda.blockDim.x
+    if i < xs.shape[0]:
+        out[i] = i + 100 * cuda.gridDim.x + xs[i] / xs[0]
+
+
+def test_cuda_thread_indices_are_emulated_on_cpu():
+    xs, out = np.array([0.0, 1.0, 2.0, 3.0, 4.0]), np.zeros(5)
+    gpuad.kernel(cuda_style_indices, target="cpu")[3, 2](xs, out)
+    # Division by zero follows the GPU: inf/nan, not ZeroDivisionError.
+    assert np.isnan(out[0]) and np.all(np.isinf(out[1:]))
+    xs[0] = 1.0
+    gpuad.kernel(cuda_style_indices, target="cpu")[3, 2](xs, out)
+    np.testing.assert_array_equal(out, np.arange(5) + 300 + xs)
 
 
 def test_host_autodiff_matches_the_derivative():

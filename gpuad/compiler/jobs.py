@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from gpuad import api
 from gpuad.compiler import numba_adapter
 from gpuad.errors import GpuadError, LoweringError
 from gpuad.interpreter import DeferredSite
@@ -117,5 +116,3 @@ class JobRegistry:
     def by_id(self, job_id: int) -> DeferredJob:
         return self.jobs[job_id - 1]
 
-
-MODES = {m.name: m for m in api.MODES}

@@ -253,4 +253,6 @@ def typeof(value):
 def cpu_jit(pyfunc):
     import numba
 
-    return numba.njit(cache=False)(pyfunc)
+    # The numpy error model gives inf/nan for x/0, as the GPU does, instead
+    # of raising ZeroDivisionError.
+    return numba.njit(cache=False, error_model="numpy")(pyfunc)

@@ -4,7 +4,7 @@ No compiler logic lives here. The cell runs in the user namespace (what it
 defines stays defined, even when a later step fails); the kernels it
 defined are compiled with `kernel.compile(*args, …)` and shown as a
 `CompilationView`; `--launch` and `--gradcheck` call `kernel.launch` and
-`gpuad.gradcheck.gradcheck_kernel`. Every failure becomes one `CellError`
+`gpuad.gradient_check.gradcheck_kernel`. Every failure becomes one `CellError`
 that points at a line of the cell.
 """
 from __future__ import annotations
@@ -158,7 +158,7 @@ class GpuadMagics(Magics):
         return result
 
     def _gradcheck(self, source: Cell, name: str, kernel, args: tuple, options, before: dict):
-        from gpuad.gradcheck import gradcheck_kernel
+        from gpuad.gradient_check import gradcheck_kernel
 
         primal = self._primal(source, options, before)
         n = options.launch if options.launch is not None else _length_of_first_array(args)

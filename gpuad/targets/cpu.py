@@ -20,28 +20,30 @@ from gpuad.method_table import CPU
 from gpuad.targets import status as st
 
 
-def cpu_thread_index(status):
-    return status[4]
+# Thread-index emulation: these take the status array as the interpreter's
+# hidden parameter, which carries the emulated thread index (see status.py).
+def cpu_thread_index(_gpuad_status):
+    return _gpuad_status[4]
 
 
-def cpu_grid(ndim, status):
-    return status[4]
+def cpu_grid(ndim, _gpuad_status):
+    return _gpuad_status[4]
 
 
-def cpu_thread_idx_x(status):
-    return status[4] % status[5]
+def cpu_thread_idx_x(_gpuad_status):
+    return _gpuad_status[4] % _gpuad_status[5]
 
 
-def cpu_block_idx_x(status):
-    return status[4] // status[5]
+def cpu_block_idx_x(_gpuad_status):
+    return _gpuad_status[4] // _gpuad_status[5]
 
 
-def cpu_block_dim_x(status):
-    return status[5]
+def cpu_block_dim_x(_gpuad_status):
+    return _gpuad_status[5]
 
 
-def cpu_grid_dim_x(status):
-    return status[6]
+def cpu_grid_dim_x(_gpuad_status):
+    return _gpuad_status[6]
 
 
 def cpu_atomic_add(array, index, value):
@@ -57,15 +59,15 @@ def cpu_local_array(shape, dtype):
 def _install_overlays() -> None:
     from numba import cuda
 
-    for original, replacement in [
-        (api.thread_index, cpu_thread_index),
-        (cuda.grid, cpu_grid),
-        (cuda.threadIdx.x, cpu_thread_idx_x),
-        (cuda.blockIdx.x, cpu_block_idx_x),
-        (cuda.blockDim.x, cpu_block_dim_x),
-        (cuda.gridDim.x, cpu_grid_dim_x),
+    CPU.add(api.thread_index, cpu_thread_index, needs_context=True)
+    CPU.add(cuda.grid, cpu_grid, needs_context=True)
+    for owner, replacement in [
+        (cuda.threadIdx, cpu_thread_idx_x),
+        (cuda.blockIdx, cpu_block_idx_x),
+        (cuda.blockDim, cpu_block_dim_x),
+        (cuda.gridDim, cpu_grid_dim_x),
     ]:
-        CPU.add(original, replacement, needs_context=True)
+        CPU.add_attribute(owner, "x", replacement, needs_context=True)
     CPU.add(cuda.atomic.add, cpu_atomic_add)
     CPU.add(primitives.atomic_add, cpu_atomic_add)
     CPU.add(cuda.local.array, cpu_local_array)

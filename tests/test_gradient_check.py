@@ -1,4 +1,4 @@
-"""AD against central finite differences (gpuad/gradcheck.py)."""
+"""AD against central finite differences (gpuad/gradient_check.py)."""
 from __future__ import annotations
 
 import importlib
@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-# The module, not the function `gpuad.gradcheck` that gpuad/__init__ exports under the same name.
-gc = importlib.import_module("gpuad.gradcheck")
+# The module behind gpuad.gradcheck / gpuad.gradcheck_kernel.
+gc = importlib.import_module("gpuad.gradient_check")
 
 
 def f(x, w):
