@@ -88,11 +88,11 @@ class Kernel:
 
     def _compile_cuda(self, argtypes, arch, fastmath) -> _Compiled:
         from gpuad.method_table import CUDA
+        from gpuad.targets import cuda as cuda_target  # installs its overlays first
 
         key = (argtypes, arch, fastmath, CUDA.version)
         if key in self._cuda:
             return self._cuda[key]
-        from gpuad.targets import cuda as cuda_target
 
         timings: dict[str, float] = {}
         start = time.perf_counter()

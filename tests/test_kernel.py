@@ -257,3 +257,9 @@ def test_dynamic_loop_gradient_and_tape_overflow_on_cpu(points):
         k.launch(len(xs), xs, ys, dxs, 20)
     assert info.value.location.line == orbit.__code__.co_firstlineno + 1
     assert np.array_equal(dxs, before)
+
+
+def test_a_second_compile_is_served_from_the_cache(points):
+    k = gpuad.kernel(grad_f.pyfunc)
+    first = k.compile(*points)
+    assert k.compile(*points).ptx is first.ptx
