@@ -47,6 +47,8 @@ def screenshot(html: str, png: Path, size: tuple[int, int], workdir: Path) -> No
 
 
 def main() -> None:
+    # Call sites are shown relative to the working directory: make it the repository's.
+    os.chdir(DOCS.parent)
     n = 64
     xs, ys, dxs = np.linspace(-2.0, 2.0, n), np.linspace(0.5, 1.5, n), np.zeros(n)
     record = grad_f.compile(xs, ys, dxs)

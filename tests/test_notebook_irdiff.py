@@ -89,3 +89,36 @@ def test_a_marker_left_after_linking_is_flagged():
 def test_context_zero_collapses_everything_but_changes_and_marks():
     items = diff_ir(IR_BEFORE_LINK, IR_AFTER_LINK).unified(context=0)
     assert all(x.tag != "equal" or x.mark for x in items if isinstance(x, DiffLine))
+
+
+def test_unified_lines_carry_old_and_new_numbers():
+    before = "a\nb\nmarker\nc\n"
+    after = "x\ny\na\nb\nreplacement\nc\n"
+    lines = [x for x in diff_ir(before, after).unified(context=9) if isinstance(x, DiffLine)]
+    numbers = {ln.text: (ln.tag, ln.old, ln.new) for ln in lines}
+    assert numbers == {
+        "x": ("insert", None, 1), "y": ("insert", None, 2),
+        "a": ("equal", 1, 3), "b": ("equal", 2, 4),
+        "marker": ("delete", 3, None), "replacement": ("insert", None, 5),
+        "c": ("equal", 4, 6),
+    }
+    # Folded runs report where they start on both sides.
+    long_before = "".join(f"l{k}\n" for k in range(20))
+    items = diff_ir(long_before, "new\n" + long_before).unified(context=1)
+    folds = [x for x in items if isinstance(x, Collapsed)]
+    assert [(f.before_start, f.after_start, f.count) for f in folds] == [(2, 3, 19)]
+
+
+def test_side_by_side_equal_lines_know_both_numbers():
+    rows = [r for r in diff_ir("a\nb\n", "x\na\nb\n").side_by_side(context=5) if isinstance(r, Row)]
+    equal = [r for r in rows if r.before is not None and r.after is not None]
+    numbers = [(r.before.old, r.before.new, r.after.old, r.after.new) for r in equal]
+    assert numbers == [(1, 2, 1, 2), (2, 3, 2, 3)]
+
+
+def test_linked_spans_locate_the_appended_functions():
+    diff = diff_ir(IR_BEFORE_LINK, IR_AFTER_LINK)
+    (span,) = diff.linked_spans
+    assert span.name == ADJOINT_SYMBOL and diff.linked_span(ADJOINT_SYMBOL) is span
+    assert diff.after[span.start].startswith("define linkonce_odr") and diff.after[span.end - 1] == "}"
+    assert diff.linked_span(KERNEL_SYMBOL) is None

@@ -13,8 +13,9 @@ from IPython.core.interactiveshell import InteractiveShell
 
 from gpuad.errors import SourceLocation, UnsupportedConstruct
 from gpuad.notebook import magics, views
-from gpuad.notebook.cells import CellError
+from gpuad.notebook.cells import CellError, registered_cell
 from gpuad.notebook.info import EnvironmentInfo
+from gpuad.notebook.names import short_location
 from gpuad.notebook.sample import sample_record
 from gpuad.notebook.views import WIDGET_MIMETYPE
 
@@ -124,6 +125,15 @@ def test_display_bundle_has_text_and_html_and_the_cells_source(ip):
     assert ip.user_ns["grad_f"].pyfunc.__code__.co_filename.startswith("<gpukernel-cell-")
     text = html.unescape(re.sub(r"<[^>]+>", "", bundle["text/html"]))
     assert "def grad_f(xs, ws, dxs):\n    for i in range(xs.shape[0]):" in text
+
+
+def test_the_cell_is_registered_with_its_execution_count(ip):
+    ip.run_cell(f"%%gpukernel\n{KERNEL_CELL}", store_history=True)
+    number = ip.execution_count - 1
+    filename = ip.user_ns["grad_f"].pyfunc.__code__.co_filename
+    cell = registered_cell(filename)
+    assert cell is not None and cell.execution_count == number
+    assert short_location(f"{filename}:8").text == f"cell [{number}], line 9"
 
 
 def test_display_bundle_has_the_widget_when_a_kernel_can_show_it(ip, monkeypatch):
@@ -302,5 +312,10 @@ def test_a_real_gpuad_kernel_compiles_and_displays(shell, monkeypatch, pipeline)
     assert result.success, result.error_in_exec
     view, report = shown
     assert "1 deferred jobs" in view["text/plain"] and "gpuad-mark-marker" in view["text/html"]
+    # Overlaid calls are located by cell and cell line (the %%gpukernel line is line 1).
+    overlays = view["text/html"].split('class="gpuad-stage-overlays"')[1].split("</details>")[0]
+    assert re.search(r">cell \[\d+\], line 10</td>", overlays)  # gpuad.thread_index()
+    assert re.search(r">cell \[\d+\], line 12</td>", overlays)  # autodiff(...)
+    assert "<gpukernel-cell-" not in overlays.replace("&lt;", "<").split("title=")[0]
     assert report["text/plain"].startswith("gradcheck of kernel grad_f: PASSED")
 

@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import pytest
+from IPython.core.interactiveshell import InteractiveShell
 
+from gpuad.notebook.cells import register_cell
 from gpuad.notebook.highlight import highlight, highlight_lines
+from gpuad.notebook.names import Short, short_location, short_symbol
 from gpuad.notebook.sample import ADJOINT_SYMBOL, KERNEL_SYMBOL, sample_record
 from gpuad.notebook.views import STAGE_KEYS, WIDGET_MIMETYPE, CompilationView, parse_stages
 
@@ -97,9 +101,8 @@ def test_diff_highlights_marker_before_and_linked_function_after(view):
     definition = _cell_of(diff, f'define linkonce_odr i32 @"{ADJOINT_SYMBOL}"')
     assert "gpuad-diff-insert" in definition and "gpuad-mark-linked" in definition
     assert "background-color: #f0ebff" in definition
-    # Unchanged runs far from the link are folded, with their line range.
-    assert re.search(r"⋯ \d+ unchanged lines \(before 1–\d+\) ⋯", diff)
-    assert f"functions linked: <code>{ADJOINT_SYMBOL}</code>" in diff
+    # Unchanged runs far from the link are folded, with their line ranges on both sides.
+    assert re.search(r"⋯ \d+ unchanged lines \(old 1–\d+, new 1–\d+\) ⋯", diff)
 
 
 def test_side_by_side_diff_has_both_line_numbers_on_the_marker_row():
@@ -107,8 +110,8 @@ def test_side_by_side_diff_has_both_line_numbers_on_the_marker_row():
     diff = view.stage_html("diff")
     row = _marker_row(diff)
     assert "gpuad-mark-link-ref" in row  # the replacement sits beside the marker
-    numbers = re.findall(r'white-space: pre">(\d+)</td>', row)
-    assert numbers == ["23", "23"]
+    numbers = re.findall(r'class="gpuad-diff-(old|new)-number"[^>]*>(\d+)</td>', row)
+    assert numbers == [("old", "23"), ("new", "23")]
     # Folded runs span both sides (number + code cell per side).
     assert re.findall(r'<td colspan="(\d)" class="gpuad-diff-collapsed"', diff) and \
         set(re.findall(r'<td colspan="(\d)" class="gpuad-diff-collapsed"', diff)) == {"4"}
@@ -183,3 +186,131 @@ def test_highlight_lines_keeps_one_fragment_per_line_even_inside_docstrings():
     assert "(empty)" in highlight("", "llvm")
     with pytest.raises(ValueError, match="no highlighter"):
         highlight_lines("x", "fortran")
+
+
+# ------------------------------------------------------------ short names, two-column diff, linked anchor
+
+def _numbers(row: str) -> tuple[str, str]:
+    """(old, new) line numbers of a unified diff row ("" where a side has none)."""
+    found = dict(re.findall(r'class="gpuad-diff-(old|new)-number"[^>]*>(\d*)</td>', row))
+    return found["old"], found["new"]
+
+
+def _row_with(html: str, text: str) -> str:
+    def plain(row: str) -> str:
+        return re.sub(r"<[^>]+>", "", "<tr" + row).replace("&quot;", '"')
+
+    return next(r for r in html.split("<tr") if text in plain(r))
+
+
+def _shifted_record():
+    """The sample with four declarations added near the top, so old and new numbers differ."""
+    record = sample_record()
+    lines = record.ir_after_link.splitlines(True)
+    extra = [f'declare double @"__nv_extra{k}"(double)\n' for k in range(4)]
+    record.ir_after_link = "".join(lines[:4] + extra + lines[4:])
+    return record
+
+
+def test_overlay_call_sites_are_short_with_the_full_path_in_a_tooltip(monkeypatch, tmp_path):
+    record = sample_record()
+    inside = tmp_path / "pkg" / "kernels.py"
+    record.overlays = [replace(record.overlays[0], call_site=f"{inside}:14"),
+                       replace(record.overlays[1], call_site="/elsewhere/lib/helpers.py:7")]
+    monkeypatch.chdir(tmp_path)
+    overlays = CompilationView(record).stage_html("overlays")
+    assert f'title="{inside}:14">pkg/kernels.py:14</td>' in overlays
+    assert 'title="/elsewhere/lib/helpers.py:7">helpers.py:7</td>' in overlays
+    assert "word-break: break-all" not in overlays
+
+
+def test_call_sites_in_notebook_cells_name_the_cell_and_line(monkeypatch):
+    shell = InteractiveShell.instance()
+    shell.run_cell("def in_a_cell():\n    return 1\n", store_history=True)
+    number = shell.execution_count - 1
+    filename = shell.user_ns["in_a_cell"].__code__.co_filename
+    assert short_location(f"{filename}:2") == Short(f"cell [{number}], line 2", f"{filename}:2")
+    # ipykernel names cells /tmp/ipykernel_<pid>/<hash>.py: only IPython's map can tell the number.
+    fake = "/tmp/ipykernel_4242/2851623131.py"
+    monkeypatch.setitem(shell.compile._filename_map, fake, 7)
+    record = sample_record()
+    record.overlays = [replace(record.overlays[0], call_site=f"{fake}:3")]
+    overlays = CompilationView(record).stage_html("overlays")
+    assert f'title="{fake}:3">cell [7], line 3</td>' in overlays and "ipykernel_4242/" not in \
+        overlays.replace(f'title="{fake}:3"', "")
+
+
+def test_call_sites_in_gpukernel_cells_count_the_magic_line():
+    cell = register_cell("def f(x):\n    return x\n", execution_count=12)
+    assert short_location(f"{cell.filename}:2").text == "cell [12], line 3"
+    anonymous = register_cell("x = 1\n")
+    assert short_location(f"{anonymous.filename}:1").text == "%%gpukernel cell, line 2"
+    assert short_location("<string>:4").text == "<string>:4"
+    assert short_location("kernels.py").text == "kernels.py"
+
+
+def test_mangled_symbols_shorten_to_their_python_name():
+    assert short_symbol(ADJOINT_SYMBOL) == Short("<dynamic>.reverse_f…", ADJOINT_SYMBOL)
+    assert short_symbol(KERNEL_SYMBOL).text == "cudapy.__main__.grad_f…"
+    real = ("_ZN13_3cdynamic_3e9reverse_fB2v3B72cw51cXTLSUwv1sDUaKthqaNgoKmjgOR3W3CwAkMXLaJtQYkOIgxJU0gCqOkEL"
+            "KEJAA_3d_3dEdd5ArrayIxLi1E1C7mutable7alignedE")
+    assert short_symbol(real).text == "<dynamic>.reverse_f…"
+    assert short_symbol("__nv_sin") == Short("__nv_sin", "__nv_sin")
+    long = short_symbol("x" * 100)
+    assert len(long.text) == 48 and "…" in long.text and long.full == "x" * 100
+
+
+def test_jobs_table_shows_a_short_symbol_unwrapped_with_the_full_one_as_tooltip(view):
+    jobs = view.stage_html("jobs")
+    cell = re.search(r"<td [^>]*title=\"([^\"]+)\">([^<]*)</td>", jobs)
+    assert cell.groups() == (ADJOINT_SYMBOL, "&lt;dynamic&gt;.reverse_f…")
+    assert "white-space: nowrap" in cell.group(0) and "break-all" not in jobs
+    assert f">{ADJOINT_SYMBOL}<" not in jobs
+
+
+def test_unified_diff_has_separate_old_and_new_number_columns():
+    diff = CompilationView(_shifted_record()).stage_html("diff")
+    marker = _row_with(diff, '@"gpuad.deferred_codegen"(i64 1)')
+    replacement = _row_with(diff, f'bitcast i32 ({{double, double}}*, double, double)* @"{ADJOINT_SYMBOL}"')
+    unchanged = _row_with(diff, '%"w" = load double')
+    assert _numbers(marker) == ("23", "")
+    assert _numbers(replacement) == ("", "27")
+    assert _numbers(unchanged) == ("22", "26")
+    assert _numbers(_row_with(diff, '@"__nv_extra0"')) == ("", "5")
+    # Folded runs span both number columns and the code column.
+    assert set(re.findall(r'<td colspan="(\d)" class="gpuad-diff-collapsed"', diff)) == {"3"}
+
+
+def test_diff_summary_names_linked_functions_short_and_links_to_them():
+    for layout in ("unified", "side-by-side"):
+        diff = CompilationView(sample_record(), diff_layout=layout).stage_html("diff")
+        summary = diff.split('<table class="gpuad-diff"')[0]
+        assert ADJOINT_SYMBOL not in re.sub(r'title="[^"]*"', "", summary)
+        link = re.search(r'<a class="gpuad-linked-link" href="#([^"]+)" title="([^"]+)"[^>]*>(.*?)</a>',
+                         summary)
+        assert link, summary
+        anchor, title, text = link.groups()
+        assert ADJOINT_SYMBOL in title and "&lt;dynamic&gt;.reverse_f…" in text
+        # The anchor is on the row of the linked function's `define`, and is the only one.
+        assert diff.count(f'id="{anchor}"') == 1
+        row = diff.split(f'<tr id="{anchor}">')[1].split("</tr>")[0]
+        assert f'define linkonce_odr i32 @"{ADJOINT_SYMBOL}"' in re.sub(r"<[^>]+>", "", row)
+    shifted = CompilationView(_shifted_record()).stage_html("diff")
+    after = _shifted_record().ir_after_link.splitlines()
+    start = next(k for k, line in enumerate(after) if line.startswith("define linkonce"))
+    assert f"(new lines {start + 1}–" in shifted
+
+
+def test_diff_without_linked_functions_says_none():
+    record = sample_record()
+    record.ir_after_link = record.ir_before_link
+    diff = CompilationView(record).stage_html("diff")
+    assert "functions linked: none" in diff and "gpuad-linked-link" not in diff
+
+
+def test_diff_tab_keeps_the_jump_to_the_linked_function():
+    diff = CompilationView(sample_record()).widget().browsers["diff"]
+    for layout in ("unified", "side-by-side"):
+        diff.layout.value = layout
+        anchor = re.search(r'href="#(gpuad-linked-[^"]+)"', diff.body.value).group(1)
+        assert f'<tr id="{anchor}">' in diff.body.value

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from gpuad.errors import GpuadError, SourceLocation
 
 _cell_numbers = itertools.count(1)
+# Like linecache's entries, kept for the session: records name these filenames.
+_registered: dict[str, Cell] = {}
 
 
 @dataclass(frozen=True)
@@ -24,11 +26,13 @@ class Cell:
 
     `line_offset` is added to a body line to get the cell line: 1 when the
     body follows a `%%gpukernel` line, which is line 1 of the cell.
+    `execution_count` is the cell's `In [N]` number, when IPython ran it.
     """
 
     source: str
     filename: str
     line_offset: int = 1
+    execution_count: int | None = None
 
     def cell_line(self, body_line: int) -> int:
         return body_line + self.line_offset
@@ -38,12 +42,19 @@ class Cell:
         return lines[body_line - 1] if 0 < body_line <= len(lines) else ""
 
 
-def register_cell(source: str, line_offset: int = 1) -> Cell:
+def register_cell(source: str, line_offset: int = 1, execution_count: int | None = None) -> Cell:
     """Give the cell a unique filename and make its source findable by `inspect`."""
     filename = f"<gpukernel-cell-{next(_cell_numbers)}>"
     # mtime None: linecache.checkcache() keeps entries it cannot stat.
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    return Cell(source, filename, line_offset)
+    cell = Cell(source, filename, line_offset, execution_count)
+    _registered[filename] = cell
+    return cell
+
+
+def registered_cell(filename: str) -> Cell | None:
+    """The cell registered under `filename` (views use it to name call sites)."""
+    return _registered.get(filename)
 
 
 def run_cell(cell: Cell, namespace: dict, code: str | None = None) -> None:

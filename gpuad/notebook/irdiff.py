@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from difflib import SequenceMatcher
 from itertools import zip_longest
 
-from gpuad.notebook.outline import llvm_outline
+from gpuad.notebook.outline import FunctionSpan, llvm_outline
 
 MARKER_SYMBOL = '@"gpuad.deferred_codegen"'
 
@@ -25,12 +25,19 @@ LINK_REF = "link-ref"  # refers to a function the linker added
 
 @dataclass(frozen=True)
 class DiffLine:
-    """One line of one side; numbers are 1-based line numbers of that side."""
+    """One line of one side; numbers are 1-based line numbers of that side.
+
+    `old` and `new` are the line's numbers in the module before and after
+    linking: a deleted line has only `old`, an inserted one only `new`, an
+    unchanged one both (what a unified view shows in its two number columns).
+    """
 
     tag: str  # "equal", "delete" (only before) or "insert" (only after)
     number: int
     text: str
     mark: str = ""
+    old: int | None = None
+    new: int | None = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,10 @@ class IRDiff:
     linked_functions: tuple[str, ...]
     before_marks: dict[int, str]  # 0-based line index -> mark
     after_marks: dict[int, str]
+    linked_spans: tuple[FunctionSpan, ...] = ()  # where the linked functions are, after side
+
+    def linked_span(self, name: str) -> FunctionSpan | None:
+        return next((s for s in self.linked_spans if s.name == name), None)
 
     @property
     def inserted(self) -> int:
@@ -78,7 +89,8 @@ class IRDiff:
         rows: list[Row] = []
         for tag, i1, i2, j1, j2 in self.opcodes:
             if tag == "equal":
-                rows += [Row(self._line("equal", i, before=True), self._line("equal", j, before=False))
+                rows += [Row(self._line("equal", i, before=True, other=j),
+                             self._line("equal", j, before=False, other=i))
                          for i, j in zip(range(i1, i2), range(j1, j2), strict=True)]
             else:
                 olds = [self._line("delete", i, before=True) for i in range(i1, i2)]
@@ -87,27 +99,27 @@ class IRDiff:
         return _collapse(rows, [r.interesting for r in rows], context, _row_start)
 
     def unified(self, context: int = 3) -> list[DiffLine | Collapsed]:
-        """One column: deleted lines, then the lines inserted in their place."""
+        """One column of lines: deleted lines, then the lines inserted in their place.
+
+        Unchanged lines carry both their old and new numbers.
+        """
         lines: list[DiffLine] = []
         for tag, i1, i2, j1, j2 in self.opcodes:
             if tag == "equal":
-                lines += [self._line("equal", j, before=False) for j in range(j1, j2)]
+                lines += [self._line("equal", j, before=False, other=i)
+                          for i, j in zip(range(i1, i2), range(j1, j2), strict=True)]
             else:
                 lines += [self._line("delete", i, before=True) for i in range(i1, i2)]
                 lines += [self._line("insert", j, before=False) for j in range(j1, j2)]
         flags = [ln.tag != "equal" or bool(ln.mark) for ln in lines]
-        return _collapse(lines, flags, context, self._unified_start)
+        return _collapse(lines, flags, context, _unified_start)
 
-    def _line(self, tag: str, index: int, *, before: bool) -> DiffLine:
+    def _line(self, tag: str, index: int, *, before: bool, other: int | None = None) -> DiffLine:
+        """The line at 0-based `index` of one side; `other`: its index on the other side."""
         text, marks = (self.before, self.before_marks) if before else (self.after, self.after_marks)
-        return DiffLine(tag, index + 1, text[index], marks.get(index, ""))
-
-    def _unified_start(self, line: DiffLine) -> tuple[int, int]:
-        # Equal lines in the unified view carry after-numbers; map back to before.
-        for tag, i1, _, j1, j2 in self.opcodes:
-            if tag == "equal" and j1 < line.number <= j2:
-                return i1 + line.number - j1, line.number
-        return line.number, line.number
+        mine, theirs = index + 1, None if other is None else other + 1
+        old, new = (mine, theirs) if before else (theirs, mine)
+        return DiffLine(tag, mine, text[index], marks.get(index, ""), old, new)
 
 
 def diff_ir(before: str, after: str) -> IRDiff:
@@ -118,7 +130,8 @@ def diff_ir(before: str, after: str) -> IRDiff:
     before_names = set(llvm_outline(before).names)
     after_outline = llvm_outline(after)
     linked = tuple(n for n in after_outline.names if n not in before_names)
-    return IRDiff(old, new, opcodes, linked, _mark_before(old), _mark_after(new, after_outline, linked))
+    return IRDiff(old, new, opcodes, linked, _mark_before(old), _mark_after(new, after_outline, linked),
+                  tuple(after_outline.function(n) for n in linked))
 
 
 def _mark_before(lines: list[str]) -> dict[int, str]:
@@ -143,6 +156,11 @@ def _mark_after(lines: list[str], outline, linked: tuple[str, ...]) -> dict[int,
 
 def _row_start(row: Row) -> tuple[int, int]:
     return (row.before.number if row.before else 0, row.after.number if row.after else 0)
+
+
+def _unified_start(line: DiffLine) -> tuple[int, int]:
+    # Only unchanged lines are folded, and they carry both numbers.
+    return (line.old or line.number, line.new or line.number)
 
 
 def _collapse(items: list, interesting: list[bool], context: int, start_of) -> list:

@@ -19,6 +19,7 @@ from IPython.display import display
 
 from gpuad.notebook.cells import Cell, CellError, cell_error, register_cell, run_cell
 from gpuad.notebook.info import environment_info
+from gpuad.notebook.names import running_cell_number
 from gpuad.notebook.views import STAGE_KEYS, CompilationView, parse_stages
 
 # Classes whose instances count as kernels; None means `gpuad.kernel.Kernel`.
@@ -69,7 +70,7 @@ class GpuadMagics(Magics):
         if (options.launch is not None or options.gradcheck) and options.args is None:
             raise UsageError("%%gpukernel: --launch and --gradcheck need --args EXPR "
                              "(the kernel's arguments)")
-        source = register_cell(cell)
+        source = register_cell(cell, execution_count=running_cell_number(self.shell))
         namespace = self.shell.user_ns
         before = dict(namespace)
         try:

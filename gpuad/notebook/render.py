@@ -7,6 +7,7 @@ themes, survives JupyterLab's sanitizer, and needs no kernel. The widget
 """
 from __future__ import annotations
 
+import hashlib
 import html
 
 from gpuad.notebook.highlight import (
@@ -26,6 +27,7 @@ from gpuad.notebook.irdiff import (
     IRDiff,
     Row,
 )
+from gpuad.notebook.names import Short, short_location, short_symbol
 from gpuad.notebook.outline import outline
 from gpuad.record import CompilationRecord
 
@@ -33,6 +35,7 @@ PANEL_BACKGROUND = "#ffffff"
 PANEL_FOREGROUND = "#1f2328"
 MUTED = "#57606a"
 RULE = "#d0d7de"
+LINK = "#0969da"
 TABLE_FONT = "font-family: sans-serif; font-size: 12px"
 
 DIFF_BACKGROUND = {"equal": CODE_BACKGROUND, "delete": "#ffebe9", "insert": "#e6ffec"}
@@ -74,20 +77,28 @@ def note(text: str) -> str:
     return f'<p style="color: {MUTED}; font-style: italic; margin: 4px 0">{html.escape(text)}</p>'
 
 
-def table(header: list[str], rows: list[list[str]], *, code_columns: frozenset[int] = frozenset()) -> str:
-    """A plain table; cells are escaped, `code_columns` set in monospace."""
+def table(header: list[str], rows: list[list[str | Short]], *,
+          code_columns: frozenset[int] = frozenset()) -> str:
+    """A plain table; cells are escaped, `code_columns` set in monospace and never wrapped.
+
+    A `Short` cell shows its short text with the full text as a tooltip.
+    """
     cell = f"border: 1px solid {RULE}; padding: 3px 6px; text-align: left; vertical-align: top"
     head = "".join(f'<th style="{cell}; background-color: #eaeef2">{html.escape(h)}</th>' for h in header)
 
-    def td(k: int, value: str) -> str:
-        font = "; font-family: monospace; word-break: break-all" if k in code_columns else ""
+    def td(k: int, value: str | Short) -> str:
+        font = "; font-family: monospace; white-space: nowrap" if k in code_columns else ""
+        if isinstance(value, Short):
+            title = f' title="{html.escape(value.full)}"' if value.shortened else ""
+            return f'<td style="{cell}{font}"{title}>{html.escape(value.text)}</td>'
         return f'<td style="{cell}{font}">{html.escape(value)}</td>'
 
     body = "".join("<tr>" + "".join(td(k, v) for k, v in enumerate(row)) + "</tr>" for row in rows)
+    # Unwrapped code columns may make the table wider than the output: scroll it, not the page.
     return (
-        f'<table style="border-collapse: collapse; color: {PANEL_FOREGROUND}; '
+        f'<div style="overflow-x: auto"><table style="border-collapse: collapse; color: {PANEL_FOREGROUND}; '
         f'background-color: {PANEL_BACKGROUND}; {TABLE_FONT}"><thead><tr>{head}</tr></thead>'
-        f"<tbody>{body}</tbody></table>"
+        f"<tbody>{body}</tbody></table></div>"
     )
 
 
@@ -98,7 +109,7 @@ def render_source(record: CompilationRecord) -> str:
 def render_overlays(record: CompilationRecord) -> str:
     if not record.overlays:
         return note("No call was overlaid: every call resolved to its original function.")
-    rows = [[o.call_site, o.original, o.replacement, o.function] for o in record.overlays]
+    rows = [[short_location(o.call_site), o.original, o.replacement, o.function] for o in record.overlays]
     header = ["call site", "original", "replacement", "function"]
     return table(header, rows, code_columns=frozenset({0, 1, 2}))
 
@@ -107,7 +118,8 @@ def render_jobs(record: CompilationRecord) -> str:
     if not record.jobs:
         return note("No deferred jobs: the kernel makes no autodiff call.")
     rows = [
-        [str(j.id), j.function, j.mode, ", ".join(j.activities), ", ".join(j.argument_types), j.symbol]
+        [str(j.id), j.function, j.mode, ", ".join(j.activities), ", ".join(j.argument_types),
+         short_symbol(j.symbol)]
         for j in record.jobs
     ]
     header = ["id", "function", "mode", "activities", "types", "symbol"]
@@ -146,20 +158,26 @@ def render_module(text: str, language: str) -> str:
 
 
 def render_diff(diff: IRDiff, layout: str = "unified", context: int = 3) -> str:
-    """The link diff as a table, marker and linked lines highlighted."""
+    """The link diff as a table, marker and linked lines highlighted.
+
+    The unified layout has two number columns (old, new), like `git diff`
+    views; side by side, each side has its own. The summary above the table
+    links to the first line of each linked function.
+    """
     if layout not in ("unified", "side-by-side"):
         raise ValueError(f"diff layout must be 'unified' or 'side-by-side', not {layout!r}")
     before_html = highlight_lines("\n".join(diff.before), "llvm")
     after_html = highlight_lines("\n".join(diff.after), "llvm")
+    anchors = {span.start + 1: linked_anchor(diff, span.name) for span in diff.linked_spans}
     rows = []
     if layout == "unified":
         for item in diff.unified(context):
-            rows.append(_collapsed_row(item, columns=2) if isinstance(item, Collapsed)
-                        else _unified_row(item, before_html if item.tag == "delete" else after_html))
+            rows.append(_collapsed_row(item, columns=3) if isinstance(item, Collapsed)
+                        else _unified_row(item, before_html if item.tag == "delete" else after_html, anchors))
     else:
         for item in diff.side_by_side(context):
             rows.append(_collapsed_row(item, columns=4) if isinstance(item, Collapsed)
-                        else _side_by_side_row(item, before_html, after_html))
+                        else _side_by_side_row(item, before_html, after_html, anchors))
     legend = _diff_legend(diff)
     return (
         f"{legend}<div style=\"overflow: auto; max-height: 40em\">"
@@ -169,8 +187,14 @@ def render_diff(diff: IRDiff, layout: str = "unified", context: int = 3) -> str:
     )
 
 
+def linked_anchor(diff: IRDiff, name: str) -> str:
+    """The id of the row that starts linked function `name` (stable for the same module)."""
+    digest = hashlib.sha1(name.encode(), usedforsecurity=False)
+    digest.update("\n".join(diff.after).encode())
+    return f"gpuad-linked-{digest.hexdigest()[:12]}"
+
+
 def _diff_legend(diff: IRDiff) -> str:
-    linked = ", ".join(diff.linked_functions) or "none"
     labels = ((MARKER, "marker"), (LINKED, "linked function"), (LINK_REF, "reference to linked function"))
     swatch = "".join(
         f'<span style="{MARK_STYLE[m]}; padding: 0 6px; margin-right: 8px">{label}</span>'
@@ -178,41 +202,75 @@ def _diff_legend(diff: IRDiff) -> str:
     )
     return (
         f'<p style="margin: 4px 0">{diff.deleted} lines removed, {diff.inserted} added; '
-        f"functions linked: <code>{html.escape(linked)}</code></p>"
+        f"functions linked: {_linked_links(diff)}</p>"
         f'<p style="margin: 4px 0">{swatch}</p>'
     )
 
 
-def _line_cells(line: DiffLine | None, highlighted: list[str]) -> str:
-    """Number, sign and code cells of one side of a row."""
-    if line is None:
-        blank = f"background-color: {CODE_BACKGROUND}"
-        return f'<td style="{blank}"></td><td style="{blank}"></td>'
+def _linked_links(diff: IRDiff) -> str:
+    """Each linked function's short name, linking to its definition in the table below."""
+    if not diff.linked_functions:
+        return "none"
+    links = []
+    for name in diff.linked_functions:
+        short, span = short_symbol(name), diff.linked_span(name)
+        where = f"new lines {span.start + 1}–{span.end}" if span else ""
+        title = html.escape(f"{name}\njump to its definition ({where})" if where else name)
+        links.append(
+            f'<a class="gpuad-linked-link" href="#{linked_anchor(diff, name)}" title="{title}" '
+            f'style="color: {LINK}; text-decoration: none; white-space: nowrap">'
+            f'↓ <span style="font-family: monospace">{html.escape(short.text)}</span></a>'
+            + (f' <span style="color: {MUTED}">({where})</span>' if where else "")
+        )
+    return ", ".join(links)
+
+
+def _number_cell(number: int | None, side: str) -> str:
+    return (f'<td class="gpuad-diff-{side}-number" style="color: {MUTED}; text-align: right; '
+            f'padding: 0 4px; white-space: pre">{"" if number is None else number}</td>')
+
+
+def _code_cell(line: DiffLine, highlighted: list[str]) -> str:
     style = f"background-color: {DIFF_BACKGROUND[line.tag]}; white-space: pre; padding: 0 6px"
     css, title = f"gpuad-diff-{line.tag}", ""
     if line.mark:
         style += "; " + MARK_STYLE[line.mark]
         css += f" gpuad-mark-{line.mark}"
         title = f' title="{html.escape(MARK_TITLE[line.mark])}"'
-    number = (f'<td style="color: {MUTED}; text-align: right; padding: 0 4px; white-space: pre">'
-              f"{line.number}</td>")
     code = f"{DIFF_SIGN[line.tag]} {highlighted[line.number - 1]}"
-    return f'{number}<td class="{css}" style="{style}"{title}>{code}</td>'
+    return f'<td class="{css}" style="{style}"{title}>{code}</td>'
 
 
-def _unified_row(line: DiffLine, highlighted: list[str]) -> str:
-    return f"<tr>{_line_cells(line, highlighted)}</tr>"
+def _row_id(after: DiffLine | None, anchors: dict[int, str]) -> str:
+    if after is not None and after.new in anchors:
+        return f' id="{anchors[after.new]}"'
+    return ""
 
 
-def _side_by_side_row(row: Row, before_html: list[str], after_html: list[str]) -> str:
-    return f"<tr>{_line_cells(row.before, before_html)}{_line_cells(row.after, after_html)}</tr>"
+def _unified_row(line: DiffLine, highlighted: list[str], anchors: dict[int, str]) -> str:
+    return (f"<tr{_row_id(line, anchors)}>{_number_cell(line.old, 'old')}{_number_cell(line.new, 'new')}"
+            f"{_code_cell(line, highlighted)}</tr>")
+
+
+def _side_by_side_row(row: Row, before_html: list[str], after_html: list[str],
+                      anchors: dict[int, str]) -> str:
+    cells = []
+    for line, highlighted, side in ((row.before, before_html, "old"), (row.after, after_html, "new")):
+        if line is None:
+            blank = f"background-color: {CODE_BACKGROUND}"
+            cells.append(f'<td style="{blank}"></td><td style="{blank}"></td>')
+        else:
+            cells.append(_number_cell(line.number, side) + _code_cell(line, highlighted))
+    return f"<tr{_row_id(row.after, anchors)}>{''.join(cells)}</tr>"
 
 
 def _collapsed_row(item: Collapsed, *, columns: int) -> str:
+    last = item.count - 1
     return (
         f'<tr><td colspan="{columns}" class="gpuad-diff-collapsed" style="background-color: #eaeef2; '
         f'color: {MUTED}; font-style: italic; padding: 1px 8px">⋯ {item.count} unchanged lines '
-        f"(before {item.before_start}–{item.before_start + item.count - 1}) ⋯</td></tr>"
+        f"(old {item.before_start}–{item.before_start + last}, "
+        f"new {item.after_start}–{item.after_start + last}) ⋯</td></tr>"
     )
 
 

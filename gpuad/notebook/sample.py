@@ -11,10 +11,10 @@ from __future__ import annotations
 from gpuad.record import CompilationRecord, JobRecord, OverlayRecord
 
 KERNEL_SYMBOL = (
-    "_ZN6cudapy8__main__6grad_fB2v1B96cw51cXTLSUwv1sCUt9Uw1VEw0NRRQPKzLTg4gaGKFsG2oMQGEYakJSQB1PQBk0Bynm21"
+    "_ZN6cudapy8__main__6grad_fB2v1B68cw51cXTLSUwv1sCUt9Uw1VEw0NRRQPKzLTg4gaGKFsG2oMQGEYakJSQB1PQBk0Bynm21"
     "E5ArrayIdLi1E1C7mutable7alignedE5ArrayIdLi1E1C7mutable7alignedE5ArrayIdLi1E1C7mutable7alignedE"
 )
-ADJOINT_SYMBOL = "_ZN5gpuad3adj8__main__1f7reverse1B2v1Edd"
+ADJOINT_SYMBOL = "_ZN13_3cdynamic_3e9reverse_fB2v1B72cw51cXTLSUwv1sDUaKthqaNgoKmjgOR3W3CwAkMXLaJtQYkOIgxJU0gCqOkELKEJAA_3d_3dEdd"
 
 SOURCE = '''\
 import math

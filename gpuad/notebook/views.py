@@ -96,7 +96,8 @@ class CompilationView:
         r = self.record
         signature = ", ".join(r.signature)
         return (
-            f'<div style="margin-bottom: 6px"><b>gpuad kernel <code>{html.escape(r.kernel_name)}</code></b> '
+            f'<div style="margin-bottom: 6px"><b>gpuad kernel <span style="font-family: monospace">'
+            f'{html.escape(r.kernel_name)}</span></b> '
             f'<span style="color: {render.MUTED}">[{html.escape(r.target)}, {html.escape(r.arch)}] '
             f"({html.escape(signature)}) — {len(r.overlays)} overlays, {len(r.jobs)} deferred jobs, "
             f"{len(self.diff.linked_functions)} functions linked</span></div>"
