@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from gpuad import api
+from gpuad.ad import DEFAULT_TAPE_CAPACITY
 from gpuad.compiler import numba_adapter
 from gpuad.errors import AutodiffCallError, SourceLocation
 from gpuad.interpreter import DeferredSite, is_plain_function
@@ -40,5 +41,5 @@ def host_autodiff(mode, f, args):
                         SourceLocation(code.co_filename, code.co_firstlineno, "autodiff", f.__name__))
     job = _jobs().job_for(site, flat_types)
     result = job.compiled(*flat, status)
-    st.raise_for_status(status, f.__name__, [job])
+    st.raise_for_status(status, f.__name__, [job], DEFAULT_TAPE_CAPACITY)
     return result

@@ -175,7 +175,10 @@ class Kernel:
                            self._status_check(compiled.jobs))
 
     def _status_check(self, jobs) -> Callable:
-        return lambda status: st.raise_for_status(status, self.name, jobs)
+        from gpuad.ad import DEFAULT_TAPE_CAPACITY
+
+        capacity = self.tape_capacity or DEFAULT_TAPE_CAPACITY
+        return lambda status: st.raise_for_status(status, self.name, jobs, capacity)
 
     def _device_arch(self) -> str:
         major, minor = numba_adapter.device_compute_capability()

@@ -73,3 +73,14 @@ def test_dynamic_loop_gradient_and_tape_overflow_on_gpu():
     with pytest.raises(gpuad.errors.TapeOverflow, match="needed 20 tape entries .* holds 16"):
         k.launch(1000, xs, ys, dxs, 20)
     assert np.array_equal(dxs, before)
+
+
+def test_overflow_hint_covers_the_thread_that_needs_most_on_gpu():
+    from test_kernel import per_thread_orbit
+
+    n = 1000
+    xs, ws, dxs = np.full(n, 0.5), np.full(n, 0.9), np.zeros(n)
+    steps = (np.arange(n) % 37 + 1).astype(np.int64)
+    with pytest.raises(gpuad.errors.TapeOverflow) as info:
+        gpuad.kernel(per_thread_orbit, target="cuda", tape_capacity=16).launch(n, xs, ws, dxs, steps)
+    assert "tape_capacity=37" in str(info.value)

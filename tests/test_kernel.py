@@ -263,3 +263,21 @@ def test_a_second_compile_is_served_from_the_cache(points):
     k = gpuad.kernel(grad_f.pyfunc)
     first = k.compile(*points)
     assert k.compile(*points).ptx is first.ptx
+
+
+def per_thread_orbit(xs, ws, dxs, steps):
+    i = gpuad.thread_index()
+    if i < xs.shape[0]:
+        (dx, _, _), = autodiff(Reverse, orbit, Active(xs[i]), Const(ws[i]), Const(steps[i]))
+        dxs[i] = dx
+
+
+def test_overflow_hint_covers_the_thread_that_needs_most():
+    xs, ws, dxs = np.full(3, 0.5), np.full(3, 0.9), np.zeros(3)
+    steps = np.array([20, 30, 25])
+    with pytest.raises(gpuad.errors.TapeOverflow) as info:
+        gpuad.kernel(per_thread_orbit, target="cpu", tape_capacity=16).launch(3, xs, ws, dxs, steps)
+    assert "tape_capacity=30" in str(info.value)
+    assert info.value.location.function == "orbit"
+    gpuad.kernel(per_thread_orbit, target="cpu", tape_capacity=30).launch(3, xs, ws, dxs, steps)
+    np.testing.assert_allclose(dxs, [orbit_gradient(0.5, 0.9, s) for s in steps], rtol=1e-12)

@@ -23,13 +23,16 @@ def tape_alloc(n, dtype):
 
 
 def report_tape_overflow(status, line, capacity, needed):
-    """Record that a tape of `capacity` entries needed `needed` (first overflow wins).
+    """Record that a tape of `capacity` entries needed `needed`.
 
-    `status` is an int64 array of length 4: [flag, line, capacity, needed]; the
-    host raises `gpuad.errors.TapeOverflow` when status[0] != 0.
+    `status` is an int64 array: [flag, line, capacity, needed, ...]; the first
+    overflow gives line and capacity, `needed` is the largest of all threads
+    (so the host's hint suffices for the whole launch). The host raises
+    `gpuad.errors.TapeOverflow` when status[0] != 0.
     """
     if status[0] == 0:
         status[0] = 1
         status[1] = line
         status[2] = capacity
+    if needed > status[3]:
         status[3] = needed

@@ -120,7 +120,11 @@ def _site_function(site: DeferredSite, registry: JobRegistry):
 
 @dataclass
 class CpuKernel:
-    """A kernel compiled for the CPU: a numba loop over emulated threads."""
+    """A kernel compiled for the CPU: a numba loop over emulated threads.
+
+    Every thread runs even after one reported an error, so that the report
+    holds what the whole launch needs (a tape-overflow hint that suffices).
+    """
 
     run: object  # njit function (n, block, grid, *args, status)
     interpreter: Interpreter
@@ -150,8 +154,6 @@ def build_kernel(pyfunc, n_args: int, tape_capacity=None) -> CpuKernel:
         f"    for tid in range(n):\n"
         f"        status[{st.TID}] = tid\n"
         f"        body({params}, status)\n"
-        f"        if status[{st.FLAG}] != 0:\n"
-        f"            return\n"
     )
     namespace = {"body": body}
     exec(source, namespace)  # noqa: S102

@@ -26,24 +26,31 @@ def status_type():
     return types.Array(types.int64, 1, "C")
 
 
-def raise_for_status(status: np.ndarray, kernel_name: str, jobs) -> None:
-    """Raise for an error the launch reported; `jobs` are the launch's deferred jobs."""
+def raise_for_status(status: np.ndarray, kernel_name: str, jobs, tape_capacity: int) -> None:
+    """Raise for an error the launch reported; `jobs` are the launch's deferred jobs.
+
+    `tape_capacity` is the kernel's setting, in loop iterations; the status
+    counts tape entries (a loop may tape several values per iteration).
+    """
     if status[FLAG] == 0:
         return
     if status[FLAG] == TAPE_OVERFLOW:
-        line = int(status[LINE])
+        line, needed, holds = int(status[LINE]), int(status[NEEDED]), int(status[CAPACITY])
+        enough = -(-tape_capacity * needed // max(holds, 1))
+        filename, function = _loop_owner(jobs, line)
         raise TapeOverflow(
-            f"a loop in kernel {kernel_name} needed {status[NEEDED]} tape entries per thread "
-            f"but the tape holds {status[CAPACITY]}; no result was written back",
-            SourceLocation(_file_of_loop(jobs, line), line, "loop"),
-            hint=f"raise the capacity: gpuad.kernel(tape_capacity={int(status[NEEDED])})",
+            f"a loop in kernel {kernel_name} needed {needed} tape entries per thread but the tape "
+            f"holds {holds} (tape_capacity={tape_capacity} iterations); no result was written back",
+            SourceLocation(filename, line, "loop", function),
+            hint=f"raise the capacity: gpuad.kernel(tape_capacity={enough})",
         )
     raise TapeOverflow(f"kernel {kernel_name} reported error code {status[FLAG]}")
 
 
-def _file_of_loop(jobs, line: int) -> str:
-    """The file of the differentiated function whose loop at `line` overflowed."""
+def _loop_owner(jobs, line: int) -> tuple[str, str]:
+    """File and name of the differentiated function whose loop at `line` overflowed."""
     for job in jobs:
         if f"report_tape_overflow(status, {line}," in job.derivative.source:
-            return job.site.function.__code__.co_filename
-    return "<unknown>"
+            code = job.site.function.__code__
+            return code.co_filename, code.co_name
+    return "<unknown>", ""
