@@ -19,7 +19,9 @@ HERE = Path(__file__).parent
 def execute(path: Path) -> None:
     notebook = nbformat.read(path, as_version=4)
     os.environ["GPUAD_TARGET"] = "cpu"
-    NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(HERE)}}).execute()
+    client = NotebookClient(notebook, timeout=300, kernel_name="python3",
+                            resources={"metadata": {"path": str(HERE)}})
+    client.execute()
     notebook.metadata.pop("widgets", None)
     for cell in notebook.cells:
         cell.metadata.pop("execution", None)

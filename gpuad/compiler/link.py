@@ -73,7 +73,8 @@ def _internalize(module: IRModule, symbol: str) -> None:
     inlined it, an internal definition can be dropped from the PTX."""
     entity = module.entities[symbol]
     header, _, body = entity.text.partition("\n")
-    entity.text = re.sub(r"^define (?:linkonce_odr |weak_odr |external )?", "define internal ", header) + "\n" + body
+    header = re.sub(r"^define (?:linkonce_odr |weak_odr |external )?", "define internal ", header)
+    entity.text = header + "\n" + body
 
 
 def _pending_markers(module: IRModule) -> list[int]:
