@@ -631,15 +631,6 @@ def E(f, *args, xfail=None):
     return Entry(f, args, dict(xfail or {}))
 
 
-# Known engine failure (found by test_random_programs.py; engine as of commit cdfe68d): reverse
-# mode of a while loop whose body records an int on the tape pops the iteration's decision before
-# the body's entries although it pushed it before them. Same generated code on every target.
-WHILE_INT_TAPE_REASON = (
-    "engine bug: reverse of a while loop whose body records an int on the tape (the overwritten "
-    "index k % 4) pushes the iteration's decision before the body's entries but pops it before "
-    "them: the sweep reads the index as the decision and skips the body (d/dx 1.0 instead of 0.6 "
-    "for n=1)")
-WHILE_INT_TAPE = {("*", "reverse"): WHILE_INT_TAPE_REASON}
 
 
 CORPUS = [
@@ -694,7 +685,7 @@ CORPUS = [
     E(loop_two_carried, F(), F(), I(0, 8)),
     E(branch_in_loop, F(0.3, 1.8), I(0, 7)),
     E(loop_var_after_loop, F()),
-    E(while_array_index, A((4,)), F(), I(1, 5), xfail=WHILE_INT_TAPE),
+    E(while_array_index, A((4,)), F(), I(1, 5)),
     E(while_break, F(0.1, 1.0), F(0.5, 1.5)),
     # arrays
     E(array_reads, A((5,)), F()),

@@ -217,12 +217,20 @@ class AdjointSweep:
         fb, rb, ub = self.block(s.body)
         fo, ro, uo = self.block(s.orelse)
         test = atom_text(s.test)
-        fwd = [(f"if {test}:", fb)] + ([("else:", fo)] if fo else [])
         if not (rb or ro):
-            return fwd, [], ub.max(uo)
-        fr, rr, ur = self.record(test) if isinstance(s.test, ir.Var) else ([], [], TapeUse())
-        rev = rr + [(f"if {test}:", rb)] + ([("else:", ro)] if ro else [])
-        return fr + fwd, rev, ub.max(uo) + ur
+            return [(f"if {test}:", fb)] + ([("else:", fo)] if fo else []), [], ub.max(uo)
+        if not isinstance(s.test, ir.Var):  # a constant test needs no record
+            branches = [(f"if {test}:", fb)] + ([("else:", fo)] if fo else [])
+            return branches, [(f"if {test}:", rb)] + ([("else:", ro)] if ro else []), ub.max(uo)
+        # The decision is recorded after the branch, so that the reverse sweep
+        # pops it before the values the branch itself recorded (LIFO). A copy
+        # keeps it safe from a branch that reassigns the tested variable.
+        decision = f"_c{self.nslot}"
+        self.nslot += 1
+        fr, rr, ur = self.record(decision)
+        fwd = [f"{decision} = {test}", (f"if {decision}:", fb)] + ([("else:", fo)] if fo else []) + fr
+        rev = rr + [(f"if {decision}:", rb)] + ([("else:", ro)] if ro else [])
+        return fwd, rev, ub.max(uo) + ur
 
     def loop(self, s: ir.Loop) -> tuple[list, list, TapeUse]:
         fv, rv, uv = self.save(s.var) if s.var else ([], [], TapeUse())
