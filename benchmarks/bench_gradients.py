@@ -115,13 +115,13 @@ def case(name, gpuad_kernel, by_hand, args, n):
 
 
 def main() -> None:
+    global REPS, BATCH
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=None)
     parser.add_argument("--n", type=int, default=N)
     parser.add_argument("--reps", type=int, default=REPS)
     parser.add_argument("--batch", type=int, default=BATCH)
     opts = parser.parse_args()
-    global REPS, BATCH
     REPS, BATCH = opts.reps, opts.batch
     n = opts.n
     rng = np.random.default_rng(0)

@@ -2,8 +2,8 @@
 
 Usage: ncu --csv --metrics gpu__time_duration.sum python3 bench_gradients.py ... > ncu.csv
        python3 ncu_summary.py ncu.csv [--out kernel_times.json]
-Kernel names are numba's mangled symbols; the summary keys them by the
-Python function name found inside (grad_energy, grad_energy_by_hand, ...).
+Kernels are keyed by the Python function name in ncu's kernel name
+(grad_energy, grad_energy_by_hand, ...).
 """
 from __future__ import annotations
 
@@ -21,9 +21,10 @@ def kernel_times(path: str) -> dict[str, float]:
     for row in csv.DictReader(lines):
         if row.get("Metric Name") != "gpu__time_duration.sum":
             continue
-        name = re.search(r"(grad_\w+?)B\d", row["Kernel Name"]) or re.search(r"(grad_\w+)", row["Kernel Name"])
+        name = re.search(r"(grad_\w+)", row["Kernel Name"])
         key = name.group(1) if name else row["Kernel Name"][:40]
-        scale = {"nsecond": 1e-9, "usecond": 1e-6, "msecond": 1e-3}.get(row["Metric Unit"], 1.0)
+        scale = {"ns": 1e-9, "nsecond": 1e-9, "us": 1e-6, "usecond": 1e-6, "ms": 1e-3,
+                 "msecond": 1e-3}[row["Metric Unit"]]
         durations.setdefault(key, []).append(float(row["Metric Value"].replace(",", "")) * scale)
     return {k: statistics.median(v) for k, v in durations.items()}
 
