@@ -4,7 +4,7 @@ from __future__ import annotations
 from gpuad import api
 from gpuad.ad import DEFAULT_TAPE_CAPACITY
 from gpuad.compiler import numba_adapter
-from gpuad.errors import AutodiffCallError, SourceLocation
+from gpuad.errors import AutodiffCallError, LoweringError, SourceLocation
 from gpuad.interpreter import DeferredSite, is_plain_function
 from gpuad.targets import status as st
 
@@ -40,6 +40,16 @@ def host_autodiff(mode, f, args):
     site = DeferredSite(-1, f, mode, activities,
                         SourceLocation(code.co_filename, code.co_firstlineno, "autodiff", f.__name__))
     job = _jobs().job_for(site, flat_types)
-    result = job.compiled(*flat, status)
+    try:
+        result = job.compiled(*flat, status)  # numba compiles the derivative on this first call
+    except Exception as exc:
+        if type(exc).__module__.split(".")[0] != "numba":
+            raise
+        raise LoweringError(
+            f"numba could not compile the derivative gpuad generated for {f.__qualname__} "
+            f"({mode.name}): {str(exc).strip().splitlines()[0]}", site.location,
+            hint="this is a gpuad limitation, not your mistake: the generated source is "
+            "in the error's cause; rewriting constant conditions (`if 0.5 > 0.0:`) usually avoids it",
+        ) from exc
     st.raise_for_status(status, f.__name__, [job], DEFAULT_TAPE_CAPACITY)
     return result

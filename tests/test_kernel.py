@@ -281,3 +281,21 @@ def test_overflow_hint_covers_the_thread_that_needs_most():
     assert info.value.location.function == "orbit"
     gpuad.kernel(per_thread_orbit, target="cpu", tape_capacity=30).launch(3, xs, ws, dxs, steps)
     np.testing.assert_allclose(dxs, [orbit_gradient(0.5, 0.9, s) for s in steps], rtol=1e-12)
+
+
+def constant_branch(x, y):
+    c = 0.25
+    if c > 0.0:
+        x = math.sin(x)
+    else:
+        c = math.sin(x)
+        x = math.cos(x)
+    return x * y - c
+
+
+def test_a_derivative_numba_cannot_compile_is_a_gpuad_refusal():
+    # numba prunes the constant branch of the generated code and then fails to
+    # type it: known limitation, refused with the call site, never a raw numba error.
+    with pytest.raises(gpuad.errors.LoweringError, match="numba could not compile the derivative") as info:
+        autodiff(Reverse, constant_branch, Active(0.3), Active(2.0))
+    assert info.value.location.function == "constant_branch"
