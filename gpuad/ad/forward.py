@@ -40,6 +40,28 @@ def rule_key(e):
     return None
 
 
+def rule_terms(sweep, s: ir.Assign, out: str, shadow_of) -> list[tuple[str, str]]:
+    """(shadow, partial derivative) for each argument of `s`'s primitive that has both.
+
+    Both sweeps use this one lookup of the rules table; `shadow_of` gives an
+    argument's tangent (forward) or adjoint (reverse) name, or None.
+    """
+    e = s.value
+    d = DERIVATIVES.get(rule_key(e))
+    args = ir.atoms_of(e)
+    if d is None or len(d.params) != len(args):
+        sweep.refuse(s, expr_text(e), f"no derivative rule for `{expr_text(e)}`",
+                     "add an entry to gpuad.ad.rules.DERIVATIVES or register gpuad.rule(f)")
+    values = dict(zip(d.params, args))
+    values["out"] = ir.Var(out)
+    terms = []
+    for a, partial in zip(args, d.partials):
+        shadow = shadow_of(a)
+        if shadow is not None and partial is not None:
+            terms.append((shadow, fill_template(partial, values, sweep.prog.ns, TEMPLATE_GLOBALS)))
+    return terms
+
+
 class TangentSweep:
     """Generates the tangent function of one prepared function."""
 
@@ -102,21 +124,7 @@ class TangentSweep:
         return [primal, f"t_{out} = {self.rule_tangent(s, out)}"]
 
     def rule_tangent(self, s: ir.Assign, out: str) -> str:
-        e = s.value
-        d = DERIVATIVES.get(rule_key(e))
-        args = ir.atoms_of(e)
-        if d is None or len(d.params) != len(args):
-            self.refuse(s, expr_text(e), f"no derivative rule for `{expr_text(e)}`",
-                        "add an entry to gpuad.ad.rules.DERIVATIVES or register gpuad.rule(f)")
-        values = dict(zip(d.params, args))
-        values["out"] = ir.Var(out)
-        terms = []
-        for a, partial in zip(args, d.partials):
-            ta = self.t(a)
-            if ta is None or partial is None:
-                continue
-            sign, text = scaled(ta, fill_template(partial, values, self.prog.ns, TEMPLATE_GLOBALS))
-            terms.append((sign, text))
+        terms = [scaled(ta, partial) for ta, partial in rule_terms(self, s, out, self.t)]
         if not terms:
             return zero_text(self.prep.types[out])
         first_sign, first = terms[0]

@@ -21,7 +21,6 @@ from gpuad.ad.emit import (
     atom_text,
     cast_text,
     expr_text,
-    fill_template,
     index_text,
     loop_header,
     names_read,
@@ -31,9 +30,9 @@ from gpuad.ad.emit import (
     zero_text,
 )
 from gpuad.ad.engine import Prepared, Program, type_of_atom
-from gpuad.ad.forward import rule_key
+from gpuad.ad.forward import rule_terms
 from gpuad.ad.normalize import unwrap
-from gpuad.ad.rules import DERIVATIVES, TEMPLATE_GLOBALS, user_rule
+from gpuad.ad.rules import DERIVATIVES, user_rule
 from gpuad.ad.tape import TapeUse
 from gpuad.ad.typing import is_float
 
@@ -185,19 +184,9 @@ class AdjointSweep:
             index = index_text(e.index)
             index = f"({index})" if len(e.index) > 1 else index
             return [self.adj(f"atomic_add(d_{e.array.name}, {index}, d_{out})")]
-        d = DERIVATIVES.get(rule_key(e))
-        args = ir.atoms_of(e)
-        if d is None or len(d.params) != len(args):
-            self.refuse(s, expr_text(e), f"no derivative rule for `{expr_text(e)}`",
-                        "add an entry to gpuad.ad.rules.DERIVATIVES or register gpuad.rule(f)")
-        values = dict(zip(d.params, args))
-        values["out"] = ir.Var(out)
         lines = []
-        for a, partial in zip(args, d.partials):
-            da = self.d(a)
-            if da is None or partial is None:
-                continue
-            sign, text = scaled(f"d_{out}", fill_template(partial, values, self.prog.ns, TEMPLATE_GLOBALS))
+        for da, partial in rule_terms(self, s, out, self.d):
+            sign, text = scaled(f"d_{out}", partial)
             lines.append(self.adj(f"{da} {sign}= {text}"))
         return lines
 
