@@ -27,7 +27,7 @@ __all__ = [
     "Active", "Const", "Duplicated", "DuplicatedNoNeed", "Forward", "ForwardWithPrimal",
     "Reverse", "ReverseWithPrimal", "autodiff", "autodiff_deferred", "thread_index",
     "GpuadError", "Kernel", "kernel", "CPU", "CUDA", "MethodTable", "overlay",
-    "CompilationRecord", "rule", "gradcheck", "gradcheck_kernel",
+    "CompilationRecord", "rule", "gradcheck", "gradcheck_kernel", "jacobian_check",
 ]
 
 
@@ -37,7 +37,7 @@ def __getattr__(name):
         from gpuad.ad.rules import rule
 
         return rule
-    if name in ("gradcheck", "gradcheck_kernel"):
+    if name in ("gradcheck", "gradcheck_kernel", "jacobian_check"):
         from gpuad import gradient_check
 
         return getattr(gradient_check, name)

@@ -6,7 +6,8 @@ a central difference. `gradcheck_kernel(kernel, n, *args, primal=…)` runs a
 gradient kernel over `n` points and compares what it wrote, point by point,
 with central differences of the plain Python `primal`. Both return a report
 that prints a deterministic verdict, renders as a table with a plot, and
-saves its figure.
+saves its figure. `jacobian_check(f, x, out_size=m)` does the same for the
+Jacobian of an array-to-array `f(x, y)`, drawn as heat maps.
 
 Step size: `h = eps · max(1, |x|)` with `eps = cbrt(machine epsilon of x's
 dtype)` unless given — the step that balances the truncation error (h²) of
@@ -429,3 +430,196 @@ def _check_kernel_argument(primal, host, input_positions, slot, gradient, points
         points=len(points), failures=int(np.sum(~ok)), worst_point=int(points[worst]),
     )
     return check, PointData(points, np.asarray(x[points], dtype=np.float64), ad, fd)
+
+
+# ---------------------------------------------------------------- Jacobians
+
+def _ad_jacobian(f: Callable, x: np.ndarray, out_size: int) -> np.ndarray:
+    """Reverse-mode Jacobian of array-to-array `f(x, y)`, one `autodiff` call per output.
+
+    Seeding the written output's shadow with e_j (Enzyme semantics: the shadow
+    of a written element is its seed) leaves row j of the Jacobian in `dx`.
+    The single place jacobian_check calls the AD engine (tests replace it).
+    """
+    from gpuad.api import Duplicated, Reverse, autodiff
+
+    jacobian = np.empty((out_size, x.size), dtype=np.float64)
+    for j in range(out_size):
+        dx = np.zeros_like(x)
+        y, dy = np.zeros(out_size, dtype=x.dtype), np.zeros(out_size, dtype=x.dtype)
+        dy[j] = 1
+        autodiff(Reverse, f, Duplicated(x.copy(), dx), Duplicated(y, dy))
+        jacobian[j] = dx
+    return jacobian
+
+
+def _fd_jacobian(f: Callable, x: np.ndarray, out_size: int,
+                 eps: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """Central-difference Jacobian of `f(x, y)` (one column per input) and the step per input."""
+    jacobian = np.empty((out_size, x.size), dtype=np.float64)
+    steps = np.empty(x.size)
+    for i in range(x.size):
+        h = steps[i] = step_size(x[i], x.dtype, eps)
+        columns = []
+        for sign in (1, -1):
+            shifted, y = x.copy(), np.zeros(out_size, dtype=x.dtype)
+            shifted[i] = x[i] + x.dtype.type(sign * h)
+            f(shifted, y)
+            columns.append(np.asarray(y, dtype=np.float64))
+        jacobian[:, i] = (columns[0] - columns[1]) / (2.0 * h)
+    return jacobian, steps
+
+
+@dataclass(repr=False)
+class JacobianReport(_Report):
+    """A reverse-mode Jacobian against central differences of an array-to-array function."""
+
+    function: Callable
+    x: np.ndarray
+    ad: np.ndarray  # (out_size, x.size): row j is ∂y[j]/∂x
+    fd: np.ndarray
+    steps: np.ndarray  # the central-difference step per input
+    rtol: float
+    atol: float
+    eps: float | None = None
+    checks: list[ArgumentCheck] = field(default_factory=list)  # unused: the comparison is per entry
+
+    @property
+    def title(self) -> str:
+        return f"of {getattr(self.function, '__qualname__', repr(self.function))}"
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.ad.shape
+
+    @property
+    def absolute_error(self) -> np.ndarray:
+        return _errors(self.ad, self.fd, self.rtol, self.atol)[0]
+
+    @property
+    def relative_error(self) -> np.ndarray:
+        return _errors(self.ad, self.fd, self.rtol, self.atol)[1]
+
+    @property
+    def ok(self) -> np.ndarray:
+        """Elementwise verdict, numpy.isclose(AD, FD, rtol, atol)."""
+        return _errors(self.ad, self.fd, self.rtol, self.atol)[2]
+
+    @property
+    def passed(self) -> bool:
+        return bool(np.all(self.ok))
+
+    @property
+    def failures(self) -> int:
+        return int(np.sum(~self.ok))
+
+    @property
+    def max_abs_error(self) -> float:
+        return float(np.max(self.absolute_error, initial=0.0))
+
+    @property
+    def max_rel_error(self) -> float:
+        return float(np.max(self.relative_error, initial=0.0))
+
+    @property
+    def worst(self) -> tuple[int, int] | None:
+        """(output, input) index of the largest absolute error (a non-finite one counts as largest)."""
+        if self.ad.size == 0:
+            return None
+        absolute = np.where(np.isfinite(self.absolute_error), self.absolute_error, np.inf)
+        j, i = np.unravel_index(int(np.argmax(absolute)), absolute.shape)
+        return int(j), int(i)
+
+    def __repr__(self) -> str:
+        # Deterministic (no error magnitudes) so that nbval can compare it.
+        out_size, in_size = self.shape
+        verdict = ("PASSED" if self.passed else
+                   f"FAILED ({self.failures} of {self.ad.size} entries outside tolerance)")
+        return (f"jacobian_check {self.title}: {verdict} — {out_size}×{in_size} Jacobian (outputs × inputs), "
+                f"rtol={self.rtol:g}, atol={self.atol:g}")
+
+    def details(self) -> str:
+        """The verdict, the largest errors and where the worst entry is."""
+        lines = [repr(self), f"  max abs err {self.max_abs_error:.3g}, max rel err {self.max_rel_error:.3g}"]
+        if self.worst is not None:
+            j, i = self.worst
+            lines.append(f"  worst entry ∂y[{j}]/∂x[{i}]: AD {self.ad[j, i]:.10g}, FD {self.fd[j, i]:.10g} "
+                         f"(h={self.steps[i]:.3g})")
+        return "\n".join(lines)
+
+    def _table_html(self) -> str:
+        cell = "border: 1px solid #d0d7de; padding: 2px 6px; text-align: right"
+        worst = "" if self.worst is None else "∂y[{}]/∂x[{}]".format(*self.worst)
+        items = (("shape", "{}×{}".format(*self.shape)), ("max abs err", f"{self.max_abs_error:.3g}"),
+                 ("max rel err", f"{self.max_rel_error:.3g}"), ("worst entry", worst),
+                 ("failing entries", f"{self.failures}/{self.ad.size}"))
+        header = "".join(f'<th style="{cell}; background-color: #eaeef2">{k}</th>' for k, _ in items)
+        row = "".join(f'<td style="{cell}">{html.escape(v)}</td>' for _, v in items)
+        return (f'<table style="border-collapse: collapse; font-size: 12px">'
+                f"<thead><tr>{header}</tr></thead><tbody><tr>{row}</tr></tbody></table>")
+
+    def figure(self):
+        """Heat maps side by side: AD Jacobian, FD Jacobian (shared colour scale), |AD − FD| (log scale)."""
+        from matplotlib import colormaps
+        from matplotlib.colors import LogNorm
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
+
+        figure = Figure(figsize=(13, 4), layout="constrained")
+        axes = figure.subplots(1, 3)
+        finite = np.concatenate([self.ad[np.isfinite(self.ad)], self.fd[np.isfinite(self.fd)]])
+        limit = float(np.max(np.abs(finite), initial=0.0)) or 1.0
+        for axis, values, title in ((axes[0], self.ad, "AD Jacobian (reverse)"),
+                                    (axes[1], self.fd, "FD Jacobian (central)")):
+            image = axis.imshow(values, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto",
+                                interpolation="nearest")
+            figure.colorbar(image, ax=axis, label="∂y[j]/∂x[i]")
+            axis.set_title(title)
+        absolute = self.absolute_error
+        shown = np.ma.masked_where(~(np.isfinite(absolute) & (absolute > 0)), absolute)
+        cmap = colormaps["viridis"].with_extremes(bad="0.85")
+        if shown.count():
+            low, high = float(shown.min()), float(shown.max())
+            norm = LogNorm(vmin=low if low < high else high / 10, vmax=high)
+            image = axes[2].imshow(shown, cmap=cmap, norm=norm, aspect="auto", interpolation="nearest")
+        else:  # exact agreement has no height on a log scale
+            image = axes[2].imshow(np.zeros_like(absolute), cmap=cmap, vmin=0, vmax=1, aspect="auto",
+                                   interpolation="nearest")
+            axes[2].text(0.5, 0.5, "AD and FD agree exactly", transform=axes[2].transAxes, ha="center")
+        figure.colorbar(image, ax=axes[2], label="|AD − FD|")
+        rows, columns = np.nonzero(~self.ok)
+        if len(rows):
+            axes[2].plot(columns, rows, "x", color="tab:red", markersize=6, label="outside tolerance")
+            axes[2].legend(loc="upper right", fontsize="small")
+        axes[2].set_title("|AD − FD|" + ("" if self.passed else f" ({self.failures} failing)"))
+        for axis in axes:
+            axis.set_xlabel("input index")
+            axis.set_ylabel("output index")
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+            axis.yaxis.set_major_locator(MaxNLocator(integer=True))
+        figure.suptitle(repr(self), fontsize="medium")
+        return figure
+
+
+def jacobian_check(f: Callable, x, *, out_size: int, rtol: float | None = None, atol: float | None = None,
+                   eps: float | None = None) -> JacobianReport:
+    """Compare the reverse-mode Jacobian of `f(x, y)` with central differences.
+
+    `f` is a plain Python function that reads the 1-D float array `x` and
+    writes the 1-D output `y` (length `out_size`). Row j of the AD Jacobian
+    is `dx` after `autodiff(Reverse, f, Duplicated(x.copy(), dx),
+    Duplicated(y, dy))` with `dy = e_j`; column i of the FD Jacobian is a
+    central difference in `x[i]` (step as in `gradcheck`). `rtol`/`atol`
+    default per dtype (`TOLERANCES`); the report passes when every entry is
+    numpy.isclose(AD, FD, rtol, atol).
+    """
+    x = np.asarray(x)
+    if x.ndim != 1 or x.dtype.kind != "f":
+        raise ValueError(f"jacobian_check needs a 1-D float array x, got {x.dtype} with shape {x.shape}")
+    if int(out_size) != out_size or out_size < 1:
+        raise ValueError(f"out_size must be a positive integer, got {out_size!r}")
+    out_size = int(out_size)
+    rtol, atol = _tolerances(x.dtype, rtol, atol)
+    ad = np.asarray(_ad_jacobian(f, x.copy(), out_size), dtype=np.float64)
+    fd, steps = _fd_jacobian(f, x, out_size, eps)
+    return JacobianReport(f, x.copy(), ad, fd, steps, rtol, atol, eps)

@@ -202,3 +202,113 @@ def test_kernel_gradcheck_ignores_scalar_arguments_by_default():
     kernel.pyfunc = lambda xs, ws, dxs, count: None
     report = gc.gradcheck_kernel(kernel, 50, *_arrays(), 50, primal=f, wrt="xs", out="dxs")
     assert report.passed and report.checks[0].points == 50
+
+
+# ---------------------------------------------------------------- Jacobians
+
+def two_outputs(x, y):
+    y[0] = x[0] * x[1]
+    y[1] = math.sin(x[1])
+    y[2] = x[0] * x[0] + math.exp(x[2])
+
+
+def two_outputs_jacobian(x):
+    return np.array([[x[1], x[0], 0.0],
+                     [0.0, math.cos(x[1]), 0.0],
+                     [2.0 * x[0], 0.0, math.exp(x[2])]])
+
+
+X = np.array([0.7, 1.3, -0.4])
+
+
+def test_jacobian_check_of_a_correct_function_matches_the_closed_form():
+    report = gc.jacobian_check(two_outputs, X, out_size=3)  # the real engine, one reverse sweep per row
+    assert report.passed and report.failures == 0 and report.shape == (3, 3)
+    np.testing.assert_allclose(report.ad, two_outputs_jacobian(X), rtol=1e-14, atol=0)
+    np.testing.assert_allclose(report.fd, two_outputs_jacobian(X), rtol=1e-8, atol=1e-10)
+    assert report.max_abs_error < 1e-8 and report.max_rel_error < 1e-8
+    assert report.steps == pytest.approx(np.cbrt(np.finfo(np.float64).eps) * np.array([1.0, 1.3, 1.0]),
+                                         rel=1e-6)
+    assert repr(report) == ("jacobian_check of two_outputs: PASSED — 3×3 Jacobian (outputs × inputs), "
+                            "rtol=1e-05, atol=1e-08")
+    np.testing.assert_array_equal(X, [0.7, 1.3, -0.4])  # x is not modified
+
+
+def test_the_jacobian_seam_seeds_each_output_of_the_written_array():
+    x = np.array([0.7, 1.3])
+
+    def f2(x, y):
+        y[0] = x[0] * x[1]
+        y[1] = math.sin(x[1])
+
+    np.testing.assert_allclose(gc._ad_jacobian(f2, x, 2), [[1.3, 0.7], [0.0, math.cos(1.3)]], rtol=1e-14)
+
+
+def test_a_wrong_custom_reverse_rule_is_flagged():
+    import gpuad
+    from gpuad.ad.rules import clear_rule
+
+    def softplus(v):
+        return math.log(1.0 + math.exp(v))
+
+    def f(x, y):
+        y[0] = softplus(x[0]) * x[1]
+        y[1] = x[1] * x[1]
+
+    def softplus_rev_twice_too_big(v, d_out):
+        return (2.0 * d_out / (1.0 + math.exp(-v)),)
+
+    gpuad.rule(softplus, reverse=softplus_rev_twice_too_big)
+    try:
+        report = gc.jacobian_check(f, np.array([0.3, 2.0]), out_size=2)
+    finally:
+        clear_rule(softplus)
+    assert not report.passed and report.failures == 1 and report.worst == (0, 0)
+    assert not report.ok[0, 0] and report.ok[0, 1] and report.ok[1].all()
+    assert report.ad[0, 0] == pytest.approx(2.0 * report.fd[0, 0], rel=1e-8)
+    assert repr(report) == ("jacobian_check of test_a_wrong_custom_reverse_rule_is_flagged.<locals>.f: "
+                            "FAILED (1 of 4 entries outside tolerance) — 2×2 Jacobian (outputs × inputs), "
+                            "rtol=1e-05, atol=1e-08")
+    assert "worst entry ∂y[0]/∂x[0]" in report.details()
+
+
+def test_jacobian_tolerances_and_the_seam(monkeypatch):
+    monkeypatch.setattr(gc, "_ad_jacobian", lambda f, x, m: two_outputs_jacobian(x) * 1.01)
+    assert not gc.jacobian_check(two_outputs, X, out_size=3).passed
+    assert gc.jacobian_check(two_outputs, X, out_size=3, rtol=0.02).passed
+    assert gc.jacobian_check(two_outputs, X, out_size=3, eps=1e-4).steps[0] == pytest.approx(1e-4)
+    with pytest.raises(ValueError, match="1-D float"):
+        gc.jacobian_check(two_outputs, np.arange(3), out_size=3)
+    with pytest.raises(ValueError, match="positive integer"):
+        gc.jacobian_check(two_outputs, X, out_size=0)
+
+
+def test_jacobian_figure_has_three_heat_maps_and_saves_and_embeds(monkeypatch, tmp_path):
+    wrong = two_outputs_jacobian(X)
+    wrong[2, 0] += 0.5
+    monkeypatch.setattr(gc, "_ad_jacobian", lambda f, x, m: wrong)
+    report = gc.jacobian_check(two_outputs, X, out_size=3)
+    figure = report.figure()
+    heat_maps = [axis for axis in figure.axes if axis.get_images()]
+    assert len(heat_maps) == 3 and len(figure.axes) == 6  # plus three colorbars
+    for axis in heat_maps:
+        assert (axis.get_xlabel(), axis.get_ylabel()) == ("input index", "output index")
+    ad_map, fd_map, error_map = heat_maps
+    np.testing.assert_array_equal(ad_map.get_images()[0].get_array(), wrong)
+    assert ad_map.get_images()[0].get_clim() == fd_map.get_images()[0].get_clim()
+    assert type(error_map.get_images()[0].norm).__name__ == "LogNorm"
+    report.savefig(tmp_path / "jacobian.png")
+    assert (tmp_path / "jacobian.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = report._repr_html_()
+    assert "src=\"data:image/png;base64,iVBORw0KGgo" in page and "FAILED" in page and "1/9" in page
+
+
+def test_jacobian_figure_when_ad_and_fd_agree_exactly(monkeypatch):
+    def linear(x, y):
+        y[0] = 2.0 * x[0]
+        y[1] = x[1]
+
+    monkeypatch.setattr(gc, "_ad_jacobian", lambda f, x, m: np.array([[2.0, 0.0], [0.0, 1.0]]))
+    report = gc.jacobian_check(linear, np.array([0.5, 0.25]), out_size=2)
+    assert report.passed and report.max_abs_error == 0.0
+    assert len([axis for axis in report.figure().axes if axis.get_images()]) == 3
