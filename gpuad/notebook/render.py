@@ -226,8 +226,12 @@ def _linked_links(diff: IRDiff) -> str:
 
 
 def _number_cell(number: int | None, side: str) -> str:
+    # width: 1% keeps number columns as narrow as their digits (tables share
+    # spare width out otherwise); the background is ours so dark themes don't
+    # repaint the gutter.
     return (f'<td class="gpuad-diff-{side}-number" style="color: {MUTED}; text-align: right; '
-            f'padding: 0 4px; white-space: pre">{"" if number is None else number}</td>')
+            f'padding: 0 4px; white-space: pre; width: 1%; background-color: {CODE_BACKGROUND}">'
+            f'{"" if number is None else number}</td>')
 
 
 def _code_cell(line: DiffLine, highlighted: list[str]) -> str:
