@@ -144,32 +144,36 @@ class Kernel:
         self._launch(-(-n // block), block, args, n_threads=n)
 
     def _launch(self, griddim, blockdim, args, n_threads=None) -> None:
-        target = self.target or default_target()
         argtypes = self.argument_types(args)
-        if target == "cpu":
+        if (self.target or default_target()) == "cpu":
             grid, block = _as_int(griddim), _as_int(blockdim)
-            n = grid * block if n_threads is None else n_threads
-            try:
-                cpu_kernel = self._cpu_kernel(argtypes)
-                cpu_kernel.launch(n, block, args, self._status_check(cpu_kernel.jobs.jobs))
-            except GpuadError:
+            self._launch_cpu(argtypes, grid * block if n_threads is None else n_threads, block, args)
+        else:
+            self._launch_cuda(argtypes, griddim, blockdim, args)
+
+    def _launch_cpu(self, argtypes, n_threads: int, block: int, args) -> None:
+        try:
+            cpu_kernel = self._cpu_kernel(argtypes)
+            cpu_kernel.launch(n_threads, block, args, self._status_check(cpu_kernel.jobs.jobs))
+        except GpuadError:
+            raise
+        except Exception as exc:  # numba's typing errors happen at the first call
+            if type(exc).__module__.split(".")[0] != "numba":
                 raise
-            except Exception as exc:  # numba's typing errors happen at the first call
-                if type(exc).__module__.split(".")[0] != "numba":
-                    raise
-                raise LoweringError(
-                    f"numba could not compile kernel {self.name} for the cpu target: {exc}",
-                    self._location(), hint="the cpu target emulates 1-D grids, atomics and local "
-                    "arrays; shared memory and syncthreads need the cuda target",
-                ) from exc
-            return
+            raise LoweringError(
+                f"numba could not compile kernel {self.name} for the cpu target: {exc}",
+                self._location(), hint="the cpu target emulates 1-D grids, atomics and local "
+                "arrays; shared memory and syncthreads need the cuda target",
+            ) from exc
+
+    def _launch_cuda(self, argtypes, griddim, blockdim, args) -> None:
         from gpuad.targets import cuda as cuda_target
 
         compiled = self._compile_cuda(argtypes, self._device_arch(), self.fastmath)
         if compiled.device_kernel is None:
+            can_fail = any(TAPE_CHECK in src for src in compiled.record.adjoint_sources.values())
             compiled.device_kernel = cuda_target.load_ptx(
-                compiled.record.ptx, compiled.symbol, compiled.argtypes,
-                checks_status=any(TAPE_CHECK in src for src in compiled.record.adjoint_sources.values()),
+                compiled.record.ptx, compiled.symbol, compiled.argtypes, checks_status=can_fail
             )
         cuda_target.launch(compiled.device_kernel, griddim, blockdim, args,
                            self._status_check(compiled.jobs))
