@@ -1,0 +1,64 @@
+"""Check the live compilation widget in JupyterLab 4 and Notebook 7 with a real kernel.
+
+Not part of CI (it needs a browser). Run where Debian's chromium and the
+notebook extra are installed, plus `pip install playwright` (its browser
+download is not needed: the system chromium is used):
+
+    jupyter lab --no-browser --port=8899 --IdentityProvider.token=abc &   # and/or
+    jupyter notebook --no-browser --port=8898 --IdentityProvider.token=abc &
+    python docs/check_frontends.py lab http://127.0.0.1:8899 abc shot.png
+    python docs/check_frontends.py notebook http://127.0.0.1:8898 abc shot.png
+
+It writes a notebook that displays `CompilationView(..., widget=True)`, runs
+the cell in the browser, and checks that every stage tab is there.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from playwright.sync_api import sync_playwright
+
+STAGES = ["Source", "Overlays", "Deferred jobs", "Derivative source", "IR before link",
+          "IR after link", "Link diff", "PTX", "Timings"]
+CELL = ("import os\nos.environ['GPUAD_TARGET'] = 'cpu'\nimport numpy as np\n"
+        "from gpuad.examples import grad_f\nfrom gpuad.notebook import CompilationView\n"
+        "xs = np.linspace(0, 1, 8)\nCompilationView(grad_f.compile(xs, xs, xs), widget=True)")
+
+
+def write_notebook(path: Path) -> None:
+    cell = {"cell_type": "code", "execution_count": None, "id": "c1", "metadata": {}, "outputs": [],
+            "source": CELL}
+    spec = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+    path.write_text(json.dumps({"cells": [cell], "metadata": {"kernelspec": spec},
+                                "nbformat": 4, "nbformat_minor": 5}))
+
+
+def check(frontend: str, base: str, token: str, screenshot: str) -> list[str]:
+    if frontend == "lab":
+        url, panel = f"{base}/lab/workspaces/check/tree/widget_check.ipynb?reset&token={token}", \
+            ".jp-NotebookPanel:not(.lm-mod-hidden) "
+    else:
+        url, panel = f"{base}/notebooks/widget_check.ipynb?token={token}", ""
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url)
+        page.wait_for_selector(f"{panel}.jp-Cell", timeout=60000)
+        page.wait_for_timeout(4000)  # the kernel starts
+        page.click(f"{panel}.jp-Cell .jp-InputArea-editor")
+        page.keyboard.press("Shift+Enter")
+        page.wait_for_selector(".widget-tab", timeout=90000)
+        labels = page.locator(".lm-TabBar-tabLabel").all_inner_texts()
+        page.screenshot(path=screenshot)
+        browser.close()
+    return [s for s in STAGES if s not in labels]
+
+
+if __name__ == "__main__":
+    frontend, base, token, shot = sys.argv[1:5]
+    write_notebook(Path("widget_check.ipynb"))  # in the server's root directory
+    missing = check(frontend, base, token, shot)
+    print("all stage tabs present" if not missing else f"missing tabs: {missing}")
+    sys.exit(1 if missing else 0)
