@@ -61,6 +61,13 @@ class Program:
         self.in_progress: list = []
         self.used_names: set = set()
 
+    def enter_callee(self, fn, site, caller) -> None:
+        """Start generating a callee's derivative; calling back into one in progress is recursion."""
+        if fn in self.in_progress:
+            self.refuse(caller, site.line, getattr(fn, "__name__", "call"), "recursion is not supported",
+                        "rewrite the recursion as a loop")
+        self.in_progress.append(fn)
+
     def unique(self, name: str) -> str:
         candidate, n = name, 0
         while candidate in self.used_names or candidate in self.ns.objects:

@@ -210,10 +210,7 @@ def tangent_function(prog: Program, fn, argtypes: tuple, flags: tuple, site, cal
     key = ("tangent", fn, argtypes, flags)
     if key in prog.generated:
         return prog.generated[key]
-    if fn in prog.in_progress:
-        prog.refuse(caller, site.line, getattr(fn, "__name__", "call"), "recursion is not supported",
-                    "rewrite the recursion as a loop")
-    prog.in_progress.append(fn)
+    prog.enter_callee(fn, site, caller)
     prep = prog.prepare(fn, argtypes, flags)
     name = prog.unique("tan_" + prep.fir.name)
     prog.generated[key] = name

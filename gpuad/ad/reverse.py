@@ -344,10 +344,7 @@ def split_functions(prog: Program, fn, argtypes, flags, site, caller) -> SplitIn
     key = ("split", fn, argtypes, flags)
     if key in prog.generated:
         return prog.generated[key]
-    if fn in prog.in_progress:
-        prog.refuse(caller, site.line, getattr(fn, "__name__", "call"), "recursion is not supported",
-                    "rewrite the recursion as a loop")
-    prog.in_progress.append(fn)
+    prog.enter_callee(fn, site, caller)
     prep = prog.prepare(fn, argtypes, flags)
     fir = prep.fir
     sweep = two_pass(prog, prep, split=True)
