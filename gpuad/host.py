@@ -48,8 +48,9 @@ def host_autodiff(mode, f, args):
         raise LoweringError(
             f"numba could not compile the derivative gpuad generated for {f.__qualname__} "
             f"({mode.name}): {str(exc).strip().splitlines()[0]}", site.location,
-            hint="this is a gpuad limitation, not your mistake: the generated source is "
-            "in the error's cause; rewriting constant conditions (`if 0.5 > 0.0:`) usually avoids it",
+            hint="the generated source is in the error's cause; if the failing line comes from "
+            "a rule of yours (gpuad.rule), make that rule compile with numba, otherwise please "
+            "report it as a gpuad bug",
         ) from exc
     st.raise_for_status(status, f.__name__, [job], DEFAULT_TAPE_CAPACITY)
     return result

@@ -293,9 +293,33 @@ def constant_branch(x, y):
     return x * y - c
 
 
+def test_a_branch_on_a_constant_is_differentiated():
+    # numba prunes branches whose test it can fold; the engine must keep both
+    # sweeps of the derivative consistent (found by the random-program test).
+    (dx, dy), = autodiff(Reverse, constant_branch, Active(0.3), Active(2.0))
+    assert dx == pytest.approx(math.cos(0.3) * 2.0, rel=1e-14)
+    assert dy == pytest.approx(math.sin(0.3), rel=1e-14)
+
+
+def untypable(x):
+    return x * x
+
+
+def calls_untypable(x):
+    return untypable(x) * 2.0
+
+
 def test_a_derivative_numba_cannot_compile_is_a_gpuad_refusal():
-    # numba prunes the constant branch of the generated code and then fails to
-    # type it: known limitation, refused with the call site, never a raw numba error.
-    with pytest.raises(gpuad.errors.LoweringError, match="numba could not compile the derivative") as info:
-        autodiff(Reverse, constant_branch, Active(0.3), Active(2.0))
-    assert info.value.location.function == "constant_branch"
+    r = gpuad.rule(untypable)
+
+    @r.reverse
+    def untypable_rev(x, d_out):
+        return (object(),)  # numba cannot type this: the call must fail as a gpuad error
+
+    try:
+        with pytest.raises(gpuad.errors.LoweringError, match="numba could not compile the derivative") as info:
+            autodiff(Reverse, calls_untypable, Active(0.3))
+    finally:
+        gpuad.ad.rules.clear_rule(untypable)
+    assert info.value.location.function == "calls_untypable"
+    assert "rule of yours" in info.value.hint

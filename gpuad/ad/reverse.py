@@ -213,11 +213,13 @@ class AdjointSweep:
             return branches, [(f"if {test}:", rb)] + ([("else:", ro)] if ro else []), ub.max(uo)
         # The decision is recorded after the branch, so that the reverse sweep
         # pops it before the values the branch itself recorded (LIFO). A copy
-        # keeps it safe from a branch that reassigns the tested variable.
+        # keeps it safe from a branch that reassigns the tested variable; taking
+        # it through bool() hides a constant test from numba's dead-branch pruning,
+        # which would drop one sweep's branch but not the other's.
         decision = f"_c{self.nslot}"
         self.nslot += 1
         fr, rr, ur = self.record(decision)
-        fwd = [f"{decision} = {test}", (f"if {decision}:", fb)] + ([("else:", fo)] if fo else []) + fr
+        fwd = [f"{decision} = bool({test})", (f"if {decision}:", fb)] + ([("else:", fo)] if fo else []) + fr
         rev = rr + [(f"if {decision}:", rb)] + ([("else:", ro)] if ro else [])
         return fwd, rev, ub.max(uo) + ur
 
