@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import dataclasses
 import inspect
 import textwrap
 import types
@@ -39,6 +40,11 @@ class DeferredSite:
     mode: api.Mode
     activities: tuple[type, ...]
     location: SourceLocation
+    # Facts for dropping atomics (see `site_ownership`): positions of the
+    # arguments that are the thread's global id, and of the Duplicated
+    # arguments whose shadow no other site or call of the kernel can reach.
+    thread_ids: frozenset[int] = frozenset()
+    exclusive: frozenset[int] = frozenset()
 
 
 @dataclass
@@ -132,10 +138,13 @@ class Interpreter:
     table: MethodTable
     bind_function: Callable[[ResolvedFunction], Any]  # → what calls of it bind to
     bind_site: Callable[[DeferredSite], Any]  # → the callable of a deferred site
+    # False: never let the engine drop atomics (a launch breaks their assumptions).
+    thread_ownership: bool = True
     overlays: list[OverlayRecord] = field(default_factory=list)
     sites: list[DeferredSite] = field(default_factory=list)
     _resolved: dict[int, tuple[ResolvedFunction, Any]] = field(default_factory=dict)
     _in_progress: set[int] = field(default_factory=set)
+    _root: Callable | None = None  # the kernel: its parameters are the launch's arguments
 
     def resolve(self, fn: Callable) -> ResolvedFunction:
         return self._resolve(fn)[0]
@@ -160,6 +169,8 @@ class Interpreter:
         return resolved, bound
 
     def _rewrite(self, fn: Callable) -> ResolvedFunction:
+        if self._root is None:
+            self._root = fn
         parsed = parse_function(fn)
         namespace = function_namespace(fn)
         rewriter = _CallRewriter(self, fn, parsed, namespace)
@@ -188,6 +199,9 @@ class _CallRewriter(ast.NodeTransformer):
         self.interp, self.fn, self.parsed, self.namespace = interp, fn, parsed, namespace
         self.locals = local_names(parsed.tree)
         self.counter = 0
+        self.thread_id_names = thread_id_names(parsed.tree, namespace) if interp.thread_ownership else set()
+        self.is_root = fn is interp._root
+        self.name_uses = name_uses(parsed.tree)  # before the rewrite adds names of its own
 
     def location(self, node: ast.AST) -> SourceLocation:
         return SourceLocation(
@@ -277,10 +291,83 @@ class _CallRewriter(ast.NodeTransformer):
         site, flat = parse_autodiff_call(
             node, self.namespace, self.locals, location, len(self.interp.sites)
         )
+        if self.interp.thread_ownership:
+            site = site_ownership(site, node, self)
         self.interp.sites.append(site)
         flat_args = [self.visit(a) for a in flat]
         site_callable = self.bind(self.interp.bind_site(site))
         return ast.copy_location(ast.Call(site_callable, [*flat_args, self.status()], []), node)
+
+
+def thread_id_names(tree: ast.FunctionDef, namespace: dict) -> set[str]:
+    """Locals assigned once, from `cuda.grid(1)` or `gpuad.thread_index()`: the global thread id."""
+    from numba import cuda
+
+    stores: dict[str, int] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+            stores[node.id] = stores.get(node.id, 0) + 1
+    params = {a.arg for a in tree.args.args}
+    locals_ = local_names(tree)
+    names = set()
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1
+                and isinstance(node.targets[0], ast.Name) and isinstance(node.value, ast.Call)):
+            continue
+        name, call = node.targets[0].id, node.value
+        callee = static_value(call.func, namespace, locals_)
+        one_d_grid = (callee is cuda.grid and len(call.args) == 1 and not call.keywords
+                      and isinstance(call.args[0], ast.Constant) and call.args[0].value == 1)
+        if (one_d_grid or (callee is api.thread_index and not call.args)) and stores[name] == 1 \
+                and name not in params:
+            names.add(name)
+    return names
+
+
+def name_uses(tree: ast.FunctionDef) -> dict[str, list[tuple[ast.Name, ast.AST]]]:
+    """Every `Name` node of the function with its parent node, by name."""
+    uses: dict[str, list[tuple[ast.Name, ast.AST]]] = {}
+    for parent in ast.walk(tree):
+        for child in ast.iter_child_nodes(parent):
+            if isinstance(child, ast.Name):
+                uses.setdefault(child.id, []).append((child, parent))
+    return uses
+
+
+def site_ownership(site: DeferredSite, node: ast.Call, rewriter: _CallRewriter) -> DeferredSite:
+    """Add to a site the facts that let the engine drop atomics (DESIGN.md: only where proven).
+
+    An argument is a thread id when it is a local holding `cuda.grid(1)`. A
+    Duplicated argument is exclusive when the site is in the kernel itself and
+    its shadow is a kernel parameter used nowhere else except to be indexed:
+    then only this site's derivative, in the thread the index names, can
+    update that element. Two run-time facts remain, checked at launch: a 1-D
+    grid (so the id is unique) and array arguments that do not overlap.
+    """
+    thread_ids, exclusive = set(), set()
+    for k, (arg, activity) in enumerate(zip(node.args[2:], site.activities)):
+        wrapped = _activity_class(arg, rewriter.namespace, rewriter.locals) is not None
+        values = arg.args if wrapped else [arg]
+        if activity is api.Const and isinstance(values[0], ast.Name) \
+                and values[0].id in rewriter.thread_id_names:
+            thread_ids.add(k)
+        if issubclass(activity, api.Duplicated) and rewriter.is_root and _only_indexed(values[1], rewriter):
+            exclusive.add(k)
+    return dataclasses.replace(site, thread_ids=frozenset(thread_ids), exclusive=frozenset(exclusive))
+
+
+def _only_indexed(shadow: ast.expr, rewriter: _CallRewriter) -> bool:
+    """`shadow` is a kernel parameter, never reassigned, and otherwise only indexed or measured."""
+    params = {a.arg for a in rewriter.parsed.tree.args.args}
+    if not (isinstance(shadow, ast.Name) and shadow.id in params):
+        return False
+    for use, parent in rewriter.name_uses[shadow.id]:
+        if use is shadow:
+            continue
+        if not (isinstance(use.ctx, ast.Load) and isinstance(parent, ast.Subscript | ast.Attribute)
+                and parent.value is use):
+            return False
+    return True
 
 
 def _activity_class(node: ast.expr, namespace, locals_) -> type | None:

@@ -33,6 +33,10 @@ class _Compiled:
     jobs: list = dataclasses.field(default_factory=list)  # the DeferredJobs, for error reports
     device_kernel: Any = None  # loaded PTX, once launched on a GPU
 
+    @property
+    def drops_atomics(self) -> bool:
+        return any(job.derivative.own_arrays for job in self.jobs)
+
 
 class Kernel:
     """A GPU kernel whose body may call `autodiff`; see DESIGN.md for the API."""
@@ -86,11 +90,11 @@ class Kernel:
                                       self.fastmath if fastmath is None else fastmath)
         return dataclasses.replace(compiled.record, target=target)
 
-    def _compile_cuda(self, argtypes, arch, fastmath) -> _Compiled:
+    def _compile_cuda(self, argtypes, arch, fastmath, thread_ownership=True) -> _Compiled:
         from gpuad.method_table import CUDA
         from gpuad.targets import cuda as cuda_target  # installs its overlays first
 
-        key = (argtypes, arch, fastmath, CUDA.version)
+        key = (argtypes, arch, fastmath, CUDA.version, thread_ownership)
         if key in self._cuda:
             return self._cuda[key]
 
@@ -98,7 +102,8 @@ class Kernel:
         start = time.perf_counter()
         try:
             lowered = cuda_target.lower_kernel(self.pyfunc, argtypes, cc=parse_arch(arch),
-                                               fastmath=fastmath, tape_capacity=self.tape_capacity)
+                                               fastmath=fastmath, tape_capacity=self.tape_capacity,
+                                               thread_ownership=thread_ownership)
         except GpuadError:
             raise
         except Exception as exc:
@@ -170,6 +175,9 @@ class Kernel:
         from gpuad.targets import cuda as cuda_target
 
         compiled = self._compile_cuda(argtypes, self._device_arch(), self.fastmath)
+        if compiled.drops_atomics and not cuda_target.ownership_holds(griddim, blockdim, args):
+            # A 2-D grid or aliased arrays: the variant that keeps every atomic.
+            compiled = self._compile_cuda(argtypes, self._device_arch(), self.fastmath, False)
         if compiled.device_kernel is None:
             can_fail = any(TAPE_CHECK in src for src in compiled.record.adjoint_sources.values())
             compiled.device_kernel = cuda_target.load_ptx(

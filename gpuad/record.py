@@ -31,6 +31,8 @@ class JobRecord:
     symbol: str  # the LLVM symbol the marker is replaced by
     call_sites: tuple[str, ...] = ()
     parent: int | None = None  # the job whose module contains this job's marker
+    # Arrays whose shadow this job updates without atomics (one thread per element).
+    own_shadows: tuple[str, ...] = ()
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The cuda target on a real GPU: same kernels, same numbers as the cpu target."""
 import numpy as np
 import pytest
-from test_kernel import forward_kernel, nested, twice
+from test_kernel import forward_kernel, nested, own_gradient, squared_sine, squared_sine_gradient, twice
 
 import gpuad
 import gpuad.errors
@@ -84,3 +84,46 @@ def test_overflow_hint_covers_the_thread_that_needs_most_on_gpu():
     with pytest.raises(gpuad.errors.TapeOverflow) as info:
         gpuad.kernel(per_thread_orbit, target="cuda", tape_capacity=16).launch(n, xs, ws, dxs, steps)
     assert "tape_capacity=37" in str(info.value)
+
+
+def test_thread_own_shadows_on_gpu():
+    n = 1 << 20
+    x, dx = np.linspace(0.1, 2.0, n), np.zeros(n)
+    k = gpuad.kernel(own_gradient, target="cuda")
+    k.launch(n, x, dx)
+    np.testing.assert_allclose(dx, squared_sine_gradient(x), rtol=1e-13)
+    assert all(c.drops_atomics for c in k._cuda.values())
+    # Two rows of blocks: cuda.grid(1) repeats, so every element is updated
+    # by two threads; the launch must take the variant that keeps atomics.
+    dx[:] = 0.0
+    k[(n // 256, 2), 256](x, dx)
+    np.testing.assert_allclose(dx, 2.0 * squared_sine_gradient(x), rtol=1e-13)
+    assert any(not c.drops_atomics for c in k._cuda.values())
+
+
+def neighbours(x, i):
+    return x[i] * x[i + 1]
+
+
+def own_and_neighbour(x, dx, y, dy):
+    i = gpuad.thread_index()
+    if i < x.size - 1:
+        gpuad.autodiff(gpuad.Reverse, squared_sine, gpuad.Duplicated(x, dx), i)
+        gpuad.autodiff(gpuad.Reverse, neighbours, gpuad.Duplicated(y, dy), i)
+
+
+def test_aliased_shadows_keep_their_atomics_on_gpu():
+    from numba import cuda
+
+    n = 1 << 20
+    x = np.linspace(0.1, 2.0, n)
+    y = np.linspace(-1.0, 1.0, n)
+    k = gpuad.kernel(own_and_neighbour, target="cuda")
+    shadow = cuda.to_device(np.zeros(n))
+    k.launch(n, x, shadow, y, shadow)  # dx and dy are one array: not exclusive at run time
+    expected = np.zeros(n)
+    expected[:-1] += squared_sine_gradient(x[:-1])
+    expected[:-1] += y[1:]
+    expected[1:] += y[:-1]
+    np.testing.assert_allclose(shadow.copy_to_host(), expected, rtol=1e-13, atol=1e-15)
+    assert any(not c.drops_atomics for c in k._cuda.values())

@@ -5,6 +5,7 @@ from math import sin
 
 import numpy as np
 import pytest
+from numba import cuda
 
 from gpuad import Active, Const, Duplicated, Reverse, api
 from gpuad.errors import AutodiffCallError, InterpretError
@@ -149,3 +150,74 @@ def recursive(x):
 def test_recursion_is_refused():
     with pytest.raises(InterpretError, match="calls itself"):
         make_interpreter(MethodTable("test")).resolve(recursive)
+
+
+def at(x, i):
+    return x[i] * x[i]
+
+
+def own_site(x, dx):
+    i = cuda.grid(1)
+    if i < x.size:
+        api.autodiff(Reverse, at, Duplicated(x, dx), Const(i))
+
+
+def own_site_thread_index(x, dx):
+    i = api.thread_index()
+    dx[i] = 0.0
+    api.autodiff(Reverse, at, Duplicated(x, dx), i)
+
+
+def moved_id(x, dx):
+    i = cuda.grid(1)
+    i += 1
+    api.autodiff(Reverse, at, Duplicated(x, dx), i)
+
+
+def two_sites_one_shadow(x, dx):
+    i = cuda.grid(1)
+    api.autodiff(Reverse, at, Duplicated(x, dx), i)
+    api.autodiff(Reverse, at, Duplicated(x, dx), i)
+
+
+def shadow_passed_on(x, dx):
+    i = cuda.grid(1)
+    api.autodiff(Reverse, at, Duplicated(x, dx), i)
+    helper_with_site(x, dx, i)
+
+
+def helper_with_site(x, dx, i):
+    api.autodiff(Reverse, at, Duplicated(x, dx), i)
+
+
+def two_d_id(x, dx):
+    i = cuda.grid(2)[0]
+    api.autodiff(Reverse, at, Duplicated(x, dx), i)
+
+
+@pytest.mark.parametrize("kernel, thread_ids, exclusive", [
+    (own_site, {1}, {0}),
+    (own_site_thread_index, {1}, {0}),
+    (moved_id, set(), {0}),
+    (two_sites_one_shadow, {1}, set()),
+    (two_d_id, set(), {0}),
+])
+def test_sites_carry_what_ownership_needs(kernel, thread_ids, exclusive):
+    interp = make_interpreter(MethodTable("test"))
+    interp.resolve(kernel)
+    for site in interp.sites:
+        assert (site.thread_ids, site.exclusive) == (thread_ids, exclusive)
+
+
+def test_a_shadow_passed_to_a_helper_is_nowhere_exclusive():
+    interp = make_interpreter(MethodTable("test"))
+    interp.resolve(shadow_passed_on)
+    assert [(s.thread_ids, s.exclusive) for s in interp.sites] == [({1}, set()), (set(), set())]
+
+
+def test_ownership_can_be_switched_off():
+    interp = make_interpreter(MethodTable("test"))
+    interp.thread_ownership = False
+    interp.resolve(own_site)
+    (site,) = interp.sites
+    assert (site.thread_ids, site.exclusive) == (set(), set())

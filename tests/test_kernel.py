@@ -317,9 +317,54 @@ def test_a_derivative_numba_cannot_compile_is_a_gpuad_refusal():
         return (object(),)  # numba cannot type this: the call must fail as a gpuad error
 
     try:
-        with pytest.raises(gpuad.errors.LoweringError, match="numba could not compile the derivative") as info:
+        with pytest.raises(gpuad.errors.LoweringError, match="numba could not compile the derivative") \
+                as info:
             autodiff(Reverse, calls_untypable, Active(0.3))
     finally:
         gpuad.ad.rules.clear_rule(untypable)
     assert info.value.location.function == "calls_untypable"
     assert "rule of yours" in info.value.hint
+
+
+def squared_sine(x, i):
+    return math.sin(x[i]) * x[i]
+
+
+def own_gradient(x, dx):
+    i = cuda.grid(1)
+    if i < x.size:
+        autodiff(Reverse, squared_sine, Duplicated(x, dx), i)
+
+
+def squared_sine_gradient(x):
+    return np.cos(x) * x + np.sin(x)
+
+
+def test_thread_own_shadows_are_updated_without_atomics():
+    x, dx = np.linspace(0.1, 2.0, 300), np.zeros(300)
+    kernel = gpuad.kernel(own_gradient)
+    record = kernel.compile(x, dx)
+    (job,) = record.jobs
+    assert job.own_shadows == ("x",)
+    assert "atomic_add" not in record.adjoint_sources[job.id]
+    assert "atom.global.add" not in record.ptx
+    # The variant a 2-D or aliased launch gets keeps the atomic.
+    shared = kernel._compile_cuda(kernel.argument_types((x, dx)), "sm_90", False, thread_ownership=False)
+    assert shared.record.jobs[0].own_shadows == ()
+    assert "atom.global.add.f64" in shared.record.ptx
+    gpuad.kernel(own_gradient, target="cpu").launch(300, x, dx)
+    np.testing.assert_allclose(dx, squared_sine_gradient(x), rtol=1e-14)
+
+
+def test_launches_that_break_ownership_are_told_apart():
+    from gpuad.targets.cuda import ownership_holds
+
+    a, b = np.zeros(10), np.zeros(10)
+    assert ownership_holds(4, 256, (a, b, 3))
+    assert ownership_holds((4, 1), (256, 1, 1), (a, b))
+    assert ownership_holds(4, 256, (a[:5], a[5:]))  # disjoint views of one buffer
+    assert not ownership_holds((4, 2), 256, (a, b))  # cuda.grid(1) repeats across rows
+    assert not ownership_holds(4, (16, 16), (a, b))
+    assert not ownership_holds(4, 256, (a, a))
+    assert not ownership_holds(4, 256, (a, a[3:7]))
+    assert not ownership_holds(4, 256, (a[::-1], a[4:6]))

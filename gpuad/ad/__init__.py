@@ -49,6 +49,7 @@ class Derivative:
     activities: tuple
     argtypes: tuple
     filename: str
+    own_arrays: frozenset = frozenset()  # Duplicated arrays whose shadow is updated without atomics
 
 
 def check_call(fn, mode, activities, argtypes) -> None:
@@ -83,11 +84,15 @@ def entry_name(fn, mode) -> str:
 
 
 def differentiate(fn, mode: api.Mode, activities: tuple, argtypes: tuple, *,
-                  tape_capacity: int = DEFAULT_TAPE_CAPACITY) -> Derivative:
+                  tape_capacity: int = DEFAULT_TAPE_CAPACITY, thread_ids=frozenset(),
+                  exclusive=frozenset()) -> Derivative:
     """Generate the derivative of `fn` (see the module docstring for the calling convention).
 
     `tape_capacity` bounds the iterations each loop with a run-time trip count
     may record on the per-thread tape; running more reports a tape overflow.
+    `thread_ids` and `exclusive` are argument positions stage 1 proved to be
+    the thread's global id and exclusive shadows: reverse mode then updates
+    shadows indexed only by the id without atomics (`gpuad.ad.ownership`).
     """
     from gpuad.ad.forward import forward_entry
     from gpuad.ad.reverse import reverse_entry
@@ -99,8 +104,9 @@ def differentiate(fn, mode: api.Mode, activities: tuple, argtypes: tuple, *,
     prep = prog.prepare(fn, argtypes, flags)
     name = prog.unique(entry_name(fn, mode))
     prog.in_progress.append(unwrap(fn))
+    own = frozenset()
     if mode.reverse:
-        reverse_entry(prog, mode, prep, activities, argtypes, name)
+        own = reverse_entry(prog, mode, prep, activities, argtypes, name, thread_ids, exclusive)
     else:
         forward_entry(prog, fn, mode, prep, flags, argtypes, name)
     source = "\n\n\n".join(prog.defs) + "\n"
@@ -112,7 +118,7 @@ def differentiate(fn, mode: api.Mode, activities: tuple, argtypes: tuple, *,
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     scope = dict(namespace)
     exec(compile(source, filename, "exec"), scope)
-    return Derivative(name, source, namespace, scope[name], mode, activities, argtypes, filename)
+    return Derivative(name, source, namespace, scope[name], mode, activities, argtypes, filename, own)
 
 
 del is_float, array_dtype_is_float

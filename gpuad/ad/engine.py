@@ -32,6 +32,7 @@ class Prepared:
     types: dict
     active: set
     return_type: object
+    own_arrays: frozenset = frozenset()  # shadows updated by one thread only (gpuad.ad.ownership)
 
 
 def array_dtype_is_float(ty) -> bool:

@@ -13,6 +13,8 @@ collects the names the adjoint code reads, the second saves only those.
 """
 from __future__ import annotations
 
+import dataclasses
+
 from numba.core import types
 
 from gpuad import api
@@ -32,6 +34,7 @@ from gpuad.ad.emit import (
 from gpuad.ad.engine import Prepared, Program, type_of_atom
 from gpuad.ad.forward import rule_terms
 from gpuad.ad.normalize import unwrap
+from gpuad.ad.ownership import own_arrays
 from gpuad.ad.rules import DERIVATIVES, user_rule
 from gpuad.ad.tape import TapeUse
 from gpuad.ad.typing import is_float
@@ -181,6 +184,8 @@ class AdjointSweep:
         if isinstance(e, ir.Copy):
             return [self.adj(f"d_{e.a.name} += d_{out}")]
         if isinstance(e, ir.Load):
+            if e.array.name in self.prep.own_arrays:  # no other thread updates this element
+                return [self.adj(f"d_{e.array.name}[{index_text(e.index)}] += d_{out}")]
             index = index_text(e.index)
             index = f"({index})" if len(e.index) > 1 else index
             return [self.adj(f"atomic_add(d_{e.array.name}, {index}, d_{out})")]
@@ -389,9 +394,18 @@ def split_functions(prog: Program, fn, argtypes, flags, site, caller) -> SplitIn
     return info
 
 
-def reverse_entry(prog: Program, mode, prep: Prepared, activities, argtypes, name: str) -> None:
-    """The entry adjoint function: forward sweep, reverse sweep, `(derivs,)` [+ primal]."""
+def reverse_entry(prog: Program, mode, prep: Prepared, activities, argtypes, name: str,
+                  thread_ids=frozenset(), exclusive=frozenset()) -> frozenset:
+    """The entry adjoint function: forward sweep, reverse sweep, `(derivs,)` [+ primal].
+
+    `thread_ids` and `exclusive` are parameter positions (see `gpuad.ad.ownership`);
+    returns the arrays whose shadow updates dropped their atomics.
+    """
     fir = prep.fir
+    names = {k: p for k, p in enumerate(fir.params)}
+    own = own_arrays(fir, {names[k] for k in thread_ids}, {names[k] for k in exclusive} & prep.active,
+                     multi_assigned(fir))
+    prep = dataclasses.replace(prep, own_arrays=own)
     if fir.ret is not None and not isinstance(fir.ret, str):
         prog.refuse(fir, fir.firstline, "return (...)", "reverse mode of a function returning a tuple is "
                     "not supported", "return one scalar (sum the outputs you want to differentiate)")
@@ -429,3 +443,4 @@ def reverse_entry(prog: Program, mode, prep: Prepared, activities, argtypes, nam
     body += rev
     body.append(result(derivs))
     prog.defs.append("\n".join(render([(f"def {name}({', '.join(params)}):", body)])))
+    return own

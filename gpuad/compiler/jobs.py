@@ -41,6 +41,7 @@ class DeferredJob:
             symbol=self.symbol,
             call_sites=tuple(self.call_sites),
             parent=self.parent,
+            own_shadows=tuple(sorted(self.derivative.own_arrays)) if self.derivative else (),
         )
 
 
@@ -69,7 +70,7 @@ class JobRegistry:
 
     def job_for(self, site: DeferredSite, flat_types: tuple) -> DeferredJob:
         primals = primal_types(site.activities, flat_types)
-        key = (id(site.function), site.mode, site.activities, primals)
+        key = (id(site.function), site.mode, site.activities, primals, site.thread_ids, site.exclusive)
         job = self._by_key.get(key)
         where = f"{site.location.filename}:{site.location.line}"
         if job is None:
@@ -90,7 +91,9 @@ class JobRegistry:
         self._building.append(job.id)
         try:
             start = time.perf_counter()
-            options = {} if self.tape_capacity is None else {"tape_capacity": self.tape_capacity}
+            options = {"thread_ids": job.site.thread_ids, "exclusive": job.site.exclusive}
+            if self.tape_capacity is not None:
+                options["tape_capacity"] = self.tape_capacity
             with numba_adapter.outside_enclosing_compilation():
                 job.derivative = differentiate(
                     job.site.function, job.site.mode, job.site.activities, job.primal_types, **options

@@ -10,6 +10,7 @@ import contextlib
 import functools
 from dataclasses import dataclass
 
+import numpy as np
 from llvmlite import ir
 
 MARKER_SYMBOL = "gpuad.deferred_codegen"
@@ -256,3 +257,22 @@ def cpu_jit(pyfunc):
     # The numpy error model gives inf/nan for x/0, as the GPU does, instead
     # of raising ZeroDivisionError.
     return numba.njit(cache=False, error_model="numpy")(pyfunc)
+
+
+def memory_span(value) -> tuple[str, int, int] | None:
+    """("host"|"device", first byte, one past the last byte) of an array argument, else None."""
+    interfaces = (("device", getattr(value, "__cuda_array_interface__", None)),
+                  ("host", getattr(value, "__array_interface__", None)))
+    space, interface = next(((s, i) for s, i in interfaces if i is not None), (None, None))
+    if interface is None:
+        return None
+    start = interface["data"][0]
+    shape = interface["shape"]
+    itemsize = np.dtype(interface["typestr"]).itemsize
+    if 0 in shape:
+        return None
+    strides = interface.get("strides") or tuple(
+        itemsize * int(np.prod(shape[k + 1:], dtype=np.int64)) for k in range(len(shape)))
+    low = start + sum(s * (n - 1) for s, n in zip(strides, shape) if s < 0)
+    high = start + sum(s * (n - 1) for s, n in zip(strides, shape) if s > 0) + itemsize
+    return space, low, high

@@ -53,8 +53,13 @@ class LoweredKernel:
     jobs: JobRegistry
 
 
-def lower_kernel(pyfunc, argtypes: tuple, *, cc, fastmath=False, tape_capacity=None) -> LoweredKernel:
-    """Interpret and lower a kernel for the GPU; jobs are created while numba types it."""
+def lower_kernel(pyfunc, argtypes: tuple, *, cc, fastmath=False, tape_capacity=None,
+                 thread_ownership=True) -> LoweredKernel:
+    """Interpret and lower a kernel for the GPU; jobs are created while numba types it.
+
+    `thread_ownership=False` keeps every shadow update atomic, for launches
+    that break `ownership_holds`.
+    """
     interp: Interpreter
 
     def compile_job(job: DeferredJob) -> None:
@@ -77,7 +82,7 @@ def lower_kernel(pyfunc, argtypes: tuple, *, cc, fastmath=False, tape_capacity=N
     def bind_function(resolved):
         return numba_adapter.device_function(resolved.pyfunc)
 
-    interp = Interpreter(CUDA, bind_function, bind_site)
+    interp = Interpreter(CUDA, bind_function, bind_site, thread_ownership=thread_ownership)
     resolved = interp.resolve(pyfunc)
     full_types = (*argtypes, status_array.status_type())
     lowered = numba_adapter.lower_cuda(resolved.pyfunc, full_types, kernel=True, cc=cc, fastmath=fastmath)
@@ -92,6 +97,23 @@ def _unliteral(t):
 
 def load_ptx(ptx: str, symbol: str, argtypes: tuple, checks_status: bool) -> numba_adapter.PtxKernel:
     return numba_adapter.PtxKernel(ptx, symbol, argtypes, status_array.SIZE, checks_status)
+
+
+def ownership_holds(griddim, blockdim, args) -> bool:
+    """Whether a launch keeps what dropping atomics assumed (`gpuad.interpreter.site_ownership`).
+
+    `cuda.grid(1)` is unique per thread only in a 1-D grid of 1-D blocks, and
+    an exclusive shadow is only exclusive if no other array argument shares
+    its memory.
+    """
+    if not (_is_1d(griddim) and _is_1d(blockdim)):
+        return False
+    spans = sorted(s for s in map(numba_adapter.memory_span, args) if s is not None)
+    return all(a[2] <= b[1] or a[0] != b[0] for a, b in zip(spans, spans[1:]))
+
+
+def _is_1d(dim) -> bool:
+    return not isinstance(dim, tuple) or all(d == 1 for d in dim[1:])
 
 
 def launch(kernel: numba_adapter.PtxKernel, griddim, blockdim, args, on_status) -> None:
