@@ -29,6 +29,7 @@ from gpuad import api
 from gpuad.ad.engine import Program, array_dtype_is_float
 from gpuad.ad.normalize import unwrap
 from gpuad.ad.rules import rule
+from gpuad.ad.site_facts import entry_facts
 from gpuad.ad.typing import is_float, local_types
 from gpuad.errors import AutodiffCallError, SourceLocation
 
@@ -92,7 +93,7 @@ def differentiate(fn, mode: api.Mode, activities: tuple, argtypes: tuple, *,
     may record on the per-thread tape; running more reports a tape overflow.
     `thread_ids` and `exclusive` are argument positions stage 1 proved to be
     the thread's global id and exclusive shadows: reverse mode then updates
-    shadows indexed only by the id without atomics (`gpuad.ad.ownership`).
+    shadows indexed only by the id without atomics (`gpuad.ad.site_facts`).
     """
     from gpuad.ad.forward import forward_entry
     from gpuad.ad.reverse import reverse_entry
@@ -104,9 +105,9 @@ def differentiate(fn, mode: api.Mode, activities: tuple, argtypes: tuple, *,
     prep = prog.prepare(fn, argtypes, flags)
     name = prog.unique(entry_name(fn, mode))
     prog.in_progress.append(unwrap(fn))
-    own = frozenset()
+    prep = entry_facts(prep, activities, thread_ids, exclusive)
     if mode.reverse:
-        own = reverse_entry(prog, mode, prep, activities, argtypes, name, thread_ids, exclusive)
+        reverse_entry(prog, mode, prep, activities, argtypes, name)
     else:
         forward_entry(prog, fn, mode, prep, flags, argtypes, name)
     source = "\n\n\n".join(prog.defs) + "\n"
@@ -118,7 +119,9 @@ def differentiate(fn, mode: api.Mode, activities: tuple, argtypes: tuple, *,
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     scope = dict(namespace)
     exec(compile(source, filename, "exec"), scope)
-    return Derivative(name, source, namespace, scope[name], mode, activities, argtypes, filename, own)
+    return Derivative(name, source, namespace, scope[name], mode, activities, argtypes, filename,
+                      prep.own_arrays if mode.reverse else frozenset())
+
 
 
 del is_float, array_dtype_is_float

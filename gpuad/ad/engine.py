@@ -32,7 +32,8 @@ class Prepared:
     types: dict
     active: set
     return_type: object
-    own_arrays: frozenset = frozenset()  # shadows updated by one thread only (gpuad.ad.ownership)
+    own_arrays: frozenset = frozenset()  # shadows updated by one thread only (gpuad.ad.site_facts)
+    no_store: frozenset = frozenset()  # DuplicatedNoNeed arrays whose primal stores are skipped
 
 
 def array_dtype_is_float(ty) -> bool:

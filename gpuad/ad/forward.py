@@ -87,7 +87,8 @@ class TangentSweep:
             if isinstance(s, ir.Assign):
                 code += self.assign(s)
             elif isinstance(s, ir.Store):
-                code.append(f"{s.array}[{index_text(s.index)}] = {atom_text(s.value)}")
+                if s.array not in self.prep.no_store:
+                    code.append(f"{s.array}[{index_text(s.index)}] = {atom_text(s.value)}")
                 if s.array in self.active:
                     tv = self.t(s.value) or "0.0"
                     code.append(f"t_{s.array}[{index_text(s.index)}] = {tv}")

@@ -223,3 +223,24 @@ def walk(stmts):
             yield from walk(s.orelse)
         elif isinstance(s, Loop):
             yield from walk(s.body)
+
+
+def multi_assigned(fir: FunctionIR) -> set:
+    """Variables assigned more than once per call (several sites, loops, parameters)."""
+    count: dict = {p: 1 for p in fir.params}
+
+    def visit(stmts, in_loop):
+        for s in stmts:
+            if isinstance(s, Assign):
+                for n in target_names(s.target):
+                    count[n] = count.get(n, 0) + (2 if in_loop else 1)
+            elif isinstance(s, If):
+                visit(s.body, in_loop)
+                visit(s.orelse, in_loop)
+            elif isinstance(s, Loop):
+                if s.var:
+                    count[s.var] = count.get(s.var, 0) + 2
+                visit(s.body, True)
+
+    visit(fir.body, False)
+    return {n for n, c in count.items() if c > 1}

@@ -13,8 +13,6 @@ collects the names the adjoint code reads, the second saves only those.
 """
 from __future__ import annotations
 
-import dataclasses
-
 from numba.core import types
 
 from gpuad import api
@@ -33,32 +31,11 @@ from gpuad.ad.emit import (
 )
 from gpuad.ad.engine import Prepared, Program, type_of_atom
 from gpuad.ad.forward import rule_terms
+from gpuad.ad.ir import multi_assigned
 from gpuad.ad.normalize import unwrap
-from gpuad.ad.ownership import own_arrays
 from gpuad.ad.rules import DERIVATIVES, user_rule
 from gpuad.ad.tape import TapeUse
 from gpuad.ad.typing import is_float
-
-
-def multi_assigned(fir: ir.FunctionIR) -> set:
-    """Variables assigned more than once per call (several sites, loops, parameters)."""
-    count: dict = {p: 1 for p in fir.params}
-
-    def visit(stmts, in_loop):
-        for s in stmts:
-            if isinstance(s, ir.Assign):
-                for n in ir.target_names(s.target):
-                    count[n] = count.get(n, 0) + (2 if in_loop else 1)
-            elif isinstance(s, ir.If):
-                visit(s.body, in_loop)
-                visit(s.orelse, in_loop)
-            elif isinstance(s, ir.Loop):
-                if s.var:
-                    count[s.var] = count.get(s.var, 0) + 2
-                visit(s.body, True)
-
-    visit(fir.body, False)
-    return {n for n, c in count.items() if c > 1}
 
 
 def assigned_names(fir: ir.FunctionIR) -> set:
@@ -197,6 +174,8 @@ class AdjointSweep:
 
     def store(self, s: ir.Store) -> tuple[list, list, TapeUse]:
         fwd = [f"{s.array}[{index_text(s.index)}] = {atom_text(s.value)}"]
+        if s.array in self.prep.no_store:  # DuplicatedNoNeed and never read back
+            fwd = []
         if s.array not in self.active:
             return fwd, [], TapeUse()
         rev = []
@@ -394,18 +373,9 @@ def split_functions(prog: Program, fn, argtypes, flags, site, caller) -> SplitIn
     return info
 
 
-def reverse_entry(prog: Program, mode, prep: Prepared, activities, argtypes, name: str,
-                  thread_ids=frozenset(), exclusive=frozenset()) -> frozenset:
-    """The entry adjoint function: forward sweep, reverse sweep, `(derivs,)` [+ primal].
-
-    `thread_ids` and `exclusive` are parameter positions (see `gpuad.ad.ownership`);
-    returns the arrays whose shadow updates dropped their atomics.
-    """
+def reverse_entry(prog: Program, mode, prep: Prepared, activities, argtypes, name: str) -> None:
+    """The entry adjoint function: forward sweep, reverse sweep, `(derivs,)` [+ primal]."""
     fir = prep.fir
-    names = {k: p for k, p in enumerate(fir.params)}
-    own = own_arrays(fir, {names[k] for k in thread_ids}, {names[k] for k in exclusive} & prep.active,
-                     multi_assigned(fir))
-    prep = dataclasses.replace(prep, own_arrays=own)
     if fir.ret is not None and not isinstance(fir.ret, str):
         prog.refuse(fir, fir.firstline, "return (...)", "reverse mode of a function returning a tuple is "
                     "not supported", "return one scalar (sum the outputs you want to differentiate)")
@@ -443,4 +413,3 @@ def reverse_entry(prog: Program, mode, prep: Prepared, activities, argtypes, nam
     body += rev
     body.append(result(derivs))
     prog.defs.append("\n".join(render([(f"def {name}({', '.join(params)}):", body)])))
-    return own

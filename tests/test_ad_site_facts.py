@@ -1,4 +1,4 @@
-"""Dropping atomics for shadows only the calling thread updates (gpuad.ad.ownership)."""
+"""What call sites let the entry skip (gpuad.ad.site_facts): atomics, unread stores."""
 from __future__ import annotations
 
 import math
@@ -10,7 +10,7 @@ from test_ad_helpers import status
 
 from gpuad.ad import differentiate
 from gpuad.ad.typing import jit_derivative
-from gpuad.api import Const, Duplicated, Reverse
+from gpuad.api import Const, Duplicated, DuplicatedNoNeed, Forward, Reverse
 
 VEC = numba.typeof(np.zeros(4))
 MAT = numba.typeof(np.zeros((4, 3)))
@@ -112,3 +112,48 @@ def test_only_the_arrays_indexed_by_the_id_are_own():
     d = reverse(own_and_other, (VEC, VEC, INT), (Duplicated, Duplicated, Const), {2}, {0, 1})
     assert d.own_arrays == {"x"}
     assert "atomic_add(d_y, 0" in d.source
+
+
+def scatter_square(x, out, n):
+    for k in range(n):
+        out[k] = x[k] * x[k]
+
+
+def reads_back(out, x):
+    out[0] = x[0] * 2.0
+    return out[0] * x[0]
+
+
+VEC_ARGS = (VEC, VEC, INT)
+
+
+def stores_into(source, array):
+    return any(line.strip().startswith(f"{array}[") for line in source.splitlines())
+
+
+@pytest.mark.parametrize("mode", [Reverse, Forward])
+def test_duplicated_no_need_skips_stores_nobody_reads(mode):
+    x, out = np.array([0.5, 1.5, 2.5, 3.0]), np.full(4, -1.0)
+    d = differentiate(scatter_square, mode, (Duplicated, DuplicatedNoNeed, Const), VEC_ARGS)
+    assert not stores_into(d.source, "out")
+    if mode is Reverse:
+        dx, dout = np.zeros(4), np.ones(4)
+        d.function(x, dx, out, dout, 4, status())
+        np.testing.assert_array_equal(dx, 2.0 * x)
+        np.testing.assert_array_equal(dout, 0.0)  # the seed is consumed as for Duplicated
+    else:
+        tout = np.zeros(4)
+        d.function(x, np.ones(4), out, tout, 4, status())
+        np.testing.assert_array_equal(tout, 2.0 * x)
+    np.testing.assert_array_equal(out, -1.0)  # the primal store was skipped
+    kept = differentiate(scatter_square, mode, (Duplicated, Duplicated, Const), VEC_ARGS)
+    assert stores_into(kept.source, "out")
+
+
+def test_duplicated_no_need_keeps_stores_read_back():
+    d = differentiate(reads_back, Reverse, (DuplicatedNoNeed, Duplicated), (VEC, VEC))
+    assert stores_into(d.source, "out")
+    out, dout, x, dx = np.zeros(1), np.zeros(1), np.array([1.5]), np.zeros(1)
+    d.function(out, dout, x, dx, status())
+    assert dx[0] == pytest.approx(4.0 * 1.5, rel=1e-15)  # d(2x * x)/dx
+    assert out[0] == 3.0
