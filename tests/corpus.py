@@ -1190,3 +1190,109 @@ def check_hvp_kernel(target: str, n: int = 32) -> None:
     gpuad.kernel(hvp_kernel_body, target=target).launch(n, xs, ys, vx, vy, hx, hy)
     expected = np.array([hvp_expected(*p) for p in zip(xs, ys, vx, vy)])
     np.testing.assert_allclose(np.stack([hx, hy], axis=1), expected, rtol=1e-7, atol=1e-9)
+
+
+# --- Hessian-vector products over the whole corpus ---------------------------------------------
+# For every entry without arrays: h(p, v) = <grad f(p), v> through autodiff(Reverse, f, ...), then
+# autodiff(Forward, h, ...) along a direction t gives v^T H t. Expected: finite differences of the
+# engine's own reverse gradient (itself checked against finite differences above) along t.
+
+# Tapes, loops of every kind, split callees: the entries the cpu kernels of CI run (all run on cuda).
+HVP_IN_KERNELS = ["runtime_range", "while_data_dependent", "loop_break", "branch_in_loop",
+                  "return_in_nested_loop", "call_in_loop", "call_depth_3", "call_with_early_return"]
+
+
+def hvp_params(names=None):
+    import pytest
+
+    return [pytest.param(e, id=e.name) for e in CORPUS
+            if not any(isinstance(k, A) for k in e.args) and (names is None or e.name in names)]
+
+
+def hvp_sources(entry: Entry) -> tuple[str, str]:
+    """(gradient-dot-v function source, kernel source): `gdot_<name>` and `hvp_<name>`."""
+    params = [f"p{k}" for k in range(len(entry.args))]
+    floats = [k for k, kind in enumerate(entry.args) if isinstance(kind, F)]
+    wrapped = [f"Active(p{k})" if isinstance(kind, F) else f"Const(p{k})" if isinstance(kind, C) or
+               getattr(kind, "const", False) else f"p{k}" for k, kind in enumerate(entry.args)]
+    grads = ", ".join(f"d{k}" for k in range(len(entry.args)))
+    gdot = "\n".join([
+        f"def gdot_{entry.name}({', '.join(params + [f'v{k}' for k in floats])}):",
+        f"    ({grads},), = autodiff(Reverse, {entry.f.__name__}, {', '.join(wrapped)})",
+        f"    return {' + '.join(f'd{k} * v{k}' for k in floats)}",
+    ]) + "\n"
+    kparams, call = [], []
+    for k, kind in enumerate(entry.args):
+        kparams.append(f"p{k}")
+        if isinstance(kind, F):
+            kparams.append(f"t{k}")
+            call.append(f"Duplicated(p{k}[i], t{k}[i])")
+        else:
+            call.append(f"Const(p{k}[i])")
+    kparams += [f"v{k}" for k in floats] + ["out"]
+    call += [f"Const(v{k}[i])" for k in floats]
+    kernel = "\n".join([
+        f"def hvp_{entry.name}({', '.join(kparams)}):",
+        "    i = gpuad.thread_index()",
+        "    if i < out.shape[0]:",
+        f"        (h,) = autodiff(Forward, gdot_{entry.name}, {', '.join(call)})",
+        "        out[i] = h",
+    ]) + "\n"
+    return gdot, kernel
+
+
+def check_hvp(entry: Entry, target: str, n: int = POINTS // 2) -> int:
+    """HVPs of one entry on `target` ("python": the engine's generated code alone) vs FD."""
+    from gpuad.ad import differentiate
+
+    gdot_src, kernel_src = hvp_sources(entry)
+    tag = next(_serial)
+    ns = {"gpuad": gpuad, "autodiff": autodiff, "Reverse": Reverse, "Forward": Forward, "Active": Active,
+          "Const": Const, "Duplicated": Duplicated, entry.f.__name__: entry.f}
+    exec_source(gdot_src, f"<corpus-gdot {entry.name} {tag}>", ns)
+    cols = draw_points(entry, n)
+    rng = np.random.default_rng(seed_of(entry, "hvp"))
+    floats = [k for k, kind in enumerate(entry.args) if isinstance(kind, F)]
+    t = {k: rng.uniform(-1.0, 1.0, n) for k in floats}
+    v = {k: rng.uniform(-1.0, 1.0, n) for k in floats}
+    out = np.full(n, np.nan)
+    types_ = tuple(numba_type(c[0]) for c in cols)
+    if target == "python":
+        acts = tuple(Duplicated if k in t else Const for k in range(len(cols))) + (Const,) * len(v)
+        fn = differentiate(ns[f"gdot_{entry.name}"], Forward, acts,
+                           types_ + (numba_type(1.0),) * len(v)).function
+        for i in range(n):
+            args = point_args(entry, cols, i)
+            flat = [x for k, a in enumerate(args) for x in ((a, t[k][i]) if k in t else (a,))]
+            (out[i],) = fn(*flat, *[v[k][i] for k in floats], np.zeros(4, np.int64))
+    else:
+        exec_source(kernel_src, f"<corpus-hvp {entry.name} {tag}>", ns)
+        arrays = []
+        for k, col in enumerate(cols):
+            arrays += [col, t[k]] if k in t else [col]
+        gpuad.kernel(ns[f"hvp_{entry.name}"], target=target).launch(n, *arrays, *v.values(), out)
+    grad = differentiate(entry.f, Reverse, tuple(Active if k in t else Const for k in range(len(cols))),
+                         types_).function
+    used = 0
+    for i in range(n):
+        args = point_args(entry, cols, i)
+
+        def gdot(s, i=i, args=args):
+            moved = [a + s * t[k][i] if k in t else a for k, a in enumerate(args)]
+            (ds,) = grad(*moved, np.zeros(4, np.int64))
+            return np.array([sum(ds[k] * v[k][i] for k in floats)])
+
+        expected, usable = trusted_derivative(gdot, step_for(active_vector(entry, args)))
+        if not usable:
+            continue
+        used += 1
+        np.testing.assert_allclose(out[i], expected[0], rtol=RTOL, atol=ATOL,
+                                   err_msg=f"{entry.name}: HVP at point {i}, args {args}")
+    assert used >= n // 2, f"{entry.name}: only {used} of {n} points away from kinks"
+    return used
+
+
+def numba_type(value):
+    import numba
+
+    return numba.typeof(value.item() if hasattr(value, "item") else value)

@@ -137,3 +137,13 @@ def test_hessian_vector_product_on_host():
 
 def test_hessian_vector_product_in_kernel():
     corpus.check_hvp_kernel(TARGET)
+
+
+@pytest.mark.parametrize("entry", corpus.hvp_params())
+def test_hessian_vector_products_over_the_corpus(entry):
+    assert corpus.check_hvp(entry, "python") >= corpus.POINTS // 4
+
+
+@pytest.mark.parametrize("entry", corpus.hvp_params(corpus.HVP_IN_KERNELS))
+def test_hessian_vector_products_through_tapes_in_kernels(entry):
+    assert corpus.check_hvp(entry, TARGET) >= corpus.POINTS // 4

@@ -34,3 +34,8 @@ def test_4096_threads_accumulate_into_one_shadow_element_exactly():
 
 def test_hessian_vector_product_in_cuda_kernel():
     corpus.check_hvp_kernel(TARGET)
+
+
+@pytest.mark.parametrize("entry", corpus.hvp_params())
+def test_hessian_vector_products_over_the_corpus_in_cuda_kernels(entry):
+    assert corpus.check_hvp(entry, TARGET) >= corpus.POINTS // 4

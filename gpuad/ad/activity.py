@@ -2,15 +2,20 @@
 
 A variable is active when its type is a float and some assignment to it reads
 an active value (flow-insensitive fixpoint). Active parameters seed the
-analysis; arrays are active only as `Duplicated` parameters. Integers and
-booleans are never active. Storing an active value into an inactive array
-would lose its derivative, so it is refused here.
+analysis; arrays are active as `Duplicated` parameters, and as per-thread
+scratch arrays (`tape_alloc`, the tape of a generated adjoint differentiated
+again in forward mode) once an active value is stored into them. Integers and
+booleans are never active. Storing an active value into any other inactive
+array would lose its derivative, so it is refused here.
 """
 from __future__ import annotations
 
+import types as pytypes
+
 from numba.core import types
 
-from gpuad.ad import ir
+from gpuad.ad import ir, primitives
+from gpuad.ad.normalize import unwrap
 from gpuad.ad.typing import is_float
 from gpuad.errors import SourceLocation, UnsupportedConstruct
 
@@ -29,6 +34,8 @@ def analyse(fir: ir.FunctionIR, localtypes: dict, active_params: set) -> set:
     """The set of active variable names (parameters included)."""
     active = set(active_params)
     stmts = list(ir.walk(fir.body))
+    scratch = scratch_arrays(stmts, localtypes)
+    active |= scratch & passed_to_functions(stmts)  # the callee may store active values into them
     changed = True
     while changed:
         changed = False
@@ -38,6 +45,10 @@ def analyse(fir: ir.FunctionIR, localtypes: dict, active_params: set) -> set:
                     if name not in active and is_float(localtypes.get(name, types.none)):
                         active.add(name)
                         changed = True
+            elif (isinstance(s, ir.Store) and s.array in scratch and s.array not in active
+                  and is_active_atom(s.value, active)):
+                active.add(s.array)
+                changed = True
     for s in stmts:
         if isinstance(s, ir.Store) and is_active_atom(s.value, active) and s.array not in active:
             raise UnsupportedConstruct(
@@ -46,3 +57,17 @@ def analyse(fir: ir.FunctionIR, localtypes: dict, active_params: set) -> set:
                 f"pass `{s.array}` as Duplicated(array, shadow) so its derivative is tracked",
             )
     return active
+
+
+def passed_to_functions(stmts: list) -> set:
+    return {a.name for s in stmts if isinstance(s, ir.Assign) and isinstance(s.value, ir.Call)
+            and isinstance(unwrap(s.value.func), pytypes.FunctionType)
+            for a in s.value.args if isinstance(a, ir.Var)}
+
+
+def scratch_arrays(stmts: list, localtypes: dict) -> set:
+    """Float arrays the function allocates itself with `tape_alloc`."""
+    return {s.target for s in stmts
+            if isinstance(s, ir.Assign) and isinstance(s.value, ir.Call)
+            and s.value.func is primitives.tape_alloc and isinstance(s.target, str)
+            and is_float(getattr(localtypes.get(s.target), "dtype", None))}

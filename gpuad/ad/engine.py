@@ -127,6 +127,15 @@ class Program:
         raise UnsupportedConstruct(message, where, hint)
 
 
+def inert_call(s: ir.Assign, active: set) -> bool:
+    """A call of a builtin (`len(a)`, `int(x)`) whose results are all inactive: no derivative flows."""
+    from gpuad.ad.rules import user_rule
+
+    e = s.value
+    return (isinstance(e, ir.Call) and not isinstance(unwrap(e.func), pytypes.FunctionType)
+            and user_rule(e.func) is None and not set(ir.target_names(s.target)) & active)
+
+
 def autodiff_stub(mode, f, classes: tuple, arities: tuple):
     """A numba-typable stand-in for a nested `autodiff(mode, f, ...)` call (typing only).
 

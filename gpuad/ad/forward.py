@@ -21,7 +21,7 @@ from gpuad.ad.emit import (
     target_text,
     zero_text,
 )
-from gpuad.ad.engine import Prepared, Program, type_of_atom
+from gpuad.ad.engine import Prepared, Program, inert_call, type_of_atom
 from gpuad.ad.normalize import unwrap
 from gpuad.ad.rules import BINARY, DERIVATIVES, TEMPLATE_GLOBALS, UNARY, user_rule
 from gpuad.ad.typing import is_float
@@ -108,7 +108,8 @@ class TangentSweep:
         active_out = [n for n in names if n in self.active]
         e = s.value
         primal = f"{target_text(s.target)} = {expr_text(e)}"
-        reads = any(self.t(a) for a in ir.atoms_of(e)) and not isinstance(e, ir.Attr)
+        reads = (not isinstance(e, ir.Attr) and not inert_call(s, self.active)
+                 and any(self.t(a) for a in ir.atoms_of(e)))
         if isinstance(e, ir.Call) and reads and e.func not in DERIVATIVES:
             return self.call(s)
         if isinstance(e, ir.AutodiffCall) and reads:
@@ -116,6 +117,8 @@ class TangentSweep:
         if not active_out:
             return [primal]
         (out,) = active_out
+        if isinstance(self.prep.types[out], types.Array):  # a scratch array: its tangent is one too
+            return [primal, f"t_{out} = {expr_text(e)}"]
         if not reads:
             return [primal, f"t_{out} = {zero_text(self.prep.types[out])}"]
         if isinstance(e, ir.Copy):
@@ -186,8 +189,8 @@ class TangentSweep:
             callee = tangent_function(self.prog, deriv.function, argtypes, flags, s, self.fir)
         except UnsupportedConstruct as exc:
             self.refuse(s, expr_text(e), f"cannot differentiate the adjoint of {e.f_name} in forward mode "
-                        f"({exc.message})", "forward over reverse supports inner functions whose adjoint "
-                        "needs no tape: straight-line code and branches, no loops over active values")
+                        f"({exc.message})", "the adjoint gpuad generated for the inner function uses "
+                        "something forward mode cannot differentiate; give that function a gpuad.rule")
         args = []
         for a, flag in zip(flat, flags):
             args.append(atom_text(a))

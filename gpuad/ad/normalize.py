@@ -567,7 +567,9 @@ class Normalizer:
         for a in node.args[2:]:
             cls = self.resolve(a.func) if isinstance(a, ast.Call) else None
             if not (isinstance(cls, type) and issubclass(cls, api.Activity)):
-                self.refuse(a, ast.unparse(a), "wrap every argument in Active, Const, Duplicated...")
+                # An unwrapped argument is Const, as in Enzyme and in kernels.
+                wrappers.append((api.Const, self.ns.bind("Const", api.Const), (self.expr(a),)))
+                continue
             atoms = tuple(self.expr(x) for x in a.args)
             wrappers.append((cls, self.bound_text(a.func), atoms))
         call = ir.AutodiffCall(func, self.bound_text(node.func), mode, self.bound_text(node.args[0]),

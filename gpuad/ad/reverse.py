@@ -29,7 +29,7 @@ from gpuad.ad.emit import (
     target_text,
     zero_text,
 )
-from gpuad.ad.engine import Prepared, Program, type_of_atom
+from gpuad.ad.engine import Prepared, Program, inert_call, type_of_atom
 from gpuad.ad.forward import rule_terms
 from gpuad.ad.ir import multi_assigned
 from gpuad.ad.normalize import unwrap
@@ -135,7 +135,8 @@ class AdjointSweep:
             restores = r + restores
             use = use + u
         e = s.value
-        reads_active = not isinstance(e, ir.Attr) and any(self.d(a) for a in ir.atoms_of(e))
+        reads_active = (not isinstance(e, ir.Attr) and not inert_call(s, self.active)
+                        and any(self.d(a) for a in ir.atoms_of(e)))
         if isinstance(e, ir.Call) and reads_active and e.func not in DERIVATIVES:
             f, adjoint, u = self.call(s)
             fwd += f
@@ -404,7 +405,9 @@ def reverse_entry(prog: Program, mode, prep: Prepared, activities, argtypes, nam
     body += preinits(sweep, sweep.preinit) + fwd
     body.append(f"_primal = {primal}")
     if sweep.dynamic_line is not None:
-        for sp, cap in (("_spf", "_capf"), ("_spi", "_capi")):
+        for sp, cap, used in (("_spf", "_capf", use.floats), ("_spi", "_capi", use.ints)):
+            if not used:
+                continue
             report = f"report_tape_overflow(status, {sweep.dynamic_line}, {cap}, {sp})"
             body.append((f"if {sp} > {cap}:", [report, result(zero_derivs)]))
     body += adjoint_inits(prep)

@@ -116,6 +116,8 @@ class TupleExpander:
             out = list(pre)
             for dst, item in zip(target, e.items):
                 src = self.pattern_of(item)
+                if src is None and isinstance(item, ir.Const) and isinstance(item.value, tuple):
+                    src = const_pattern(item.value)  # e.g. `return ((0.0, None),)`
                 if src is not None:
                     out += self.copy_pattern(dst, src, s.line)
                 elif isinstance(dst, str):
@@ -148,6 +150,11 @@ class TupleExpander:
         self.types[name] = types.Tuple([self.types[i.name] for i in items])
         pre.append(ir.Assign(name, ir.Pack(items), line))
         return ir.Var(name)
+
+
+def const_pattern(value):
+    """A constant tuple as a nested tuple of `ir.Const` leaves."""
+    return tuple(const_pattern(v) if isinstance(v, tuple) else ir.Const(v) for v in value)
 
 
 def expand_tuples(fir: ir.FunctionIR, localtypes: dict) -> tuple[ir.FunctionIR, dict]:

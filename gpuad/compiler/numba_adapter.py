@@ -203,7 +203,6 @@ class PtxKernel:
     """
 
     def __init__(self, ptx: str, symbol: str, argtypes: tuple, status_size: int, checks_status: bool):
-        import numpy as np
         from numba.cuda.cudadrv import devices, driver
 
         ctx = devices.get_context()
@@ -213,8 +212,13 @@ class PtxKernel:
         self._function = self._module.get_function(symbol)
         self.argtypes = argtypes
         self.checks_status = checks_status
-        self._clean_status = np.zeros(status_size, dtype=np.int64)
-        self._status = cuda_modules().to_device(self._clean_status)
+        if checks_status:
+            # Mapped host memory: the kernel writes it over the bus (only when
+            # a tape overflows), the host resets and reads it without copies.
+            self._status = cuda_modules().mapped_array(status_size, dtype=np.int64)
+            self._status[:] = 0
+        else:
+            self._status = cuda_modules().to_device(np.zeros(status_size, dtype=np.int64))
 
     def __call__(self, griddim, blockdim, args, on_status):
         """Launch; `on_status(host_status)` runs before results are copied back."""
@@ -225,14 +229,15 @@ class PtxKernel:
         # The default stream in cuda.core's form, as numba-cuda's launch config makes it.
         stream = driver._to_core_stream(0)
         if self.checks_status:
-            self._status.copy_to_device(self._clean_status)
+            self._status[:] = 0  # the last launch has finished: it was waited for
         writebacks, kernelargs = [], []
         for ty, value in zip(self.argtypes, (*args, self._status)):
             _Kernel._prepare_args(_ArgPacker, ty, value, stream, writebacks, kernelargs)
         config = LaunchConfig(grid=griddim, block=blockdim, shmem_size=0)
         launch(stream, config, self._function.kernel, *kernelargs)
         if self.checks_status:
-            on_status(self._status.copy_to_host())
+            stream.sync()
+            on_status(np.array(self._status))
         for writeback in writebacks:
             writeback()
 
