@@ -17,7 +17,7 @@ import numpy as np
 from numba import cuda
 
 import gpuad
-from gpuad import Active, Const, Reverse, autodiff
+from gpuad import Active, Const, Duplicated, Reverse, autodiff
 
 N = 1 << 25
 STEPS = 64
@@ -46,7 +46,28 @@ def grad_energy_by_hand(xs, ws, dxs):
         dxs[i] = math.cos(xs[i]) * ws[i]
 
 
-# -- case 2: a loop whose trip count is only known at run time ----------------
+# -- case 2: the same through a Duplicated array (shadow updates) -------------
+
+def energy_at(x, w, i):
+    return math.sin(x[i]) * w[i]
+
+
+@gpuad.kernel(target="cuda")
+def grad_energy_array(xs, ws, dxs):
+    i = gpuad.thread_index()
+    if i < xs.shape[0]:
+        # i is the thread's id and dxs reaches no other call: gpuad drops the atomic.
+        autodiff(Reverse, energy_at, Duplicated(xs, dxs), Const(ws), i)
+
+
+@cuda.jit
+def grad_energy_array_by_hand(xs, ws, dxs):
+    i = cuda.grid(1)
+    if i < xs.shape[0]:
+        dxs[i] += math.cos(xs[i]) * ws[i]
+
+
+# -- case 3: a loop whose trip count is only known at run time ----------------
 
 def orbit(x, w, steps):
     for _ in range(steps):
@@ -127,6 +148,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     xs, ws = rng.uniform(-2, 2, n), rng.uniform(0.5, 1.0, n)
     results = [case("elementwise sin(x)*w", grad_energy, grad_energy_by_hand, (xs, ws, np.zeros(n)), n)]
+    results.append(case("elementwise through Duplicated(x, dx)", grad_energy_array, grad_energy_array_by_hand,
+                        (xs, ws, np.zeros(n)), n))
     m = n // 16
     results.append(case(f"dynamic loop, {STEPS} run-time steps", grad_orbit, grad_orbit_by_hand,
                         (xs[:m], ws[:m], np.zeros(m), STEPS), m))
