@@ -20,9 +20,9 @@ from gpuad.targets import check_target, default_target
 from gpuad.targets import status as st
 
 DEFAULT_BLOCK = 256
-# Generated code that can fail calls this primitive; only such kernels make
+# Generated code that can fail calls these primitives; only such kernels make
 # the host wait for the status array after a launch.
-TAPE_CHECK = "report_tape_overflow"
+FAILURE_REPORTS = ("report_tape_overflow", "report_checkpoint_overflow")
 
 
 @dataclasses.dataclass
@@ -179,7 +179,8 @@ class Kernel:
             # A 2-D grid or aliased arrays: the variant that keeps every atomic.
             compiled = self._compile_cuda(argtypes, self._device_arch(), self.fastmath, False)
         if compiled.device_kernel is None:
-            can_fail = any(TAPE_CHECK in src for src in compiled.record.adjoint_sources.values())
+            can_fail = any(report in src for src in compiled.record.adjoint_sources.values()
+                           for report in FAILURE_REPORTS)
             compiled.device_kernel = cuda_target.load_ptx(
                 compiled.record.ptx, compiled.symbol, compiled.argtypes, checks_status=can_fail
             )

@@ -127,3 +127,9 @@ def test_aliased_shadows_keep_their_atomics_on_gpu():
     expected[1:] += y[:-1]
     np.testing.assert_allclose(shadow.copy_to_host(), expected, rtol=1e-13, atol=1e-15)
     assert any(not c.drops_atomics for c in k._cuda.values())
+
+
+def test_checkpointed_loop_on_gpu():
+    from test_ad_checkpoint import check_long_loop_kernel
+
+    check_long_loop_kernel("cuda", n_threads=2048)

@@ -301,6 +301,51 @@ def test_a_branch_on_a_constant_is_differentiated():
     assert dy == pytest.approx(math.sin(0.3), rel=1e-14)
 
 
+# Two programs the random-program test found (verbatim): numba pruned the constant branch
+# while typing the normalised function and left a variable undefined.
+def constant_branch_early_return_in_loop(x, y, a, n):
+    v0 = x
+    v1 = y
+    v2 = math.sin(x * y)
+    v3 = 0.25
+    if v3 > 0.0:
+        v0 = math.sin(v0)
+    else:
+        for i1 in range(0):
+            if float(i1) * 0.3 > 0.0:
+                return v0 * v0 + a[0]
+            v0 = math.sin(v0)
+        v3 = math.sin(v0)
+    return v0 * 0.7 + v1 * v2 - v3 + a[1] * 0.5
+
+
+def constant_branch_early_return(x, y, a, n):
+    v0 = x
+    v1 = y
+    v2 = math.sin(x * y)
+    v3 = 0.25
+    if v3 > 0.0:
+        v0 = math.sin(v0)
+    else:
+        v0 = math.sin(v0)
+        v3 = math.sin((math.sin(v0) + math.sin(v0)) * 0.5)
+        if v0 > 0.0:
+            return v0 * v0 + a[0]
+    return v0 * 0.7 + v1 * v2 - v3 + a[1] * 0.5
+
+
+@pytest.mark.parametrize("f", [constant_branch_early_return_in_loop, constant_branch_early_return])
+def test_early_returns_in_a_pruned_branch_are_differentiated(f):
+    x, y, a = 0.3, 0.5, np.array([0.1, 0.2, 0.3, 0.4])
+    expected = (math.cos(x) * 0.7 + y * y * math.cos(x * y), math.sin(x * y) + x * y * math.cos(x * y))
+    da = np.zeros(4)
+    (dx, dy, _, _), = autodiff(Reverse, f, Active(x), Active(y), Duplicated(a, da), 2)
+    assert (dx, dy) == pytest.approx(expected, rel=1e-14)
+    np.testing.assert_array_equal(da, [0.0, 0.5, 0.0, 0.0])
+    (tx,) = autodiff(Forward, f, Duplicated(x, 1.0), Const(y), Duplicated(a, np.zeros(4)), 2)
+    assert tx == pytest.approx(expected[0], rel=1e-14)
+
+
 def untypable(x):
     return x * x
 

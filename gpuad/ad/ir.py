@@ -155,7 +155,8 @@ class Loop:
     """`for var in range(start, stop, step)` or, with `var` None, `while True`.
 
     `exit_flag` names the flag whose truth ends the loop after an iteration
-    (set by `break` or `return`); `trips` is the static trip count if known.
+    (set by `break` or `return`); `trips` is the static trip count if known;
+    `checkpoint` is set by a `# gpuad: checkpoint` comment on the loop's line.
     """
 
     var: str | None
@@ -167,6 +168,7 @@ class Loop:
     ident: int
     exit_flag: str | None = None
     trips: int | None = None
+    checkpoint: bool = False
 
 
 Stmt = Union[Assign, Store, If, Loop]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import builtins
 import inspect
+import linecache
 import textwrap
 from dataclasses import dataclass
 
@@ -21,8 +22,11 @@ from gpuad.ad import ir
 from gpuad.ad.emit import Namespace
 from gpuad.errors import SourceLocation, UnsupportedConstruct
 
+# On a loop's line, selects checkpointing (recompute) instead of taping every iteration.
+CHECKPOINT_COMMENT = "# gpuad: checkpoint"
 # Names the generated code uses itself; user locals with these names are renamed.
-RESERVED = {"status", "np", "math", "atomic_add", "tape_alloc", "report_tape_overflow", "None"}
+RESERVED = {"status", "np", "math", "atomic_add", "tape_alloc", "report_tape_overflow",
+            "report_checkpoint_overflow", "None"}
 LOCAL_ATTRS = ("shape", "size", "ndim")
 BINOPS = {
     ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.FloorDiv: "//",
@@ -378,8 +382,10 @@ class Normalizer:
             stmts.append(ir.Assign(ctx.skip, ir.Copy(ir.Const(False)), self.line(node)))
         stmts += self.block(body)
         self.loops.pop()
-        self.emit(ir.Loop(var, start, stop, step, stmts, self.line(node), k,
-                          exit_flag=ctx.brk if (brk or ret) else None, trips=trips))
+        line = self.line(node)
+        self.emit(ir.Loop(var, start, stop, step, stmts, line, k,
+                          exit_flag=ctx.brk if (brk or ret) else None, trips=trips,
+                          checkpoint=CHECKPOINT_COMMENT in linecache.getline(self.filename, line)))
 
     # -------------------------------------------------------- expressions
     def expr(self, node):

@@ -30,8 +30,17 @@ def report_tape_overflow(status, line, capacity, needed):
     (so the host's hint suffices for the whole launch). The host raises
     `gpuad.errors.TapeOverflow` when status[0] != 0.
     """
+    report(status, 1, line, capacity, needed)
+
+
+def report_checkpoint_overflow(status, line, capacity, needed):
+    """Record that a checkpointed loop ran `needed` iterations, more than `capacity`**2."""
+    report(status, 2, line, capacity, needed)
+
+
+def report(status, flag, line, capacity, needed):
     if status[0] == 0:
-        status[0] = 1
+        status[0] = flag
         status[1] = line
         status[2] = capacity
     if needed > status[3]:

@@ -63,6 +63,7 @@ class AdjointSweep:
         self.preinit: set = set()
         self.nslot = 0
         self.dynamic_line: int | None = None
+        self.checkpoints: list[tuple[int, str, int]] = []  # (line, trip counter, most iterations)
         self.uses_tape = False
 
     # ------------------------------------------------------------- helpers
@@ -209,6 +210,8 @@ class AdjointSweep:
         return fwd, rev, ub.max(uo) + ur
 
     def loop(self, s: ir.Loop) -> tuple[list, list, TapeUse]:
+        if s.checkpoint:
+            return self.checkpointed_loop(s)
         fv, rv, uv = self.save(s.var) if s.var else ([], [], TapeUse())
         if s.var:
             self.assigned.add(s.var)
@@ -224,12 +227,69 @@ class AdjointSweep:
         k = f"_k{s.ident}"
         body = []
         if s.var:
-            start, step = atom_text(s.start), atom_text(s.step)
-            index = k if step == "1" else f"{k} * {step}"
-            index = index if start == "0" else f"{start} + {index}"
-            body.append(self.adj(f"{s.var} = {index}"))
+            body.append(self.adj(f"{s.var} = {index_text_of(s, k)}"))
         rev = rr + [(f"for {k} in range({n} - 1, -1, -1):", body + rb)] + rv
         return fwd, rev, uv + ub * self.trips(s, ub) + ur
+
+    def checkpointed_loop(self, s: ir.Loop) -> tuple[list, list, TapeUse]:
+        """A loop run without taping, snapshotting its state every K iterations.
+
+        K = tape_capacity. The reverse sweep takes the segments last to first:
+        restore the segment's snapshot, run its (at most K) iterations again
+        while taping, then reverse them. The tape holds K snapshots and one
+        segment, so the loop may run K * K iterations; more is reported as an
+        overflow before the reverse sweep reads anything.
+        """
+        self.check_checkpointable(s)
+        k = self.prog.tape_capacity
+        fv, rv, uv = self.save(s.var) if s.var else ([], [], TapeUse())
+        if s.var:
+            self.assigned.add(s.var)
+        self.depth += 1
+        fb, rb, ub = self.block(s.body)
+        self.depth -= 1
+        snap_f, snap_r, snap_use = [], [], TapeUse()
+        for name in sorted(loop_state(s)):
+            if name not in self.fir.params:
+                self.preinit.add(name)
+            code, u = tape.push(name, self.types[name])
+            snap_f += code
+            snap_r = tape.pop(name, self.types[name]) + snap_r
+            snap_use = snap_use + u
+        self.uses_tape = True
+        n, g, m, j, r = (f"{v}{s.ident}" for v in ("_n", "_g", "_m", "_j", "_r"))
+        exit_ = [(f"if {s.exit_flag}:", ["break"])] if s.exit_flag else []
+        body = [(f"if {n} % {k} == 0:", snap_f), f"{n} += 1"] + primal_code(s.body) + exit_
+        fr, rr, ur = self.record(n)
+        fwd = fv + [f"{n} = 0", (loop_header(s), body)] + fr
+
+        def at(i: str) -> list:  # the loop variable of iteration i of the segment
+            return [self.adj(f"{s.var} = {index_text_of(s, f'{g} * {k} + {i}')}")] if s.var else []
+
+        segment = snap_r + [f"{m} = min({k}, {n} - {g} * {k})",
+                            (f"for {j} in range({m}):", at(j) + fb),
+                            (f"for {r} in range({m} - 1, -1, -1):", at(r) + rb)]
+        rev = rr + [(f"for {g} in range(({n} + {k - 1}) // {k} - 1, -1, -1):", segment)] + rv
+        self.checkpoints.append((s.line, n, k * k))
+        return fwd, rev, uv + snap_use * k + ub * k + ur
+
+    def check_checkpointable(self, s: ir.Loop) -> None:
+        """Recomputing must redo exactly what the first run did, and tape no more than a segment."""
+        if self.depth > 0 or self.split:
+            self.refuse(s, "# gpuad: checkpoint", "only loops of the differentiated function itself, "
+                        "outside other loops, can be checkpointed", "move the comment to the outer loop")
+        for t in ir.walk(s.body):
+            if isinstance(t, ir.Store):
+                self.refuse(t, f"{t.array}[...] = ...", "a checkpointed loop cannot write arrays: running "
+                            "it again would see the values it wrote", "drop the checkpoint comment")
+            elif isinstance(t, ir.Loop) and t.trips is None:
+                self.refuse(t, "loop", "a checkpointed loop cannot contain loops with run-time trip counts",
+                            "drop the checkpoint comment, or give the inner loop constant bounds")
+            elif isinstance(t, ir.Assign) and isinstance(t.value, ir.AutodiffCall | ir.Call) and not (
+                    isinstance(t.value, ir.Call) and (t.value.func in DERIVATIVES or user_rule(t.value.func)
+                                                      or inert_call(t, self.active))):
+                self.refuse(t, expr_text(t.value), "a checkpointed loop cannot call functions gpuad "
+                            "differentiates", "inline the call, or drop the checkpoint comment")
 
     def trips(self, s: ir.Loop, body_use: TapeUse) -> int:
         """Iterations to size the tape for: static count, or the configured capacity."""
@@ -291,6 +351,59 @@ class AdjointSweep:
             if flag and not isinstance(self.types.get(a.name), types.Array):
                 rev.append(f"{self.d(a)} += {r}[{i}]")
         return fwd, rev, TapeUse()
+
+
+def loop_state(s: ir.Loop) -> set:
+    """Variables an iteration reads before assigning them, and assigns: what iterations carry."""
+    assigned = {n for t in ir.walk(s.body) if isinstance(t, ir.Assign) for n in ir.target_names(t.target)}
+    return exposed_reads(s.body, set()) & assigned
+
+
+def exposed_reads(stmts: list, defined: set) -> set:
+    """Names `stmts` may read before assigning them (`defined`: assigned before; updated)."""
+    def reads(atoms) -> set:
+        return {a.name for a in atoms if isinstance(a, ir.Var)} - defined
+
+    exposed = set()
+    for t in stmts:
+        if isinstance(t, ir.Assign):
+            exposed |= reads(ir.atoms_of(t.value))
+            defined.update(ir.target_names(t.target))
+        elif isinstance(t, ir.Store):
+            exposed |= reads([*t.index, t.value])
+        elif isinstance(t, ir.If):
+            exposed |= reads([t.test])
+            in_body, in_orelse = set(defined), set(defined)
+            exposed |= exposed_reads(t.body, in_body) | exposed_reads(t.orelse, in_orelse)
+            defined |= in_body & in_orelse
+        else:  # a nested loop may run no iteration: what it assigns is not defined after it
+            exposed |= reads([t.start, t.stop, t.step]) | exposed_reads(t.body, set(defined) | {t.var})
+    return exposed
+
+
+def index_text_of(s: ir.Loop, k: str) -> str:
+    """The loop variable's value in iteration `k` (an expression text)."""
+    start, step = atom_text(s.start), atom_text(s.step)
+    index = k if step == "1" else f"({k}) * {step}" if " " in k else f"{k} * {step}"
+    return index if start == "0" else f"{start} + {index}"
+
+
+def primal_code(stmts: list) -> list:
+    """Statements as plain Python, in the sweeps' nested-list form."""
+    code = []
+    for s in stmts:
+        if isinstance(s, ir.Assign):
+            code.append(f"{target_text(s.target)} = {expr_text(s.value)}")
+        elif isinstance(s, ir.Store):
+            code.append(f"{s.array}[{index_text(s.index)}] = {atom_text(s.value)}")
+        elif isinstance(s, ir.If):
+            code.append((f"if {atom_text(s.test)}:", primal_code(s.body) or ["pass"]))
+            if s.orelse:
+                code.append(("else:", primal_code(s.orelse)))
+        else:
+            exit_ = [(f"if {s.exit_flag}:", ["break"])] if s.exit_flag else []
+            code.append((loop_header(s), primal_code(s.body) + exit_ or ["pass"]))
+    return code
 
 
 class SplitInfo:
@@ -404,6 +517,9 @@ def reverse_entry(prog: Program, mode, prep: Prepared, activities, argtypes, nam
     body = tape.alloc(use) if sweep.uses_tape else []
     body += preinits(sweep, sweep.preinit) + fwd
     body.append(f"_primal = {primal}")
+    for line, trips, most in sweep.checkpoints:
+        report = f"report_checkpoint_overflow(status, {line}, {prog.tape_capacity}, {trips})"
+        body.append((f"if {trips} > {most}:", [report, result(zero_derivs)]))
     if sweep.dynamic_line is not None:
         for sp, cap, used in (("_spf", "_capf", use.floats), ("_spi", "_capi", use.ints)):
             if not used:

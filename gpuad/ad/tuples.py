@@ -70,7 +70,7 @@ class TupleExpander:
                 out.append(ir.If(s.test, self.block(s.body), self.block(s.orelse), s.line))
             elif isinstance(s, ir.Loop):
                 out.append(ir.Loop(s.var, s.start, s.stop, s.step, self.block(s.body), s.line,
-                                   s.ident, s.exit_flag, s.trips))
+                                   s.ident, s.exit_flag, s.trips, s.checkpoint))
         return out
 
     def flat_index(self, index: tuple) -> tuple:

@@ -16,6 +16,7 @@ from numba.core import types
 from numba.core.compiler import CompilerBase, DefaultPassBuilder, Flags
 from numba.core.registry import cpu_target
 from numba.core.typed_passes import NopythonTypeInference
+from numba.core.untyped_passes import DeadBranchPrune
 
 from gpuad.errors import LoweringError, SourceLocation
 
@@ -24,10 +25,16 @@ _typing_cache: dict = {}
 
 
 class TypeOnly(CompilerBase):
-    """numba's untyped passes (static getitem, SSA...) and type inference; no lowering."""
+    """numba's untyped passes (static getitem, SSA...) and type inference; no lowering.
+
+    Dead-branch pruning is left out: the engine needs the type of every
+    variable, also of those only assigned in a branch whose test numba can
+    fold (`c = 0.25; if c > 0.0:`), since the generated code keeps both branches.
+    """
 
     def define_pipelines(self):
         pm = DefaultPassBuilder.define_untyped_pipeline(self.state)
+        pm.passes = [(cls, what) for cls, what in pm.passes if cls is not DeadBranchPrune]
         pm.add_pass(NopythonTypeInference, "nopython type inference")
         pm.finalize()
         return [pm]

@@ -24,12 +24,20 @@ def cuda_thread_index():
     return cuda.grid(1)
 
 
-def cuda_report_tape_overflow(status, line, capacity, needed):
-    """`report_tape_overflow` for many threads at once: atomics keep the largest need."""
-    if cuda.atomic.cas(status, 0, 0, 1) == 0:
+def cuda_report(status, flag, line, capacity, needed):
+    """`primitives.report` for many threads at once: atomics keep the largest need."""
+    if cuda.atomic.cas(status, 0, 0, flag) == 0:
         status[1] = line
         status[2] = capacity
     cuda.atomic.max(status, 3, needed)
+
+
+def cuda_report_tape_overflow(status, line, capacity, needed):
+    cuda_report(status, 1, line, capacity, needed)
+
+
+def cuda_report_checkpoint_overflow(status, line, capacity, needed):
+    cuda_report(status, 2, line, capacity, needed)
 
 
 def _install_overlays() -> None:
@@ -37,6 +45,7 @@ def _install_overlays() -> None:
     CUDA.add(primitives.atomic_add, cuda.atomic.add, spelled=(cuda, "atomic.add"))
     CUDA.add(primitives.tape_alloc, cuda.local.array, spelled=(cuda, "local.array"))
     CUDA.add(primitives.report_tape_overflow, cuda_report_tape_overflow)
+    CUDA.add(primitives.report_checkpoint_overflow, cuda_report_checkpoint_overflow)
 
 
 _install_overlays()

@@ -1,11 +1,14 @@
 """The per-launch status array: how a kernel reports errors to the host.
 
-Layout (int64): [0] error flag, [1] source line, [2] tape capacity,
-[3] entries needed, [4] emulated thread index (cpu), [5] block size (cpu),
+Layout (int64): [0] error flag (1: tape overflow, 2: checkpointed loop
+too long), [1] source line, [2] tape capacity, [3] entries (or iterations)
+needed, [4] emulated thread index (cpu), [5] block size (cpu),
 [6] grid size (cpu), [7] reserved. The generated derivative writes [0:4]
 when a bounded tape would overflow; the launcher raises `TapeOverflow`.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -13,7 +16,7 @@ from gpuad.errors import SourceLocation, TapeOverflow
 
 SIZE = 8
 FLAG, LINE, CAPACITY, NEEDED, TID, BLOCK, GRID = range(7)
-TAPE_OVERFLOW = 1
+TAPE_OVERFLOW, CHECKPOINT_OVERFLOW = 1, 2
 
 
 def new_status() -> np.ndarray:
@@ -44,13 +47,22 @@ def raise_for_status(status: np.ndarray, kernel_name: str, jobs, tape_capacity: 
             SourceLocation(filename, line, "loop", function),
             hint=f"raise the capacity: gpuad.kernel(tape_capacity={enough})",
         )
+    if status[FLAG] == CHECKPOINT_OVERFLOW:
+        line, ran, segment = int(status[LINE]), int(status[NEEDED]), int(status[CAPACITY])
+        filename, function = _loop_owner(jobs, line)
+        raise TapeOverflow(
+            f"a checkpointed loop in kernel {kernel_name} ran {ran} iterations but tape_capacity="
+            f"{segment} checkpoints at most {segment}*{segment} = {segment * segment}; no result was "
+            "written back", SourceLocation(filename, line, "loop", function),
+            hint=f"raise the capacity: gpuad.kernel(tape_capacity={math.isqrt(ran - 1) + 1})",
+        )
     raise TapeOverflow(f"kernel {kernel_name} reported error code {status[FLAG]}")
 
 
 def _loop_owner(jobs, line: int) -> tuple[str, str]:
     """File and name of the differentiated function whose loop at `line` overflowed."""
     for job in jobs:
-        if f"report_tape_overflow(status, {line}," in job.derivative.source:
+        if f"_overflow(status, {line}," in job.derivative.source:
             code = job.site.function.__code__
             return code.co_filename, code.co_name
     return "<unknown>", ""

@@ -1,0 +1,214 @@
+"""Checkpointed loops (`# gpuad: checkpoint`): recompute segments instead of taping every iteration."""
+# ruff: noqa: B007 - some loops exist for their trip counts
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from numba.core import types
+from test_ad_helpers import fd, status
+
+import gpuad
+from gpuad.ad import differentiate
+from gpuad.ad.typing import jit_derivative
+from gpuad.api import Active, Const, Duplicated, Forward, Reverse, autodiff
+from gpuad.errors import TapeOverflow, UnsupportedConstruct
+
+F64, I64 = types.float64, types.int64
+
+
+def orbit(x, w, n):
+    s = x
+    for i in range(n):  # gpuad: checkpoint
+        s = math.sin(s) * w + 0.01 * i
+    return s
+
+
+def orbit_taped(x, w, n):
+    s = x
+    for i in range(n):
+        s = math.sin(s) * w + 0.01 * i
+    return s
+
+
+def rich_body(x, w, n):
+    """Two carried floats, a carried int, a branch, a static inner loop, a break."""
+    s, t, flips = x, w, 0
+    for i in range(1, n + 1, 2):  # gpuad: checkpoint
+        if s > 0.5:
+            s = s * 0.9 + math.cos(t)
+            flips += 1
+        else:
+            s = s + 0.3 * t
+        for k in range(3):
+            t = t * 0.95 + 0.01 * s * k
+        if flips > 40:
+            break
+    return s * t + flips
+
+
+def while_loop(x, w):
+    s = x
+    k = 0
+    while s < 50.0:  # gpuad: checkpoint
+        s = s * w + math.sin(s)
+        k += 1
+    return s + k
+
+
+def reverse(f, capacity, types_=(F64, F64, I64)):
+    acts = (Active, Active, Const)[:len(types_)]
+    return differentiate(f, Reverse, acts, types_, tape_capacity=capacity)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_checkpointed_loop_matches_the_taped_one(jit):
+    cp, taped = reverse(orbit, 8), reverse(orbit_taped, 100)
+    assert "_g0" in cp.source and "% 8 == 0" in cp.source
+    run = jit_derivative(cp) if jit else cp.function
+    for n in (0, 1, 7, 8, 9, 17, 50, 64):  # around segment boundaries, up to 8 * 8
+        st = status()
+        (dx, dw, _), = run(0.4, 0.9, n, st)
+        (ex, ew, _), = taped.function(0.4, 0.9, n, status())
+        assert (dx, dw) == pytest.approx((ex, ew), rel=1e-14, abs=1e-300), n
+        assert st[0] == 0
+
+
+@pytest.mark.parametrize("f, args, h", [(rich_body, (0.7, 0.8, 60), 1e-3), (rich_body, (0.2, 1.1, 200), 1e-3),
+                                        (while_loop, (1.2, 1.3), 1e-5)])  # s grows like w**k: small steps
+def test_checkpointed_loops_match_finite_differences(f, args, h):
+    types_ = (F64, F64, I64)[:len(args)]
+    d = reverse(f, 12, types_)  # 12 * 12 iterations
+    st = status()
+    derivs, = jit_derivative(d)(*args, st)
+    assert st[0] == 0
+    for k in (0, 1):
+        assert derivs[k] == pytest.approx(fd(f, args, k, h), rel=1e-7, abs=1e-9), k
+
+
+def test_a_loop_longer_than_capacity_squared_reports_an_overflow():
+    d = reverse(orbit, 8)
+    st = status()
+    (dx, dw, _), = d.function(0.4, 0.9, 65, st)
+    assert (dx, dw) == (0.0, 0.0)
+    assert list(st[:4]) == [2, orbit.__code__.co_firstlineno + 2, 8, 65]
+
+
+def test_the_host_raises_with_a_capacity_that_suffices():
+    with pytest.raises(TapeOverflow, match=r"ran 5000 iterations .* 64\*64 = 4096") as info:
+        autodiff(Reverse, orbit, Active(0.4), Active(0.9), 5000)
+    assert "tape_capacity=71" in info.value.hint  # 71 * 71 >= 5000 > 70 * 70
+
+
+def test_forward_mode_ignores_the_comment():
+    (t,) = autodiff(Forward, orbit, Duplicated(0.4, 1.0), Const(0.9), 500)
+    (e,) = autodiff(Forward, orbit_taped, Duplicated(0.4, 1.0), Const(0.9), 500)
+    assert t == e
+
+
+def grad_orbit(x, w, n):
+    (dx, _, _), = autodiff(Reverse, orbit, Active(x), Active(w), n)
+    return dx
+
+
+def test_forward_over_a_checkpointed_reverse():
+    d = differentiate(grad_orbit, Forward, (Duplicated, Const, Const), (F64, F64, I64))
+    (t,) = d.function(0.4, 1.0, 0.9, 30, status())
+    h = 1e-4
+    g = [reverse(orbit, 64).function(0.4 + k * h, 0.9, 30, status())[0][0] for k in (-2, -1, 1, 2)]
+    assert t == pytest.approx((8 * (g[2] - g[1]) - (g[3] - g[0])) / (12 * h), rel=1e-7)
+
+
+def writes_array(a, x, n):
+    for i in range(n):  # gpuad: checkpoint
+        a[i] = x * i
+    return x
+
+
+def dynamic_inner(x, n):
+    s = x
+    for i in range(n):  # gpuad: checkpoint
+        for j in range(i):
+            s = math.sin(s)
+    return s
+
+
+def helper(u):
+    return u * u
+
+
+def calls_helper(x, n):
+    s = x
+    for i in range(n):  # gpuad: checkpoint
+        s = helper(s) * 0.5
+    return s
+
+
+def nested_checkpoint(x, n):
+    s = x
+    for i in range(n):
+        for j in range(3):  # gpuad: checkpoint
+            s = math.sin(s)
+    return s
+
+
+@pytest.mark.parametrize("f, acts, types_, words", [
+    (writes_array, (Duplicated, Active, Const), (types.float64[::1], F64, I64), "cannot write arrays"),
+    (dynamic_inner, (Active, Const), (F64, I64), "run-time trip counts"),
+    (calls_helper, (Active, Const), (F64, I64), "cannot call functions"),
+    (nested_checkpoint, (Active, Const), (F64, I64), "outside other loops"),
+])
+def test_what_cannot_be_checkpointed_is_refused(f, acts, types_, words):
+    with pytest.raises(UnsupportedConstruct, match=words) as info:
+        differentiate(f, Reverse, acts, types_)
+    assert info.value.location.function == f.__name__
+
+
+def drift(x, w, n):
+    s = x
+    for i in range(n):  # gpuad: checkpoint
+        s = s + 0.001 * math.sin(s * w + 0.01 * i)
+    return s
+
+
+def drift_taped(x, w, n):
+    s = x
+    for i in range(n):
+        s = s + 0.001 * math.sin(s * w + 0.01 * i)
+    return s
+
+
+def drift_kernel(xs, ws, dxs, n):
+    i = gpuad.thread_index()
+    if i < xs.shape[0]:
+        (dx, _, _), = autodiff(Reverse, drift, Active(xs[i]), Const(ws[i]), n)
+        dxs[i] = dx
+
+
+def taped_drift_kernel(xs, ws, dxs, n):
+    i = gpuad.thread_index()
+    if i < xs.shape[0]:
+        (dx, _, _), = autodiff(Reverse, drift_taped, Active(xs[i]), Const(ws[i]), n)
+        dxs[i] = dx
+
+
+def check_long_loop_kernel(target: str, n_threads: int = 16) -> None:
+    """1000 iterations: a tape of 32 overflows, 32 checkpoints of 32 iterations suffice."""
+    xs, ws = np.linspace(-1.0, 1.0, n_threads), np.linspace(0.5, 1.0, n_threads)
+    dxs, expected = np.zeros(n_threads), np.zeros(n_threads)
+    taped, checkpointed = (gpuad.kernel(k, target=target, tape_capacity=32)
+                           for k in (taped_drift_kernel, drift_kernel))
+    with pytest.raises(TapeOverflow):
+        taped.launch(n_threads, xs, ws, expected, 1000)
+    checkpointed.launch(n_threads, xs, ws, dxs, 1000)
+    long_tape = gpuad.kernel(taped_drift_kernel, target=target, tape_capacity=1000)
+    long_tape.launch(n_threads, xs, ws, expected, 1000)
+    np.testing.assert_allclose(dxs, expected, rtol=1e-13)
+    assert np.all(np.abs(dxs - 1.0) > 1e-3)  # far from the identity: the loop mattered
+    with pytest.raises(TapeOverflow, match="tape_capacity=33"):
+        checkpointed.launch(n_threads, xs, ws, dxs, 1025)
+
+
+def test_a_kernel_runs_a_loop_its_tape_could_not_hold():
+    check_long_loop_kernel("cpu")
