@@ -100,3 +100,22 @@ def test_forward_over_taped_reverse_reports_the_inner_overflow():
     from gpuad.errors import TapeOverflow
     with pytest.raises(TapeOverflow, match="needed 200 tape entries"):
         autodiff(Forward, grad_looped, Duplicated(0.7, 1.0), 100)
+
+
+def spiral(x, y, steps):
+    for _ in range(steps):
+        x, y = x + 0.1 * math.sin(y), y + 0.1 * x * x
+    return x * y
+
+
+def spiral_dx(x, y, steps):
+    (dx, dy, _), = autodiff(Reverse, spiral, Active(x), Active(y), steps)
+    return dx
+
+
+def test_forward_over_reverse_where_a_const_parameter_becomes_active():
+    # y is Const for the outer forward sweep but the inner adjoint reassigns it from x.
+    (t,) = autodiff(Forward, spiral_dx, Duplicated(0.3, 1.0), Const(0.7), 25)
+    h = 1e-4
+    g = [autodiff(Reverse, spiral, Active(0.3 + k * h), Active(0.7), 25)[0][0] for k in (-2, -1, 1, 2)]
+    assert t == pytest.approx((8 * (g[2] - g[1]) - (g[3] - g[0])) / (12 * h), rel=1e-8)

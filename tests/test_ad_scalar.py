@@ -9,6 +9,7 @@ from numba.core import types
 from test_ad_helpers import fd, forward_partial, reverse_grad, status
 
 from gpuad.ad import differentiate
+from gpuad.ad.typing import jit_derivative
 from gpuad.api import Active, Const, Duplicated, Forward, ForwardWithPrimal, Reverse, ReverseWithPrimal
 from gpuad.errors import AutodiffCallError
 
@@ -235,3 +236,15 @@ def test_source_is_inspectable_and_namespace_by_identity():
     assert inspect.getsource(d.function).startswith(f"def {d.entry}(")
     assert d.namespace["math"] is math
     assert d.namespace["helper"] is helper and d.namespace["two_outputs"] is two_outputs
+
+
+def const_reassigned(x, y):
+    y = y * x + y  # a Const parameter becomes active here
+    return y * x
+
+
+def test_forward_mode_of_a_const_parameter_reassigned_from_an_active_value():
+    d = differentiate(const_reassigned, Forward, (Duplicated, Const), (types.float64, types.float64))
+    for fn in (d.function, jit_derivative(d)):
+        (t,) = fn(0.3, 1.0, 0.7, status())
+        assert t == pytest.approx(2 * 0.7 * 0.3 + 0.7, rel=1e-15)

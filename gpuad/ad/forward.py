@@ -227,7 +227,7 @@ def tangent_function(prog: Program, fn, argtypes: tuple, flags: tuple, site, cal
             params.append("_unused_t_" + p)
     params.append("status")
     sweep = TangentSweep(prog, prep)
-    body = init_tangents(prep) + sweep.block(prep.fir.body)
+    body = init_tangents(prep, flags) + sweep.block(prep.fir.body)
     if prep.fir.ret is None:
         body.append("return None, None")
     else:
@@ -245,10 +245,12 @@ def tangent_ret(prep: Prepared, ret):
     return tuple(tangent_ret(prep, r) for r in ret)
 
 
-def init_tangents(prep: Prepared) -> list:
-    """Zero tangents of active locals so every path defines them."""
+def init_tangents(prep: Prepared, flags: tuple) -> list:
+    """Zero tangents so every path defines them: active locals, and parameters given no tangent
+    (`Const` ones that become active by being reassigned)."""
+    given = {p for p, flag in zip(prep.fir.params, flags) if flag}
     lines = []
-    for name in sorted(prep.active - set(prep.fir.params)):
+    for name in sorted(prep.active - given):
         ty = prep.types.get(name)
         if ty is not None and not isinstance(ty, types.Array):
             lines.append(f"t_{name} = {zero_text(ty)}")
@@ -263,7 +265,7 @@ def forward_entry(prog: Program, fn, mode, prep: Prepared, flags: tuple, argtype
         if flag:
             params.append(("t_" if p in prep.active else "_unused_t_") + p)
     params.append("status")
-    body = init_tangents(prep) + TangentSweep(prog, prep).block(prep.fir.body)
+    body = init_tangents(prep, flags) + TangentSweep(prog, prep).block(prep.fir.body)
     ret = prep.fir.ret
     if ret is None:
         df, primal = "None", "None"
