@@ -205,7 +205,7 @@ def check_long_loop_kernel(target: str, n_threads: int = 16) -> None:
     long_tape = gpuad.kernel(taped_drift_kernel, target=target, tape_capacity=1000)
     long_tape.launch(n_threads, xs, ws, expected, 1000)
     np.testing.assert_allclose(dxs, expected, rtol=1e-13)
-    assert np.all(np.abs(dxs - 1.0) > 1e-3)  # far from the identity: the loop mattered
+    assert np.max(np.abs(dxs - 1.0)) > 0.1  # not the identity: the loop mattered
     with pytest.raises(TapeOverflow, match="tape_capacity=33"):
         checkpointed.launch(n_threads, xs, ws, dxs, 1025)
 
