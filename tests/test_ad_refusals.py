@@ -113,3 +113,16 @@ def test_njit_functions_are_differentiated_through_py_func():
     h = numba.njit(closure_maker(2.0))
     (dx,), = differentiate(h, Reverse, (Active,), (types.float64,)).function(0.2, np.zeros(4, np.int64))
     assert dx == pytest.approx(2.0 * math.cos(0.4))
+
+
+def untypable_local(x):
+    marker = object()  # noqa: F841 - numba cannot type it
+    return x * x
+
+
+def test_what_numba_cannot_type_is_refused_at_the_users_function():
+    from gpuad.errors import LoweringError
+    with pytest.raises(LoweringError, match="numba cannot type untypable_local") as info:
+        differentiate(untypable_local, Reverse, (Active,), (types.float64,))
+    assert info.value.location.filename == __file__
+    assert info.value.location.line == untypable_local.__code__.co_firstlineno

@@ -133,3 +133,13 @@ def test_checkpointed_loop_on_gpu():
     from test_ad_checkpoint import check_long_loop_kernel
 
     check_long_loop_kernel("cuda", n_threads=2048)
+
+
+@pytest.mark.parametrize("name", ["square_at_grid", "square_at_thread_index", "square_at_geometry"])
+def test_differentiated_functions_read_the_thread_index_on_gpu(name):
+    import test_kernel
+
+    n = 100_000
+    x, dx = np.linspace(0.5, 2.0, n), np.zeros(n)
+    gpuad.kernel(test_kernel.square_kernel(getattr(test_kernel, name)), target="cuda").launch(n, x, dx)
+    np.testing.assert_array_equal(dx, 2.0 * x)

@@ -413,3 +413,46 @@ def test_launches_that_break_ownership_are_told_apart():
     assert not ownership_holds(4, 256, (a, a))
     assert not ownership_holds(4, 256, (a, a[3:7]))
     assert not ownership_holds(4, 256, (a[::-1], a[4:6]))
+
+
+def square_at_grid(x):
+    i = cuda.grid(1)
+    return x[i] * x[i]
+
+
+def square_at_thread_index(x):
+    i = gpuad.thread_index()
+    return x[i] * x[i]
+
+
+def square_at_geometry(x):
+    i = cuda.threadIdx.x + cuda.blockIdx.x * cuda.blockDim.x
+    return x[i] * x[i]
+
+
+def square_kernel(f):
+    def grad_square(x, dx):
+        i = cuda.grid(1)
+        if i < x.size:
+            autodiff(Reverse, f, Duplicated(x, dx))
+    return grad_square
+
+
+@pytest.mark.parametrize("f", [square_at_grid, square_at_thread_index, square_at_geometry])
+def test_differentiated_functions_may_read_the_thread_index(f):
+    x, dx = np.linspace(0.5, 2.0, 300), np.zeros(300)
+    kernel = gpuad.kernel(square_kernel(f), target="cpu")
+    kernel.launch(300, x, dx, block=64)
+    np.testing.assert_array_equal(dx, 2.0 * x)
+    assert kernel.compile(x, dx).ptx  # and it lowers for the GPU
+
+
+def atomic_inside(x, y):
+    cuda.atomic.add(y, 0, x[0])
+    return x[0]
+
+
+def test_cuda_intrinsics_a_derivative_cannot_have_are_refused_at_their_line():
+    with pytest.raises(gpuad.errors.UnsupportedConstruct, match="atomic updates inside") as info:
+        autodiff(Reverse, atomic_inside, Duplicated(np.ones(2), np.zeros(2)), np.zeros(1))
+    assert info.value.location.line == atomic_inside.__code__.co_firstlineno + 1

@@ -15,10 +15,10 @@ from numba.core import types
 from gpuad.ad import ir, primitives
 from gpuad.ad.activity import analyse
 from gpuad.ad.emit import Namespace, atom_text, emit_function, expr_text
-from gpuad.ad.normalize import normalize, unwrap
+from gpuad.ad.normalize import cuda_intrinsics, normalize, unwrap
 from gpuad.ad.tuples import expand_tuples
 from gpuad.ad.typing import infer, is_float
-from gpuad.errors import SourceLocation, UnsupportedConstruct
+from gpuad.errors import LoweringError, SourceLocation, UnsupportedConstruct
 
 _typing_cache: dict = {}
 _stub_cache: dict = {}
@@ -99,6 +99,8 @@ class Program:
             stubs: dict = {}
 
             def render(e):
+                if is_thread_index(e, self.ns.objects):
+                    return "0"  # an int, like the real value: numba's CPU typing knows no cuda.grid
                 if isinstance(e, ir.AutodiffCall):
                     stub = autodiff_stub(e.mode, e.f, tuple(c for c, _, _ in e.wrappers),
                                          tuple(len(a) for _, _, a in e.wrappers))
@@ -112,7 +114,11 @@ class Program:
             scope = dict(self.ns.objects)
             scope.update(stubs)
             exec(compile(source, f"<gpuad-normalised {fn.__name__}>", "exec"), scope)
-            _typing_cache[key] = infer(scope[fir.name], argtypes)
+            try:
+                _typing_cache[key] = infer(scope[fir.name], argtypes)
+            except LoweringError as exc:  # point at the user's function, not at our normalised copy
+                where = SourceLocation(fir.filename, fir.firstline, "def", fn.__name__)
+                raise LoweringError(exc.message, where, exc.hint) from exc.__cause__
         return _typing_cache[key]
 
     def check_callee(self, fir: ir.FunctionIR, stmt, func, text: str) -> None:
@@ -126,6 +132,21 @@ class Program:
     def refuse(self, fir: ir.FunctionIR, line: int, construct: str, message: str, hint: str):
         where = SourceLocation(fir.filename, line, construct, fir.func.__name__)
         raise UnsupportedConstruct(message, where, hint)
+
+
+def is_thread_index(e, objects: dict) -> bool:
+    """`cuda.grid(1)`, `gpuad.thread_index()` or a `cuda.threadIdx.x`-like read."""
+    owners, thread_index, _ = cuda_intrinsics()
+    if isinstance(e, ir.Call):
+        return e.func in thread_index
+    if isinstance(e, ir.Copy) and isinstance(e.a, ir.Global) and "." in e.a.name:
+        owner_text, _, attr = e.a.name.rpartition(".")
+        root, *path = owner_text.split(".")
+        owner = objects.get(root)
+        for name in path:
+            owner = getattr(owner, name, None)
+        return owner in owners and attr in "xyz"
+    return False
 
 
 def inert_call(s: ir.Assign, active: set) -> bool:

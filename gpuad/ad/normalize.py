@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import functools
 import inspect
 import linecache
 import textwrap
@@ -68,6 +69,20 @@ REFUSED_EXPRS = {
     ast.Starred: ("*args", "pass arguments explicitly"),
     ast.Slice: ("slice", "index single elements; slices are not differentiated"),
 }
+
+
+@functools.cache
+def cuda_intrinsics() -> tuple[tuple, tuple, dict]:
+    """By identity: the thread-geometry owners (`cuda.threadIdx`...), the functions returning the
+    global thread index, and the CUDA calls a differentiated function may not make (with why)."""
+    from numba import cuda
+
+    owners = (cuda.threadIdx, cuda.blockIdx, cuda.blockDim, cuda.gridDim)
+    refused = {getattr(cuda.atomic, name): "atomic updates" for name in dir(cuda.atomic)
+               if not name.startswith("_")}
+    refused.update({cuda.local.array: "local arrays", cuda.shared.array: "shared memory",
+                    cuda.const.array_like: "constant memory", cuda.syncthreads: "barriers"})
+    return owners, (cuda.grid, api.thread_index), refused
 
 
 def unwrap(fn):
@@ -454,6 +469,9 @@ class Normalizer:
             self.refuse(node, ast.unparse(node), "only .shape, .size and .ndim of local arrays are supported")
         if not isinstance(root, ast.Name):
             self.refuse(node, ast.unparse(node), "use attributes of modules or of local arrays only")
+        if self.resolve(node.value) in cuda_intrinsics()[0] and node.attr in "xyz":
+            # cuda.threadIdx.x and friends: an int read, kept as written (the targets overlay it)
+            return self.assign_temp(ir.Copy(ir.Global(self.bound_text(node))), node)
         obj = self.resolve(node)
         if isinstance(obj, bool | int | float):
             return ir.Const(obj)
@@ -554,6 +572,13 @@ class Normalizer:
             self.refuse(node, ast.unparse(node), "use range() only as the iterable of a for loop")
         if func in (api.autodiff, api.autodiff_deferred):
             return self.autodiff_call(node, func)
+        _, thread_index, refused = cuda_intrinsics()
+        if func in refused:
+            self.refuse(node, ast.unparse(node), f"{refused[func]} inside a differentiated function are not "
+                        "supported: do them in the kernel, outside the autodiff call")
+        if func is thread_index[0] and not (len(node.args) == 1 and isinstance(node.args[0], ast.Constant)
+                                            and node.args[0].value == 1):
+            self.refuse(node, ast.unparse(node), "use cuda.grid(1) here, or pass 2-D indices as arguments")
         if isinstance(func, type) and issubclass(func, api.Activity):
             self.refuse(node, ast.unparse(node), "activity wrappers belong inside autodiff(...) calls")
         if func in (min, max) and len(node.args) > 2:  # min(a, b, c) → min(min(a, b), c)
