@@ -212,3 +212,56 @@ def check_long_loop_kernel(target: str, n_threads: int = 16) -> None:
 
 def test_a_kernel_runs_a_loop_its_tape_could_not_hold():
     check_long_loop_kernel("cpu")
+
+
+# Found by the random-program test (wrong gradients before the fixes): the recomputation must
+# start from every value the body overwrites, and see loop-invariant values the code after the
+# loop overwrites.
+def overwrites_unread(x, a, n):
+    v = x
+    a[0] = math.sin(v)  # its adjoint needs v as it was before the loop
+    for i in range(3 * n):  # gpuad: checkpoint
+        v = math.sin(a[0])
+    return math.sin(v)
+
+
+def overwrites_unread_taped(x, a, n):
+    v = x
+    a[0] = math.sin(v)  # its adjoint needs v as it was before the loop
+    for i in range(3 * n):
+        v = math.sin(a[0])
+    return math.sin(v)
+
+
+def invariant_overwritten_later(x, c, n):
+    v, w = x, 0.25
+    for i in range(n):  # gpuad: checkpoint
+        v = math.sin((v + w) * 0.5)
+    w = math.sin(v)
+    return v * 0.7 - w + c
+
+
+def invariant_overwritten_later_taped(x, c, n):
+    v, w = x, 0.25
+    for i in range(n):
+        v = math.sin((v + w) * 0.5)
+    w = math.sin(v)
+    return v * 0.7 - w + c
+
+
+@pytest.mark.parametrize("f, taped, second", [
+    (overwrites_unread, overwrites_unread_taped, Duplicated),
+    (invariant_overwritten_later, invariant_overwritten_later_taped, Const),
+])
+def test_found_checkpointing_programs(f, taped, second):
+    ty = types.float64[::1] if second is Duplicated else F64
+    for n in (0, 1, 2, 5, 7):  # segments of 5: none, one, several
+        results = []
+        for fn, capacity in ((f, 5), (taped, 64)):
+            d = differentiate(fn, Reverse, (Active, second, Const), (F64, ty, I64), tape_capacity=capacity)
+            args = (np.zeros(2), np.zeros(2)) if second is Duplicated else (0.3,)
+            st = status()
+            (dx, *_), = d.function(0.4, *args, n, st)
+            assert st[0] == 0
+            results.append(dx)
+        assert results[0] == pytest.approx(results[1], rel=1e-14, abs=1e-300), n

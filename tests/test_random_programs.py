@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from gpuad import Active, Const, Duplicated, Forward, ForwardWithPrimal, Reverse, ReverseWithPrimal, autodiff
-from gpuad.ad import differentiate
+from gpuad.ad import DEFAULT_TAPE_CAPACITY, differentiate
 
 EXAMPLES = int(os.environ.get("GPUAD_HYPOTHESIS_EXAMPLES", "25"))
 # CI sees the same programs every run; GPUAD_HYPOTHESIS_RANDOM=1 lets `--hypothesis-seed=K`
@@ -38,6 +38,10 @@ SETTINGS = settings(max_examples=EXAMPLES, deadline=None, database=None,
 FEW = settings(SETTINGS, max_examples=max(3, EXAMPLES // 100))
 N_ARRAY = 4
 FLOATS = ["v0", "v1", "v2", "v3"]
+CHECKPOINT = "  # gpuad: checkpoint"
+# Checkpointed loops run up to 3n + 1 = 13 times (a while loop's last trip only tests): segments of
+# 5; every other run-time loop at most n + 1 = 5 times.
+CHECKPOINT_CAPACITY = 5
 
 
 # --- program generation ------------------------------------------------------------------------
@@ -127,15 +131,33 @@ class Gen:
         self.loop_vars.append(var)
         body = self.block(depth + 1, True)
         self.loop_vars.pop()
+        # A top-level loop may be checkpointed where gpuad allows it; it then runs up to 3n
+        # times, so that with CHECKPOINT_CAPACITY it spans several segments.
+        checkpoint = depth == 0 and checkpointable(body) and self.draw(st.booleans())
+        trips = "3 * n" if checkpoint else "n"
         if kind == "for_const":
-            return ("for", var, f"range({self.draw(st.integers(0, 3))})", body)
+            return ("for", var, f"range({self.draw(st.integers(0, 3))})", body, checkpoint)
         if kind == "for_n":
-            bounds = self.choice(["n", "1, n + 1", "n, 0, -1", "0, n, 2"])
-            return ("for", var, f"range({bounds})", body)
-        return ("while", var, body)
+            bounds = self.choice([trips, f"1, {trips} + 1", f"{trips}, 0, -1", f"0, {trips}, 2"])
+            return ("for", var, f"range({bounds})", body, checkpoint)
+        return ("while", var, body, checkpoint, trips)
 
     def program(self):
         return self.block(0, False)
+
+
+def checkpointable(body) -> bool:
+    """No array writes and no loops with run-time trip counts (what gpuad refuses to checkpoint)."""
+    for s in body:
+        if isinstance(s, str):
+            if s.startswith("a["):
+                return False
+        elif s[0] == "if":
+            if not checkpointable(s[2]) or (s[3] and not checkpointable(s[3])):
+                return False
+        elif s[0] == "while" or "n" in s[2].removeprefix("range(") or not checkpointable(s[3]):
+            return False
+    return True
 
 
 def render(stmts, name: str, traced: bool) -> str:
@@ -159,14 +181,14 @@ def render(stmts, name: str, traced: bool) -> str:
                 for s in orelse:
                     emit(s, indent + 1)
         elif stmt[0] == "for":
-            _, var, rng, body = stmt
-            lines.append(f"{pad}for {var} in {rng}:")
+            _, var, rng, body, checkpoint = stmt
+            lines.append(f"{pad}for {var} in {rng}:" + CHECKPOINT * checkpoint)
             for s in body:
                 emit(s, indent + 1)
         else:  # while with an int counter up to n (continue must not skip the increment)
-            _, var, body = stmt
+            _, var, body, checkpoint, trips = stmt
             lines.append(f"{pad}{var} = 0")
-            lines.append(f"{pad}while {var} < n:")
+            lines.append(f"{pad}while {var} < {trips}:" + CHECKPOINT * checkpoint)
             lines.append(f"{pad}    {var} += 1")
             for s in body:
                 emit(s, indent + 1)
@@ -269,7 +291,8 @@ ARG_TYPES = (numba.float64, numba.float64, numba.types.Array(numba.float64, 1, "
 
 
 def reverse_by_engine(prog, mode, x, y, a, da, n):
-    d = differentiate(prog.fn, mode, (Active, Active, Duplicated, Const), ARG_TYPES)
+    capacity = CHECKPOINT_CAPACITY if CHECKPOINT in prog.source else DEFAULT_TAPE_CAPACITY
+    d = differentiate(prog.fn, mode, (Active, Active, Duplicated, Const), ARG_TYPES, tape_capacity=capacity)
     status = np.zeros(4, np.int64)
     result = d.function(x, y, a, da, n, status)
     assert status[0] == 0
@@ -345,7 +368,7 @@ def check_forward(prog, values, runner):
 # Found by the reverse tests below at 150 examples (not within CI's 25): the branch decision of a
 # while loop was pushed before the values its body taped, and popped in the wrong order. Pinned
 # here for every runner.
-WHILE_PROGRAM = make_program([("while", "i0", ["v0 = 0.6 * v0 + 0.4 * math.sin(a[i0 % 4])"])])
+WHILE_PROGRAM = make_program([("while", "i0", ["v0 = 0.6 * v0 + 0.4 * math.sin(a[i0 % 4])"], False, "n")])
 WHILE_VALUES = (0.0, 0.0, [0.0, 0.0, 0.0, 0.0], 1, [0.0] * 6)
 
 

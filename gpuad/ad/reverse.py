@@ -248,8 +248,11 @@ class AdjointSweep:
         self.depth += 1
         fb, rb, ub = self.block(s.body)
         self.depth -= 1
+        # The reverse sweep runs the body again: what it reads must be restored by then, like
+        # what adjoints read (values the code after the loop overwrites are saved).
+        self.reads |= loop_reads(s)
         snap_f, snap_r, snap_use = [], [], TapeUse()
-        for name in sorted(loop_state(s)):
+        for name in sorted(loop_state(s, self.types)):
             if name not in self.fir.params:
                 self.preinit.add(name)
             code, u = tape.push(name, self.types[name])
@@ -258,6 +261,8 @@ class AdjointSweep:
             snap_use = snap_use + u
         self.uses_tape = True
         n, g, m, j, r = (f"{v}{s.ident}" for v in ("_n", "_g", "_m", "_j", "_r"))
+        self.types[n] = types.int64
+        self.preinit.add(n)  # the overflow check after the forward sweep reads it on every path
         exit_ = [(f"if {s.exit_flag}:", ["break"])] if s.exit_flag else []
         body = [(f"if {n} % {k} == 0:", snap_f), f"{n} += 1"] + primal_code(s.body) + exit_
         fr, rr, ur = self.record(n)
@@ -353,32 +358,27 @@ class AdjointSweep:
         return fwd, rev, TapeUse()
 
 
-def loop_state(s: ir.Loop) -> set:
-    """Variables an iteration reads before assigning them, and assigns: what iterations carry."""
-    assigned = {n for t in ir.walk(s.body) if isinstance(t, ir.Assign) for n in ir.target_names(t.target)}
-    return exposed_reads(s.body, set()) & assigned
+def loop_state(s: ir.Loop, localtypes: dict) -> set:
+    """The scalars a loop's body assigns: a segment's recomputation must start from their values
+    (those read before being assigned, and those whose overwritten values it saves and restores)."""
+    return {n for t in ir.walk(s.body) if isinstance(t, ir.Assign) for n in ir.target_names(t.target)
+            if not isinstance(localtypes.get(n), types.Array)}
 
 
-def exposed_reads(stmts: list, defined: set) -> set:
-    """Names `stmts` may read before assigning them (`defined`: assigned before; updated)."""
-    def reads(atoms) -> set:
-        return {a.name for a in atoms if isinstance(a, ir.Var)} - defined
-
-    exposed = set()
-    for t in stmts:
+def loop_reads(s: ir.Loop) -> set:
+    """Every variable a loop's body (and its nested loops' bounds) reads."""
+    names = set()
+    for t in ir.walk(s.body):
         if isinstance(t, ir.Assign):
-            exposed |= reads(ir.atoms_of(t.value))
-            defined.update(ir.target_names(t.target))
+            atoms = ir.atoms_of(t.value)
         elif isinstance(t, ir.Store):
-            exposed |= reads([*t.index, t.value])
+            atoms = [*t.index, t.value]
         elif isinstance(t, ir.If):
-            exposed |= reads([t.test])
-            in_body, in_orelse = set(defined), set(defined)
-            exposed |= exposed_reads(t.body, in_body) | exposed_reads(t.orelse, in_orelse)
-            defined |= in_body & in_orelse
-        else:  # a nested loop may run no iteration: what it assigns is not defined after it
-            exposed |= reads([t.start, t.stop, t.step]) | exposed_reads(t.body, set(defined) | {t.var})
-    return exposed
+            atoms = [t.test]
+        else:
+            atoms = [t.start, t.stop, t.step]
+        names.update(a.name for a in atoms if isinstance(a, ir.Var))
+    return names
 
 
 def index_text_of(s: ir.Loop, k: str) -> str:
