@@ -201,7 +201,8 @@ class _CallRewriter(ast.NodeTransformer):
         self.counter = 0
         self.thread_id_names = thread_id_names(parsed.tree, namespace) if interp.thread_ownership else set()
         self.is_root = fn is interp._root
-        self.name_uses = name_uses(parsed.tree)  # before the rewrite adds names of its own
+        # Read before the rewrite adds names of its own; only the kernel's shadows can be exclusive.
+        self.name_uses = name_uses(parsed.tree) if self.is_root else {}
 
     def location(self, node: ast.AST) -> SourceLocation:
         return SourceLocation(

@@ -3,7 +3,7 @@
 `Namespace` binds every global object the generated source refers to under a
 name, by identity, renaming on clashes so that callees from different modules
 can share one generated module. `Writer` collects indented lines. The
-`*_text` helpers render atoms, expressions and targets; `emit_primal` renders
+`*_text` helpers render atoms, expressions and targets; `primal_code` renders
 a statement list unchanged (used to type the normalised function and as the
 forward part of every derivative).
 """
@@ -124,34 +124,32 @@ def loop_header(loop: ir.Loop) -> str:
     return f"for {loop.var} in {range_text(loop)}:"
 
 
-def emit_primal(stmts: list, w: Writer, render=expr_text) -> None:
-    """Render statements as plain Python (no derivative code)."""
+def primal_code(stmts: list, expr=expr_text) -> list:
+    """Statements as plain Python (no derivative code), in the nested form `render` takes."""
+    code = []
     for s in stmts:
         if isinstance(s, ir.Assign):
-            w.line(f"{target_text(s.target)} = {render(s.value)}")
+            code.append(f"{target_text(s.target)} = {expr(s.value)}")
         elif isinstance(s, ir.Store):
-            w.line(f"{s.array}[{index_text(s.index)}] = {atom_text(s.value)}")
+            code.append(f"{s.array}[{index_text(s.index)}] = {atom_text(s.value)}")
         elif isinstance(s, ir.If):
-            with w.block(f"if {atom_text(s.test)}:"):
-                emit_primal(s.body, w, render)
+            code.append((f"if {atom_text(s.test)}:", primal_code(s.body, expr)))
             if s.orelse:
-                with w.block("else:"):
-                    emit_primal(s.orelse, w, render)
+                code.append(("else:", primal_code(s.orelse, expr)))
         elif isinstance(s, ir.Loop):
-            with w.block(loop_header(s)):
-                emit_primal(s.body, w, render)
-                if s.exit_flag:
-                    with w.block(f"if {s.exit_flag}:"):
-                        w.line("break")
+            exit_ = [(f"if {s.exit_flag}:", ["break"])] if s.exit_flag else []
+            code.append((loop_header(s), primal_code(s.body, expr) + exit_))
         else:
             raise TypeError(s)
+    return code
 
 
-def emit_function(fir: ir.FunctionIR, render=expr_text) -> str:
+def emit_function(fir: ir.FunctionIR, expr=expr_text) -> str:
     """The normalised function as a standalone `def` (for typing and display)."""
     w = Writer()
     with w.block(f"def {fir.name}({', '.join(fir.params)}):"):
-        emit_primal(fir.body, w, render)
+        for line in render(primal_code(fir.body, expr)):
+            w.line(line)
         if fir.ret is not None:
             w.line(f"return {target_text(fir.ret)}")
     return w.text() + "\n"

@@ -24,6 +24,7 @@ from gpuad.ad.emit import (
     index_text,
     loop_header,
     names_read,
+    primal_code,
     render,
     scaled,
     target_text,
@@ -212,12 +213,7 @@ class AdjointSweep:
     def loop(self, s: ir.Loop) -> tuple[list, list, TapeUse]:
         if s.checkpoint:
             return self.checkpointed_loop(s)
-        fv, rv, uv = self.save(s.var) if s.var else ([], [], TapeUse())
-        if s.var:
-            self.assigned.add(s.var)
-        self.depth += 1
-        fb, rb, ub = self.block(s.body)
-        self.depth -= 1
+        (fv, rv, uv), (fb, rb, ub) = self.loop_parts(s)
         exit_ = [(f"if {s.exit_flag}:", ["break"])] if s.exit_flag else []
         if not rb:
             return fv + [(loop_header(s), fb + exit_)], rv, uv + ub * self.trips(s, ub)
@@ -231,6 +227,16 @@ class AdjointSweep:
         rev = rr + [(f"for {k} in range({n} - 1, -1, -1):", body + rb)] + rv
         return fwd, rev, uv + ub * self.trips(s, ub) + ur
 
+    def loop_parts(self, s: ir.Loop) -> tuple[tuple, tuple]:
+        """(saving the loop variable, one iteration of the body), as (forward, reverse, use) each."""
+        var = self.save(s.var) if s.var else ([], [], TapeUse())
+        if s.var:
+            self.assigned.add(s.var)
+        self.depth += 1
+        body = self.block(s.body)
+        self.depth -= 1
+        return var, body
+
     def checkpointed_loop(self, s: ir.Loop) -> tuple[list, list, TapeUse]:
         """A loop run without taping, snapshotting its state every K iterations.
 
@@ -242,12 +248,7 @@ class AdjointSweep:
         """
         self.check_checkpointable(s)
         k = self.prog.tape_capacity
-        fv, rv, uv = self.save(s.var) if s.var else ([], [], TapeUse())
-        if s.var:
-            self.assigned.add(s.var)
-        self.depth += 1
-        fb, rb, ub = self.block(s.body)
-        self.depth -= 1
+        (fv, rv, uv), (fb, rb, ub) = self.loop_parts(s)
         # The reverse sweep runs the body again: what it reads must be restored by then, like
         # what adjoints read (values the code after the loop overwrites are saved).
         self.reads |= loop_reads(s)
@@ -386,24 +387,6 @@ def index_text_of(s: ir.Loop, k: str) -> str:
     start, step = atom_text(s.start), atom_text(s.step)
     index = k if step == "1" else f"({k}) * {step}" if " " in k else f"{k} * {step}"
     return index if start == "0" else f"{start} + {index}"
-
-
-def primal_code(stmts: list) -> list:
-    """Statements as plain Python, in the sweeps' nested-list form."""
-    code = []
-    for s in stmts:
-        if isinstance(s, ir.Assign):
-            code.append(f"{target_text(s.target)} = {expr_text(s.value)}")
-        elif isinstance(s, ir.Store):
-            code.append(f"{s.array}[{index_text(s.index)}] = {atom_text(s.value)}")
-        elif isinstance(s, ir.If):
-            code.append((f"if {atom_text(s.test)}:", primal_code(s.body) or ["pass"]))
-            if s.orelse:
-                code.append(("else:", primal_code(s.orelse)))
-        else:
-            exit_ = [(f"if {s.exit_flag}:", ["break"])] if s.exit_flag else []
-            code.append((loop_header(s), primal_code(s.body) + exit_ or ["pass"]))
-    return code
 
 
 class SplitInfo:
