@@ -6,11 +6,14 @@ import math
 import numba
 import numpy as np
 import pytest
+from corpus import exec_source
+from numba import cuda
 from test_ad_helpers import status
 
+import gpuad
 from gpuad.ad import differentiate
 from gpuad.ad.typing import jit_derivative
-from gpuad.api import Const, Duplicated, DuplicatedNoNeed, Forward, Reverse
+from gpuad.api import Const, Duplicated, DuplicatedNoNeed, Forward, Reverse, autodiff
 
 VEC = numba.typeof(np.zeros(4))
 MAT = numba.typeof(np.zeros((4, 3)))
@@ -112,6 +115,148 @@ def test_only_the_arrays_indexed_by_the_id_are_own():
     d = reverse(own_and_other, (VEC, VEC, INT), (Duplicated, Duplicated, Const), {2}, {0, 1})
     assert d.own_arrays == {"x"}
     assert "atomic_add(d_y, 0" in d.source
+
+
+# ---- the thread-own rule: one index position holds the id in every access of the array
+
+
+def cross(m, i):
+    d = 0.0
+    for k in range(m.shape[1]):
+        d += m[i, k] * m[k, i]
+    return d
+
+
+def test_the_id_at_two_positions_keeps_the_atomics():
+    """Threads a and b both update element (a, b): m[a, b] in a's row, m[a, b] in b's column."""
+    d = reverse(cross, (MAT, INT), (Duplicated, Const), {1}, {0})
+    assert d.own_arrays == frozenset()
+    assert "atomic_add(d_m, (i, k)" in d.source
+    assert "atomic_add(d_m, (k, i)" in d.source
+
+
+# Pairs of index patterns of a 4x4 matrix `m`, read as `m[A] * m[B]` or written `m[A] = m[B]`,
+# with `i` the thread id, `j = i` a copy of it and `k` a loop variable. `races` checks each
+# label: in a racy pair two threads touch one element.
+SOUND_PAIRS = [
+    ("i, k", "i, k"), ("i, k", "i, 0"), ("i, i", "i, k"), ("j, k", "i, 0"), ("k, i", "0, i"),
+    ("i, k", "j, i"), ("i, -1", "i, k"), ("i, k", "i, 3 - k"), ("0, i", "i, i"),
+]
+RACY_PAIRS = [
+    ("i, k", "k, i"), ("i, 1", "0, i"), ("i, k", "k, k"), ("i, k", "0, 0"), ("i + 1, k", "i, k"),
+    ("i, k", "k, j"), ("2 * i, k", "i, k"), ("i, k", "k, 0"), ("i, k", "3 - i, k"),
+]
+
+
+def races(a: str, b: str, n: int = 4) -> bool:
+    """Whether two of n threads touch one element of an n x n matrix (or n-vector)."""
+    def touched(t):
+        cells = set()
+        for k in range(n):
+            for pattern in (a, b):
+                cell = tuple(eval(f"({pattern},)", {"i": t, "j": t, "k": k}))  # noqa: S307
+                if all(-n <= c < n for c in cell):
+                    cells.add(tuple(c % n for c in cell))
+        return cells
+
+    return any(touched(t) & touched(u) for t in range(n) for u in range(t))
+
+
+READS = """def {name}(m, i):
+    j = i
+    s = 0.0
+    for k in range(m.shape[0]):
+        s += m[{a}] * m[{b}]
+    return s
+"""
+WRITES = """def {name}(m, i):
+    j = i
+    s = 0.0
+    for k in range(m.shape[0]):
+        v = m[{b}]
+        m[{a}] = v * 2.0
+        s += v
+    return s
+"""
+_programs = iter(range(1_000_000))
+
+
+def pattern_function(template: str, a: str, b: str):
+    k = next(_programs)
+    name = f"pattern_{k}"
+    return exec_source(template.format(name=name, a=a, b=b), f"<site-facts pattern {k}>", {})[name]
+
+
+@pytest.mark.parametrize("template", [READS, WRITES], ids=["reads", "writes"])
+@pytest.mark.parametrize("a, b", SOUND_PAIRS + [(b, a) for a, b in SOUND_PAIRS])
+def test_the_id_at_one_position_in_every_access_drops_the_atomics(template, a, b):
+    assert not races(a, b)
+    d = reverse(pattern_function(template, a, b), (MAT, INT), (Duplicated, Const), {1}, {0})
+    assert d.own_arrays == {"m"}
+    assert "atomic_add" not in d.source
+
+
+@pytest.mark.parametrize("template", [READS, WRITES], ids=["reads", "writes"])
+@pytest.mark.parametrize("a, b", RACY_PAIRS + [(b, a) for a, b in RACY_PAIRS])
+def test_accesses_other_threads_can_reach_keep_the_atomics(template, a, b):
+    assert races(a, b)
+    d = reverse(pattern_function(template, a, b), (MAT, INT), (Duplicated, Const), {1}, {0})
+    assert d.own_arrays == frozenset()
+    assert "atomic_add(d_m" in d.source
+
+
+@pytest.mark.parametrize("a, b, own", [("i", "j", True), ("i", "k", False), ("i", "0", False),
+                                       ("j", "i + 1", False), ("i", "-1", False)])
+def test_vectors_follow_the_same_rule(a, b, own):
+    assert races(a, b) != own
+    d = reverse(pattern_function(READS, a, b), (VEC, INT), (Duplicated, Const), {1}, {0})
+    assert d.own_arrays == ({"m"} if own else frozenset())
+
+
+def rotated_cross(m, i):
+    """`cross` with the columns visited from a per-thread start: threads a and b meet on element
+    (a, b) in the same iteration (k = a + b), so without atomics a warp loses updates."""
+    n = m.shape[0]
+    d = 0.0
+    for k in range(n):
+        c = (k - i) % n
+        d += m[i, c] * m[c, i]
+    return d
+
+
+def cross_kernel(m, dm):
+    i = cuda.grid(1)
+    if i < m.shape[0]:
+        autodiff(Reverse, cross, Duplicated(m, dm), i)
+
+
+def rotated_cross_kernel(m, dm):
+    i = cuda.grid(1)
+    if i < m.shape[0]:
+        autodiff(Reverse, rotated_cross, Duplicated(m, dm), i)
+
+
+CROSS_KERNELS = [cross_kernel, rotated_cross_kernel]
+
+
+def check_cross_kernel(body, target: str, n: int) -> gpuad.kernel:
+    """Every thread adds its d(sum_k m[i,k] m[k,i]) into one shared shadow: dm = 2 m^T."""
+    m = np.random.default_rng(7).uniform(-1.0, 1.0, (n, n))
+    dm = np.zeros((n, n))
+    k = gpuad.kernel(body, target=target, tape_capacity=n)
+    k.launch(n, m, dm)
+    np.testing.assert_allclose(dm, 2.0 * m.T, rtol=1e-14, atol=1e-15)
+    return k
+
+
+@pytest.mark.parametrize("body", CROSS_KERNELS)
+def test_the_cross_kernel_keeps_its_atomics_and_its_gradient(body):
+    m, dm = np.zeros((8, 8)), np.zeros((8, 8))
+    record = gpuad.kernel(body).compile(m, dm)
+    (job,) = record.jobs
+    assert job.own_shadows == ()
+    assert "atomic_add(d_m" in record.adjoint_sources[job.id]
+    check_cross_kernel(body, "cpu", 48)
 
 
 def scatter_square(x, out, n):

@@ -143,3 +143,13 @@ def test_differentiated_functions_read_the_thread_index_on_gpu(name):
     x, dx = np.linspace(0.5, 2.0, n), np.zeros(n)
     gpuad.kernel(test_kernel.square_kernel(getattr(test_kernel, name)), target="cuda").launch(n, x, dx)
     np.testing.assert_array_equal(dx, 2.0 * x)
+
+
+@pytest.mark.parametrize("name", ["cross_kernel", "rotated_cross_kernel"])
+def test_the_id_at_two_positions_keeps_atomics_on_gpu(name):
+    """`d += m[i, k] * m[k, i]`: threads a and b both update element (a, b) of the shadow;
+    without atomics updates are lost (dm would not be 2 m^T)."""
+    import test_ad_site_facts
+
+    k = test_ad_site_facts.check_cross_kernel(getattr(test_ad_site_facts, name), "cuda", 1024)
+    assert not any(c.drops_atomics for c in k._cuda.values())

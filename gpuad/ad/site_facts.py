@@ -1,12 +1,28 @@
 """What a call site lets the entry function skip: atomics, and stores nobody reads.
 
-Atomics. The reverse sweep accumulates `d_a[i] += ...` atomically, since other threads
-may update the same element. Stage 1 tells the engine which parameters hold
-the thread's global id and which Duplicated arrays' shadows no other call of
-the kernel can reach (`gpuad.interpreter.site_ownership`). An array is then
-thread-own here when every access to it indexes it by such an id, unchanged
-(no arithmetic that could alias a neighbour), and it reaches no other
-function: its shadow elements are updated by exactly one thread.
+Atomics. The reverse sweep accumulates `d_a[...] += ...` atomically, since
+other threads may update the same element. Stage 1 tells the engine which
+parameters hold the thread's global id (`cuda.grid(1)`: distinct in every
+thread of the 1-D launch the kernel checks for) and which Duplicated arrays'
+shadows no other call of the kernel can reach
+(`gpuad.interpreter.site_ownership`). The shadow updates of such an array `a`
+skip the atomic only when `a` is *thread-own*:
+
+  there is one index position p such that EVERY access of `a` (load or store)
+  holds a thread id at position p: the id parameter itself or a plain copy of
+  it, each bound once and never changed (`a[i, k]`, `j = i; a[j, 0]`).
+
+Then every element this thread touches has coordinate p equal to its own id,
+and every other thread's elements have coordinate p equal to a different id:
+the sets are disjoint, whatever the other positions hold (`a[i, k]` for `k`
+in a loop touches only row i: the row is the thread's). The rule fails, and
+the atomics stay, when
+  - the id is at different positions in different accesses (`a[i, k]` and
+    `a[k, i]`: threads i and k both update `(i, k)`),
+  - some access does not hold the id at all (`a[i, 0]` and `a[0, 0]`, `a[k]`),
+  - the id is changed or computed (`a[i + 1]`, `i = i + 1`, `j = 2 * i`),
+  - `a` is passed on, copied, packed or aliased (other code could index it).
+An id at several positions (`a[i, i]`) is fine: position 0 still holds it.
 
 Stores. `DuplicatedNoNeed(a, da)` says the caller does not need what `f`
 writes into `a` (Enzyme). Where `f` never reads `a` back, its stores are
@@ -57,24 +73,32 @@ def thread_ids(fir: ir.FunctionIR, params: set, reassigned: set) -> set:
 
 
 def only_indexed_by(stmts: list, array: str, ids: set | None, loads: bool = True) -> bool:
-    """Every use of `array` is a store (or with `loads`, a load) whose index holds one of `ids`.
-
-    `ids=None` accepts any index.
-    """
-    def own(index) -> bool:
-        return ids is None or any(isinstance(a, ir.Var) and a.name in ids for a in index)
-
-    for s in ir.walk(stmts):
-        if isinstance(s, ir.Store) and s.array == array and not own(s.index):
+    """Every use of `array` is a store (or with `loads`, a load) and, unless `ids` is None, one
+    index position holds one of `ids` in all of them (the rule in the module docstring)."""
+    common = None  # the positions holding an id in every access so far
+    for index in accesses(stmts, array, loads):
+        if index is None:
             return False
+        if ids is None:
+            continue
+        here = {p for p, a in enumerate(index) if isinstance(a, ir.Var) and a.name in ids}
+        common = here if common is None else common & here
+        if not common:
+            return False
+    return True
+
+
+def accesses(stmts: list, array: str, loads: bool):
+    """The index of every store to (and load of) `array`; None for any other use of it."""
+    for s in ir.walk(stmts):
+        if isinstance(s, ir.Store) and s.array == array:
+            yield s.index
         if not isinstance(s, ir.Assign):
             continue
         e = s.value
         if isinstance(e, ir.Load) and e.array.name == array:
-            if not (loads and own(e.index)):
-                return False
+            yield e.index if loads else None
         elif isinstance(e, ir.Attr):
             continue  # a.shape / a.size
         elif any(isinstance(a, ir.Var) and a.name == array for a in ir.atoms_of(e)):
-            return False  # copied, packed or passed on: other code could index it
-    return True
+            yield None  # copied, packed or passed on: other code could index it
