@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from numba.core import types
 
+import gpuad
 from gpuad.ad import differentiate
-from gpuad.api import Active, Const, Duplicated, Reverse
-from gpuad.errors import UnsupportedConstruct
+from gpuad.api import Active, Const, Duplicated, Forward, Reverse, autodiff
+from gpuad.errors import AutodiffCallError, UnsupportedConstruct
 
 
 def uses_try(x):
@@ -126,3 +127,79 @@ def test_what_numba_cannot_type_is_refused_at_the_users_function():
         differentiate(untypable_local, Reverse, (Active,), (types.float64,))
     assert info.value.location.filename == __file__
     assert info.value.location.line == untypable_local.__code__.co_firstlineno
+
+
+# ---- complex values: no rule knows them, so they are refused instead of giving zero derivatives
+
+J = 2j
+
+
+def square(z):
+    return z * z
+
+
+def first_squared(a):
+    return a[0] * a[0]
+
+
+def modulus_of_built(x):
+    y = x * 3.0
+    z = complex(x, y)
+    return abs(z)
+
+
+def modulus_of_global(x):
+    y = x * 3.0
+    z = y * J
+    return abs(z)
+
+
+COMPLEX_ARRAY = types.complex128[::1]
+
+
+@pytest.mark.parametrize("mode", [Reverse, Forward])
+@pytest.mark.parametrize("f, acts, argtypes", [
+    (square, (Active,), (types.complex128,)),
+    (square, (Const,), (types.complex64,)),
+    (first_squared, (Duplicated,), (COMPLEX_ARRAY,)),
+    (first_squared, (Const,), (COMPLEX_ARRAY,)),
+    (square, (Const,), (types.Tuple((types.float64, types.complex128)),)),
+])
+def test_complex_arguments_are_refused_by_name(mode, f, acts, argtypes):
+    if mode is Forward and acts == (Active,):
+        acts = (Duplicated,)
+    with pytest.raises(AutodiffCallError, match=r"argument 0 \(`\w`\) is complex .*does not support complex"):
+        differentiate(f, mode, acts, argtypes)
+
+
+def test_complex_active_scalars_and_arrays_are_refused_on_the_host():
+    with pytest.raises(AutodiffCallError, match="complex"):
+        autodiff(Reverse, square, Active(1 + 2j))
+    with pytest.raises(AutodiffCallError, match="complex"):
+        autodiff(Reverse, first_squared, Duplicated(np.ones(2, complex), np.zeros(2, complex)))
+
+
+def complex_kernel(a, da):
+    i = gpuad.thread_index()
+    if i < a.size:
+        autodiff(Reverse, first_squared, Duplicated(a, da))
+
+
+def test_complex_arrays_are_refused_in_kernels():
+    a, da = np.ones(4, complex), np.zeros(4, complex)
+    with pytest.raises(AutodiffCallError, match="complex") as info:
+        gpuad.kernel(complex_kernel, target="cpu").launch(4, a, da)
+    assert info.value.location.function == "first_squared"
+    with pytest.raises(AutodiffCallError, match="complex"):
+        gpuad.kernel(complex_kernel).compile(a, da)
+
+
+@pytest.mark.parametrize("mode", [Reverse, Forward])
+@pytest.mark.parametrize("f", [modulus_of_built, modulus_of_global])
+def test_complex_values_computed_in_the_body_are_refused_at_their_line(mode, f):
+    act = Active if mode is Reverse else Duplicated
+    with pytest.raises(UnsupportedConstruct, match="complex value .*does not support complex") as info:
+        differentiate(f, mode, (act,), (types.float64,))
+    assert info.value.location.filename == __file__
+    assert info.value.location.line == f.__code__.co_firstlineno + 2
+    assert info.value.location.function == f.__name__

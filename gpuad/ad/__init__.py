@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from numba.core import types
 
 from gpuad import api
-from gpuad.ad.engine import Program, array_dtype_is_float
+from gpuad.ad.engine import Program, array_dtype_is_float, holds_complex
 from gpuad.ad.normalize import unwrap
 from gpuad.ad.rules import rule
 from gpuad.ad.site_facts import entry_facts
@@ -76,6 +76,11 @@ def check_call(fn, mode, activities, argtypes) -> None:
         if issubclass(act, api.Duplicated) and mode.reverse and not isinstance(ty, types.Array):
             raise AutodiffCallError(f"Duplicated scalar argument {i} in reverse mode", where,
                                     "use Active(x) for scalars in reverse mode")
+        if holds_complex(ty):
+            raise AutodiffCallError(
+                f"argument {i} (`{code.co_varnames[i]}`) is complex ({ty}): gpuad does not support "
+                "complex values", where, "pass real and imaginary parts as separate float arguments "
+                "(or float arrays)")
 
 
 def entry_name(fn, mode) -> str:

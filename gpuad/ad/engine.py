@@ -87,6 +87,7 @@ class Program:
         localtypes = dict(typing.locals)
         for p, ty in zip(fir.params, argtypes):
             localtypes[p] = ty
+        refuse_complex(fir, localtypes)
         fir, localtypes = expand_tuples(fir, localtypes)
         active_params = {p for p, flag, ty in zip(fir.params, active_flags, argtypes)
                          if flag and (is_float(ty) or array_dtype_is_float(ty))}
@@ -132,6 +133,33 @@ class Program:
     def refuse(self, fir: ir.FunctionIR, line: int, construct: str, message: str, hint: str):
         where = SourceLocation(fir.filename, line, construct, fir.func.__name__)
         raise UnsupportedConstruct(message, where, hint)
+
+
+def holds_complex(ty) -> bool:
+    """A complex number, an array of them, or a tuple holding one (numba types)."""
+    if isinstance(ty, types.Array):
+        ty = ty.dtype
+    if isinstance(ty, types.BaseTuple):
+        return any(holds_complex(t) for t in ty)
+    return isinstance(ty, types.Complex)
+
+
+def refuse_complex(fir: ir.FunctionIR, localtypes: dict) -> None:
+    """No derivative rule knows complex numbers: refuse the first value numba types as complex."""
+    def refuse(line, construct, name):
+        raise UnsupportedConstruct(
+            f"this computes a complex value ({localtypes[name]}): gpuad does not support complex values",
+            SourceLocation(fir.filename, line, construct, fir.func.__name__),
+            "compute with real and imaginary parts as separate floats")
+
+    for p in fir.params:
+        if holds_complex(localtypes.get(p)):
+            refuse(fir.firstline, "def", p)
+    for s in ir.walk(fir.body):
+        if isinstance(s, ir.Assign):
+            for name in ir.target_names(s.target):
+                if holds_complex(localtypes.get(name)):
+                    refuse(s.line, expr_text(s.value), name)
 
 
 def is_thread_index(e, objects: dict) -> bool:
