@@ -55,6 +55,34 @@ def D(params: str, *partials) -> Derivative:
 
 _LOG2, _LOG10, _2_SQRTPI = "0.6931471805599453", "2.302585092994046", "1.1283791670955126"
 
+# At singular points the partials follow these conventions (README "Derivatives at
+# singular points"; tests/test_ad_rule_edges.py checks every rule at its edge points):
+# - a one-sided infinite slope is +-inf with the sign of the limit from inside the
+#   domain, whatever the sign of a zero argument (sqrt(-0.0), log(-0.0): +inf);
+# - outside a function's real domain (where the primal is NaN) the partial is NaN,
+#   never a finite number a reverse-only caller could mistake for a gradient;
+# - at a kink or a tie the partial is the symmetric choice: 0 for abs/fabs/copysign
+#   at 0 and hypot/atan2 at the origin, 0.5 to each argument of min/max at a tie;
+# - x ** 0 has derivative 0 everywhere and 0 ** y (y > 0) has y-partial 0.
+# The templates never divide by zero where the primal does not, and never raise:
+# numba's integer power raises ZeroDivisionError for 0.0 ** -1 (and for 1e-200 ** -2,
+# where x * x underflows), so `y * x ** (y - 1)` is 0 at y == 0 and takes a float
+# exponent (IEEE pow: +-inf, no exception) below it; positive integer exponents keep
+# the integer power. Literals stay `0.0`/`1.0` as before (no new float64 values).
+_POW_DX = "0.0 if y == 0 else (y * x ** (y - 1) if y > 0 else y * x ** (y - 1.0))"
+_POW_DY = "(0.0 if out == 0.0 else out * math.log(x)) if x > 0.0 else (0.0 if x == 0.0 else math.nan)"
+
+
+def _log_partial(scale: str) -> str:
+    """1 / (x * scale) for x > 0, +inf at +-0, NaN below 0 (and at NaN)."""
+    return f"1.0 / (x * {scale}) if x > 0.0 else (math.inf if x == 0.0 else math.nan)"
+
+
+_SIGN_BUT_0 = "0.0 if x == 0.0 else math.copysign(1.0, x)"  # d|x|/dx, 0 at the kink
+# atan2: x / (x^2 + y^2) computed as x / h / h (h = hypot), so neither tiny nor huge
+# arguments underflow or overflow; 0 at the origin (a convention) and where h is inf.
+_ATAN2_FLAT = "(x == 0.0 and y == 0.0) or math.isinf(x) or math.isinf(y)"
+
 DERIVATIVES: dict = {
     # Python operators, keyed by the operator function they stand for
     operator.add: D("x, y", "1.0", "1.0"),
@@ -62,14 +90,21 @@ DERIVATIVES: dict = {
     operator.mul: D("x, y", "y", "x"),
     operator.truediv: D("x, y", "1.0 / y", "-out / y"),
     operator.floordiv: D("x, y", None, None),
-    operator.mod: D("x, y", "1.0", "-math.floor(x / y)"),
-    operator.pow: D("x, y", "y * x ** (y - 1)", "out * math.log(x) if x > 0.0 else 0.0"),
+    # x % y == x - (x // y) * y with the quotient Python (and numba) actually use:
+    # math.floor(x / y) differs from it where x / y rounds up (1.0 % 0.1: 9, not 10).
+    # NaN where x % y is NaN (y == 0, x infinite).
+    operator.mod: D("x, y", "1.0 if out == out else math.nan", "-(x // y) if out == out else math.nan"),
+    operator.pow: D("x, y", _POW_DX, _POW_DY),
     operator.neg: D("x", "-1.0"),
     operator.pos: D("x", "1.0"),
     # builtins
-    abs: D("x", "math.copysign(1.0, x)"),
-    min: D("x, y", "1.0 if x <= y else 0.0", "0.0 if x <= y else 1.0"),
-    max: D("x, y", "1.0 if x >= y else 0.0", "0.0 if x >= y else 1.0"),
+    abs: D("x", _SIGN_BUT_0),
+    # a tie gives each argument half; otherwise the argument min/max returns (the
+    # first one unless the second compares smaller/greater, as in Python) gets 1
+    min: D("x, y", "0.5 if x == y else (0.0 if y < x else 1.0)",
+           "0.5 if x == y else (1.0 if y < x else 0.0)"),
+    max: D("x, y", "0.5 if x == y else (0.0 if y > x else 1.0)",
+           "0.5 if x == y else (1.0 if y > x else 0.0)"),
     float: D("x", "1.0"),
     int: D("x", None),
     round: D("x", None),
@@ -77,29 +112,34 @@ DERIVATIVES: dict = {
     math.sin: D("x", "math.cos(x)"),
     math.cos: D("x", "-math.sin(x)"),
     math.tan: D("x", "1.0 + out * out"),
-    math.asin: D("x", "1.0 / math.sqrt(1.0 - x * x)"),
-    math.acos: D("x", "-1.0 / math.sqrt(1.0 - x * x)"),
+    # (1 - x)(1 + x) instead of 1 - x * x: no cancellation near +-1
+    math.asin: D("x", "1.0 / math.sqrt((1.0 - x) * (1.0 + x))"),
+    math.acos: D("x", "-1.0 / math.sqrt((1.0 - x) * (1.0 + x))"),
     math.atan: D("x", "1.0 / (1.0 + x * x)"),
-    math.atan2: D("y, x", "x / (x * x + y * y)", "-y / (x * x + y * y)"),
+    math.atan2: D("y, x", f"0.0 if {_ATAN2_FLAT} else x / math.hypot(x, y) / math.hypot(x, y)",
+                  f"0.0 if {_ATAN2_FLAT} else -y / math.hypot(x, y) / math.hypot(x, y)"),
     math.sinh: D("x", "math.cosh(x)"),
     math.cosh: D("x", "math.sinh(x)"),
     math.tanh: D("x", "1.0 - out * out"),
-    math.asinh: D("x", "1.0 / math.sqrt(x * x + 1.0)"),
-    math.acosh: D("x", "1.0 / math.sqrt(x * x - 1.0)"),
-    math.atanh: D("x", "1.0 / (1.0 - x * x)"),
+    # hypot and split square roots: x * x would overflow for |x| > 1e154
+    math.asinh: D("x", "1.0 / math.hypot(x, 1.0)"),
+    math.acosh: D("x", "1.0 / (math.sqrt(x - 1.0) * math.sqrt(x + 1.0))"),
+    math.atanh: D("x", "1.0 / ((1.0 - x) * (1.0 + x)) if math.fabs(x) <= 1.0 else math.nan"),
     math.exp: D("x", "out"),
     math.expm1: D("x", "out + 1.0"),
-    math.log: D("x", "1.0 / x"),
-    math.log1p: D("x", "1.0 / (1.0 + x)"),
-    math.log2: D("x", f"1.0 / (x * {_LOG2})"),
-    math.log10: D("x", f"1.0 / (x * {_LOG10})"),
-    math.sqrt: D("x", "0.5 / out"),
-    math.pow: D("x, y", "y * x ** (y - 1.0)", "out * math.log(x) if x > 0.0 else 0.0"),
-    math.hypot: D("x, y", "x / out", "y / out"),
+    math.log: D("x", _log_partial("1.0")),
+    math.log1p: D("x", "1.0 / (1.0 + x) if x > -1.0 else (math.inf if x == -1.0 else math.nan)"),
+    math.log2: D("x", _log_partial(_LOG2)),
+    math.log10: D("x", _log_partial(_LOG10)),
+    math.sqrt: D("x", "math.inf if out == 0.0 else 0.5 / out"),  # sqrt(-0.0) is -0.0
+    math.pow: D("x, y", "0.0 if y == 0 else y * x ** (y - 1.0)", _POW_DY),
+    # 0 at the origin (a subgradient; hypot(x, 0.0) == abs(x)); +-1 along an infinite x
+    math.hypot: D("x, y", "0.0 if out == 0.0 else (math.copysign(1.0, x) if math.isinf(x) else x / out)",
+                  "0.0 if out == 0.0 else (math.copysign(1.0, y) if math.isinf(y) else y / out)"),
     math.erf: D("x", f"{_2_SQRTPI} * math.exp(-x * x)"),
     math.erfc: D("x", f"-{_2_SQRTPI} * math.exp(-x * x)"),
-    math.fabs: D("x", "math.copysign(1.0, x)"),
-    math.copysign: D("x, y", "math.copysign(1.0, x) * math.copysign(1.0, y)", None),
+    math.fabs: D("x", _SIGN_BUT_0),
+    math.copysign: D("x, y", "0.0 if x == 0.0 else math.copysign(1.0, x) * math.copysign(1.0, y)", None),
     math.floor: D("x", None),
     math.ceil: D("x", None),
     math.trunc: D("x", None),
