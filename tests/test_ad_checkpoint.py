@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from corpus import exec_source
 from numba.core import types
 from test_ad_helpers import fd, status
 
@@ -265,3 +266,109 @@ def test_found_checkpointing_programs(f, taped, second):
             assert st[0] == 0
             results.append(dx)
         assert results[0] == pytest.approx(results[1], rel=1e-14, abs=1e-300), n
+
+
+# ---- arrays the loop reads must not change after it: the reverse sweep runs the loop again
+
+def halve_first(v):
+    v[0] = 0.5 * v[0]
+
+
+LOOP_THEN_WRITE = """def {name}(x, a, b, k, n):
+    w = a
+    s = x
+{before}    for i in range(n):{comment}
+        s = math.sin(s) * a[0] + 0.1 * w[1]
+{after}    return s
+"""
+_checkpoint_programs = iter(range(1_000_000))
+
+
+def loop_then_write(write: str, before: bool = False, checkpoint: bool = True):
+    """The loop reads `a` (and its alias `w`); `write` runs after it (or before it)."""
+    j = next(_checkpoint_programs)
+    name = f"loop_then_write_{j}"
+    block = "".join(f"    {line}\n" for line in write.splitlines())
+    source = LOOP_THEN_WRITE.format(name=name, comment="  # gpuad: checkpoint" if checkpoint else "",
+                                    before=block if before else "", after="" if before else block)
+    fn = exec_source(source, f"<checkpoint write {j}>", {"math": math, "halve_first": halve_first})[name]
+    return fn, source.splitlines().index(block.splitlines()[-1]) + 1  # the write's line
+
+
+WRITE_ARGS = (Active, Duplicated, Duplicated, Const, Const)
+WRITE_TYPES = (F64, types.float64[::1], types.float64[::1], types.int64[::1], I64)
+
+
+@pytest.mark.parametrize("write", [
+    "a[0] = 0.0",            # the element the loop reads
+    "a[1] = s",              # another element of it (arrays are judged whole)
+    "w[0] = 0.0",            # through an alias
+    "halve_first(a)",         # a function may write its arguments
+    "halve_first(w)",
+    "if s > 0.0:\n    a[0] = s",
+    "b[0] = s",              # another float parameter: the caller may pass one buffer twice
+])
+def test_a_loop_reading_an_array_written_after_it_is_refused(write):
+    f, line = loop_then_write(write)
+    words = f"line {line} writes `[abw]` after the checkpointed loop"
+    with pytest.raises(UnsupportedConstruct, match=words) as info:
+        differentiate(f, Reverse, WRITE_ARGS, WRITE_TYPES)
+    assert info.value.location.line == 4  # the loop
+
+
+def run_loop_then_write(f, capacity):
+    a, b, k = np.array([0.9, 0.4]), np.array([0.3, 0.2]), np.zeros(2, np.int64)
+    d = differentiate(f, Reverse, WRITE_ARGS, WRITE_TYPES, tape_capacity=capacity)
+    da, db, st = np.zeros(2), np.zeros(2), status()
+    (dx, *_), = d.function(0.4, a, da, b, db, k, 7, st)
+    assert st[0] == 0
+    return dx, da, db
+
+
+@pytest.mark.parametrize("write, before", [
+    ("a[0] = 0.8", True),    # before the loop: the reverse sweep sees what the loop saw
+    ("halve_first(w)", True),
+    ("k[0] = n", False),     # an int array cannot share the float arrays' memory
+    ("k[1] = len(a)", False),
+])
+def test_writes_the_recomputation_cannot_see_are_allowed(write, before):
+    (f, _), (taped, _) = (loop_then_write(write, before, checkpoint) for checkpoint in (True, False))
+    got, expected = run_loop_then_write(f, 3), run_loop_then_write(taped, 64)
+    assert got[0] != 0.0
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=1e-14, atol=1e-300)
+
+
+def write_in_other_branch(x, a, flag, n):
+    s = x
+    if flag > 0:
+        for i in range(n):  # gpuad: checkpoint
+            s = math.sin(s) * a[0]
+    else:
+        a[0] = 0.0
+    return s
+
+
+def test_a_write_in_the_other_branch_is_allowed():
+    d = differentiate(write_in_other_branch, Reverse, (Active, Duplicated, Const, Const),
+                      (F64, types.float64[::1], I64, I64), tape_capacity=3)
+    (dx, *_), = d.function(0.4, np.array([0.9]), np.zeros(1), 1, 7, status())
+    assert dx == pytest.approx(fd(lambda x: write_in_other_branch(x, np.array([0.9]), 1, 7), (0.4,), 0),
+                               rel=1e-8)
+
+
+def loop_in_branch_then_write(x, a, flag, n):
+    s = x
+    if flag > 0:
+        for i in range(n):  # gpuad: checkpoint
+            s = math.sin(s) * a[0]
+    a[0] = 0.0
+    return s
+
+
+def test_a_write_after_the_enclosing_branch_is_refused():
+    first = loop_in_branch_then_write.__code__.co_firstlineno
+    with pytest.raises(UnsupportedConstruct, match=f"line {first + 5} writes `a`") as info:
+        differentiate(loop_in_branch_then_write, Reverse, (Active, Duplicated, Const, Const),
+                      (F64, types.float64[::1], I64, I64))
+    assert info.value.location.line == first + 3

@@ -296,6 +296,77 @@ class AdjointSweep:
                                                       or inert_call(t, self.active))):
                 self.refuse(t, expr_text(t.value), "a checkpointed loop cannot call functions gpuad "
                             "differentiates", "inline the call, or drop the checkpoint comment")
+        write = self.later_write(s)
+        if write is not None:
+            line, array = write
+            self.refuse(s, "# gpuad: checkpoint", f"line {line} writes `{array}` after the checkpointed "
+                        "loop, memory the loop may read: the reverse sweep runs the loop again and would "
+                        "read the new values", "drop the checkpoint comment, or write only arrays the loop "
+                        "cannot read (and only before the loop)")
+
+    def later_write(self, s: ir.Loop) -> tuple[int, str] | None:
+        """(line, array) of a write, after checkpointed loop `s`, into memory the loop reads.
+
+        After `s` run the statements that follow it in its block and in the blocks around it
+        (not the other branch of an enclosing `if`); were `s` inside a loop, everything outside
+        `s` would, as the next iteration runs the statements before `s` after it. A write is a
+        store, or passing the array to a call that is not a builtin (a function may write its
+        arguments). Arrays bound from one another (`w = a`, `row = m[1]`, a choice, a call's
+        result) are one memory; arrays from parameters or globals may be one memory if their
+        dtypes agree (a caller may pass one buffer twice).
+        """
+        def following(stmts):
+            for k, t in enumerate(stmts):
+                if t is s:
+                    return stmts[k + 1:]
+                for branch in (t.body, t.orelse) if isinstance(t, ir.If) else ():
+                    if (rest := following(branch)) is not None:
+                        return rest + stmts[k + 1:]
+            return None
+
+        parent: dict = {}
+
+        def find(key):
+            while parent.get(key, key) != key:
+                key = parent[key]
+            return key
+
+        def memory(atom):  # the memory an array-holding atom refers to, else None
+            if isinstance(atom, ir.Global):
+                dtype = getattr(self.prog.ns.objects.get(atom.name), "dtype", None)
+                return find(("outside", str(dtype))) if dtype is not None else None
+            if not isinstance(atom, ir.Var):
+                return None
+            ty = self.types.get(atom.name)
+            arrays = [t for t in (ty if isinstance(ty, types.BaseTuple) else [ty])
+                      if isinstance(t, types.Array)]
+            for t in arrays if atom.name in self.fir.params else ():
+                parent[find(atom.name)] = find(("outside", str(t.dtype)))
+            return find(atom.name) if arrays else None
+
+        for t in ir.walk(self.fir.body):  # one memory for arrays bound from one another
+            if isinstance(t, ir.Assign) and not isinstance(t.value, ir.Attr):
+                atoms = [ir.Var(n) for n in ir.target_names(t.target)] + ir.atoms_of(t.value)
+                arrays = [m for a in atoms if (m := memory(a)) is not None]
+                for m in arrays[1:]:
+                    parent[find(m)] = find(arrays[0])
+        read = {memory(a) for t in ir.walk(s.body) if isinstance(t, ir.Assign)
+                and not isinstance(t.value, ir.Attr) for a in ir.atoms_of(t.value)} - {None}
+        rest = following(self.fir.body)
+        inside = {id(u) for u in ir.walk([s])}
+        outside = (u for u in ir.walk(self.fir.body) if id(u) not in inside)
+        for t in ir.walk(rest) if rest is not None else outside:
+            if isinstance(t, ir.Store):
+                written = [ir.Var(t.array)]
+            elif isinstance(t, ir.Assign) and isinstance(t.value, ir.Call | ir.AutodiffCall) \
+                    and not isinstance(getattr(t.value, "func", None), type(len)):  # len, min, math.sin
+                written = ir.atoms_of(t.value)
+            else:
+                continue
+            for a in written:
+                if (m := memory(a)) is not None and m in {find(r) for r in read}:
+                    return t.line, a.name
+        return None
 
     def trips(self, s: ir.Loop, body_use: TapeUse) -> int:
         """Iterations to size the tape for: static count, or the configured capacity."""
