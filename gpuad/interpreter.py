@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from gpuad import api
+from gpuad.ad.cache_key import derivative_key, source_matches
 from gpuad.errors import AutodiffCallError, InterpretError, SourceLocation
 from gpuad.method_table import MethodTable, qualified_name
 from gpuad.record import OverlayRecord
@@ -75,13 +76,25 @@ def parse_function(fn: Callable) -> ParsedFunction:
             "not with exec() or lambda",
         ) from exc
     source = textwrap.dedent("".join(lines))
-    module = ast.parse(source)
+    filename = inspect.getsourcefile(fn) or fn.__code__.co_filename
+    try:
+        module = ast.parse(source)
+    except SyntaxError:  # not a whole statement: the file changed since fn was defined
+        module = ast.Module([ast.Pass()], [])
     tree = module.body[0]
-    if not isinstance(tree, ast.FunctionDef):
+    if fn.__code__.co_name == "<lambda>" or isinstance(tree, ast.AsyncFunctionDef):
         raise InterpretError(f"{fn!r} is not defined by a `def` statement")
+    if not (isinstance(tree, ast.FunctionDef) and source_matches(fn, tree)):
+        raise InterpretError(
+            f"the source found for {fn.__qualname__} in {filename} is not the code of this function "
+            "object: the file was edited, or another definition (a re-run cell, a second exec under the "
+            "same filename) replaced that text since the function was created",
+            SourceLocation(filename, first_line, "def", fn.__name__),
+            hint=f"define {fn.__name__} again from its current source (re-run the cell, reload the "
+            "module) and use that function object",
+        )
     ast.increment_lineno(module, first_line - 1)
     tree.decorator_list = []
-    filename = inspect.getsourcefile(fn) or fn.__code__.co_filename
     return ParsedFunction(tree, filename, source)
 
 
@@ -143,6 +156,7 @@ class Interpreter:
     overlays: list[OverlayRecord] = field(default_factory=list)
     sites: list[DeferredSite] = field(default_factory=list)
     _resolved: dict[int, tuple[ResolvedFunction, Any]] = field(default_factory=dict)
+    _keys: dict[int, tuple] = field(default_factory=dict)  # id(function) -> its derivative_key when resolved
     _in_progress: set[int] = field(default_factory=set)
     _root: Callable | None = None  # the kernel: its parameters are the launch's arguments
 
@@ -151,7 +165,9 @@ class Interpreter:
 
     def _resolve(self, fn: Callable) -> tuple[ResolvedFunction, Any]:
         key = id(fn)
-        if key in self._resolved:
+        # A rewritten function binds the values its globals have now (numba freezes them too):
+        # reused only while they, its code and its callees are unchanged (a host registry lives long).
+        if key in self._resolved and self._keys.get(key) == derivative_key(fn):
             return self._resolved[key]
         if key in self._in_progress:
             raise InterpretError(
@@ -166,6 +182,7 @@ class Interpreter:
         finally:
             self._in_progress.discard(key)
         self._resolved[key] = (resolved, bound)
+        self._keys[key] = derivative_key(fn)
         return resolved, bound
 
     def _rewrite(self, fn: Callable) -> ResolvedFunction:
@@ -268,12 +285,50 @@ class _CallRewriter(ast.NodeTransformer):
             node.args.append(self.status())
         if is_plain_function(callee):
             resolved, bound = self.interp._resolve(callee)
+            if not resolved.had_status:  # every parameter passed by position, then the status
+                node.args, node.keywords = [*self.positional_arguments(callee, node), self.status()], []
             node.func = ast.copy_location(self.bind(bound), node.func)
-            if not resolved.had_status:
-                node.args.append(self.status())
         elif overlay is not None:
             node.func = ast.copy_location(self.reference(overlay), node.func)
         return node
+
+    def positional_arguments(self, callee: Callable, node: ast.Call) -> list[ast.expr]:
+        """The call's arguments in parameter order: keywords put in place, omitted ones the defaults.
+
+        Keywords are only moved when that keeps Python's order of evaluation.
+        """
+        code = callee.__code__
+        params = code.co_varnames[:code.co_argcount]
+        where = self.location(node)
+        if code.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS) or code.co_kwonlyargcount:
+            if node.keywords:
+                raise InterpretError(f"{callee.__name__} takes *args, **kwargs or keyword-only "
+                                     "parameters", where, hint="pass plain positional arguments")
+            return list(node.args)
+        bound = dict(enumerate(node.args))
+        for kw in node.keywords:
+            if kw.arg not in params or params.index(kw.arg) in bound:
+                raise InterpretError(f"pass each parameter of {callee.__name__} once ({', '.join(params)})",
+                                     where, hint="check the argument names of the call")
+            bound[params.index(kw.arg)] = kw.value
+        if len(node.args) > len(params):
+            raise InterpretError(f"{callee.__name__} takes {len(params)} arguments, the call passes "
+                                 f"{len(node.args)}", where)
+        named = [params.index(kw.arg) for kw in node.keywords]
+        # Reordering names and constants changes no evaluation order; other expressions might.
+        if named != sorted(named) and not all(isinstance(kw.value, ast.Name | ast.Constant)
+                                              for kw in node.keywords):
+            raise InterpretError(f"the arguments of this call of {callee.__name__} cannot be passed by "
+                                 "position in the order Python evaluates them", where,
+                                 hint=f"pass them in parameter order ({', '.join(params)})")
+        defaults = callee.__defaults__ or ()
+        first_default = len(params) - len(defaults)
+        for k in range(len(params)):
+            if k not in bound and k < first_default:
+                raise InterpretError(f"{callee.__name__}() is missing its argument `{params[k]}`", where)
+            if k not in bound:
+                bound[k] = self.bind(defaults[k - first_default])
+        return [bound[k] for k in range(len(params))]
 
     def reference(self, overlay) -> ast.expr:
         """An expression for the overlay's replacement that numba can type."""

@@ -11,6 +11,7 @@ import inspect
 import time
 from typing import Any, Callable
 
+from gpuad.ad.cache_key import derivative_key
 from gpuad.compiler import numba_adapter
 from gpuad.compiler.emit import emit_ptx, parse_arch
 from gpuad.compiler.link import JobModule, link_deferred
@@ -94,7 +95,7 @@ class Kernel:
         from gpuad.method_table import CUDA
         from gpuad.targets import cuda as cuda_target  # installs its overlays first
 
-        key = (argtypes, arch, fastmath, CUDA.version, thread_ownership)
+        key = (argtypes, arch, fastmath, CUDA.version, thread_ownership, derivative_key(self.pyfunc))
         if key in self._cuda:
             return self._cuda[key]
 
@@ -201,7 +202,8 @@ class Kernel:
         from gpuad.method_table import CPU
         from gpuad.targets import cpu
 
-        key = (argtypes, CPU.version)
+        # derivative_key: the code and globals of the kernel, of what it calls and differentiates, the rules
+        key = (argtypes, CPU.version, derivative_key(self.pyfunc))
         if key not in self._cpu:
             self._cpu[key] = cpu.build_kernel(self.pyfunc, len(argtypes), self.tape_capacity)
         return self._cpu[key]

@@ -14,6 +14,7 @@ from numba.core import types
 
 from gpuad.ad import ir, primitives
 from gpuad.ad.activity import analyse
+from gpuad.ad.cache_key import derivative_key
 from gpuad.ad.emit import Namespace, atom_text, emit_function, expr_text
 from gpuad.ad.normalize import cuda_intrinsics, normalize, unwrap
 from gpuad.ad.tuples import expand_tuples
@@ -66,9 +67,11 @@ class Program:
 
     def enter_callee(self, fn, site, caller) -> None:
         """Start generating a callee's derivative; calling back into one in progress is recursion."""
-        if fn in self.in_progress:
-            self.refuse(caller, site.line, getattr(fn, "__name__", "call"), "recursion is not supported",
-                        "rewrite the recursion as a loop")
+        if any(f is fn for f in self.in_progress):
+            cycle = self.in_progress[next(i for i, f in enumerate(self.in_progress) if f is fn):]
+            chain = " -> ".join(getattr(f, "__name__", "?") for f in [*cycle, fn])
+            self.refuse(caller, site.line, f"{getattr(fn, '__name__', 'call')}(...)",
+                        f"recursion is not supported: {chain}", "rewrite the recursion as a loop")
         self.in_progress.append(fn)
 
     def unique(self, name: str) -> str:
@@ -95,7 +98,8 @@ class Program:
         return Prepared(fir, localtypes, active, typing.return_type)
 
     def type_normalised(self, fn, fir: ir.FunctionIR, argtypes: tuple):
-        key = (fn, tuple(argtypes))
+        # Keyed by what the normalised form depends on: a global read as a number is inlined.
+        key = (derivative_key(fn), tuple(argtypes))
         if key not in _typing_cache:
             stubs: dict = {}
 

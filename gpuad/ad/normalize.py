@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from gpuad import api
 from gpuad.ad import ir
+from gpuad.ad.cache_key import source_matches
 from gpuad.ad.emit import Namespace
 from gpuad.errors import SourceLocation, UnsupportedConstruct
 
@@ -102,15 +103,26 @@ def source_tree(fn):
                            "def", fn.__name__),
             "define the function in a file, a notebook cell or register its source in linecache",
         ) from exc
-    tree = ast.parse(textwrap.dedent("".join(lines)))
-    node = tree.body[0]
     filename = inspect.getsourcefile(fn) or fn.__code__.co_filename
     offset = fn.__code__.co_firstlineno - 1
-    if not isinstance(node, ast.FunctionDef):
+    try:
+        node = ast.parse(textwrap.dedent("".join(lines))).body[0]
+    except SyntaxError:
+        node = None  # not a whole statement: the file changed since fn was defined
+    if fn.__code__.co_name == "<lambda>" or isinstance(node, ast.AsyncFunctionDef):
         raise UnsupportedConstruct(
             "only functions defined with `def` can be differentiated",
             SourceLocation(filename, offset + 1, type(node).__name__.lower(), fn.__name__),
             "write the function with def at module level",
+        )
+    if not (isinstance(node, ast.FunctionDef) and source_matches(fn, node)):
+        raise UnsupportedConstruct(
+            f"the source found for {fn.__name__} in {filename} is not the code of this function object: "
+            "the file was edited, or another definition (a re-run cell, a second exec under the same "
+            "filename) replaced that text since the function was created",
+            SourceLocation(filename, offset + 1, "def", fn.__name__),
+            f"define {fn.__name__} again from its current source (re-run the cell, reload the module) "
+            "and differentiate that function object",
         )
     return node, filename, offset
 
@@ -561,11 +573,12 @@ class Normalizer:
         return ir.Var(t)
 
     def expr_Call(self, node):
-        if node.keywords:
-            self.refuse(node, ast.unparse(node), "pass arguments by position")
         func = self.resolve(node.func)
         if func is None:
             self.refuse(node, ast.unparse(node), "call global functions only")
+        by_name = func not in (api.autodiff, api.autodiff_deferred) and inspect.isfunction(unwrap(func))
+        if node.keywords and not by_name:  # keywords are placed for Python callees only
+            self.refuse(node, ast.unparse(node), "pass arguments by position")
         if unwrap(func) is self.fn:
             self.refuse(node, ast.unparse(node), "recursion is not supported; rewrite with a loop")
         if func is range:
@@ -584,8 +597,43 @@ class Normalizer:
         if func in (min, max) and len(node.args) > 2:  # min(a, b, c) → min(min(a, b), c)
             nested = ast.copy_location(ast.Call(node.func, node.args[:2], []), node)
             return self.expr(ast.copy_location(ast.Call(node.func, [nested, *node.args[2:]], []), node))
-        args = tuple(self.expr(a) for a in node.args)
+        args = self.call_arguments(node, func)
         return self.assign_temp(ir.Call(func, self.bound_text(node.func), args), node)
+
+    def call_arguments(self, node, func) -> tuple:
+        """The call's argument atoms by position. For a Python callee, keywords are put in their
+        places and omitted parameters take their defaults, as Python binds them; the defaults are
+        inlined as constants (they are part of the derivative's cache key)."""
+        args = [self.expr(a) for a in node.args]
+        callee = unwrap(func)
+        if not inspect.isfunction(callee):
+            return tuple(args)
+        code = callee.__code__
+        params = code.co_varnames[:code.co_argcount]
+        bound = dict(enumerate(args))
+        for kw in node.keywords:
+            if kw.arg not in params or params.index(kw.arg) in bound:
+                self.refuse(node, ast.unparse(node), f"pass each parameter of {callee.__name__} once, "
+                            f"by position or by its name ({', '.join(params)})")
+            bound[params.index(kw.arg)] = self.expr(kw.value)
+        if len(args) > len(params):
+            self.refuse(node, ast.unparse(node), f"{callee.__name__} takes {len(params)} arguments")
+        defaults = callee.__defaults__ or ()
+        first_default = len(params) - len(defaults)
+        for k in range(len(params)):
+            if k not in bound:
+                if k < first_default:
+                    self.refuse(node, ast.unparse(node), f"pass `{params[k]}`: {callee.__name__} has no "
+                                "default for it")
+                bound[k] = self.default_atom(defaults[k - first_default], params[k], callee, node)
+        return tuple(bound[k] for k in range(len(params)))
+
+    def default_atom(self, value, param: str, callee, node):
+        if isinstance(value, bool | int | float) or value is None:
+            return ir.Const(value)
+        self.refuse(node, ast.unparse(node), f"pass `{param}` explicitly: its default in {callee.__name__} "
+                    f"is a {type(value).__name__}, and only numbers and None are inlined")
+
 
     def autodiff_call(self, node, func):
         if len(node.args) < 2:

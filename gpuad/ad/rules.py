@@ -173,15 +173,31 @@ class UserRule:
     def forward(self, f):
         """Decorator: register `f(x, t_x, y, t_y, ...) -> t_out`."""
         self.forward_fn = f
+        _changed()
         return f
 
     def reverse(self, f):
         """Decorator: register `f(x, y, ..., d_out) -> (d_x, d_y, ...)`."""
         self.reverse_fn = f
+        _changed()
         return f
 
 
 _USER_RULES: dict = {}
+# Bumped by every change to the registry: part of every derivative's cache key
+# (gpuad.ad.cache_key), so derivatives compiled before a rule was registered or
+# cleared are not reused after.
+_version = 0
+
+
+def _changed() -> None:
+    global _version
+    _version += 1
+
+
+def rules_version() -> int:
+    """How many times the user-rule registry has changed."""
+    return _version
 
 
 def rule(fn, *, forward=None, reverse=None) -> UserRule:
@@ -192,6 +208,7 @@ def rule(fn, *, forward=None, reverse=None) -> UserRule:
         entry.forward_fn = forward
     if reverse is not None:
         entry.reverse_fn = reverse
+    _changed()
     return entry
 
 
@@ -202,4 +219,5 @@ def user_rule(fn) -> UserRule | None:
 
 def clear_rule(fn) -> None:
     """Forget the rules registered for `fn` (tests, notebooks re-running cells)."""
-    _USER_RULES.pop(getattr(fn, "py_func", fn), None)
+    if _USER_RULES.pop(getattr(fn, "py_func", fn), None) is not None:
+        _changed()

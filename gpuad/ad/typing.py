@@ -18,9 +18,11 @@ from numba.core.registry import cpu_target
 from numba.core.typed_passes import NopythonTypeInference
 from numba.core.untyped_passes import DeadBranchPrune
 
-from gpuad.errors import LoweringError, SourceLocation
+from gpuad.ad.cache_key import derivative_key, global_names, read_line
+from gpuad.errors import LoweringError, SourceLocation, UnsupportedConstruct
 
-_jit_copies: dict = {}  # id(python function) -> (function, njit dispatcher); kept alive on purpose
+_jit_copies: dict = {}  # id(python function) -> (function, derivative key, njit dispatcher); kept alive
+_copying: list = []  # the functions whose jit copies are being made, outermost first
 _typing_cache: dict = {}
 
 
@@ -74,15 +76,40 @@ def numba_knows(fn) -> bool:
 
 
 def jit_copy(fn):
-    """`numba.njit` of a copy of `fn` whose own callees are njit copies too."""
-    key = id(fn)
-    if key in _jit_copies and _jit_copies[key][0] is fn:
-        return _jit_copies[key][1]
-    copy = pytypes.FunctionType(fn.__code__, jit_namespace(fn.__globals__, fn.__code__.co_names),
-                                fn.__name__, fn.__defaults__, jit_cells(fn))
+    """`numba.njit` of a copy of `fn` whose own callees are njit copies too.
+
+    The copy binds the globals' values of now (numba freezes them anyway), so
+    it is reused only while `fn`'s derivative key is unchanged.
+    """
+    key = derivative_key(fn)
+    entry = _jit_copies.get(id(fn))
+    if entry is not None and entry[0] is fn and entry[1] == key:
+        return entry[2]
+    if any(f is fn for f in _copying):
+        refuse_recursion(fn)
+    _copying.append(fn)
+    try:
+        copy = pytypes.FunctionType(fn.__code__, jit_namespace(fn.__globals__, global_names(fn.__code__)),
+                                    fn.__name__, fn.__defaults__, jit_cells(fn))
+    finally:
+        _copying.pop()
     dispatcher = numba.njit(copy)
-    _jit_copies[key] = (fn, dispatcher)
+    _jit_copies[id(fn)] = (fn, key, dispatcher)
     return dispatcher
+
+
+def refuse_recursion(fn):
+    """`fn` is reached again while its copy is being made: a cycle of calls, which gpuad refuses."""
+    cycle = _copying[next(i for i, f in enumerate(_copying) if f is fn):]
+    caller = _copying[-1]
+    code = caller.__code__
+    name = next((n for n in global_names(code) if caller.__globals__.get(n) is fn), fn.__name__)
+    chain = " -> ".join(f.__name__ for f in [*cycle, fn])
+    raise UnsupportedConstruct(
+        f"recursion is not supported: {chain}",
+        SourceLocation(code.co_filename, read_line(code, name), f"{name}(...)", caller.__name__),
+        "rewrite the recursion as a loop",
+    )
 
 
 def jit_cells(fn):
@@ -98,7 +125,9 @@ def jit_cells(fn):
 
 
 def jit_namespace(namespace: dict, names=None) -> dict:
-    """A copy of `namespace` (restricted to `names` when given) ready for numba."""
+    """A copy of `namespace` ready for numba: the globals in `names` (all when None) become what
+    numba-compiled code needs. `names` are the globals a function loads, never its attribute
+    names (`sqrt` of `math.sqrt` is not the global `sqrt`)."""
     out = dict(namespace)
     for name in names if names is not None else list(namespace):
         if name in namespace:
@@ -108,10 +137,10 @@ def jit_namespace(namespace: dict, names=None) -> dict:
 
 def infer(fn, argtypes) -> Typing:
     """Type `fn` (a plain function) for `argtypes` with numba's CPU type inference."""
-    key = (fn, tuple(argtypes))
+    key = (derivative_key(fn), tuple(argtypes))
     if key in _typing_cache:
         return _typing_cache[key]
-    copy = pytypes.FunctionType(fn.__code__, jit_namespace(fn.__globals__, fn.__code__.co_names),
+    copy = pytypes.FunctionType(fn.__code__, jit_namespace(fn.__globals__, global_names(fn.__code__)),
                                 fn.__name__, fn.__defaults__, jit_cells(fn))
     typingctx, targetctx = cpu_target.typing_context, cpu_target.target_context
     typingctx.refresh()

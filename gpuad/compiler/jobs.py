@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from gpuad.ad.cache_key import derivative_key
 from gpuad.compiler import numba_adapter
 from gpuad.errors import GpuadError, LoweringError
 from gpuad.interpreter import DeferredSite
@@ -70,7 +71,9 @@ class JobRegistry:
 
     def job_for(self, site: DeferredSite, flat_types: tuple) -> DeferredJob:
         primals = primal_types(site.activities, flat_types)
-        key = (id(site.function), site.mode, site.activities, primals, site.thread_ids, site.exclusive)
+        # derivative_key: the function's code, the globals it reads, its callees and the rules now.
+        key = (derivative_key(site.function), site.mode, site.activities, primals, site.thread_ids,
+               site.exclusive)
         job = self._by_key.get(key)
         where = f"{site.location.filename}:{site.location.line}"
         if job is None:

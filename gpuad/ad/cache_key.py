@@ -1,0 +1,282 @@
+"""What a derivative depends on: the key of every derivative cache, and the source check.
+
+A derivative of `fn` is a function of the code of `fn` and of every Python
+function it reaches, of what the globals and closure cells those functions
+read hold (numbers are inlined as constants, other objects are bound by
+identity), of their default arguments, and of the registered derivative rules.
+`derivative_key(fn)` collects exactly these, so a cache keyed by it (plus the
+argument types, target and options of the cache at hand) can never hand back
+a derivative of an older state: change a global from 2 to 2.5, redefine a
+helper, register a rule, and the key changes.
+
+It is on the launch path of cached kernels, so it is cheap: the dotted names
+a code object reads (`K`, `math.sqrt`, `cfg.alpha`) are found once per code
+object from its bytecode; each call only looks the current values up.
+
+`source_matches(fn, tree)` guards the other way a derivative can go stale:
+gpuad differentiates the source text it finds for a function (a file edited
+since, or two `exec`s under one filename), so the text is compiled and its
+code compared with the function's own before it is used.
+"""
+from __future__ import annotations
+import __future__
+
+import ast
+import builtins
+import dis
+import inspect
+import sys
+import sysconfig
+import types as pytypes
+
+from gpuad.ad.rules import rules_version, user_rule
+
+# Callees from libraries are keyed by identity only: their code does not change
+# under a running process, and following them would walk their modules.
+LIBRARY_ROOTS = ("numba", "numpy", "llvmlite", "gpuad")
+LIBRARY_DIRS = tuple({sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")})
+ROOT_LOADS = {"LOAD_GLOBAL", "LOAD_NAME", "LOAD_DEREF"}
+ATTR_LOADS = {"LOAD_ATTR", "LOAD_METHOD"}
+FUTURE_FLAGS = 0
+for _feature in __future__.all_feature_names:
+    FUTURE_FLAGS |= getattr(__future__, _feature).compiler_flag
+# Flags that change what a function is (the others record where it was compiled).
+SHAPE_FLAGS = (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS | inspect.CO_GENERATOR | inspect.CO_COROUTINE
+               | inspect.CO_ITERABLE_COROUTINE | inspect.CO_ASYNC_GENERATOR)
+_MISSING = ("missing",)
+# Fast paths of `value_token`, by exact type.
+BY_VALUE = frozenset({bool, int, str, type(None)})
+BY_IDENTITY = frozenset({pytypes.FunctionType, pytypes.ModuleType, pytypes.BuiltinFunctionType, type})
+SKIPPED_OPS = {"CACHE", "EXTENDED_ARG", "NOP"}
+JUMP_OPS = set(dis.hasjrel) | set(dis.hasjabs) | set(getattr(dis, "hasjump", ()))
+METHOD_LOADS = {"LOAD_METHOD": "LOAD_ATTR"}
+
+_reads: dict[int, tuple] = {}  # id(code) -> (code, reads); the code is kept so its id stays unique
+
+
+class Ident:
+    """Hashable by identity, equal only to the same object; keeps the object alive."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def __hash__(self) -> int:
+        return id(self.obj)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Ident) and other.obj is self.obj
+
+    def __repr__(self) -> str:
+        return f"Ident({self.obj!r})"
+
+
+def derivative_key(fn) -> tuple:
+    """Everything that changes a derivative of `fn`, as a hashable tuple (see the module docstring)."""
+    entries: list = []
+    seen: set[int] = set()
+    pending = [fn]
+    while pending:
+        value = pending.pop()
+        f = followed(value, library_too=value is fn)
+        if f is None or id(f) in seen:
+            continue
+        seen.add(id(f))
+        entry, reached = function_entry(f)
+        entries.append(entry)
+        pending.extend(reversed(reached))  # depth first, in reading order: a deterministic key
+    return (rules_version(), tuple(entries))
+
+
+def followed(value, library_too: bool = False):
+    """The Python function behind `value` whose body matters to a derivative, or None."""
+    fn = value if type(value) is pytypes.FunctionType else getattr(value, "py_func", value)  # dispatchers
+    if not isinstance(fn, pytypes.FunctionType):
+        return None
+    module = (getattr(fn, "__module__", None) or "").partition(".")[0]
+    library = module in LIBRARY_ROOTS or fn.__code__.co_filename.startswith(LIBRARY_DIRS)
+    return fn if library_too or not library else None
+
+
+def function_entry(fn) -> tuple[tuple, list]:
+    """(the key entry of one function, the values it reads that may be functions to follow)."""
+    code = fn.__code__
+    values = [read_value(fn, kind, path) for kind, path in reads(code)]
+    tokens = [Ident(fn), Ident(code), value_token(fn.__defaults__), *map(value_token, values)]
+    rule = user_rule(fn)
+    if rule is not None:  # the rule's functions are compiled into the derivative
+        values += [rule.forward_fn, rule.reverse_fn]
+        tokens += [Ident(rule.forward_fn), Ident(rule.reverse_fn)]
+    return tuple(tokens), values
+
+
+def value_token(value):
+    """What a read value contributes to a key: numbers by type and value, other objects by identity."""
+    kind = type(value)
+    if kind in BY_IDENTITY:
+        return Ident(value)
+    if kind in BY_VALUE:
+        return (kind, value)
+    if isinstance(value, (float, complex)) or is_numpy_scalar(value):
+        return (kind, repr(value))  # repr tells -0.0 from 0.0, and nan equals itself
+    if isinstance(value, (int, str)):
+        return (kind, value)
+    if isinstance(value, tuple):
+        return (tuple, tuple(value_token(v) for v in value))
+    if isinstance(value, pytypes.MethodType):  # a fresh bound method at every attribute read
+        return ("method", Ident(value.__self__), Ident(value.__func__))
+    if isinstance(value, pytypes.BuiltinMethodType) and not isinstance(value.__self__, pytypes.ModuleType):
+        return ("method", Ident(value.__self__), value.__name__)
+    return Ident(value)
+
+
+def is_numpy_scalar(value) -> bool:
+    numpy = sys.modules.get("numpy")
+    return numpy is not None and isinstance(value, numpy.generic)
+
+
+def read_value(fn, kind: str, path: tuple):
+    """The current value of a dotted name `fn` reads; `_MISSING` if it does not resolve."""
+    root, *attrs = path
+    try:
+        if kind == "cell":
+            value = fn.__closure__[fn.__code__.co_freevars.index(root)].cell_contents
+        elif root in fn.__globals__:
+            value = fn.__globals__[root]
+        else:
+            value = getattr(builtins, root)
+        for attr in attrs:
+            value = getattr(value, attr)
+    except Exception:  # unbound cell, undefined name, failing attribute: the same next time
+        return _MISSING
+    return value
+
+
+def reads(code) -> tuple:
+    """The dotted global and closure names `code` (and code nested in it) loads, once per code object."""
+    cached = _reads.get(id(code))
+    if cached is not None and cached[0] is code:
+        return cached[1]
+    found: dict[tuple, None] = {}
+    collect_reads(code, code.co_freevars, found)
+    result = tuple(found)
+    _reads[id(code)] = (code, result)
+    return result
+
+
+def global_names(code) -> tuple:
+    """The global names `code` loads (attribute names such as `sqrt` of `math.sqrt` are not)."""
+    return tuple(dict.fromkeys(path[0] for kind, path in reads(code) if kind == "global"))
+
+
+def collect_reads(code, freevars: tuple, found: dict) -> None:
+    path, kind = None, None
+    for ins in dis.get_instructions(code):
+        if ins.opname == "EXTENDED_ARG":
+            continue
+        if path is not None and ins.opname in ATTR_LOADS:
+            path = (*path, ins.argval)
+            continue
+        if path is not None:
+            found[(kind, path)] = None
+            path = None
+        if ins.opname in ROOT_LOADS and isinstance(ins.argval, str):
+            kind = "cell" if ins.opname == "LOAD_DEREF" else "global"
+            if kind == "global" or ins.argval in freevars:
+                path = (ins.argval,)
+    if path is not None:
+        found[(kind, path)] = None
+    for const in code.co_consts:
+        if isinstance(const, pytypes.CodeType):
+            collect_reads(const, freevars, found)
+
+
+def read_line(code, name: str) -> int:
+    """The first line where `code` loads the global `name` (for error messages)."""
+    line = code.co_firstlineno
+    for ins in dis.get_instructions(code):
+        positions = getattr(ins, "positions", None)  # Python 3.11+
+        if positions is not None and positions.lineno:
+            line = positions.lineno
+        elif isinstance(ins.starts_line, int) and not isinstance(ins.starts_line, bool):
+            line = ins.starts_line  # Python 3.10
+        if ins.opname in ROOT_LOADS and ins.argval == name:
+            return line
+    return code.co_firstlineno
+
+
+# ------------------------------------------------------------ the source check
+def source_matches(fn, tree: ast.FunctionDef) -> bool:
+    """Whether the `def` found for `fn` compiles to `fn`'s code (ignoring line numbers).
+
+    A function closing over variables is compiled inside an enclosing
+    function that has them, so its loads are cell loads as in the original.
+    """
+    code = fn.__code__
+    body: list = [tree]
+    if code.co_freevars:
+        cells = [ast.Assign([ast.Name(v, ast.Store())], ast.Constant(None)) for v in code.co_freevars]
+        body = [ast.FunctionDef("_gpuad_enclosing", ast.arguments([], [], None, [], [], None, []),
+                                [*cells, tree], [], None)]
+        if sys.version_info >= (3, 12):
+            body[0].type_params = []
+    module = ast.fix_missing_locations(ast.Module(body, []))
+    try:
+        compiled = compile(module, code.co_filename, "exec", flags=code.co_flags & FUTURE_FLAGS,
+                           dont_inherit=True)
+    except (SyntaxError, ValueError, TypeError):
+        return False
+    found = find_code(compiled, code.co_name)
+    return found is not None and same_code(found, code)
+
+
+def find_code(code, name: str):
+    for const in code.co_consts:
+        if isinstance(const, pytypes.CodeType):
+            if const.co_name == name:
+                return const
+            inner = find_code(const, name)
+            if inner is not None:
+                return inner
+    return None
+
+
+def same_code(a, b) -> bool:
+    """The same instructions, variables and constants (nested code compared the same way).
+
+    Compared instruction by instruction, not byte by byte: line numbers do not
+    count, and CPython picks `LOAD_METHOD` or `LOAD_ATTR` for `math.sin(x)`
+    depending on whether `math` was imported in the compiled text (3.11, 3.12).
+    """
+    if (a.co_varnames != b.co_varnames or a.co_freevars != b.co_freevars or a.co_cellvars != b.co_cellvars
+            or a.co_argcount != b.co_argcount or a.co_posonlyargcount != b.co_posonlyargcount
+            or a.co_kwonlyargcount != b.co_kwonlyargcount or (a.co_flags ^ b.co_flags) & SHAPE_FLAGS):
+        return False
+    ia, ib = instructions(a), instructions(b)
+    return len(ia) == len(ib) and all(x[0] == y[0] and same_const(x[1], y[1]) for x, y in zip(ia, ib))
+
+
+def instructions(code) -> list[tuple]:
+    """(operation, argument) of each instruction; jump targets as instruction indices."""
+    listed = [ins for ins in dis.get_instructions(code) if ins.opname not in SKIPPED_OPS]
+    index = {ins.offset: k for k, ins in enumerate(listed)}
+    out = []
+    for ins in listed:
+        arg = ins.argval
+        if ins.opcode in JUMP_OPS and isinstance(arg, int):
+            arg = ("jump", index.get(arg, min((k for off, k in index.items() if off > arg), default=-1)))
+        out.append((METHOD_LOADS.get(ins.opname, ins.opname), arg))
+    return out
+
+
+def same_const(x, y) -> bool:
+    if type(x) is not type(y):
+        return False
+    if isinstance(x, pytypes.CodeType):
+        return same_code(x, y)
+    if isinstance(x, tuple):
+        return len(x) == len(y) and all(same_const(p, q) for p, q in zip(x, y))
+    if isinstance(x, float | complex):
+        return repr(x) == repr(y)
+    return x == y
