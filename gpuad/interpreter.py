@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from gpuad import api
-from gpuad.ad.cache_key import derivative_key, source_matches
+from gpuad.ad.cache_key import derivative_key, source_matches, source_mismatch
 from gpuad.errors import AutodiffCallError, InterpretError, SourceLocation
 from gpuad.method_table import MethodTable, qualified_name
 from gpuad.record import OverlayRecord
@@ -85,14 +85,8 @@ def parse_function(fn: Callable) -> ParsedFunction:
     if fn.__code__.co_name == "<lambda>" or isinstance(tree, ast.AsyncFunctionDef):
         raise InterpretError(f"{fn!r} is not defined by a `def` statement")
     if not (isinstance(tree, ast.FunctionDef) and source_matches(fn, tree)):
-        raise InterpretError(
-            f"the source found for {fn.__qualname__} in {filename} is not the code of this function "
-            "object: the file was edited, or another definition (a re-run cell, a second exec under the "
-            "same filename) replaced that text since the function was created",
-            SourceLocation(filename, first_line, "def", fn.__name__),
-            hint=f"define {fn.__name__} again from its current source (re-run the cell, reload the "
-            "module) and use that function object",
-        )
+        message, hint = source_mismatch(fn, filename)
+        raise InterpretError(message, SourceLocation(filename, first_line, "def", fn.__name__), hint)
     ast.increment_lineno(module, first_line - 1)
     tree.decorator_list = []
     return ParsedFunction(tree, filename, source)

@@ -231,6 +231,23 @@ def test_an_edited_file_is_refused(tmp_path):
         autodiff(Forward, mod.f, Duplicated(3.0, 1.0))  # a new derivative would read the new text
 
 
+def test_a_decorator_wrapper_is_refused_not_differentiated_as_the_wrapped_function():
+    ns = module("""
+        import functools
+        def doubled(fn):
+            @functools.wraps(fn)
+            def wrapper(x):
+                return 2.0 * fn(x)
+            return wrapper
+        @doubled
+        def f(x):
+            return x * x
+    """)
+    with pytest.raises(UnsupportedConstruct, match="is a wrapper made by a decorator"):
+        grad(ns["f"], 3.0)  # its source is that of x * x: the derivative would miss the factor 2
+    assert grad(ns["f"].__wrapped__, 3.0) == (pytest.approx(6.0),)
+
+
 MATCHING = [
     # imported modules: CPython 3.11/3.12 compile `math.sin(x)` differently when `math` was imported
     "import math\ndef f(x):\n    return math.sin(x) * math.cos(x)\n",

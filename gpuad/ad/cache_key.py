@@ -47,7 +47,9 @@ _MISSING = ("missing",)
 # Fast paths of `value_token`, by exact type.
 BY_VALUE = frozenset({bool, int, str, type(None)})
 BY_IDENTITY = frozenset({pytypes.FunctionType, pytypes.ModuleType, pytypes.BuiltinFunctionType, type})
-SKIPPED_OPS = {"CACHE", "EXTENDED_ARG", "NOP"}
+# Not compared: no meaning of their own. PUSH_NULL is where 3.13 puts the NULL of a call that
+# earlier versions fold into LOAD_GLOBAL/LOAD_ATTR (which one depends on how `math` was bound).
+SKIPPED_OPS = {"CACHE", "EXTENDED_ARG", "NOP", "PUSH_NULL"}
 JUMP_OPS = set(dis.hasjrel) | set(dis.hasjabs) | set(getattr(dis, "hasjump", ()))
 METHOD_LOADS = {"LOAD_METHOD": "LOAD_ATTR"}
 
@@ -231,6 +233,21 @@ def source_matches(fn, tree: ast.FunctionDef) -> bool:
     return found is not None and same_code(found, code)
 
 
+def source_mismatch(fn, filename: str) -> tuple[str, str]:
+    """(message, hint) of the refusal of a function whose found source is not its code."""
+    name = fn.__name__
+    if getattr(fn, "__wrapped__", None) is not None:  # inspect reads the wrapped function's source
+        return (f"{name} is a wrapper made by a decorator: its source is that of the function it wraps, "
+                "its code is the wrapper's",
+                f"pass the undecorated function ({name}.__wrapped__), or use a decorator that returns "
+                "the function itself")
+    return (f"the source found for {name} in {filename} is not the code of this function object: the file "
+            "was edited, or another definition (a re-run cell, a second exec under the same filename) "
+            "replaced that text since the function was created",
+            f"define {name} again from its current source (re-run the cell, reload the module) and use "
+            "that function object")
+
+
 def find_code(code, name: str):
     for const in code.co_consts:
         if isinstance(const, pytypes.CodeType):
@@ -246,8 +263,9 @@ def same_code(a, b) -> bool:
     """The same instructions, variables and constants (nested code compared the same way).
 
     Compared instruction by instruction, not byte by byte: line numbers do not
-    count, and CPython picks `LOAD_METHOD` or `LOAD_ATTR` for `math.sin(x)`
-    depending on whether `math` was imported in the compiled text (3.11, 3.12).
+    count, and CPython compiles `math.sin(x)` differently depending on whether
+    `math` was imported in the compiled text (`LOAD_METHOD` or `LOAD_ATTR` in
+    3.10-3.12, where the call's NULL goes in 3.13).
     """
     if (a.co_varnames != b.co_varnames or a.co_freevars != b.co_freevars or a.co_cellvars != b.co_cellvars
             or a.co_argcount != b.co_argcount or a.co_posonlyargcount != b.co_posonlyargcount

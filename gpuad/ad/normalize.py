@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from gpuad import api
 from gpuad.ad import ir
-from gpuad.ad.cache_key import source_matches
+from gpuad.ad.cache_key import source_matches, source_mismatch
 from gpuad.ad.emit import Namespace
 from gpuad.errors import SourceLocation, UnsupportedConstruct
 
@@ -116,14 +116,8 @@ def source_tree(fn):
             "write the function with def at module level",
         )
     if not (isinstance(node, ast.FunctionDef) and source_matches(fn, node)):
-        raise UnsupportedConstruct(
-            f"the source found for {fn.__name__} in {filename} is not the code of this function object: "
-            "the file was edited, or another definition (a re-run cell, a second exec under the same "
-            "filename) replaced that text since the function was created",
-            SourceLocation(filename, offset + 1, "def", fn.__name__),
-            f"define {fn.__name__} again from its current source (re-run the cell, reload the module) "
-            "and differentiate that function object",
-        )
+        message, hint = source_mismatch(fn, filename)
+        raise UnsupportedConstruct(message, SourceLocation(filename, offset + 1, "def", fn.__name__), hint)
     return node, filename, offset
 
 
