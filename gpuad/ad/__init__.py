@@ -31,6 +31,7 @@ from gpuad.ad.normalize import unwrap
 from gpuad.ad.rules import rule
 from gpuad.ad.site_facts import entry_facts
 from gpuad.ad.typing import is_float, local_types
+from gpuad.compiler.compile_lock import locked
 from gpuad.errors import AutodiffCallError, SourceLocation
 
 __all__ = ["Derivative", "differentiate", "rule", "local_types", "DEFAULT_TAPE_CAPACITY"]
@@ -73,6 +74,10 @@ def check_call(fn, mode, activities, argtypes) -> None:
                                     "use Duplicated(x, dx) to give a tangent in forward mode")
         if act is api.Active and isinstance(ty, types.Array):
             raise AutodiffCallError(f"Active array argument {i}", where, "pass arrays as Duplicated(a, da)")
+        if act is not api.Const and isinstance(ty, types.BaseTuple):
+            raise AutodiffCallError(f"{act.__name__} tuple argument {i} (`{code.co_varnames[i]}`): tuples "
+                                    "are not differentiated as arguments", where,
+                                    "pass the tuple's elements as separate arguments")
         if issubclass(act, api.Duplicated) and mode.reverse and not isinstance(ty, types.Array):
             raise AutodiffCallError(f"Duplicated scalar argument {i} in reverse mode", where,
                                     "use Active(x) for scalars in reverse mode")
@@ -89,6 +94,7 @@ def entry_name(fn, mode) -> str:
     return f"{snake}_{unwrap(fn).__name__}"
 
 
+@locked  # its caches and numba's typing are shared by every thread
 def differentiate(fn, mode: api.Mode, activities: tuple, argtypes: tuple, *,
                   tape_capacity: int = DEFAULT_TAPE_CAPACITY, thread_ids=frozenset(),
                   exclusive=frozenset()) -> Derivative:

@@ -17,6 +17,7 @@ from numba.core import types
 from gpuad.ad import ir, primitives
 from gpuad.ad.normalize import unwrap
 from gpuad.ad.typing import is_float
+from gpuad.ad.views import bases
 from gpuad.errors import SourceLocation, UnsupportedConstruct
 
 
@@ -30,9 +31,24 @@ def reads_active(expr, active: set) -> bool:
     return any(is_active_atom(a, active) for a in ir.atoms_of(expr))
 
 
-def analyse(fir: ir.FunctionIR, localtypes: dict, active_params: set) -> set:
-    """The set of active variable names (parameters included)."""
+def analyse(fir: ir.FunctionIR, localtypes: dict, active_params: set, views: dict | None = None) -> set:
+    """The set of active variable names (parameters included).
+
+    A local array bound to a view (`gpuad.ad.views`) is active when the arrays it views are; a
+    view that may be an active or an inactive array has no one shadow and is refused.
+    """
     active = set(active_params)
+    for name, view in (views or {}).items():
+        viewed = bases(view)
+        if viewed & active and not viewed <= active:
+            line = next(s.line for s in ir.walk(fir.body) if isinstance(s, ir.Assign) and s.target == name)
+            raise UnsupportedConstruct(
+                f"`{name}` may be one of {', '.join(sorted(viewed))}, of which only "
+                f"{', '.join(sorted(viewed & active))} has a shadow",
+                SourceLocation(fir.filename, line, name, fir.func.__name__),
+                f"pass {', '.join(sorted(viewed - active))} as Duplicated(array, shadow) too")
+        if viewed & active:
+            active.add(name)
     stmts = list(ir.walk(fir.body))
     scratch = scratch_arrays(stmts, localtypes)
     active |= scratch & passed_to_functions(stmts)  # the callee may store active values into them
@@ -49,6 +65,7 @@ def analyse(fir: ir.FunctionIR, localtypes: dict, active_params: set) -> set:
                   and is_active_atom(s.value, active)):
                 active.add(s.array)
                 changed = True
+    refuse_active_tuple_arguments(fir, stmts, active)
     for s in stmts:
         if isinstance(s, ir.Store) and is_active_atom(s.value, active) and s.array not in active:
             raise UnsupportedConstruct(
@@ -71,3 +88,26 @@ def scratch_arrays(stmts: list, localtypes: dict) -> set:
             if isinstance(s, ir.Assign) and isinstance(s.value, ir.Call)
             and s.value.func is primitives.tape_alloc and isinstance(s.target, str)
             and is_float(getattr(localtypes.get(s.target), "dtype", None))}
+
+
+def refuse_active_tuple_arguments(fir: ir.FunctionIR, stmts: list, active: set) -> None:
+    """A tuple holding active values passed whole to a call would lose their derivatives: refused.
+
+    The tuple pass packs such an argument just before the call (`_pk0 = (a, b)`); the sweeps
+    differentiate scalars and arrays only.
+    """
+    packs = {s.target: s for s in stmts if isinstance(s, ir.Assign) and isinstance(s.value, ir.Pack)
+             and isinstance(s.target, str)}
+
+    def holds_active(name: str) -> bool:
+        return any(is_active_atom(a, active) or (isinstance(a, ir.Var) and a.name in packs
+                                                  and holds_active(a.name)) for a in packs[name].value.items)
+
+    for s in stmts:
+        if isinstance(s, ir.Assign) and isinstance(s.value, ir.Call | ir.AutodiffCall):
+            for a in ir.atoms_of(s.value):
+                if isinstance(a, ir.Var) and a.name in packs and holds_active(a.name):
+                    raise UnsupportedConstruct(
+                        "a tuple holding values to differentiate is passed whole to a function",
+                        SourceLocation(fir.filename, s.line, "tuple argument", fir.func.__name__),
+                        "pass the tuple's elements as separate arguments")

@@ -76,7 +76,12 @@ def atom_text(a) -> str:
 
 
 def index_text(index: tuple) -> str:
-    return ", ".join(atom_text(i) for i in index)
+    return ", ".join(slice_text(i) if isinstance(i, ir.Slice) else atom_text(i) for i in index)
+
+
+def slice_text(s: ir.Slice) -> str:
+    start, stop, step = ("" if a == ir.Const(None) else atom_text(a) for a in s.atoms)
+    return f"{start}:{stop}:{step}" if step else f"{start}:{stop}"
 
 
 def target_text(target) -> str:

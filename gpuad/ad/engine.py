@@ -4,6 +4,7 @@ activity) that the forward and reverse sweeps start from.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import types as pytypes
 from dataclasses import dataclass
@@ -17,8 +18,10 @@ from gpuad.ad.activity import analyse
 from gpuad.ad.cache_key import derivative_key
 from gpuad.ad.emit import Namespace, atom_text, emit_function, expr_text
 from gpuad.ad.normalize import cuda_intrinsics, normalize, unwrap
+from gpuad.ad.ssa import rename
 from gpuad.ad.tuples import expand_tuples
 from gpuad.ad.typing import infer, is_float
+from gpuad.ad.views import resolve_views, view_text
 from gpuad.errors import LoweringError, SourceLocation, UnsupportedConstruct
 
 _typing_cache: dict = {}
@@ -35,6 +38,13 @@ class Prepared:
     return_type: object
     own_arrays: frozenset = frozenset()  # shadows updated by one thread only (gpuad.ad.site_facts)
     no_store: frozenset = frozenset()  # DuplicatedNoNeed arrays whose primal stores are skipped
+    views: dict = dataclasses.field(default_factory=dict)  # local array -> gpuad.ad.views.View
+
+    def shadow(self, array: str, prefix: str = "d_") -> str:
+        """The shadow (`d_`) or tangent (`t_`) of an array: a parameter's, or its view's expression."""
+        if array in self.views:
+            return view_text(self.views[array], prefix)
+        return prefix + array
 
 
 def array_dtype_is_float(ty) -> bool:
@@ -85,17 +95,18 @@ class Program:
     def prepare(self, fn, argtypes: tuple, active_flags: tuple) -> Prepared:
         """Normalise, type and analyse `fn` with `active_flags[i]` for parameter i."""
         fn = unwrap(fn)
-        fir = normalize(fn, self.ns)
+        fir = rename(normalize(fn, self.ns))
         typing = self.type_normalised(fn, fir, argtypes)
         localtypes = dict(typing.locals)
         for p, ty in zip(fir.params, argtypes):
             localtypes[p] = ty
         refuse_complex(fir, localtypes)
         fir, localtypes = expand_tuples(fir, localtypes)
+        fir, localtypes, views = resolve_views(fir, localtypes)
         active_params = {p for p, flag, ty in zip(fir.params, active_flags, argtypes)
                          if flag and (is_float(ty) or array_dtype_is_float(ty))}
-        active = analyse(fir, localtypes, active_params)
-        return Prepared(fir, localtypes, active, typing.return_type)
+        active = analyse(fir, localtypes, active_params, views)
+        return Prepared(fir, localtypes, active, typing.return_type, views=views)
 
     def type_normalised(self, fn, fir: ir.FunctionIR, argtypes: tuple):
         # Keyed by what the normalised form depends on: a global read as a number is inlined.

@@ -117,6 +117,10 @@ class TangentSweep:
         if not active_out:
             return [primal]
         (out,) = active_out
+        if out in self.prep.views:  # the same view of the tangent arrays
+            index = f"[{index_text(e.index)}]" if isinstance(e, ir.Load) else ""
+            source = e.array.name if isinstance(e, ir.Load) else e.a.name
+            return [primal, f"t_{out} = {self.prep.shadow(source, 't_')}{index}"]
         if isinstance(self.prep.types[out], types.Array):  # a scratch array: its tangent is one too
             return [primal, f"t_{out} = {expr_text(e)}"]
         if not reads:
@@ -128,9 +132,15 @@ class TangentSweep:
         return [primal, f"t_{out} = {self.rule_tangent(s, out)}"]
 
     def rule_tangent(self, s: ir.Assign, out: str) -> str:
-        terms = [scaled(ta, partial) for ta, partial in rule_terms(self, s, out, self.t)]
+        zero = zero_text(self.prep.types[out])
+        terms = []
+        for ta, partial in rule_terms(self, s, out, self.t):
+            sign, text = scaled(ta, partial)
+            if text != ta:  # a zero tangent contributes nothing, even times an infinite partial
+                text = f"({text} if {ta} != 0.0 else {zero})"
+            terms.append((sign, text))
         if not terms:
-            return zero_text(self.prep.types[out])
+            return zero
         first_sign, first = terms[0]
         text = first if first_sign == "+" else f"-{first}" if " " not in first else f"-({first})"
         for sign, term in terms[1:]:

@@ -37,6 +37,24 @@ class Global:
 Atom = Union[Var, Const, Global]
 
 
+@dataclass(frozen=True)
+class Slice:
+    """`start:stop:step` as one element of an index (atoms, `Const(None)` where left out)."""
+
+    start: Atom
+    stop: Atom
+    step: Atom
+
+    @property
+    def atoms(self) -> list:
+        return [self.start, self.stop, self.step]
+
+
+def index_atoms(index: tuple) -> list:
+    """The atoms of an index, those inside slices included."""
+    return [a for i in index for a in (i.atoms if isinstance(i, Slice) else [i])]
+
+
 # ------------------------------------------------------------ expressions
 @dataclass(frozen=True)
 class Copy:
@@ -197,7 +215,7 @@ def atoms_of(expr) -> list:
     if isinstance(expr, Call):
         return list(expr.args)
     if isinstance(expr, Load):
-        return [expr.array, *expr.index]
+        return [expr.array, *index_atoms(expr.index)]
     if isinstance(expr, Attr):
         return [Var(expr.var)]
     if isinstance(expr, Pack):

@@ -27,8 +27,13 @@ from gpuad.errors import SourceLocation, UnsupportedConstruct
 # On a loop's line, selects checkpointing (recompute) instead of taping every iteration.
 CHECKPOINT_COMMENT = "# gpuad: checkpoint"
 # Names the generated code uses itself; user locals with these names are renamed.
-RESERVED = {"status", "np", "math", "atomic_add", "tape_alloc", "report_tape_overflow",
-            "report_checkpoint_overflow", "None"}
+RESERVED = {"status", "np", "math", "builtins", "atomic_add", "tape_alloc", "report_tape_overflow",
+            "report_checkpoint_overflow", "None", "bool", "int", "float", "min", "max", "abs", "len",
+            "range", "Const", "Active", "Duplicated", "DuplicatedNoNeed"}
+# Prefixes of generated names (temporaries, shadows `d_x`, tangents `t_x`, the functions generated
+# for callees, entry functions). A user local starting with one of them, or with the escape `u_`
+# itself, becomes `u_<name>`: an injective renaming, so no user name can meet a generated one.
+GENERATED_PREFIXES = ("_", "u_", "d_", "t_", "aug_", "rev_", "tan_", "reverse_", "forward_")
 LOCAL_ATTRS = ("shape", "size", "ndim")
 BINOPS = {
     ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.FloorDiv: "//",
@@ -68,7 +73,7 @@ REFUSED_EXPRS = {
     ast.JoinedStr: ("f-string", "remove string formatting from differentiated code"),
     ast.NamedExpr: ("walrus (:=)", "assign in a separate statement"),
     ast.Starred: ("*args", "pass arguments explicitly"),
-    ast.Slice: ("slice", "index single elements; slices are not differentiated"),
+    ast.Slice: ("slice", "use slices only to index arrays"),
 }
 
 
@@ -202,7 +207,7 @@ class Normalizer:
         )
 
     def local(self, name: str) -> str:
-        if name.startswith(("_", "d_", "t_")) or name in RESERVED:
+        if name.startswith(GENERATED_PREFIXES) or name in RESERVED:
             return "u_" + name
         return name
 
@@ -378,7 +383,15 @@ class Normalizer:
             if step.value == 0:
                 self.refuse(it, ast.unparse(it), "range() step must not be zero")
             trips = len(range(start.value, stop.value, step.value))
-        self.loop(node, self.local(node.target.id), start, stop, step, node.body, trips)
+        var, prologue = self.local(node.target.id), []
+        if any(isinstance(n, ast.Name) and n.id == node.target.id and isinstance(n.ctx, ast.Store)
+               for b in node.body for n in ast.walk(b)):
+            # The body rebinds the loop variable: the loop counts in a name of its own (the reverse
+            # sweep rebuilds it from start and step) and the body starts from a copy of it.
+            counter = f"_i{self.nloop}"
+            prologue = [ir.Assign(var, ir.Copy(ir.Var(counter)), self.line(node))]
+            var = counter
+        self.loop(node, var, start, stop, step, node.body, trips, prologue)
 
     def stmt_While(self, node) -> None:
         if node.orelse:
@@ -390,7 +403,7 @@ class Normalizer:
                 ast.If(exit_test, [ast.copy_location(ast.Break(), node)], []), node))
         self.loop(node, None, None, None, None, body, None)
 
-    def loop(self, node, var, start, stop, step, body, trips) -> None:
+    def loop(self, node, var, start, stop, step, body, trips, prologue=()) -> None:
         brk, cont, ret = loop_exits(body)
         k = self.nloop
         self.nloop += 1
@@ -398,7 +411,7 @@ class Normalizer:
         if brk or ret:
             self.emit(ir.Assign(ctx.brk, ir.Copy(ir.Const(False)), self.line(node)))
         self.loops.append(ctx)
-        stmts = []
+        stmts = list(prologue)
         if brk or cont or ret:
             stmts.append(ir.Assign(ctx.skip, ir.Copy(ir.Const(False)), self.line(node)))
         stmts += self.block(body)
@@ -495,9 +508,11 @@ class Normalizer:
         elts = sl.elts if isinstance(sl, ast.Tuple) else [sl]
         index = []
         for e in elts:
-            if isinstance(e, ast.Slice):
-                self.refuse(e, ast.unparse(node), "index single elements; slices are not differentiated")
-            index.append(self.expr(e))
+            if isinstance(e, ast.Slice):  # a view: its shadow is the same slice of the shadow
+                parts = (self.expr(p) if p is not None else ir.Const(None) for p in (e.lower, e.upper, e.step))
+                index.append(ir.Slice(*parts))
+            else:
+                index.append(self.expr(e))
         return array, tuple(index)
 
     def expr_Tuple(self, node):
@@ -520,15 +535,34 @@ class Normalizer:
         return self.assign_temp(ir.UnaryOp(op, a), node)
 
     def expr_Compare(self, node):
-        if len(node.ops) > 1:  # a < b < c  →  a < b and b < c (b evaluated twice: it is pure)
-            parts = [ast.Compare(left, [op], [right]) for left, op, right
-                     in zip([node.left, *node.comparators[:-1]], node.ops, node.comparators)]
-            return self.expr(ast.copy_location(ast.BoolOp(ast.And(), parts), node))
-        op = CMPOPS.get(type(node.ops[0]))
-        if op is None:
-            self.refuse(node, ast.unparse(node), "use <, <=, >, >=, ==, !=")
-        a, b = self.expr(node.left), self.expr(node.comparators[0])
-        return self.assign_temp(ir.Compare(op, a, b), node)
+        """`a < b < c` as Python runs it: each operand evaluated once, left to right, and `c`
+        only when `a < b` holds (`t = a < b; if t: t = b < c`, b kept in a temporary)."""
+        for op in node.ops:
+            if type(op) not in CMPOPS:
+                self.refuse(node, ast.unparse(node), "use <, <=, >, >=, ==, !=")
+        left = self.expr(node.left)
+        result = self.temp()
+        right = self.out_compare(result, CMPOPS[type(node.ops[0])], left, node.comparators[0], node)
+        return ir.Var(result) if len(node.ops) == 1 else self.compare_rest(result, right, node, 1)
+
+    def out_compare(self, result: str, op: str, left, right_node, node):
+        """`result = left <op> right` with `right` evaluated here; returns the right atom."""
+        right = self.expr(right_node)
+        if isinstance(right, ir.Var) and right.name not in self.single_temps:
+            right = self.assign_temp(ir.Copy(right), node)  # the next comparison reads this value
+        self.emit(ir.Assign(result, ir.Compare(op, left, right), self.line(node)))
+        return right
+
+    def compare_rest(self, result: str, left, node, k: int):
+        """The comparisons from the k-th on, each evaluated only while the chain holds."""
+        test = self.assign_temp(ir.Copy(ir.Var(result)), node)  # the decision must not change
+        saved, self.out = self.out, []
+        right = self.out_compare(result, CMPOPS[type(node.ops[k])], left, node.comparators[k], node)
+        if k + 1 < len(node.ops):
+            self.compare_rest(result, right, node, k + 1)
+        body, self.out = self.out, saved
+        self.emit(ir.If(test, body, [], self.line(node)))
+        return ir.Var(result)
 
     def expr_BoolOp(self, node):
         """`a and b` → `t = a; if t: t = b` (short-circuit kept)."""
@@ -627,7 +661,6 @@ class Normalizer:
             return ir.Const(value)
         self.refuse(node, ast.unparse(node), f"pass `{param}` explicitly: its default in {callee.__name__} "
                     f"is a {type(value).__name__}, and only numbers and None are inlined")
-
 
     def autodiff_call(self, node, func):
         if len(node.args) < 2:

@@ -92,6 +92,8 @@ class AdjointSweep:
         if not (self.is_needed(name) and (name in self.assigned or self.depth > 0)):
             return [], [], TapeUse()
         ty = self.types.get(name, types.float64)
+        if isinstance(ty, types.Array):  # a view: the reverse sweep rebuilds it from its parts
+            return [], [], TapeUse()
         if name not in self.fir.params:
             self.preinit.add(name)
         if self.record_on_tape():
@@ -139,6 +141,9 @@ class AdjointSweep:
         e = s.value
         reads_active = (not isinstance(e, ir.Attr) and not inert_call(s, self.active)
                         and any(self.d(a) for a in ir.atoms_of(e)))
+        if s.target in self.prep.views:  # its shadow is an expression over the parameters' shadows
+            self.assigned.update(names)
+            return fwd + [f"{s.target} = {expr_text(e)}"], restores, use
         if isinstance(e, ir.Call) and reads_active and e.func not in DERIVATIVES:
             f, adjoint, u = self.call(s)
             fwd += f
@@ -164,16 +169,20 @@ class AdjointSweep:
         if isinstance(e, ir.Copy):
             return [self.adj(f"d_{e.a.name} += d_{out}")]
         if isinstance(e, ir.Load):
+            shadow = self.prep.shadow(e.array.name)
             if e.array.name in self.prep.own_arrays:  # no other thread updates this element
-                return [self.adj(f"d_{e.array.name}[{index_text(e.index)}] += d_{out}")]
+                return [self.adj(f"{shadow}[{index_text(e.index)}] += d_{out}")]
             index = index_text(e.index)
             index = f"({index})" if len(e.index) > 1 else index
-            return [self.adj(f"atomic_add(d_{e.array.name}, {index}, d_{out})")]
-        lines = []
+            return [self.adj(f"atomic_add({shadow}, {index}, d_{out})")]
+        lines, guard = [], False
         for da, partial in rule_terms(self, s, out, self.d):
             sign, text = scaled(f"d_{out}", partial)
             lines.append(self.adj(f"{da} {sign}= {text}"))
-        return lines
+            guard |= text != f"d_{out}"
+        # A zero adjoint adds nothing, even where a partial is infinite (`1.0 / x` unused, `sqrt(q)`
+        # on the branch not taken at q == 0): no 0 * inf NaN, and reverse agrees with forward.
+        return [(f"if d_{out} != 0.0:", lines)] if guard else lines
 
     def store(self, s: ir.Store) -> tuple[list, list, TapeUse]:
         fwd = [f"{s.array}[{index_text(s.index)}] = {atom_text(s.value)}"]
@@ -182,7 +191,7 @@ class AdjointSweep:
         if s.array not in self.active:
             return fwd, [], TapeUse()
         rev = []
-        where = f"d_{s.array}[{index_text(s.index)}]"
+        where = f"{self.prep.shadow(s.array)}[{index_text(s.index)}]"
         dv = self.d(s.value)
         if dv:
             rev.append(self.adj(f"{dv} += {where}"))
@@ -398,9 +407,12 @@ class AdjointSweep:
         fwd = [f"{lhs} = {info.aug}({', '.join(args + [tape_args])})"]
         rev_args = []
         for a, flag, ty in zip(e.args, flags, argtypes):
-            rev_args.append(atom_text(a))
+            if isinstance(a, ir.Var) and a.name in self.prep.views:  # rebuilt: it may have been rebound
+                rev_args.append(self.prep.shadow(a.name, ""))
+            else:
+                rev_args.append(atom_text(a))
             if flag and isinstance(ty, types.Array):
-                rev_args.append(f"d_{a.name}")
+                rev_args.append(self.prep.shadow(a.name))
         seeds = [f"d_{n}" if n in self.active else "0.0" for n, ty in
                  zip(ir.target_names(s.target), info.ret_leaf_types) if is_float(ty)] if info.ret else []
         results = [f"_r{i}" for i in range(len(info.adjoint_args))]
@@ -444,7 +456,7 @@ def loop_reads(s: ir.Loop) -> set:
         if isinstance(t, ir.Assign):
             atoms = ir.atoms_of(t.value)
         elif isinstance(t, ir.Store):
-            atoms = [*t.index, t.value]
+            atoms = [*ir.index_atoms(t.index), t.value]
         elif isinstance(t, ir.If):
             atoms = [t.test]
         else:

@@ -1,0 +1,133 @@
+"""One binding, one name: user variables renamed so that each binding has its own name.
+
+Runs on the normalised form, before typing. Outside loops every rebinding of
+a user name gets a fresh version (`x`, then `_v1_x`, `_v2_x`...), so a name
+keeps one value and one type: `v = v[0] * 2.0` no longer turns the array
+parameter `v` into a float, and a value the reverse sweep reads cannot have
+been overwritten. Where branches rebind a name differently, each branch ends
+by copying its version into one merged version (a phi, as copies).
+
+Inside a loop a name the loop assigns keeps one name for the whole loop (the
+loop-carried value, like a phi at the loop header); the reverse sweep saves
+and restores what each iteration overwrites. A loop variable that was bound
+before the loop gets a version of its own.
+
+Generated names (temporaries, flags, `_ret`) start with `_` and are left as
+they are; versions start with `_v`, which the normaliser keeps user names out of.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+from gpuad.ad import ir
+
+
+def is_user_name(name: str) -> bool:
+    return not name.startswith("_")
+
+
+class Renamer:
+    def __init__(self, fir: ir.FunctionIR):
+        self.fir = fir
+        self.used = set(fir.params)
+        self.counter = itertools.count(1)
+
+    def fresh(self, name: str) -> str:
+        if name not in self.used:
+            self.used.add(name)
+            return name
+        return f"_v{next(self.counter)}_{name}"
+
+    # ------------------------------------------------------------ reading
+    @staticmethod
+    def atom(a, env: dict):
+        return ir.Var(env.get(a.name, a.name)) if isinstance(a, ir.Var) else a
+
+    def index(self, index: tuple, env: dict) -> tuple:
+        return tuple(ir.Slice(*(self.atom(a, env) for a in i.atoms)) if isinstance(i, ir.Slice)
+                     else self.atom(i, env) for i in index)
+
+    def expr(self, e, env: dict):
+        at = lambda a: self.atom(a, env)  # noqa: E731
+        if isinstance(e, ir.Copy | ir.UnaryOp):
+            return dataclasses.replace(e, a=at(e.a))
+        if isinstance(e, ir.BinOp | ir.Compare):
+            return dataclasses.replace(e, a=at(e.a), b=at(e.b))
+        if isinstance(e, ir.Call):
+            return dataclasses.replace(e, args=tuple(map(at, e.args)))
+        if isinstance(e, ir.Load):
+            return ir.Load(at(e.array), self.index(e.index, env))
+        if isinstance(e, ir.Attr):
+            return ir.Attr(env.get(e.var, e.var), e.attr)
+        if isinstance(e, ir.Pack):
+            return ir.Pack(tuple(map(at, e.items)))
+        if isinstance(e, ir.TupleGet):
+            return ir.TupleGet(env.get(e.var, e.var), e.k)
+        if isinstance(e, ir.AutodiffCall):
+            wrappers = tuple((c, n, tuple(map(at, atoms))) for c, n, atoms in e.wrappers)
+            return dataclasses.replace(e, wrappers=wrappers)
+        raise TypeError(e)
+
+    # ------------------------------------------------------------ binding
+    def bind(self, target, env: dict, loop_wide: set):
+        if not isinstance(target, str):
+            return tuple(self.bind(t, env, loop_wide) for t in target)
+        if not is_user_name(target) or target in loop_wide:
+            return env.get(target, target)
+        env[target] = self.fresh(target)
+        return env[target]
+
+    def block(self, stmts: list, env: dict, loop_wide: set) -> list:
+        out = []
+        for s in stmts:
+            if isinstance(s, ir.Assign):
+                value = self.expr(s.value, env)  # read before the target is rebound
+                out.append(ir.Assign(self.bind(s.target, env, loop_wide), value, s.line))
+            elif isinstance(s, ir.Store):
+                out.append(ir.Store(env.get(s.array, s.array), self.index(s.index, env),
+                                    self.atom(s.value, env), s.line))
+            elif isinstance(s, ir.If):
+                out.append(self.if_(s, env, loop_wide))
+            else:
+                out.append(self.loop(s, env, loop_wide))
+        return out
+
+    def if_(self, s: ir.If, env: dict, loop_wide: set) -> ir.If:
+        test = self.atom(s.test, env)
+        env_body, env_else = dict(env), dict(env)
+        body = self.block(s.body, env_body, loop_wide)
+        orelse = self.block(s.orelse, env_else, loop_wide)
+        for name in sorted(set(env_body) | set(env_else)):
+            versions = (env_body.get(name), env_else.get(name))
+            if versions == (env.get(name),) * 2:
+                continue
+            if name not in env and None in versions:  # bound on one path only: no merge needed
+                env[name] = versions[0] or versions[1]
+                continue
+            merged = self.fresh(name)
+            for branch, version in ((body, versions[0]), (orelse, versions[1])):
+                branch.append(ir.Assign(merged, ir.Copy(ir.Var(version or env[name])), s.line))
+            env[name] = merged
+        return ir.If(test, body, orelse, s.line)
+
+    def loop(self, s: ir.Loop, env: dict, loop_wide: set) -> ir.Loop:
+        start, stop, step = (self.atom(a, env) if a is not None else None for a in (s.start, s.stop, s.step))
+        var = s.var
+        if var is not None and is_user_name(var) and var not in loop_wide:
+            env[var] = self.fresh(var)
+            var = env[var]
+        assigned = {n for t in ir.walk(s.body) if isinstance(t, ir.Assign)
+                    for n in ir.target_names(t.target) if is_user_name(n)} - loop_wide
+        for name in sorted(assigned):
+            env[name] = env.get(name) or self.fresh(name)  # the loop-carried name
+        body = self.block(s.body, env, loop_wide | assigned | ({s.var} if s.var else set()))
+        return ir.Loop(var, start, stop, step, body, s.line, s.ident, s.exit_flag, s.trips, s.checkpoint)
+
+
+def rename(fir: ir.FunctionIR) -> ir.FunctionIR:
+    """`fir` with every user binding outside loops given its own name (see the module docstring)."""
+    renamer = Renamer(fir)
+    env = {p: p for p in fir.params}
+    body = renamer.block(fir.body, env, set())
+    return dataclasses.replace(fir, body=body)

@@ -1,0 +1,158 @@
+"""Soundness classes of the engine's front end: rebinding (gpuad/ad/ssa.py), generated names that
+no user name can reach (normalize.GENERATED_PREFIXES), each expression evaluated once, no NaN from
+values whose adjoint is structurally zero, tuples holding active values."""
+from __future__ import annotations
+
+import itertools
+import math
+
+import corpus
+import numpy as np
+import pytest
+
+from gpuad import Active, Const, Duplicated, Forward, Reverse, ReverseWithPrimal, autodiff
+from gpuad.ad.normalize import GENERATED_PREFIXES, RESERVED
+from gpuad.errors import AutodiffCallError, UnsupportedConstruct
+
+_serial = itertools.count()
+
+
+def define(source: str, name: str = "f", **globals_):
+    return corpus.exec_source(source, f"<soundness {next(_serial)}>", {"math": math, **globals_})[name]
+
+
+def fd(f, x, *rest, h=1e-5):
+    return (f(x + h, *rest) - f(x - h, *rest)) / (2 * h)
+
+
+def both(f, x, *rest):
+    """(reverse, forward) derivatives of f with respect to its first (scalar) argument."""
+    (rev,) = autodiff(Reverse, f, Active(x), *map(Const, rest))
+    (fwd,) = autodiff(Forward, f, Duplicated(x, 1.0), *map(Const, rest))
+    return rev[0], fwd
+
+
+# --- rebinding ----------------------------------------------------------------------------------
+
+REBINDINGS = {
+    "loop variable reassigned": "s = 0.0\nfor j in range(n):\n    j = j + 1\n    s += x * j\nreturn s",
+    "loop variable reassigned twice": "s = 0.0\nfor j in range(n):\n    j = j * 2\n    s += x * j\n"
+                                      "    j = j + 1\n    s += x * x * j\nreturn s",
+    "loop variable used after the loop": "s = x\nfor j in range(n):\n    s = s * x\nreturn s * j",
+    "loop variable bound before as float": "j = 0.5 * x\ns = j\nfor j in range(n):\n    s += x * j\nreturn s",
+    "parameter rebound": "x0 = x\nx = x * x\nx = math.sin(x) + x0\nreturn x * x0",
+    "rebound on one branch": "y = x * 2.0\nif x > 0.0:\n    y = y * y\nreturn y * x",
+    "rebound on both branches": "y = x\nif x > 0.0:\n    y = math.sin(y)\nelse:\n    y = math.cos(y)\n"
+                                "return y * x",
+    "rebound in a loop and after": "y = x\nfor k in range(n):\n    y = y * 0.5 + x\ny = y * y\nreturn y",
+    "int then float": "k = n\nk = k * x\nreturn k * x",
+}
+
+
+@pytest.mark.parametrize("name", list(REBINDINGS))
+@pytest.mark.parametrize("x", [0.7, -1.3])
+def test_rebinding_matches_finite_differences(name, x):
+    body = "".join(f"    {line}\n" for line in REBINDINGS[name].splitlines())
+    f = define(f"def f(x, n):\n{body}")
+    rev, fwd = both(f, x, 3)
+    assert rev == pytest.approx(fd(f, x, 3), rel=1e-6)
+    assert fwd == pytest.approx(rev, rel=1e-12)
+
+
+def test_array_parameter_rebound_to_a_float():
+    f = define("def f(v, x):\n    v = v[0] * x\n    return v * v\n")
+    a, da = np.array([3.0]), np.zeros(1)
+    ((_, dx),) = autodiff(Reverse, f, Duplicated(a, da), Active(2.0))
+    assert (dx, da[0]) == (2 * 9.0 * 2.0, 2 * 3.0 * 4.0)
+    (df,) = autodiff(Forward, f, Duplicated(a, np.array([1.0])), Duplicated(2.0, 0.0))
+    assert df == 2 * 3.0 * 4.0
+
+
+def user_names() -> list[str]:
+    """Names a user may write that look like the engine's own."""
+    names = sorted(RESERVED - {"None", "math", "np", "float", "int", "min", "max", "abs", "range", "len",
+                               "bool", "builtins"})
+    stems = ["x", "ret", "t0", "s0", "c0", "n0", "k0", "tf", "spf", "done", "skip0", "d_x", "_x", "h"]
+    names += [p + s for p in GENERATED_PREFIXES for s in stems]
+    return list(dict.fromkeys(names + ["u__x", "u_d_x", "_ret", "_primal", "_v1_y", "_vi0", "d__ret"]))
+
+
+def test_user_names_from_the_engines_prefixes_do_not_collide():
+    names = user_names()
+    lines = [f"    {n} = x * {k + 1}.0" for k, n in enumerate(names)]
+    total = " + ".join(f"{n} * {n}" for n in names)
+    f = define("def h(x):\n    return x * x\n\ndef f(x):\n" + "\n".join(lines)
+               + f"\n    return h({total})\n", "f")
+    squares = sum((k + 1) ** 2 for k in range(len(names)))
+    expected = 4 * 0.5 ** 3 * squares ** 2  # f = h(x^2 * squares) = x^4 * squares^2
+    rev, fwd = both(f, 0.5)
+    assert rev == pytest.approx(expected, rel=1e-12)
+    assert fwd == pytest.approx(expected, rel=1e-12)
+
+
+# --- evaluation once, in order ------------------------------------------------------------------
+
+CHAINS = ["0.0 < bump(c, x) < 10.0", "bump(c, x) < 10.0 > bump(c, x)", "0.0 < bump(c, x) < bump(c, x) < 99.0",
+          "1e9 < bump(c, x) < 10.0", "0.0 < x < bump(c, x) < 99.0"]
+
+
+@pytest.mark.parametrize("chain", CHAINS)
+def test_chained_comparison_evaluates_each_operand_once(chain):
+    source = (f"def bump(c, x):\n    c[0] += 1.0\n    return c[0] * x\n\n"
+              f"def f(x, c):\n    if {chain}:\n        return x * x\n    return x\n")
+    f = define(source)
+    expected_calls = np.zeros(1)
+    expected = f(0.5, expected_calls)
+    for mode in (ReverseWithPrimal, Forward):
+        calls = np.zeros(1)
+        args = (Active(0.5),) if mode is ReverseWithPrimal else (Duplicated(0.5, 1.0),)
+        result = autodiff(mode, f, *args, Const(calls))
+        assert calls[0] == expected_calls[0], (mode, chain)
+        if mode is ReverseWithPrimal:
+            assert result[1] == expected
+
+
+# --- no NaN from what does not contribute --------------------------------------------------------
+
+SINGULAR = {
+    "unused reciprocal": ("t = 1.0 / x\nreturn x * 2.0", 0.0, 2.0),
+    "guarded sqrt": ("s = math.sqrt(x)\nif x == 0.0:\n    return 0.0\nreturn s", 0.0, 0.0),
+    "guarded log": ("u = math.log(x)\nif x > 0.0:\n    return u * x\nreturn x", 0.0, 1.0),
+    "unused log of zero": ("u = math.log(x * x)\nreturn 3.0 * x", 0.0, 3.0),
+    "sqrt on the other branch of a ternary": ("return math.sqrt(x) if x > 0.0 else x * 5.0", 0.0, 5.0),
+    "unused division chain": ("a = 1.0 / x\nb = a * a\nc = math.sqrt(b - b)\nreturn x", 0.0, 1.0),
+    "dead in a loop": ("s = x\nfor k in range(3):\n    t = 1.0 / (x - 1.0)\n    s = s * 2.0\nreturn s",
+                       1.0, 8.0),
+}
+
+
+@pytest.mark.parametrize("name", list(SINGULAR))
+def test_no_nan_from_values_that_do_not_contribute(name):
+    body, x, expected = SINGULAR[name]
+    f = define("def f(x):\n" + "".join(f"    {line}\n" for line in body.splitlines()))
+    rev, fwd = both(f, x)
+    assert rev == expected and fwd == expected
+
+
+# --- tuples ------------------------------------------------------------------------------------
+
+def test_tuple_holding_active_values_passed_to_a_helper_is_refused():
+    f = define("def inner(t):\n    return t[0] * t[1]\n\ndef f(a):\n    return inner((a, a * 3.0))\n")
+    for mode, arg in ((Reverse, Active(2.0)), (Forward, Duplicated(2.0, 1.0))):
+        with pytest.raises(UnsupportedConstruct, match="tuple") as info:
+            autodiff(mode, f, arg)
+        assert info.value.location.line == 5
+
+
+def test_tuple_of_constants_passed_to_a_helper_differentiates():
+    f = define("def inner(t, a):\n    return t[0] * a + t[1]\n\n"
+               "def f(a, c):\n    return inner((c, 2.0), a)\n")
+    assert both(f, 2.0, 3.0) == (3.0, 3.0)
+
+
+@pytest.mark.parametrize("mode,activity", [(Reverse, Active((1.0, 2.0))),
+                                           (Forward, Duplicated((1.0, 2.0), (1.0, 0.0)))])
+def test_tuple_valued_activities_are_refused(mode, activity):
+    f = define("def f(t):\n    return t[0] * t[1]\n")
+    with pytest.raises(AutodiffCallError, match="tuple argument 0"):
+        autodiff(mode, f, activity)
