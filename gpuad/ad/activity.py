@@ -93,9 +93,12 @@ def scratch_arrays(stmts: list, localtypes: dict) -> set:
 def refuse_active_tuple_arguments(fir: ir.FunctionIR, stmts: list, active: set) -> None:
     """A tuple holding active values passed whole to a call would lose their derivatives: refused.
 
-    The tuple pass packs such an argument just before the call (`_pk0 = (a, b)`); the sweeps
-    differentiate scalars and arrays only.
+    The tuple pass packs such an argument just before the call (`_pk0 = (a, b)`). A plain Python
+    function's derivative takes the tuple's elements one by one instead (`ir.Call.leaves`); user
+    rules, builtins and nested autodiff calls take them whole, so only scalars and arrays there.
     """
+    from gpuad.ad.rules import user_rule
+
     packs = {s.target: s for s in stmts if isinstance(s, ir.Assign) and isinstance(s.value, ir.Pack)
              and isinstance(s.target, str)}
 
@@ -104,8 +107,12 @@ def refuse_active_tuple_arguments(fir: ir.FunctionIR, stmts: list, active: set) 
                                                   and holds_active(a.name)) for a in packs[name].value.items)
 
     for s in stmts:
-        if isinstance(s, ir.Assign) and isinstance(s.value, ir.Call | ir.AutodiffCall):
-            for a in ir.atoms_of(s.value):
+        e = s.value if isinstance(s, ir.Assign) else None
+        if (isinstance(e, ir.Call) and e.leaves is not None and user_rule(e.func) is None
+                and isinstance(unwrap(e.func), pytypes.FunctionType)):
+            continue
+        if isinstance(e, ir.Call | ir.AutodiffCall):
+            for a in ir.atoms_of(e):
                 if isinstance(a, ir.Var) and a.name in packs and holds_active(a.name):
                     raise UnsupportedConstruct(
                         "a tuple holding values to differentiate is passed whole to a function",

@@ -92,8 +92,12 @@ class Program:
         self.used_names.add(candidate)
         return candidate
 
-    def prepare(self, fn, argtypes: tuple, active_flags: tuple) -> Prepared:
-        """Normalise, type and analyse `fn` with `active_flags[i]` for parameter i."""
+    def prepare(self, fn, argtypes: tuple, active_flags: tuple, flatten_tuples: bool = False) -> Prepared:
+        """Normalise, type and analyse `fn` with `active_flags[i]` for parameter i.
+
+        With `flatten_tuples` (callees), tuple parameters become one parameter per leaf, and
+        `active_flags` is given per leaf.
+        """
         fn = unwrap(fn)
         fir = rename(normalize(fn, self.ns))
         typing = self.type_normalised(fn, fir, argtypes)
@@ -101,10 +105,10 @@ class Program:
         for p, ty in zip(fir.params, argtypes):
             localtypes[p] = ty
         refuse_complex(fir, localtypes)
-        fir, localtypes = expand_tuples(fir, localtypes)
+        fir, localtypes = expand_tuples(fir, localtypes, flatten_tuples)
         fir, localtypes, views = resolve_views(fir, localtypes)
-        active_params = {p for p, flag, ty in zip(fir.params, active_flags, argtypes)
-                         if flag and (is_float(ty) or array_dtype_is_float(ty))}
+        active_params = {p for p, flag in zip(fir.params, active_flags)
+                         if flag and (is_float(localtypes[p]) or array_dtype_is_float(localtypes[p]))}
         active = analyse(fir, localtypes, active_params, views)
         return Prepared(fir, localtypes, active, typing.return_type, views=views)
 

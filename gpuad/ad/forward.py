@@ -169,9 +169,11 @@ class TangentSweep:
                 out.append(f"t_{tout} = {name}({', '.join(args)})")
             return out
         self.prog.check_callee(self.fir, s, e.func, expr_text(e))
+        flat = ir.call_arguments(e)  # tuple arguments pass their elements one by one
+        flags = tuple(self.t(a) is not None for a in flat)
         callee = tangent_function(self.prog, unwrap(e.func), argtypes, flags, s, self.fir)
         args = []
-        for a, flag in zip(e.args, flags):
+        for a, flag in zip(flat, flags):
             args.append(atom_text(a))
             if flag:
                 args.append(self.t(a))
@@ -225,7 +227,7 @@ def tangent_function(prog: Program, fn, argtypes: tuple, flags: tuple, site, cal
     if key in prog.generated:
         return prog.generated[key]
     prog.enter_callee(fn, site, caller)
-    prep = prog.prepare(fn, argtypes, flags)
+    prep = prog.prepare(fn, argtypes, flags, flatten_tuples=True)
     name = prog.unique("tan_" + prep.fir.name)
     prog.generated[key] = name
     params = []

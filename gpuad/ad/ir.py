@@ -88,6 +88,21 @@ class Call:
     func: object
     name: str
     args: tuple
+    # For a call of a plain function taking tuples: per argument, None or the nested tuple of
+    # atoms the tuple holds. Derivatives pass these leaves one by one (`gpuad.ad.tuples`).
+    leaves: tuple | None = None
+
+
+def flat_leaves(pattern) -> list:
+    return [a for p in pattern for a in flat_leaves(p)] if isinstance(pattern, tuple) else [pattern]
+
+
+def call_arguments(e) -> list:
+    """A call's arguments with every tuple argument replaced by its leaves."""
+    if e.leaves is None:
+        return list(e.args)
+    return [a for arg, pattern in zip(e.args, e.leaves)
+            for a in ([arg] if pattern is None else flat_leaves(pattern))]
 
 
 @dataclass(frozen=True)
@@ -213,7 +228,7 @@ def atoms_of(expr) -> list:
     if isinstance(expr, BinOp | Compare):
         return [expr.a, expr.b]
     if isinstance(expr, Call):
-        return list(expr.args)
+        return list(expr.args) if expr.leaves is None else list(expr.args) + call_arguments(expr)
     if isinstance(expr, Load):
         return [expr.array, *index_atoms(expr.index)]
     if isinstance(expr, Attr):

@@ -392,7 +392,9 @@ class AdjointSweep:
         """A call of a plain function (or of one with a user rule) with active arguments."""
         e = s.value
         argtypes = tuple(type_of_atom(a, self.types, self.prog.ns.objects) for a in e.args)
-        flags = tuple(self.d(a) is not None for a in e.args)
+        flat = ir.call_arguments(e)  # tuple arguments pass their elements one by one
+        flat_types = tuple(type_of_atom(a, self.types, self.prog.ns.objects) for a in flat)
+        flags = tuple(self.d(a) is not None for a in flat)
         rule = user_rule(e.func)
         if rule is not None:
             return self.user_rule_call(s, rule, flags)
@@ -401,12 +403,12 @@ class AdjointSweep:
         if info.dynamic_line is not None and self.dynamic_line is None:
             self.dynamic_line = info.dynamic_line
         self.uses_tape = True
-        args = [atom_text(a) for a in e.args]
+        args = [atom_text(a) for a in flat]
         tape_args = "_tf, _ti, _spf, _spi, status"
         lhs = "_spf, _spi" if info.ret is None else f"{target_text(s.target)}, _spf, _spi"
         fwd = [f"{lhs} = {info.aug}({', '.join(args + [tape_args])})"]
         rev_args = []
-        for a, flag, ty in zip(e.args, flags, argtypes):
+        for a, flag, ty in zip(flat, flags, flat_types):
             if isinstance(a, ir.Var) and a.name in self.prep.views:  # rebuilt: it may have been rebound
                 rev_args.append(self.prep.shadow(a.name, ""))
             else:
@@ -419,7 +421,7 @@ class AdjointSweep:
         rev = [self.adj(f"{', '.join(results + ['_spf', '_spi'])} = "
                         f"{info.rev}({', '.join(rev_args + seeds + [tape_args])})")]
         for r, i in zip(results, info.adjoint_args):
-            rev.append(f"{self.d(e.args[i])} += {r}")
+            rev.append(f"{self.d(flat[i])} += {r}")
         return fwd, rev, info.use
 
     def user_rule_call(self, s: ir.Assign, rule, flags) -> tuple[list, list, TapeUse]:
@@ -511,8 +513,9 @@ def split_functions(prog: Program, fn, argtypes, flags, site, caller) -> SplitIn
     if key in prog.generated:
         return prog.generated[key]
     prog.enter_callee(fn, site, caller)
-    prep = prog.prepare(fn, argtypes, flags)
+    prep = prog.prepare(fn, argtypes, flags, flatten_tuples=True)
     fir = prep.fir
+    argtypes = tuple(prep.types[p] for p in fir.params)  # one per parameter, tuples flattened
     sweep = two_pass(prog, prep, split=True)
     fwd, rev, use = sweep.code
     snapshot = sorted((sweep.needed & assigned_names(fir)) - set(fir.params)) + sorted(

@@ -12,6 +12,11 @@ loop-carried value, like a phi at the loop header); the reverse sweep saves
 and restores what each iteration overwrites. A loop variable that was bound
 before the loop gets a version of its own.
 
+A name first bound inside an `if` or a loop may be unbound on some paths
+(a branch not taken, a loop run zero times), which Python allows as long as it
+is not read there; a merge copy would read it. Such names keep one name, as
+loop-carried ones do.
+
 Generated names (temporaries, flags, `_ret`) start with `_` and are left as
 they are; versions start with `_v`, which the normaliser keeps user names out of.
 """
@@ -27,11 +32,34 @@ def is_user_name(name: str) -> bool:
     return not name.startswith("_")
 
 
+def bound_names(s) -> set:
+    """The user names a statement (and what it contains) binds."""
+    names = set()
+    for t in ir.walk([s]):
+        if isinstance(t, ir.Assign):
+            names.update(ir.target_names(t.target))
+        elif isinstance(t, ir.Loop) and t.var:
+            names.add(t.var)
+    return {n for n in names if is_user_name(n)}
+
+
+def maybe_unbound(fir: ir.FunctionIR) -> set:
+    """User names whose first binding is inside an `if` or a loop (see the module docstring)."""
+    seen, names = set(fir.params), set()
+    for s in fir.body:
+        new = bound_names(s) - seen
+        if not isinstance(s, ir.Assign):
+            names |= new
+        seen |= new
+    return names
+
+
 class Renamer:
     def __init__(self, fir: ir.FunctionIR):
         self.fir = fir
         self.used = set(fir.params)
         self.counter = itertools.count(1)
+        self.one_name = maybe_unbound(fir)
 
     def fresh(self, name: str) -> str:
         if name not in self.used:
@@ -73,7 +101,7 @@ class Renamer:
     def bind(self, target, env: dict, loop_wide: set):
         if not isinstance(target, str):
             return tuple(self.bind(t, env, loop_wide) for t in target)
-        if not is_user_name(target) or target in loop_wide:
+        if not is_user_name(target) or target in loop_wide or target in self.one_name:
             return env.get(target, target)
         env[target] = self.fresh(target)
         return env[target]
@@ -90,7 +118,7 @@ class Renamer:
             elif isinstance(s, ir.If):
                 out.append(self.if_(s, env, loop_wide))
             else:
-                out.append(self.loop(s, env, loop_wide))
+                out += self.loop(s, env, loop_wide)
         return out
 
     def if_(self, s: ir.If, env: dict, loop_wide: set) -> ir.If:
@@ -111,18 +139,26 @@ class Renamer:
             env[name] = merged
         return ir.If(test, body, orelse, s.line)
 
-    def loop(self, s: ir.Loop, env: dict, loop_wide: set) -> ir.Loop:
+    def loop(self, s: ir.Loop, env: dict, loop_wide: set) -> list:
+        """The loop, preceded by the copy that gives a rebound loop variable its old value when
+        the loop runs no iteration (as Python leaves it)."""
         start, stop, step = (self.atom(a, env) if a is not None else None for a in (s.start, s.stop, s.step))
-        var = s.var
-        if var is not None and is_user_name(var) and var not in loop_wide:
-            env[var] = self.fresh(var)
-            var = env[var]
+        var, before, prologue = s.var, [], []
+        if var is not None and is_user_name(var) and var not in loop_wide and var not in self.one_name:
+            # Bound before the loop: a version of its own, holding the old value until the first
+            # iteration copies the count in (an integer: what it held before contributes no more).
+            version = self.fresh(var)
+            before.append(ir.Assign(version, ir.Copy(ir.Var(env[var])), s.line))
+            var = f"_li{s.ident}"
+            prologue.append(ir.Assign(version, ir.Copy(ir.Var(var)), s.line))
+            env[s.var] = version
         assigned = {n for t in ir.walk(s.body) if isinstance(t, ir.Assign)
                     for n in ir.target_names(t.target) if is_user_name(n)} - loop_wide
         for name in sorted(assigned):
             env[name] = env.get(name) or self.fresh(name)  # the loop-carried name
-        body = self.block(s.body, env, loop_wide | assigned | ({s.var} if s.var else set()))
-        return ir.Loop(var, start, stop, step, body, s.line, s.ident, s.exit_flag, s.trips, s.checkpoint)
+        body = prologue + self.block(s.body, env, loop_wide | assigned | ({s.var} if s.var else set()))
+        return before + [ir.Loop(var, start, stop, step, body, s.line, s.ident, s.exit_flag, s.trips,
+                                 s.checkpoint)]
 
 
 def rename(fir: ir.FunctionIR) -> ir.FunctionIR:

@@ -14,8 +14,9 @@ from gpuad.errors import SourceLocation, UnsupportedConstruct
 
 
 class TupleExpander:
-    def __init__(self, fir: ir.FunctionIR, localtypes: dict):
+    def __init__(self, fir: ir.FunctionIR, localtypes: dict, flatten_params: bool = False):
         self.fir = fir
+        self.flatten_params = flatten_params
         self.types = dict(localtypes)
         self.patterns: dict = {}
         self.ntemp = 0
@@ -43,18 +44,24 @@ class TupleExpander:
             SourceLocation(self.fir.filename, stmt.line, what, self.fir.func.__name__), hint)
 
     def run(self) -> tuple[ir.FunctionIR, dict]:
-        body = []
-        for p in self.fir.params:  # tuple parameters: unpack once at entry
+        body, params = [], []
+        for p in self.fir.params:  # tuple parameters: unpack once at entry, or take their leaves
             ty = self.types.get(p)
             if isinstance(ty, types.BaseTuple):
                 self.patterns[p + "_"] = self.leaves(p, ty)
-                body.append(ir.Assign(self.patterns[p + "_"], ir.Copy(ir.Var(p)), self.fir.firstline))
+                if self.flatten_params:
+                    params += ir.target_names(self.patterns[p + "_"])
+                else:
+                    body.append(ir.Assign(self.patterns[p + "_"], ir.Copy(ir.Var(p)), self.fir.firstline))
+                    params.append(p)
                 self.patterns[p] = self.patterns.pop(p + "_")
+            else:
+                params.append(p)
         body += self.block(self.fir.body)
         ret = self.fir.ret
         if ret is not None and ret in self.patterns:
             ret = self.patterns[ret]
-        out = ir.FunctionIR(self.fir.name, self.fir.params, body, ret, self.fir.filename,
+        out = ir.FunctionIR(self.fir.name, params, body, ret, self.fir.filename,
                             self.fir.firstline, self.fir.func, self.fir.globals)
         return out, self.types
 
@@ -139,9 +146,16 @@ class TupleExpander:
             return a if pat is None else self.pack(pat, pre, s.line)
 
         if isinstance(e, ir.Call):
-            return pre, ir.Call(e.func, e.name, tuple(packed(a) for a in e.args))
+            leaves = tuple(self.leaf_atoms(a) for a in e.args)
+            return pre, ir.Call(e.func, e.name, tuple(packed(a) for a in e.args),
+                                leaves if any(p is not None for p in leaves) else None)
         wrappers = tuple((c, n, tuple(packed(a) for a in atoms)) for c, n, atoms in e.wrappers)
         return pre, ir.AutodiffCall(e.func, e.name, e.mode, e.mode_name, e.f, e.f_name, wrappers)
+
+    def leaf_atoms(self, atom):
+        """The nested tuple of atoms a tuple-typed argument holds, or None."""
+        pat = self.pattern_of(atom)
+        return None if pat is None else ir_pattern(pat)
 
     def pack(self, pat, pre: list, line: int) -> ir.Var:
         items = tuple(ir.Var(p) if isinstance(p, str) else self.pack(p, pre, line) for p in pat)
@@ -152,11 +166,21 @@ class TupleExpander:
         return ir.Var(name)
 
 
+def ir_pattern(pat):
+    """A pattern of leaf names as the same nesting of `ir.Var`s."""
+    return tuple(ir_pattern(p) for p in pat) if isinstance(pat, tuple) else ir.Var(pat)
+
+
 def const_pattern(value):
     """A constant tuple as a nested tuple of `ir.Const` leaves."""
     return tuple(const_pattern(v) if isinstance(v, tuple) else ir.Const(v) for v in value)
 
 
-def expand_tuples(fir: ir.FunctionIR, localtypes: dict) -> tuple[ir.FunctionIR, dict]:
-    """Scalarise the tuples of a typed function; returns the new IR and the extended types."""
-    return TupleExpander(fir, localtypes).run()
+def expand_tuples(fir: ir.FunctionIR, localtypes: dict, flatten_params: bool = False
+                  ) -> tuple[ir.FunctionIR, dict]:
+    """Scalarise the tuples of a typed function; returns the new IR and the extended types.
+
+    With `flatten_params`, a tuple parameter becomes one parameter per leaf (callees: their
+    derivatives take and return tuple elements one by one, so each carries its own derivative).
+    """
+    return TupleExpander(fir, localtypes, flatten_params).run()
