@@ -12,7 +12,7 @@ import pytest
 
 from gpuad import Active, Const, Duplicated, Forward, Reverse, ReverseWithPrimal, autodiff
 from gpuad.ad.normalize import GENERATED_PREFIXES, RESERVED
-from gpuad.errors import AutodiffCallError, UnsupportedConstruct
+from gpuad.errors import AutodiffCallError
 
 _serial = itertools.count()
 
@@ -46,7 +46,8 @@ REBINDINGS = {
                                 "return y * x",
     "rebound in a loop and after": "y = x\nfor k in range(n):\n    y = y * 0.5 + x\ny = y * y\nreturn y",
     "int then float": "k = n\nk = k * x\nreturn k * x",
-    "float loop variable read after the loop": "i = 0.5 * x\nfor i in range(n):\n    x = x * 2.0\nreturn x * i",
+    "float loop variable read after the loop": "i = 0.5 * x\nfor i in range(n):\n    x = x * 2.0\n"
+                                               "return x * i",
     # Found by the random programs: names bound only on some paths (a zero-trip loop, one branch).
     "bound in a loop of one branch": "for j in range(1):\n    for i in range(n):\n        pass\n"
                                      "if x > 0.0:\n    pass\nelse:\n    for i in range(0):\n        pass\n"

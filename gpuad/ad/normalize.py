@@ -509,8 +509,8 @@ class Normalizer:
         index = []
         for e in elts:
             if isinstance(e, ast.Slice):  # a view: its shadow is the same slice of the shadow
-                parts = (self.expr(p) if p is not None else ir.Const(None) for p in (e.lower, e.upper, e.step))
-                index.append(ir.Slice(*parts))
+                parts = (e.lower, e.upper, e.step)
+                index.append(ir.Slice(*(self.expr(p) if p is not None else ir.Const(None) for p in parts)))
             else:
                 index.append(self.expr(e))
         return array, tuple(index)

@@ -19,6 +19,7 @@ from numba.core.typed_passes import NopythonTypeInference
 from numba.core.untyped_passes import DeadBranchPrune
 
 from gpuad.ad.cache_key import derivative_key, global_names, read_line
+from gpuad.compiler.compile_lock import locked
 from gpuad.errors import LoweringError, SourceLocation, UnsupportedConstruct
 
 _jit_copies: dict = {}  # id(python function) -> (function, derivative key, njit dispatcher); kept alive
@@ -60,9 +61,22 @@ def is_int(ty) -> bool:
 
 def jit_value(value):
     """What a global means inside numba-compiled code: plain functions become njit copies."""
+    value = cuda_device_py_func(value)
     if isinstance(value, pytypes.FunctionType) and not numba_knows(value):
         return jit_copy(value)
     return value
+
+
+def cuda_device_py_func(value):
+    """A `@cuda.jit(device=True)` function is typed through its Python function.
+
+    numba's CPU typing cannot type a numba-cuda dispatcher (it asks for the
+    CUDA driver); typing here only needs what the function computes.
+    """
+    from gpuad.compiler.numba_adapter import cuda_jit_options
+
+    options = cuda_jit_options(value)
+    return value.py_func if options is not None and options.get("device") else value
 
 
 def numba_knows(fn) -> bool:
@@ -135,6 +149,7 @@ def jit_namespace(namespace: dict, names=None) -> dict:
     return out
 
 
+@locked  # numba's typing context and these caches are shared by every thread
 def infer(fn, argtypes) -> Typing:
     """Type `fn` (a plain function) for `argtypes` with numba's CPU type inference."""
     key = (derivative_key(fn), tuple(argtypes))
