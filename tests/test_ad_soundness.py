@@ -204,3 +204,23 @@ def test_tuple_valued_activities_are_refused(mode, activity):
     f = define("def f(t):\n    return t[0] * t[1]\n")
     with pytest.raises(AutodiffCallError, match="tuple argument 0"):
         autodiff(mode, f, activity)
+
+
+def test_augmented_store_reads_the_element_before_the_right_side_runs():
+    """`a[0] += g(a, x)`: Python loads a[0] first, then calls g (which here overwrites a[0])."""
+    f = define("def g(a, x):\n    a[0] = 10.0 * x\n    return x\n\n"
+               "def f(x, a):\n    a[0] += g(a, x)\n    return a[0] * x\n")
+    a = np.array([3.0])
+    expected = f(2.0, a.copy())  # (3 + x) * x = 10
+    slope = fd(lambda x: f(x, a.copy()), 2.0)  # 3 + 2x = 7
+    for mode in (ReverseWithPrimal, Forward):
+        b = a.copy()
+        arg = Active(2.0) if mode is ReverseWithPrimal else Duplicated(2.0, 1.0)
+        shadow = np.zeros(1)
+        result = autodiff(mode, f, arg, Duplicated(b, shadow))
+        assert b[0] == 5.0
+        if mode is ReverseWithPrimal:
+            assert result[1] == expected
+            assert result[0][0] == pytest.approx(slope)
+        else:
+            assert result[0] == pytest.approx(slope)

@@ -295,8 +295,8 @@ class Normalizer:
             self.emit(ir.Assign(self.local(target.id), ir.Copy(t), self.line(node)))
         elif isinstance(target, ast.Subscript):
             array, index = self.subscript_parts(target)
+            old = self.assign_temp(ir.Load(array, index), node)  # read before the right side runs
             value = self.expr(node.value)
-            old = self.assign_temp(ir.Load(array, index), node)
             new = self.assign_temp(ir.BinOp(op, old, value), node)
             self.store(array, index, new, target)
         else:
