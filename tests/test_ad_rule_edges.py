@@ -21,6 +21,7 @@ import numba
 import numpy as np
 import pytest
 
+import gpuad
 from gpuad import Active, Const, Duplicated, Forward, Reverse, autodiff
 from gpuad.ad.primitives import atomic_add
 from gpuad.ad.rules import DERIVATIVES
@@ -344,13 +345,14 @@ CASES = [
     # |x| at 0: 0, whatever the sign of the zero (abs and fabs alike)
     *(C(rule, f, (0.0, 0.0), (-0.0, 0.0), (2.0, 1.0), (-2.0, -1.0), (INF, 1.0), (-INF, -1.0))
       for rule, f in [(abs, builtin_abs), (math.fabs, fabs)]),
-    # min/max: half to each argument at a tie; otherwise the argument returned (Python's choice with NaN)
+    # min/max: half to each argument at a tie; otherwise 1 to the argument returned (Python returns
+    # min(1.0, nan) == 1.0 but min(nan, 1.0) is NaN: then NaN)
     C(min, builtin_min, ((1.0, 1.0), (0.5, 0.5)), ((1.0, 2.0), (1.0, 0.0)), ((2.0, 1.0), (0.0, 1.0)),
       ((0.0, -0.0), (0.5, 0.5)), ((INF, INF), (0.5, 0.5)), ((-INF, 1.0), (1.0, 0.0)),
-      ((1.0, NAN), (1.0, 0.0)), ((NAN, 1.0), (1.0, 0.0))),
+      ((1.0, NAN), (1.0, 0.0)), ((NAN, 1.0), (NAN, NAN))),
     C(max, builtin_max, ((1.0, 1.0), (0.5, 0.5)), ((1.0, 2.0), (0.0, 1.0)), ((2.0, 1.0), (1.0, 0.0)),
       ((0.0, -0.0), (0.5, 0.5)), ((-INF, -INF), (0.5, 0.5)), ((1.0, NAN), (1.0, 0.0)),
-      ((NAN, 1.0), (1.0, 0.0))),
+      ((NAN, 1.0), (NAN, NAN))),
     C(max, relu, (0.0, 0.5), (-0.0, 0.5), (1.0, 1.0), (-1.0, 0.0), (INF, 1.0)),
     C(float, to_float, (0.0, 1.0), (INF, 1.0)),
     # piecewise-constant functions contribute nothing: x - floor(x) has derivative 1
@@ -492,3 +494,126 @@ def test_negative_int_power_of_zero_raises_as_the_primal_does(f, args):
     with pytest.raises(ZeroDivisionError):
         autodiff(Reverse, f, Active(args[0]), *args[1:])
 
+
+
+# ------------------------------------------------------------------ the cuda target
+# The templates use math.nan/inf/isinf/hypot, `//` and conditional expressions: the same
+# conventions must hold in code numba-cuda compiles. One kernel per function (autodiff
+# names its function statically); each thread differentiates at one point of the table.
+def store(out, i, a, b, c, d):
+    out[i, 0] = a
+    out[i, 1] = b
+    out[i, 2] = c
+    out[i, 3] = d
+
+
+def binary_edges_kernel_pow(xs, ys, out):
+    i = gpuad.thread_index()
+    if i < xs.size:
+        (dx, dy), = autodiff(Reverse, pow_xy, Active(xs[i]), Active(ys[i]))
+        tx, = autodiff(Forward, pow_xy, Duplicated(xs[i], 1.0), Const(ys[i]))
+        ty, = autodiff(Forward, pow_xy, Const(xs[i]), Duplicated(ys[i], 1.0))
+        store(out, i, dx, dy, tx, ty)
+        out[i, 4] = pow_xy(xs[i], ys[i])
+
+
+def binary_edges_kernel_mod(xs, ys, out):
+    i = gpuad.thread_index()
+    if i < xs.size:
+        (dx, dy), = autodiff(Reverse, mod, Active(xs[i]), Active(ys[i]))
+        tx, = autodiff(Forward, mod, Duplicated(xs[i], 1.0), Const(ys[i]))
+        ty, = autodiff(Forward, mod, Const(xs[i]), Duplicated(ys[i], 1.0))
+        store(out, i, dx, dy, tx, ty)
+        out[i, 4] = mod(xs[i], ys[i])
+
+
+def binary_edges_kernel_hypot(xs, ys, out):
+    i = gpuad.thread_index()
+    if i < xs.size:
+        (dx, dy), = autodiff(Reverse, hypot, Active(xs[i]), Active(ys[i]))
+        tx, = autodiff(Forward, hypot, Duplicated(xs[i], 1.0), Const(ys[i]))
+        ty, = autodiff(Forward, hypot, Const(xs[i]), Duplicated(ys[i], 1.0))
+        store(out, i, dx, dy, tx, ty)
+        out[i, 4] = hypot(xs[i], ys[i])
+
+
+def binary_edges_kernel_atan2(xs, ys, out):
+    i = gpuad.thread_index()
+    if i < xs.size:
+        (dx, dy), = autodiff(Reverse, atan2, Active(xs[i]), Active(ys[i]))
+        tx, = autodiff(Forward, atan2, Duplicated(xs[i], 1.0), Const(ys[i]))
+        ty, = autodiff(Forward, atan2, Const(xs[i]), Duplicated(ys[i], 1.0))
+        store(out, i, dx, dy, tx, ty)
+        out[i, 4] = atan2(xs[i], ys[i])
+
+
+def binary_edges_kernel_min(xs, ys, out):
+    i = gpuad.thread_index()
+    if i < xs.size:
+        (dx, dy), = autodiff(Reverse, builtin_min, Active(xs[i]), Active(ys[i]))
+        tx, = autodiff(Forward, builtin_min, Duplicated(xs[i], 1.0), Const(ys[i]))
+        ty, = autodiff(Forward, builtin_min, Const(xs[i]), Duplicated(ys[i], 1.0))
+        store(out, i, dx, dy, tx, ty)
+        out[i, 4] = builtin_min(xs[i], ys[i])
+
+
+def unary_edges_kernel(xs, out):
+    i = gpuad.thread_index()
+    if i < xs.size:
+        (a,), = autodiff(Reverse, sqrt, Active(xs[i]))
+        (b,), = autodiff(Reverse, log, Active(xs[i]))
+        (c,), = autodiff(Reverse, builtin_abs, Active(xs[i]))
+        (d,), = autodiff(Reverse, atanh, Active(xs[i]))
+        e, = autodiff(Forward, pow_0, Duplicated(xs[i], 1.0))
+        g, = autodiff(Forward, pow_m1f, Duplicated(xs[i], 1.0))
+        store(out, i, a, b, c, d)
+        out[i, 4] = e
+        out[i, 5] = g
+
+
+BINARY_KERNELS = {pow_xy: binary_edges_kernel_pow, mod: binary_edges_kernel_mod,
+                  hypot: binary_edges_kernel_hypot, atan2: binary_edges_kernel_atan2,
+                  builtin_min: binary_edges_kernel_min}
+# where numba-cuda's primal differs from Python's (and numba's cpu target): 1.0 % inf is NaN,
+# min(nan, 1.0) is 1.0
+CUDA_PRIMAL_DIFFERS = {mod: {(1.0, INF)}, builtin_min: {(NAN, 1.0)}}
+UNARY_KERNEL_FUNCTIONS = (sqrt, log, builtin_abs, atanh, pow_0, pow_m1f)
+
+
+def case_of(f) -> Case:
+    (case,) = [c for c in CASES if c.f is f]
+    return case
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("f", list(BINARY_KERNELS), ids=lambda f: f.__name__)
+def test_binary_rules_at_edge_points_on_gpu(f):
+    case = case_of(f)
+    xs = np.array([args[0] for args, _ in case.points])
+    ys = np.array([args[1] for args, _ in case.points])
+    out = np.zeros((len(xs), 5))
+    gpuad.kernel(BINARY_KERNELS[f], target="cuda").launch(len(xs), xs, ys, out)
+    cpu = numba.njit(error_model="numpy")(f)
+    bad, primal_differs = [], set()
+    for n, (args, want) in enumerate(case.points):
+        if not agrees(out[n, 4], cpu(*args)):
+            primal_differs.add(args)  # the derivative follows the target's own primal there
+            continue
+        bad += [(args, k, out[n, k], want[k % 2]) for k in range(4) if not agrees(out[n, k], want[k % 2])]
+    assert bad == []
+    assert primal_differs == CUDA_PRIMAL_DIFFERS.get(f, set())
+
+
+@pytest.mark.gpu
+def test_unary_rules_at_edge_points_on_gpu():
+    # keyed by repr: a set would merge -0.0 into 0.0
+    row = {repr(args[0]): args[0] for f in UNARY_KERNEL_FUNCTIONS for args, _ in case_of(f).points}
+    out = np.zeros((len(row), len(UNARY_KERNEL_FUNCTIONS)))
+    gpuad.kernel(unary_edges_kernel, target="cuda").launch(len(row), np.array(list(row.values())), out)
+    bad = []
+    for k, f in enumerate(UNARY_KERNEL_FUNCTIONS):
+        for args, want in case_of(f).points:
+            n = list(row).index(repr(args[0]))
+            if not agrees(out[n, k], want[0]):
+                bad.append((f.__name__, args, out[n, k], want[0]))
+    assert bad == []

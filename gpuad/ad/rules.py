@@ -78,6 +78,11 @@ def _log_partial(scale: str) -> str:
     return f"1.0 / (x * {scale}) if x > 0.0 else (math.inf if x == 0.0 else math.nan)"
 
 
+# min/max: a tie gives each argument half; otherwise the argument equal to the result
+# gets 1 (read from `out`, not from a comparison: with a NaN argument numba's cpu
+# target returns what Python does, numba-cuda may return the other one); NaN if the
+# result is NaN.
+_PICKED = "0.5 if x == y else (1.0 if out == {a} else (0.0 if out == out else math.nan))"
 _SIGN_BUT_0 = "0.0 if x == 0.0 else math.copysign(1.0, x)"  # d|x|/dx, 0 at the kink
 # atan2: x / (x^2 + y^2) computed as x / h / h (h = hypot), so neither tiny nor huge
 # arguments underflow or overflow; 0 at the origin (a convention) and where h is inf.
@@ -99,12 +104,8 @@ DERIVATIVES: dict = {
     operator.pos: D("x", "1.0"),
     # builtins
     abs: D("x", _SIGN_BUT_0),
-    # a tie gives each argument half; otherwise the argument min/max returns (the
-    # first one unless the second compares smaller/greater, as in Python) gets 1
-    min: D("x, y", "0.5 if x == y else (0.0 if y < x else 1.0)",
-           "0.5 if x == y else (1.0 if y < x else 0.0)"),
-    max: D("x, y", "0.5 if x == y else (0.0 if y > x else 1.0)",
-           "0.5 if x == y else (1.0 if y > x else 0.0)"),
+    min: D("x, y", _PICKED.format(a="x"), _PICKED.format(a="y")),
+    max: D("x, y", _PICKED.format(a="x"), _PICKED.format(a="y")),
     float: D("x", "1.0"),
     int: D("x", None),
     round: D("x", None),
