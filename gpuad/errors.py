@@ -69,3 +69,7 @@ class LaunchError(GpuadError):
 
 class TapeOverflow(GpuadError):
     """A dynamic loop ran more iterations than its per-thread tape holds."""
+
+
+class LocalMemoryExceeded(LaunchError):
+    """A kernel needs more local memory per thread (tape, local arrays) than CUDA allows."""

@@ -46,6 +46,9 @@ class DeferredSite:
     # arguments whose shadow no other site or call of the kernel can reach.
     thread_ids: frozenset[int] = frozenset()
     exclusive: frozenset[int] = frozenset()
+    # Duplicated arguments whose shadow is a `cuda.local.array` of the calling
+    # function: the thread's own memory, so never atomic (see `private_shadows`).
+    private: frozenset[int] = frozenset()
 
 
 @dataclass
@@ -343,6 +346,8 @@ class _CallRewriter(ast.NodeTransformer):
         )
         if self.interp.thread_ownership:
             site = site_ownership(site, node, self)
+        # Whatever the launch: atomics on local memory trap (NVVM), and no other thread sees it.
+        site = dataclasses.replace(site, private=private_shadows(site, node, self))
         self.interp.sites.append(site)
         flat_args = [self.visit(a) for a in flat]
         site_callable = self.bind(self.interp.bind_site(site))
@@ -404,6 +409,37 @@ def site_ownership(site: DeferredSite, node: ast.Call, rewriter: _CallRewriter) 
         if issubclass(activity, api.Duplicated) and rewriter.is_root and _only_indexed(values[1], rewriter):
             exclusive.add(k)
     return dataclasses.replace(site, thread_ids=frozenset(thread_ids), exclusive=frozenset(exclusive))
+
+
+def private_shadows(site: DeferredSite, node: ast.Call, rewriter: _CallRewriter) -> frozenset[int]:
+    """Positions of the Duplicated arguments whose shadow is a local array of this thread.
+
+    The shadow must be a name the calling function binds once, to
+    `cuda.local.array(...)`, and is not a parameter: per-thread memory that no
+    other thread can address, however it is indexed or passed on.
+    """
+    from numba import cuda
+
+    tree = rewriter.parsed.tree
+    params = {a.arg for a in tree.args.args}
+    stores: dict[str, int] = {}
+    local_arrays = set()
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load):
+            stores[n.id] = stores.get(n.id, 0) + 1
+        if (isinstance(n, ast.Assign) and len(n.targets) == 1 and isinstance(n.targets[0], ast.Name)
+                and isinstance(n.value, ast.Call)
+                and static_value(n.value.func, rewriter.namespace, rewriter.locals) is cuda.local.array):
+            local_arrays.add(n.targets[0].id)
+    private = set()
+    for k, (arg, activity) in enumerate(zip(node.args[2:], site.activities)):
+        if not (issubclass(activity, api.Duplicated) and isinstance(arg, ast.Call) and len(arg.args) == 2):
+            continue
+        shadow = arg.args[1]
+        if isinstance(shadow, ast.Name) and shadow.id in local_arrays and shadow.id not in params \
+                and stores.get(shadow.id) == 1:
+            private.add(k)
+    return frozenset(private)
 
 
 def _only_indexed(shadow: ast.expr, rewriter: _CallRewriter) -> bool:

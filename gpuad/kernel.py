@@ -151,6 +151,8 @@ class Kernel:
 
     def _launch(self, griddim, blockdim, args, n_threads=None) -> None:
         argtypes = self.argument_types(args)
+        from gpuad.compiler import local_memory  # a frame over CUDA's limit fails on both targets
+        local_memory.check_launch(self, argtypes)
         if (self.target or default_target()) == "cpu":
             grid, block = _as_int(griddim), _as_int(blockdim)
             self._launch_cpu(argtypes, grid * block if n_threads is None else n_threads, block, args)

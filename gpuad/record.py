@@ -5,6 +5,7 @@ displays. It holds data only; each field is produced by exactly one stage.
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass, field
 
@@ -52,6 +53,13 @@ class CompilationRecord:
     ptx: str = ""
     timings: dict[str, float] = field(default_factory=dict)
 
+    @functools.cached_property
+    def local_memory_bytes(self) -> int:
+        """Local memory one thread needs, as the PTX declares it (`gpuad.compiler.local_memory`)."""
+        from gpuad.compiler.local_memory import local_frame_bytes
+
+        return local_frame_bytes(self.ptx)
+
     @property
     def linked_functions(self) -> list[str]:
         """Symbols defined after linking that were not defined before."""
@@ -64,6 +72,7 @@ class CompilationRecord:
         data = asdict(self)
         data["adjoint_sources"] = {str(k): v for k, v in self.adjoint_sources.items()}
         data["linked_functions"] = self.linked_functions
+        data["local_memory_bytes"] = self.local_memory_bytes
         return data
 
     def to_json(self, **kwargs) -> str:

@@ -97,7 +97,7 @@ def entry_name(fn, mode) -> str:
 @locked  # its caches and numba's typing are shared by every thread
 def differentiate(fn, mode: api.Mode, activities: tuple, argtypes: tuple, *,
                   tape_capacity: int = DEFAULT_TAPE_CAPACITY, thread_ids=frozenset(),
-                  exclusive=frozenset()) -> Derivative:
+                  exclusive=frozenset(), private=frozenset()) -> Derivative:
     """Generate the derivative of `fn` (see the module docstring for the calling convention).
 
     `tape_capacity` bounds the iterations each loop with a run-time trip count
@@ -105,6 +105,8 @@ def differentiate(fn, mode: api.Mode, activities: tuple, argtypes: tuple, *,
     `thread_ids` and `exclusive` are argument positions stage 1 proved to be
     the thread's global id and exclusive shadows: reverse mode then updates
     shadows indexed only by the id without atomics (`gpuad.ad.site_facts`).
+    `private`: positions whose shadow is the thread's own local memory,
+    updated without atomics however it is indexed.
     """
     from gpuad.ad.forward import forward_entry
     from gpuad.ad.reverse import reverse_entry
@@ -116,7 +118,7 @@ def differentiate(fn, mode: api.Mode, activities: tuple, argtypes: tuple, *,
     prep = prog.prepare(fn, argtypes, flags)
     name = prog.unique(entry_name(fn, mode))
     prog.in_progress.append(unwrap(fn))
-    prep = entry_facts(prep, activities, thread_ids, exclusive)
+    prep = entry_facts(prep, activities, thread_ids, exclusive, private)
     if mode.reverse:
         reverse_entry(prog, mode, prep, activities, argtypes, name)
     else:

@@ -24,6 +24,14 @@ the atomics stay, when
   - `a` is passed on, copied, packed or aliased (other code could index it).
 An id at several positions (`a[i, i]`) is fine: position 0 still holds it.
 
+Private shadows. A shadow in the calling thread's `cuda.local.array`
+(stage 1's `DeferredSite.private`) is the thread's own memory whatever the
+index: its updates are plain, and must be, since NVVM turns an atomic on local
+memory into a trap. So are those of local aliases and views of it
+(`w = a`, `row = a[k]`) — not those of an array a helper is passed: a helper's
+derivative keeps its atomics (emission then refuses the trap, see
+`gpuad.compiler.emit`).
+
 Stores. `DuplicatedNoNeed(a, da)` says the caller does not need what `f`
 writes into `a` (Enzyme). Where `f` never reads `a` back, its stores are
 skipped; the shadow is still seeded and zeroed as for `Duplicated`.
@@ -35,15 +43,19 @@ import dataclasses
 from gpuad import api
 from gpuad.ad import ir
 from gpuad.ad.engine import Prepared
+from gpuad.ad.views import bases
 
 
-def entry_facts(prep: Prepared, activities: tuple, thread_ids, exclusive) -> Prepared:
-    """`prep` with `own_arrays` and `no_store` set; `thread_ids`, `exclusive`: parameter positions."""
+def entry_facts(prep: Prepared, activities: tuple, thread_ids, exclusive,
+                private=frozenset()) -> Prepared:
+    """`prep` with `own_arrays` and `no_store` set; `thread_ids`, `exclusive`, `private`: parameter
+    positions."""
     fir = prep.fir
     reassigned = ir.multi_assigned(fir)
     by_position = dict(enumerate(fir.params))
     own = own_arrays(fir, {by_position[k] for k in thread_ids},
                      {by_position[k] for k in exclusive} & prep.active, reassigned)
+    own |= private_arrays(prep, {by_position[k] for k in private} - reassigned)
     no_need = {p for p, a in zip(fir.params, activities) if a is api.DuplicatedNoNeed} - reassigned
     write_only = frozenset(a for a in no_need if only_indexed_by(fir.body, a, None, loads=False))
     return dataclasses.replace(prep, own_arrays=own, no_store=write_only)
@@ -55,6 +67,12 @@ def own_arrays(fir: ir.FunctionIR, thread_id_params: set, exclusive_params: set,
     ids = thread_ids(fir, thread_id_params - reassigned, reassigned)
     candidates = exclusive_params - reassigned
     return frozenset(a for a in candidates if only_indexed_by(fir.body, a, ids))
+
+
+def private_arrays(prep: Prepared, private_params: set) -> frozenset:
+    """The private array parameters and the local views all of whose arrays are private."""
+    views = {name for name, view in prep.views.items() if bases(view) <= private_params}
+    return frozenset(private_params | views)
 
 
 def thread_ids(fir: ir.FunctionIR, params: set, reassigned: set) -> set:

@@ -73,7 +73,7 @@ class JobRegistry:
         primals = primal_types(site.activities, flat_types)
         # derivative_key: the function's code, the globals it reads, its callees and the rules now.
         key = (derivative_key(site.function), site.mode, site.activities, primals, site.thread_ids,
-               site.exclusive)
+               site.exclusive, site.private)
         job = self._by_key.get(key)
         where = f"{site.location.filename}:{site.location.line}"
         if job is None:
@@ -94,7 +94,8 @@ class JobRegistry:
         self._building.append(job.id)
         try:
             start = time.perf_counter()
-            options = {"thread_ids": job.site.thread_ids, "exclusive": job.site.exclusive}
+            options = {"thread_ids": job.site.thread_ids, "exclusive": job.site.exclusive,
+                       "private": job.site.private}
             if self.tape_capacity is not None:
                 options["tape_capacity"] = self.tape_capacity
             with numba_adapter.outside_enclosing_compilation():
