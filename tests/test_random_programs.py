@@ -1,15 +1,48 @@
 """Property-based tests: random programs in the kernel language, both modes against finite differences.
 
-Hypothesis draws a program `prog(x, y, a, n)` - straight-line code, if/else, loops with constant
-and run-time (`n`) trip counts and loop-carried state, break/continue/early return, reads and
-writes of the 1-D array `a` - as Python source, registers it in `linecache` under a unique
-filename (so `inspect.getsource` works), and checks reverse and forward derivatives against
-central finite differences. Programs are well-conditioned by construction: every assignment goes
-through a bounded function (sin, cos, tanh, atan, u/(u*u+1)) or a damped update, denominators are
-`u*u + 1`, exponentials take bounded arguments. A traced twin of each program records every
-branch decision; finite differences are only used where the whole stencil takes the same path.
+Hypothesis draws a program `prog(x, y, a, m, n)` (floats x, y; a 1-D array `a` of 4; a 3 x 4
+array `m`; an int `n`) - straight-line code, if/else, loops with constant and run-time (`n`)
+trip counts and loop-carried state, break/continue/early return, reads and writes of the arrays -
+as Python source, registers it in `linecache` under a unique filename (so `inspect.getsource`
+works), and checks reverse and forward derivatives against central finite differences. Programs
+are well-conditioned by construction: every assignment goes through a bounded function (sin, cos,
+tanh, atan, u/(u*u+1)) or a damped update, denominators are `u*u + 1`, exponentials take bounded
+arguments. A traced twin of each program records every branch decision; finite differences are
+only used where the whole stencil takes the same path. Where they cannot be used (at the exact
+zeros the `singular` feature draws), reverse and forward must agree with each other and be finite.
+
+Features (what users write, issue 9's classes), each switchable so that a failure can be bisected:
+  alias           `w = a`, then reads and writes through `w`
+  matrix          2-D reads/writes `m[i, j]` and row views `row = m[1]; row[k]`
+  slice           `s = a[1:4]; s[0]`, `m[r, 1:]`
+  view_in_loop    views taken inside loops with a loop-variable index (`row = m[i0 % 3]`)
+  cond_array      `u = a if cond else m[r]`
+  helper_array    module-level helpers taking arrays and views (`h(m[0], v0)`), reading and writing
+  helper_tuple    helpers taking a tuple (`inner((v0, v1 * 3.0))`), also returning one
+  helper_returns_tuple  `v0, v1 = h_pair(e1, e2)`: a helper returning a tuple of floats
+  rebind_loopvar  `for i0 in range(n): i0 = i0 + 1` (indices stay in range by `%`)
+  rebind_param    `x = x * 2.0` (and parameters rebound inside helpers)
+  rebind_array    an array parameter rebound to a float where it is no longer used (`a = a[0] * 2.0`)
+  rebind_name     one temporary name bound many times; view and temporary names re-used in sibling
+                  blocks and rebound to other arrays (without it every view gets a fresh name)
+  engine_names    user names taken from the engine's own prefixes (`u_x`, `_ret`, `d_v0`, `status`, ...)
+  singular        guarded singular operations (`math.sqrt(q)` then `if q == 0.0: return`, unused
+                  `1.0 / x`, `math.log(u)` on a branch where u > 0, `x ** 0`, `x ** 0.0`, `x ** 2`)
+                  with inputs that are exactly 0.0
+  globals         module globals read by the function (a float, a tuple of floats, an int bound)
+  chained         `lo < h(a, v0) < hi` with a helper that writes `a` (evaluated once)
+
+GPUAD_FUZZ_FEATURES chooses the features: unset = DEFAULT_FEATURES (all but PENDING_FEATURES, the
+ones whose engine bugs are not fixed yet; see the notes beside PENDING_FEATURES), "all", "none",
+or a comma-separated list; `+f` / `-f` items add to / remove from the default
+(`GPUAD_FUZZ_FEATURES=+alias,-globals`). A feature leaves PENDING_FEATURES once it passes >= 300
+examples of every test here.
 
 GPUAD_HYPOTHESIS_EXAMPLES sets the example count (25 by default in CI; >= 2000 on the GPU machine).
+GPUAD_HYPOTHESIS_RANDOM=1 lets `--hypothesis-seed=K` choose the programs (tests/fuzz_parallel.py
+runs many seeds in parallel); GPUAD_HYPOTHESIS_SHRINK=0 skips shrinking; GPUAD_FUZZ_FAILURES=DIR
+writes every failing program (source, inputs, error) under DIR; GPUAD_FUZZ_UNIQUE_NAMES=1 gives
+every loop, view and temporary a fresh name (to bisect failures of names bound on some paths only).
 """
 from __future__ import annotations
 
@@ -17,62 +50,202 @@ import inspect
 import itertools
 import math
 import os
+import traceback
+from dataclasses import dataclass, field
 
 import corpus
 import numba
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 
 from gpuad import Active, Const, Duplicated, Forward, ForwardWithPrimal, Reverse, ReverseWithPrimal, autodiff
 from gpuad.ad import DEFAULT_TAPE_CAPACITY, differentiate
 
 EXAMPLES = int(os.environ.get("GPUAD_HYPOTHESIS_EXAMPLES", "25"))
+_SHRINK = os.environ.get("GPUAD_HYPOTHESIS_SHRINK", "1") != "0"
+# no explain phase: it replays a failing example ~100 times (minutes for a kernel)
+_PHASES = tuple(p for p in Phase if (_SHRINK or p != Phase.shrink) and p.name != "explain")
 # CI sees the same programs every run; GPUAD_HYPOTHESIS_RANDOM=1 lets `--hypothesis-seed=K`
 # choose them, so that several processes can share a large run.
-SETTINGS = settings(max_examples=EXAMPLES, deadline=None, database=None,
+SETTINGS = settings(max_examples=EXAMPLES, deadline=None, database=None, phases=_PHASES,
                     derandomize=not os.environ.get("GPUAD_HYPOTHESIS_RANDOM"),
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
                                            HealthCheck.data_too_large])
 FEW = settings(SETTINGS, max_examples=max(3, EXAMPLES // 100))
 N_ARRAY = 4
-FLOATS = ["v0", "v1", "v2", "v3"]
+ROWS = 3  # m is ROWS x N_ARRAY
+VIEW_LEN = 3  # every view has at least 3 elements; views are indexed below 3
+N_INPUTS = 2 + N_ARRAY + ROWS * N_ARRAY  # x, y, a, m flattened
 CHECKPOINT = "  # gpuad: checkpoint"
 # Checkpointed loops run up to 3n + 1 = 13 times (a while loop's last trip only tests): segments of
 # 5; every other run-time loop at most n + 1 = 5 times.
 CHECKPOINT_CAPACITY = 5
 
+ALL_FEATURES = ("alias", "matrix", "slice", "view_in_loop", "cond_array", "helper_array", "helper_tuple",
+                "helper_returns_tuple", "rebind_loopvar", "rebind_param", "rebind_array", "rebind_name",
+                "engine_names", "singular", "globals", "chained")
+# Features whose programs the engine still gets wrong (each with a hand-reduced program in the
+# fuzzing notes of issue 9):
+#   helper_tuple  a tuple of active values passed to a helper is refused ("tuple argument")
+#   rebind_name   `r = m[0]; r = r` in one branch, `r = m[1]` in another: forward mode reads a
+#                 branch flag that was never set (UnboundLocalError / numba NotDefinedError);
+#                 `r = m[1]` used in a branch, then `r = a` after it: reverse sends the gradient
+#                 of the use in the branch to `a` (wrong gradient)
+#   rebind_array  `if c: return a[0]` twice, then `a = a[0] * 2.0`: the renamed form merges the
+#                 array and the float (numba "Cannot unify"), though plain numba compiles it
+PENDING_FEATURES = frozenset({"helper_tuple", "rebind_name", "rebind_array"})
+DEFAULT_FEATURES = frozenset(ALL_FEATURES) - PENDING_FEATURES
+
+
+def features_from(spec: str | None) -> frozenset:
+    if spec is None:
+        return DEFAULT_FEATURES
+    spec = spec.strip()
+    if spec in ("all", "none", ""):
+        return frozenset(ALL_FEATURES) if spec == "all" else frozenset()
+    items = [s.strip() for s in spec.split(",") if s.strip()]
+    relative = all(s[0] in "+-" for s in items)
+    chosen = set(DEFAULT_FEATURES) if relative else set()
+    for item in items:
+        name = item.lstrip("+-")
+        if name not in ALL_FEATURES:
+            raise ValueError(f"GPUAD_FUZZ_FEATURES: unknown feature {name!r}; "
+                             f"known: {', '.join(ALL_FEATURES)}")
+        (chosen.discard if item.startswith("-") else chosen.add)(name)
+    return frozenset(chosen)
+
+
+FEATURES = features_from(os.environ.get("GPUAD_FUZZ_FEATURES"))
+# Bisecting aid: GPUAD_FUZZ_UNIQUE_NAMES=1 gives every loop, view and temporary its own name
+# (sibling blocks otherwise reuse `i<depth>`, `w0`, `t0`, as users write them).
+UNIQUE_NAMES = os.environ.get("GPUAD_FUZZ_UNIQUE_NAMES") == "1"
+
+
+# --- names ---------------------------------------------------------------------------------------
+
+# Names the engine generates or uses itself (prefixes of adjoints, tangents, tapes, helper
+# derivatives, the status array, modules); `engine_names` gives user variables these names.
+ENGINE_NAMES = ("u_x", "_ret", "_t0", "d_v0", "t_v1", "_s0", "_c0", "status", "np", "sin", "exp", "sqrt",
+                "_done", "_skip0", "_n0", "_k0", "_tf", "_spf", "aug_h", "rev_h", "tan_h", "d_a", "d_x",
+                "t_x", "u_a", "v0", "x", "a", "_r0", "_i0", "tape", "adj_x")
+
+
+@dataclass
+class Names:
+    x: str = "x"
+    y: str = "y"
+    a: str = "a"
+    m: str = "m"
+    n: str = "n"
+    floats: tuple = ("v0", "v1", "v2", "v3")
+    temps: tuple = ("t0", "t1")
+    views: tuple = ("w0", "w1", "w2")
+    loops: tuple = ("i0", "i1", "i2")
+    pair: str = "p0"  # a tuple-valued local
+    # helpers: h is the one whose derivative names (aug_h, rev_h, tan_h) user variables may take
+    helpers: dict = field(default_factory=lambda: {"rd": "h_rd", "wr": "h", "tup": "inner", "pair": "h_pair",
+                                                   "tup2": "h_swap", "side": "h_side"})
+    helper_params: tuple = ("b", "u", "p")
+
+    @staticmethod
+    def engine(draw) -> Names:
+        pool = draw(st.permutations(ENGINE_NAMES))
+        it = iter(pool)
+
+        def take(k):
+            return tuple(next(it) for _ in range(k))
+
+        x, y, a, m, n = take(5)
+        names = Names(x, y, a, m, n, take(4), take(2), take(3), take(3), next(it))
+        names.helper_params = draw(st.sampled_from([("d_u", "_ret", "status"), ("b", "u_b", "_t0"),
+                                                    ("d_b", "u", "np")]))
+        return names
+
 
 # --- program generation ------------------------------------------------------------------------
 
-class Gen:
-    """Draws one program; `emit(traced)` renders it plain or with every branch decision traced."""
+class Writes(str):
+    """A statement that writes an array (a checkpointed loop may not contain one)."""
 
-    def __init__(self, draw):
+
+class New(str):
+    """A statement of a feature (kept out of checkpointed loops, which gpuad restricts)."""
+
+
+@dataclass
+class View:
+    name: str
+    length: int
+
+
+COND = "COND("  # a branch decision inside a statement: `(...)` plain, `_t(...)` traced
+
+
+class Gen:
+    """Draws one program; `render(traced)` renders it plain or with every branch decision traced."""
+
+    def __init__(self, draw, features=FEATURES):
         self.draw = draw
+        self.f = features
+        self.names = Names.engine(draw) if "engine_names" in features else Names()
         self.loop_vars: list[str] = []
         self.counter = itertools.count()
+        self.scopes: list[list[View]] = [[]]  # views bound in each enclosing block
+        self.helpers_used: set[str] = set()
+        self.globals: dict[str, str] = {}
+        self.array_rebound = False
+        if "globals" in features:
+            self.globals = {"G0": repr(draw(st.sampled_from([0.7, -0.4, 1.25]))),
+                            "GT": repr(tuple(draw(st.sampled_from([0.3, -0.5, 1.1, 0.0])) for _ in range(3))),
+                            "GI": str(draw(st.integers(1, 3)))}
 
     def choice(self, options):
         return self.draw(st.sampled_from(options))
 
+    def flag(self, feature: str) -> bool:
+        return feature in self.f and self.draw(st.booleans())
+
+    # - expressions -
+
+    def views(self) -> list[View]:
+        return [v for scope in self.scopes for v in scope]
+
     def leaf(self) -> str:
+        nm = self.names
         options = ["var", "var", "const", "array"] + (["loopvar"] if self.loop_vars else [])
+        if self.views():
+            options.append("view")
+        if "matrix" in self.f:
+            options.append("matrix")
+        if "rebind_param" in self.f or "singular" in self.f:
+            options.append("param")
+        if self.globals:
+            options.append("global")
         kind = self.choice(options)
         if kind == "var":
-            return self.choice(FLOATS)
+            return self.choice(nm.floats)
         if kind == "const":
             return self.choice(["0.5", "1.5", "-0.7", "0.3"])
         if kind == "array":
-            return f"a[{self.index()}]"
+            return f"{nm.a}[{self.index()}]"
+        if kind == "view":
+            view = self.choice(self.views())
+            return f"{view.name}[{self.index(VIEW_LEN)}]"
+        if kind == "matrix":
+            return f"{nm.m}[{self.index(ROWS)}, {self.index()}]"
+        if kind == "param":
+            return f"math.sin({self.choice([nm.x, nm.y])})"
+        if kind == "global":
+            return self.choice(["G0", f"GT[{self.draw(st.integers(0, 2))}]", "float(GI) * 0.3"])
         return f"float({self.choice(self.loop_vars)}) * 0.3"
 
-    def index(self) -> str:
+    def index(self, length: int = N_ARRAY) -> str:
         if self.loop_vars and self.draw(st.booleans()):
             i = self.choice(self.loop_vars)
-            return self.choice([f"{i} % {N_ARRAY}", f"({i} + 1) % {N_ARRAY}", f"({i} * 3) % {N_ARRAY}"])
-        return str(self.draw(st.integers(0, N_ARRAY - 1)))
+            return self.choice([f"{i} % {length}", f"({i} + 1) % {length}", f"({i} * 3) % {length}"])
+        return str(self.draw(st.integers(0, length - 1)))
 
     def expr(self, depth: int = 2) -> str:
         if depth == 0 or self.draw(st.integers(0, 3)) == 0:
@@ -98,8 +271,16 @@ class Gen:
     def condition(self) -> tuple[str, str]:
         return f"{self.expr(1)} > {self.choice(['0.0', '0.2', '-0.3'])}", "cond"
 
+    # - statements -
+
     def block(self, depth: int, in_loop: bool) -> list:
-        return [self.statement(depth, in_loop) for _ in range(self.draw(st.integers(1, 3)))]
+        self.scopes.append([])
+        out = []
+        for _ in range(self.draw(st.integers(1, 3))):
+            s = self.statement(depth, in_loop)
+            out.extend(s if isinstance(s, list) else [s])
+        self.scopes.pop()
+        return out
 
     def statement(self, depth: int, in_loop: bool):
         kinds = ["assign", "assign", "damped", "store", "add_store"]
@@ -108,72 +289,296 @@ class Gen:
         if in_loop:
             kinds += ["break", "continue"]
         kinds.append("return")
+        kinds += [k for k, feature in FEATURE_STATEMENTS if feature in self.f]
+        if self.views():
+            kinds += ["view_store", "view_store"]
         kind = self.choice(kinds)
-        v = self.choice(FLOATS)
+        if kind in FEATURE_KINDS:
+            return getattr(self, f"stmt_{kind}")(depth, in_loop)
+        v = self.choice(self.names.floats)
+        a = self.names.a
         if kind == "assign":
             return f"{v} = {self.bounded()}"
         if kind == "damped":  # loop-carried accumulation that stays bounded
             return f"{v} = 0.6 * {v} + 0.4 * math.sin({self.expr()})"
         if kind == "store":
-            return f"a[{self.index()}] = {self.bounded()}"
+            return Writes(f"{a}[{self.index()}] = {self.bounded()}")
         if kind == "add_store":
-            return f"a[{self.index()}] += 0.2 * {self.bounded()}"
+            return Writes(f"{a}[{self.index()}] += 0.2 * {self.bounded()}")
+        if kind == "view_store":
+            view = self.choice(self.views())
+            op = self.choice(["=", "+="])
+            return Writes(f"{view.name}[{self.index(VIEW_LEN)}] {op} {'0.2 * ' if op == '+=' else ''}"
+                          f"{self.bounded()}")
         if kind in ("break", "continue", "return"):
             cond, _ = self.condition()
-            end = {"break": "break", "continue": "continue",
-                   "return": f"return {self.choice(FLOATS)} * {self.choice(FLOATS)} + a[0]"}[kind]
+            end = {"break": "break", "continue": "continue", "return": self.early_return()}[kind]
             return ("if", cond, [end], None)
         if kind == "if":
             cond, _ = self.condition()
             orelse = self.block(depth + 1, in_loop) if self.draw(st.booleans()) else None
             return ("if", cond, self.block(depth + 1, in_loop), orelse)
-        var = f"i{depth}"
+        return self.loop(kind, depth)
+
+    def early_return(self) -> str:
+        fl = self.names.floats
+        return f"return {self.choice(fl)} * {self.choice(fl)} + {self.names.a}[0]"
+
+    def loop(self, kind: str, depth: int):
+        var = self.names.loops[depth]
+        if UNIQUE_NAMES:
+            var = f"{var}_{next(self.counter)}"
         self.loop_vars.append(var)
         body = self.block(depth + 1, True)
+        if kind != "while_n" and self.flag("rebind_loopvar"):
+            step = self.choice([f"{var} + 1", f"{var} * 2", f"{var} + {self.names.n}"])
+            body.insert(0, New(f"{var} = {step}"))
         self.loop_vars.pop()
         # A top-level loop may be checkpointed where gpuad allows it; it then runs up to 3n
         # times, so that with CHECKPOINT_CAPACITY it spans several segments.
-        checkpoint = depth == 0 and checkpointable(body) and self.draw(st.booleans())
-        trips = "3 * n" if checkpoint else "n"
+        n = self.names.n
+        checkpoint = depth == 0 and checkpointable(body, n) and self.draw(st.booleans())
+        trips = f"3 * {n}" if checkpoint else n
         if kind == "for_const":
-            return ("for", var, f"range({self.draw(st.integers(0, 3))})", body, checkpoint)
+            counts = ["GI", "0", "1", "2", "3"] if self.globals else ["0", "1", "2", "3"]
+            count = self.choice(counts)
+            return ("for", var, f"range({count})", body, checkpoint)
         if kind == "for_n":
             bounds = self.choice([trips, f"1, {trips} + 1", f"{trips}, 0, -1", f"0, {trips}, 2"])
             return ("for", var, f"range({bounds})", body, checkpoint)
         return ("while", var, body, checkpoint, trips)
 
+    def bind_view(self, source: str, length: int, name: str | None = None) -> str:
+        views = self.names.views
+        if name is None:
+            # rebind_name: an existing view name may be bound again to another array
+            free = [v for v in views if v not in {w.name for w in self.views()}]
+            name = self.choice(list(views) if ("rebind_name" in self.f or not free) else free)
+            # re-using a view name (in a sibling block, or re-binding it) is rebind_name's
+            if UNIQUE_NAMES or "rebind_name" not in self.f:
+                name = f"{name}_{next(self.counter)}"
+        self.scopes[-1].append(View(name, length))
+        return New(f"{name} = {source}")
+
+    def array_source(self) -> tuple[str, int]:
+        """An array-valued expression the enabled features allow, and its length."""
+        nm = self.names
+        options = [(nm.a, N_ARRAY)]
+        if "matrix" in self.f:
+            options.append((f"{nm.m}[{self.index(ROWS)}]", N_ARRAY))
+        if "slice" in self.f:
+            options += [(f"{nm.a}[1:4]", 3), (f"{nm.a}[:3]", 3), (f"{nm.a}[1:]", 3),
+                        (f"{nm.m}[{self.index(ROWS)}, 1:]", 3)]
+        if self.views() and "alias" in self.f:
+            view = self.choice(self.views())
+            options.append((view.name, view.length))
+        return self.choice(options)
+
+    def stmt_alias(self, depth, in_loop):
+        source, length = (self.names.a, N_ARRAY) if not self.views() else self.array_source()
+        return self.bind_view(source, length)
+
+    def stmt_row(self, depth, in_loop):
+        return self.bind_view(f"{self.names.m}[{self.draw(st.integers(0, ROWS - 1))}]", N_ARRAY)
+
+    def stmt_matrix_store(self, depth, in_loop):
+        m = self.names.m
+        op = self.choice(["=", "+="])
+        scale = "0.2 * " if op == "+=" else ""
+        return Writes(f"{m}[{self.index(ROWS)}, {self.index()}] {op} {scale}{self.bounded()}")
+
+    def stmt_slice(self, depth, in_loop):
+        nm = self.names
+        source = self.choice([f"{nm.a}[1:4]", f"{nm.a}[:3]", f"{nm.a}[1:]", f"{nm.m}[{self.index(ROWS)}, 1:]",
+                              f"{nm.m}[{self.index(ROWS)}][:3]"])
+        return self.bind_view(source, 3)
+
+    def stmt_view_in_loop(self, depth, in_loop):
+        if not self.loop_vars:
+            return self.stmt_alias(depth, in_loop)
+        i = self.choice(self.loop_vars)
+        nm = self.names
+        source = self.choice([f"{nm.m}[{i} % {ROWS}]", f"{nm.m}[({i} + 1) % {ROWS}]", f"{nm.a}[{i} % 2:]",
+                              f"{nm.m}[{i} % {ROWS}, {i} % 2:]"])
+        return self.bind_view(source, 3)
+
+    def stmt_cond_array(self, depth, in_loop):
+        cond, _ = self.condition()
+        nm = self.names
+        return self.bind_view(f"{nm.a} if {COND}{cond}) else {nm.m}[{self.draw(st.integers(0, ROWS - 1))}]",
+                              N_ARRAY)
+
+    def stmt_helper_array(self, depth, in_loop):
+        source, length = self.array_source()
+        v = self.choice(self.names.floats)
+        kind = self.choice(["rd", "wr"])
+        self.helpers_used.add(kind)
+        text = f"{v} = 0.5 * {v} + 0.3 * math.tanh({self.names.helpers[kind]}({source}, {self.expr(1)}))"
+        return Writes(text) if kind == "wr" else New(text)
+
+    def stmt_helper_tuple(self, depth, in_loop):
+        h = self.names.helpers
+        fl = self.names.floats
+        v, w = self.draw(st.permutations(fl))[:2]
+        e1, e2 = self.expr(1), self.expr(1)
+        kind = self.choice(["tup", "tup2", "tup2_bound"] if "helper_tuple" in self.f else ["pair"])
+        kind = "pair" if "helper_returns_tuple" in self.f and self.draw(st.booleans()) else kind
+        self.helpers_used.add(kind.removesuffix("_bound"))
+        if kind == "tup":
+            return New(f"{v} = math.sin({h['tup']}(({e1}, {e2} * 3.0)))")
+        if kind == "pair":
+            return New(f"{v}, {w} = {h['pair']}({e1}, {e2})")
+        if kind == "tup2":
+            return New(f"{v}, {w} = {h['tup2']}(({e1}, {e2}))")
+        p = self.names.pair
+        return [New(f"{p} = {h['tup2']}(({e1}, {v}))"), New(f"{w} = ({p}[0] - {p}[1]) * 0.5")]
+
+    def stmt_rebind_param(self, depth, in_loop):
+        nm = self.names
+        p = self.choice([nm.x, nm.y])
+        v = self.choice(nm.floats)
+        # zero-preserving, so that `singular`'s exact zeros survive
+        value = self.choice([f"{p} * 2.0", f"{p} * math.cos({v})", f"math.sin({p})",
+                             f"{p} / ({v} ** 2 + 1.0)"])
+        return New(f"{p} = {value}")
+
+    def stmt_rebind_name(self, depth, in_loop):
+        t = self.choice(self.names.temps)
+        v = self.choice(self.names.floats)
+        return [New(f"{t} = {self.bounded()}"), New(f"{v} = 0.5 * {v} + 0.5 * {t}"),
+                New(f"{t} = {self.bounded()}"), New(f"{v} = {v} * {t}")]
+
+    def stmt_singular(self, depth, in_loop):
+        nm = self.names
+        b = self.choice([nm.x, nm.y])
+        v = self.choice(nm.floats)
+        s = self.choice(nm.temps)
+        if UNIQUE_NAMES or "rebind_name" not in self.f:  # re-used temporaries are rebind_name's
+            s = f"{s}_{next(self.counter)}"
+        kind = self.choice(["sqrt_guard", "pow_guard", "recip_unused", "log_branch", "log_ternary", "pow"])
+        if kind in ("sqrt_guard", "pow_guard"):
+            root = f"math.sqrt({b} * {b})" if kind == "sqrt_guard" else f"({b} * {b}) ** 0.5"
+            return [New(f"{s} = {root}"), ("if", f"{b} == 0.0", [New(self.early_return())], None),
+                    New(f"{v} = 0.5 * {v} + 0.3 * {s}")]
+        if kind == "recip_unused":
+            return New(f"{s} = 1.0 / {b}")
+        if kind == "log_branch":
+            return [New(f"{s} = {b} * {b}"),
+                    ("if", f"{s} > 0.0",
+                     [New(f"{v} = 0.5 * {v} + 0.2 * math.tanh(0.1 * math.log({s}))")], None)]
+        if kind == "log_ternary":
+            return New(f"{v} = 0.5 * {v} + 0.2 * (math.tanh(0.1 * math.log({b} * {b})) "
+                       f"if {COND}{b} != 0.0) else 0.0)")
+        power = self.choice(["0", "0.0", "1", "2", "3", "2.0"])
+        return New(f"{v} = 0.5 * {v} + 0.3 * {b} ** {power}")
+
+    def stmt_chained(self, depth, in_loop):
+        nm = self.names
+        self.helpers_used.add("side")
+        target = self.choice([nm.a] + ([f"{nm.m}[{self.draw(st.integers(0, ROWS - 1))}]"]
+                                       if "matrix" in self.f else []))
+        lo, hi = self.choice([("-0.4", "0.5"), ("-1.0", "0.2"), ("0.0", "0.9")])
+        cond = f"{lo} < {nm.helpers['side']}({target}, {self.expr(1)}) < {hi}"
+        if depth < 2:
+            body = self.block(depth + 1, in_loop)
+        else:
+            body = [f"{self.choice(nm.floats)} = {self.bounded()}"]
+        return ("if", cond, body, None, "writes")  # the condition writes an array
+
     def program(self):
-        return self.block(0, False)
+        stmts = self.block(0, False)
+        # gpuad refuses a checkpointed loop that may read memory written after it (the reverse
+        # sweep would recompute with the new values): checkpoint only loops no write follows
+        for k, s in enumerate(stmts):
+            if isinstance(s, tuple) and s[0] in ("for", "while") and s[4 if s[0] == "for" else 3]:
+                if writes_any(stmts[k + 1:]):
+                    stmts[k] = s[:4] + (False,) if s[0] == "for" else s[:3] + (False,) + s[4:]
+        if self.flag("rebind_array"):
+            nm = self.names
+            self.array_rebound = True
+            stmts.append(New(f"{nm.a} = {nm.a}[{self.index()}] * 2.0 + {self.choice(nm.floats)}"))
+        return stmts
 
 
-def checkpointable(body) -> bool:
-    """No array writes and no loops with run-time trip counts (what gpuad refuses to checkpoint)."""
+# statement kinds each feature adds (a feature listed twice is drawn more often)
+FEATURE_STATEMENTS = [("alias", "alias"), ("alias", "alias"), ("row", "matrix"), ("matrix_store", "matrix"),
+                      ("slice", "slice"), ("view_in_loop", "view_in_loop"), ("cond_array", "cond_array"),
+                      ("helper_array", "helper_array"), ("helper_tuple", "helper_tuple"),
+                      ("helper_tuple", "helper_returns_tuple"),
+                      ("rebind_param", "rebind_param"), ("rebind_name", "rebind_name"),
+                      ("singular", "singular"), ("singular", "singular"), ("chained", "chained")]
+FEATURE_KINDS = {k for k, _ in FEATURE_STATEMENTS}
+
+
+def writes_any(stmts) -> bool:
+    """Does any statement (at any depth) write an array?"""
+    for s in stmts:
+        if isinstance(s, str):
+            if isinstance(s, Writes):
+                return True
+        elif s[0] == "if":
+            if len(s) > 4 or writes_any(s[2]) or writes_any(s[3] or []):
+                return True
+        elif writes_any(s[3] if s[0] == "for" else s[2]):
+            return True
+    return False
+
+
+def checkpointable(body, n: str) -> bool:
+    """No array writes, no feature statements and no loops with run-time trip counts (what gpuad
+    refuses to checkpoint); `n` is the name of the int parameter."""
     for s in body:
         if isinstance(s, str):
-            if s.startswith("a["):
+            if isinstance(s, (Writes, New)):
                 return False
         elif s[0] == "if":
-            if not checkpointable(s[2]) or (s[3] and not checkpointable(s[3])):
+            if len(s) > 4 or not checkpointable(s[2], n) or (s[3] and not checkpointable(s[3], n)):
                 return False
-        elif s[0] == "while" or "n" in s[2].removeprefix("range(") or not checkpointable(s[3]):
+        elif s[0] == "while" or n in s[2].removeprefix("range(") or not checkpointable(s[3], n):
             return False
     return True
 
 
-def render(stmts, name: str, traced: bool) -> str:
-    lines = [f"def {name}(x, y, a, n):", "    v0 = x", "    v1 = y", "    v2 = math.sin(x * y)",
-             "    v3 = 0.25"]
+# --- rendering -----------------------------------------------------------------------------------
+
+def helper_sources(gen: Gen) -> list[str]:
+    h, (b, u, p) = gen.names.helpers, gen.names.helper_params
+    rebind = f"    {u} = {u} * 0.5 + 0.1\n" if "rebind_param" in gen.f else ""
+    templates = {
+        "rd": f"def {h['rd']}({b}, {u}):\n    return {b}[0] * {u} + math.sin({b}[2]) * {b}[1]\n",
+        "wr": (f"def {h['wr']}({b}, {u}):\n    {b}[1] = 0.5 * {b}[1] + 0.3 * math.sin({u} * {b}[2])\n"
+               f"    return {b}[0] * {u} + math.cos({b}[1])\n"),
+        "tup": f"def {h['tup']}({p}):\n    return {p}[0] * math.cos({p}[1]) + 0.5 * {p}[1]\n",
+        "pair": (f"def {h['pair']}({u}, {b}):\n{rebind}"
+                 f"    return math.sin({u}) * {b}, {u} - 0.5 * math.tanh({b})\n"),
+        "tup2": f"def {h['tup2']}({p}):\n    return ({p}[1] * 0.5, math.sin({p}[0]))\n",
+        "side": (f"def {h['side']}({b}, {u}):\n    {b}[3] = 0.5 * {b}[3] + 0.25 * math.sin({u})\n"
+                 f"    return math.tanh({u} + {b}[3])\n"),
+    }
+    return [templates[k] for k in sorted(gen.helpers_used)]
+
+
+def render(gen: Gen, stmts, name: str, traced: bool) -> tuple[str, str]:
+    """(module source: globals, helpers and the function; the function's own source)"""
+    nm = gen.names
+    lines = [f"def {name}({nm.x}, {nm.y}, {nm.a}, {nm.m}, {nm.n}):"]
+    v0, v1, v2, v3 = nm.floats
+    lines += [f"    {v0} = {nm.x}", f"    {v1} = {nm.y}", f"    {v2} = math.sin({nm.x} * {nm.y})",
+              f"    {v3} = 0.25"]
 
     def cond(c):
         return f"_t({c})" if traced else c
 
+    def text(s):
+        return s.replace(COND, "_t(" if traced else "(")
+
     def emit(stmt, indent):
         pad = "    " * indent
         if isinstance(stmt, str):
-            lines.append(pad + stmt)
+            lines.append(pad + text(stmt))
         elif stmt[0] == "if":
-            _, c, body, orelse = stmt
-            lines.append(f"{pad}if {cond(c)}:")
+            _, c, body, orelse = stmt[:4]
+            lines.append(f"{pad}if {cond(text(c))}:")
             for s in body:
                 emit(s, indent + 1)
             if orelse:
@@ -195,68 +600,132 @@ def render(stmts, name: str, traced: bool) -> str:
 
     for s in stmts:
         emit(s, 1)
-    lines.append("    return v0 * 0.7 + v1 * v2 - v3 + a[1] * 0.5")
-    return "\n".join(lines) + "\n"
+    last = nm.a if gen.array_rebound else f"{nm.a}[1]"
+    lines.append(f"    return {v0} * 0.7 + {v1} * {v2} - {v3} + {last} * 0.5")
+    function = "\n".join(lines) + "\n"
+    header = "".join(f"{k} = {v}\n" for k, v in gen.globals.items())
+    helpers = helper_sources(gen)
+    module = "\n\n".join(([header] if header else []) + helpers + [function])
+    return module, function
 
 
 _serial = itertools.count()
 
 
 @st.composite
-def programs(draw):
-    return make_program(Gen(draw).program())
+def programs(draw, features=None):
+    gen = Gen(draw, FEATURES if features is None else features)
+    return make_program(gen, gen.program())
 
 
-def make_program(stmts):
+def make_program(gen: Gen, stmts):
     k = next(_serial)
     name = f"prog_{k}"
-    source = render(stmts, name, traced=False)
-    fn = corpus.exec_source(source, f"<random-program {k}>", {"math": math})[name]
-    assert inspect.getsource(fn) == source  # what the interpreter and the engine read
+    module, function = render(gen, stmts, name, traced=False)
+    fn = corpus.exec_source(module, f"<random-program {k}>", {"math": math})[name]
+    assert inspect.getsource(fn) == function  # what the interpreter and the engine read
     trace: list = []
 
     def _t(c):
         trace.append(bool(c))
         return c
 
-    traced = corpus.exec_source(render(stmts, name, traced=True), f"<random-program {k} traced>",
-                                {"math": math, "_t": _t})[name]
-    return Program(fn, traced, trace, source)
+    traced_module, _ = render(gen, stmts, name, traced=True)
+    traced = corpus.exec_source(traced_module, f"<random-program {k} traced>", {"math": math, "_t": _t})[name]
+    return Program(fn, traced, trace, module)
 
 
 class Program:
     def __init__(self, fn, traced, trace, source):
         self.fn, self.traced, self._trace, self.source = fn, traced, trace, source
 
-    def run(self, x, y, a, n):
-        """(value, a after, path)"""
+    def run(self, x, y, a, m, n):
+        """(value, a after, m after, path); raises what the plain Python program raises."""
         self._trace.clear()
         a = np.array(a, dtype=np.float64)
-        value = float(self.traced(x, y, a, n))
-        return value, a, tuple(self._trace)
+        m = np.array(m, dtype=np.float64).reshape(ROWS, N_ARRAY)
+        value = float(self.traced(x, y, a, m, n))
+        return value, a, m, tuple(self._trace)
 
     def __repr__(self):
         return self.source
 
 
-inputs = st.tuples(st.floats(-1.0, 1.0), st.floats(-1.0, 1.0),
-                   st.lists(st.floats(-1.0, 1.0), min_size=N_ARRAY, max_size=N_ARRAY), st.integers(0, 4),
-                   st.lists(st.floats(-1.0, 1.0), min_size=N_ARRAY + 2, max_size=N_ARRAY + 2))
+def scalars(features):
+    if "singular" in features:  # exact zeros, where the singular operations sit
+        return st.one_of(st.just(0.0), st.floats(-1.0, 1.0).filter(lambda v: abs(v) >= 0.05))
+    return st.floats(-1.0, 1.0)
+
+
+def inputs_for(features):
+    unit = st.floats(-1.0, 1.0)
+    return st.tuples(scalars(features), scalars(features),
+                     st.lists(unit, min_size=N_ARRAY, max_size=N_ARRAY),
+                     st.lists(unit, min_size=ROWS * N_ARRAY, max_size=ROWS * N_ARRAY), st.integers(0, 4),
+                     st.lists(unit, min_size=N_INPUTS, max_size=N_INPUTS))
+
+
+inputs = inputs_for(FEATURES)
+
+
+@dataclass
+class Point:
+    x: float
+    y: float
+    a: np.ndarray
+    m: np.ndarray
+    n: int
+    extra: np.ndarray  # reverse: seeds of a and m (last 16); forward: the direction (all 18)
+
+    @staticmethod
+    def of(values) -> Point:
+        x, y, a, m, n, extra = values
+        a = np.array(a, dtype=np.float64)
+        m = np.array(m, dtype=np.float64).reshape(ROWS, N_ARRAY)
+        return Point(x, y, a, m, n, np.array(extra, dtype=np.float64))
+
+    def vector(self) -> np.ndarray:
+        return np.concatenate([[self.x, self.y], self.a, self.m.ravel()])
+
+    @property
+    def seeds(self) -> np.ndarray:
+        return self.extra[2:]
+
+
+def unpack(vec):
+    return vec[0], vec[1], vec[2:2 + N_ARRAY], vec[2 + N_ARRAY:].reshape(ROWS, N_ARRAY)
+
+
+PRIMAL_ERRORS = (ZeroDivisionError, ValueError, OverflowError)
+
+
+def python_primal(prog, p: Point):
+    """(value, a after, m after, path), or None where the plain Python program raises (1.0 / 0.0)."""
+    try:
+        return prog.run(p.x, p.y, p.a, p.m, p.n)
+    except PRIMAL_ERRORS:
+        return None
 
 
 # --- finite differences along a path -----------------------------------------------------------
 
-def directional(prog: Program, x, y, a, n, v):
-    """d/ds [value, a after](x + s v) for v over (x, y, a); None where the stencil changes path."""
-    base = np.concatenate([[x, y], a])
-    _, _, path = prog.run(x, y, a, n)
+def directional(prog: Program, p: Point, v):
+    """d/ds [value, a after, m after](p + s v); None where the stencil changes path or raises."""
+    base = p.vector()
+    start = python_primal(prog, p)
+    if start is None:
+        return None
+    path = start[3]
 
     def outputs(s):
-        p = base + s * v
-        value, a_after, p_path = prog.run(p[0], p[1], p[2:], n)
+        x, y, a, m = unpack(base + s * v)
+        try:
+            value, a_after, m_after, p_path = prog.run(x, y, a, m, p.n)
+        except PRIMAL_ERRORS:
+            raise _PathChanged from None
         if p_path != path:
             raise _PathChanged
-        return np.concatenate([[value], a_after])
+        return np.concatenate([[value], a_after, m_after.ravel()])
 
     for h in (1e-3, 1e-4):
         try:
@@ -272,47 +741,53 @@ class _PathChanged(Exception):
     pass
 
 
-def expected_reverse(prog, x, y, a, n, seeds):
-    """dL/d(x, y, a) for L = value + <seeds, a after>."""
-    grad = np.zeros(2 + N_ARRAY)
+def expected_reverse(prog, p: Point):
+    """dL/d(x, y, a, m) for L = value + <seeds, (a, m) after>."""
+    grad = np.zeros(N_INPUTS)
     for k in range(grad.size):
         e = np.zeros(grad.size)
         e[k] = 1.0
-        d = directional(prog, x, y, a, n, e)
+        d = directional(prog, p, e)
         if d is None:
             return None
-        grad[k] = d[0] + float(np.dot(seeds, d[1:]))
+        grad[k] = d[0] + float(np.dot(p.seeds, d[1:]))
     return grad
 
 
 # --- the two derivative runners: the engine's Python, and gpuad.autodiff on the host -----------
 
-ARG_TYPES = (numba.float64, numba.float64, numba.types.Array(numba.float64, 1, "C"), numba.int64)
+ARG_TYPES = (numba.float64, numba.float64, numba.types.Array(numba.float64, 1, "C"),
+             numba.types.Array(numba.float64, 2, "C"), numba.int64)
 
 
-def reverse_by_engine(prog, mode, x, y, a, da, n):
+def reverse_by_engine(prog, mode, x, y, a, da, m, dm, n):
     capacity = CHECKPOINT_CAPACITY if CHECKPOINT in prog.source else DEFAULT_TAPE_CAPACITY
-    d = differentiate(prog.fn, mode, (Active, Active, Duplicated, Const), ARG_TYPES, tape_capacity=capacity)
+    d = differentiate(prog.fn, mode, (Active, Active, Duplicated, Duplicated, Const), ARG_TYPES,
+                      tape_capacity=capacity)
     status = np.zeros(4, np.int64)
-    result = d.function(x, y, a, da, n, status)
+    result = d.function(x, y, a, da, m, dm, n, status)
     assert status[0] == 0
     return result
 
 
-def forward_by_engine(prog, mode, x, tx, y, ty, a, ta, n):
-    d = differentiate(prog.fn, mode, (Duplicated, Duplicated, Duplicated, Const), ARG_TYPES)
+def forward_by_engine(prog, mode, x, tx, y, ty, a, ta, m, tm, n):
+    d = differentiate(prog.fn, mode, (Duplicated, Duplicated, Duplicated, Duplicated, Const), ARG_TYPES)
     status = np.zeros(4, np.int64)
-    result = d.function(x, tx, y, ty, a, ta, n, status)
+    result = d.function(x, tx, y, ty, a, ta, m, tm, n, status)
     assert status[0] == 0
     return result
 
 
-def reverse_on_host(prog, mode, x, y, a, da, n):
-    return autodiff(mode, prog.fn, Active(x), Active(y), Duplicated(a, da), n)
+def reverse_on_host(prog, mode, x, y, a, da, m, dm, n):
+    return autodiff(mode, prog.fn, Active(x), Active(y), Duplicated(a, da), Duplicated(m, dm), n)
 
 
-def forward_on_host(prog, mode, x, tx, y, ty, a, ta, n):
-    return autodiff(mode, prog.fn, Duplicated(x, tx), Duplicated(y, ty), Duplicated(a, ta), Const(n))
+def forward_on_host(prog, mode, x, tx, y, ty, a, ta, m, tm, n):
+    return autodiff(mode, prog.fn, Duplicated(x, tx), Duplicated(y, ty), Duplicated(a, ta), Duplicated(m, tm),
+                    Const(n))
+
+
+RUNNERS = {"engine": (reverse_by_engine, forward_by_engine), "host": (reverse_on_host, forward_on_host)}
 
 
 def usable(condition: bool) -> None:
@@ -325,51 +800,127 @@ def usable(condition: bool) -> None:
         assert condition, "finite differences are not trustworthy at this point"
 
 
-def check_reverse(prog, values, runner):
-    x, y, a, n, extra = values
-    a = np.array(a)
-    seeds = np.array(extra[:N_ARRAY])
-    expected = expected_reverse(prog, x, y, a, n, seeds)
-    usable(expected is not None)
-    value, a_after, _ = prog.run(x, y, a, n)
-    mode = ReverseWithPrimal if n % 2 else Reverse
-    a_run, da = a.copy(), seeds.copy()
-    result = runner(prog, mode, x, y, a_run, da, n)
-    derivs = result[0]
+def run_reverse(prog, p: Point, runner, mode):
+    """(gradient [dx, dy, da, dm], result, a after, m after)"""
+    a_run, m_run = p.a.copy(), p.m.copy()
+    da, dm = p.seeds[:N_ARRAY].copy(), p.seeds[N_ARRAY:].reshape(ROWS, N_ARRAY).copy()
+    result = runner(prog, mode, p.x, p.y, a_run, da, m_run, dm, p.n)
     assert len(result) == (2 if mode.with_primal else 1)
-    assert derivs[2:] == (None, None)
+    derivs = result[0]
+    assert derivs[2:] == (None, None, None)
+    return np.concatenate([[derivs[0], derivs[1]], da, dm.ravel()]), result, a_run, m_run
+
+
+def run_forward(prog, p: Point, runner, mode, v):
+    """(d[value, a after, m after] along v, result, a after, m after)"""
+    a_run, m_run = p.a.copy(), p.m.copy()
+    _, _, ta, tm = unpack(v.copy())
+    ta, tm = ta.copy(), tm.copy()
+    result = runner(prog, mode, p.x, v[0], p.y, v[1], a_run, ta, m_run, tm, p.n)
+    assert len(result) == (2 if mode.with_primal else 1)
+    return np.concatenate([[result[0]], ta, tm.ravel()]), result, a_run, m_run
+
+
+def check_side_effects(prog, primal, mode, result, a_run, m_run):
+    value, a_after, m_after, _ = primal
     if mode.with_primal:
-        assert result[1] == pytest.approx(value, rel=1e-13, abs=1e-15)
-    np.testing.assert_allclose(a_run, a_after, rtol=1e-13, atol=1e-15)
-    got = np.concatenate([[derivs[0], derivs[1]], da])
+        assert result[1] == pytest.approx(value, rel=1e-13, abs=1e-15), prog.source
+    np.testing.assert_allclose(a_run, a_after, rtol=1e-13, atol=1e-15, err_msg=prog.source)
+    np.testing.assert_allclose(m_run, m_after, rtol=1e-13, atol=1e-15, err_msg=prog.source)
+
+
+def check_reverse(prog, values, runner):
+    p = Point.of(values)
+    expected = expected_reverse(prog, p)
+    usable(expected is not None)
+    primal = python_primal(prog, p)
+    mode = ReverseWithPrimal if p.n % 2 else Reverse
+    got, result, a_run, m_run = run_reverse(prog, p, runner, mode)
+    check_side_effects(prog, primal, mode, result, a_run, m_run)
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-8, err_msg=prog.source)
 
 
 def check_forward(prog, values, runner):
-    x, y, a, n, extra = values
-    a = np.array(a)
-    v = np.array([extra[0], extra[1], *extra[2:]])
-    expected = directional(prog, x, y, a, n, v)
+    p = Point.of(values)
+    v = p.extra
+    expected = directional(prog, p, v)
     usable(expected is not None)
-    value, a_after, _ = prog.run(x, y, a, n)
-    mode = ForwardWithPrimal if n % 2 else Forward
-    a_run, ta = a.copy(), v[2:].copy()
-    result = runner(prog, mode, x, v[0], y, v[1], a_run, ta, n)
-    assert len(result) == (2 if mode.with_primal else 1)
-    if mode.with_primal:
-        assert result[1] == pytest.approx(value, rel=1e-13, abs=1e-15)
-    np.testing.assert_allclose(a_run, a_after, rtol=1e-13, atol=1e-15)
-    got = np.concatenate([[result[0]], ta])
+    primal = python_primal(prog, p)
+    mode = ForwardWithPrimal if p.n % 2 else Forward
+    got, result, a_run, m_run = run_forward(prog, p, runner, mode, v)
+    check_side_effects(prog, primal, mode, result, a_run, m_run)
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-8, err_msg=prog.source)
+
+
+def check_modes_agree(prog, values, runners):
+    """Reverse and forward at any point, finite differences or not (exact zeros of `singular`):
+    the reverse gradient equals the forward Jacobian, column by column (one forward run per
+    input), and both are finite (every program here is smooth along the path it takes).
+    Where the plain Python program raises (`1.0 / 0.0` left unused), the Python engine runner
+    raises too and the example is discarded; compiled runners still must agree."""
+    rev, fwd = runners
+    p = Point.of(values)
+    primal = python_primal(prog, p)
+    if primal is None and rev is reverse_by_engine:
+        usable(False)
+    mode = ReverseWithPrimal if p.n % 2 else Reverse
+    grad, result, a_run, m_run = run_reverse(prog, p, rev, mode)
+    if primal is not None:
+        check_side_effects(prog, primal, mode, result, a_run, m_run)
+    jacobian = np.zeros((1 + N_INPUTS - 2, N_INPUTS))
+    for k in range(N_INPUTS):
+        e = np.zeros(N_INPUTS)
+        e[k] = 1.0
+        jacobian[:, k], *_ = run_forward(prog, p, fwd, Forward, e)
+    from_forward = jacobian[0] + p.seeds @ jacobian[1:]
+    assert np.all(np.isfinite(grad)), f"reverse not finite: {grad}\n{prog.source}"
+    assert np.all(np.isfinite(jacobian)), f"forward not finite: {jacobian}\n{prog.source}"
+    np.testing.assert_allclose(grad, from_forward, rtol=1e-9, atol=1e-11,
+                               err_msg=f"reverse vs forward\n{prog.source}")
+
+
+def recorded(check):
+    """Write each failing program (source, inputs, error) under $GPUAD_FUZZ_FAILURES: the last
+    one written per test and process is hypothesis's shrunk example."""
+    directory = os.environ.get("GPUAD_FUZZ_FAILURES")
+
+    def wrapper(test_name, prog, values, *args):
+        from hypothesis.errors import UnsatisfiedAssumption
+
+        try:
+            return check(prog, values, *args)
+        except UnsatisfiedAssumption:
+            raise
+        except Exception:
+            if directory:
+                os.makedirs(directory, exist_ok=True)
+                path = os.path.join(directory, f"{test_name}-{os.getpid()}.txt")
+                with open(path, "w") as out:
+                    out.write(f"# features: {','.join(sorted(FEATURES))}\n{prog.source}\n# inputs\n"
+                              f"{values!r}\n# error\n{traceback.format_exc()}")
+            raise
+
+    return wrapper
+
+
+reverse = recorded(check_reverse)
+forward = recorded(check_forward)
+modes_agree = recorded(check_modes_agree)
 
 
 # --- the tests ---------------------------------------------------------------------------------
 
+def pinned_program(stmts):
+    """A program written by hand in the generator's statement form (for found bugs)."""
+    gen = Gen(lambda s: pytest.fail("a pinned program draws nothing"), frozenset())
+    return make_program(gen, stmts)
+
+
 # Found by the reverse tests below at 150 examples (not within CI's 25): the branch decision of a
 # while loop was pushed before the values its body taped, and popped in the wrong order. Pinned
 # here for every runner.
-WHILE_PROGRAM = make_program([("while", "i0", ["v0 = 0.6 * v0 + 0.4 * math.sin(a[i0 % 4])"], False, "n")])
-WHILE_VALUES = (0.0, 0.0, [0.0, 0.0, 0.0, 0.0], 1, [0.0] * 6)
+WHILE_PROGRAM = pinned_program([("while", "i0", ["v0 = 0.6 * v0 + 0.4 * math.sin(a[i0 % 4])"], False, "n")])
+WHILE_VALUES = (0.0, 0.0, [0.0] * N_ARRAY, [0.0] * (ROWS * N_ARRAY), 1, [0.0] * N_INPUTS)
 
 
 @pytest.mark.parametrize("runner", ["engine", "host", "kernel"])
@@ -377,35 +928,48 @@ def test_found_program_while_loop_with_int_tape(runner):
     if runner == "kernel":
         corpus.check_reverse(program_entry(WHILE_PROGRAM), "cpu")
     else:
-        runner_fn = reverse_by_engine if runner == "engine" else reverse_on_host
-        check_reverse(WHILE_PROGRAM, WHILE_VALUES, runner_fn)
+        check_reverse(WHILE_PROGRAM, WHILE_VALUES, RUNNERS[runner][0])
+
 
 @SETTINGS
 @given(programs(), inputs)
 def test_random_program_reverse_engine(prog, values):
-    check_reverse(prog, values, reverse_by_engine)
+    reverse("reverse_engine", prog, values, reverse_by_engine)
 
 
 @SETTINGS
 @given(programs(), inputs)
 def test_random_program_forward_engine(prog, values):
-    check_forward(prog, values, forward_by_engine)
+    forward("forward_engine", prog, values, forward_by_engine)
 
 
 @SETTINGS
 @given(programs(), inputs)
 def test_random_program_reverse_host(prog, values):
-    check_reverse(prog, values, reverse_on_host)
+    reverse("reverse_host", prog, values, reverse_on_host)
 
 
 @SETTINGS
 @given(programs(), inputs)
 def test_random_program_forward_host(prog, values):
-    check_forward(prog, values, forward_on_host)
+    forward("forward_host", prog, values, forward_on_host)
+
+
+@SETTINGS
+@given(programs(), inputs)
+def test_random_program_modes_agree_engine(prog, values):
+    modes_agree("modes_agree_engine", prog, values, RUNNERS["engine"])
+
+
+@settings(SETTINGS, max_examples=max(3, EXAMPLES // 5))
+@given(programs(), inputs)
+def test_random_program_modes_agree_host(prog, values):
+    modes_agree("modes_agree_host", prog, values, RUNNERS["host"])
 
 
 def program_entry(prog) -> corpus.Entry:
-    return corpus.Entry(prog.fn, (corpus.F(), corpus.F(), corpus.A((N_ARRAY,)), corpus.I(0, 4)))
+    return corpus.Entry(prog.fn, (corpus.F(), corpus.F(), corpus.A((N_ARRAY,)), corpus.A((ROWS, N_ARRAY)),
+                                  corpus.I(0, 4)))
 
 
 @FEW
@@ -419,3 +983,130 @@ def test_random_program_reverse_in_kernel(prog):
 def test_random_program_forward_in_kernel(prog):
     corpus.check_forward(program_entry(prog), "cpu")
 
+
+# --- many programs per kernel: reverse and forward of each, checked against each other ----------
+
+KERNEL_POINTS = 12  # threads per launch: one evaluation point of every program per thread
+PER_KERNEL = int(os.environ.get("GPUAD_FUZZ_PER_KERNEL", "4"))  # programs compiled into one kernel
+ARRAY_NAMES = ("x", "y", "ra", "rda", "rm", "rdm", "fa", "fta", "fm", "ftm", "n", "tx", "ty", "gx", "gy",
+               "df", "pr")
+
+
+def batch_kernel_source(progs) -> tuple[str, str]:
+    """One kernel calling ReverseWithPrimal and Forward of every program (parameters <array><j>):
+    compiling it once costs much less than compiling 2 kernels per program."""
+    params = [f"{a}{j}" for j in range(len(progs)) for a in ARRAY_NAMES]
+    lines = [f"def batch({', '.join(params)}):", "    i = gpuad.thread_index()", "    if i < pr0.shape[0]:"]
+    for j, prog in enumerate(progs):
+        f = prog.fn.__name__
+        lines += [
+            f"        (g_x, g_y, _u0, _u1, _u2), p_i = autodiff(ReverseWithPrimal, {f}, Active(x{j}[i]), "
+            f"Active(y{j}[i]), Duplicated(ra{j}[i], rda{j}[i]), Duplicated(rm{j}[i], rdm{j}[i]), n{j}[i])",
+            f"        gx{j}[i] = g_x", f"        gy{j}[i] = g_y", f"        pr{j}[i] = p_i",
+            f"        d_i, = autodiff(Forward, {f}, Duplicated(x{j}[i], tx{j}[i]), "
+            f"Duplicated(y{j}[i], ty{j}[i]), Duplicated(fa{j}[i], fta{j}[i]), "
+            f"Duplicated(fm{j}[i], ftm{j}[i]), Const(n{j}[i]))",
+            f"        df{j}[i] = d_i",
+        ]
+    return "batch", "\n".join(lines) + "\n"
+
+
+def launch_inputs(seed: int, n: int = KERNEL_POINTS) -> dict:
+    """The arrays of one program's launch; x, y or both are exactly 0.0 on 3 threads in 4."""
+    rng = np.random.default_rng(seed)
+    u = rng.uniform
+    vec, mat = (n, N_ARRAY), (n, ROWS, N_ARRAY)
+    arrays = {"x": u(-1, 1, n), "y": u(-1, 1, n), "a": u(-1, 1, vec), "m": u(-1, 1, mat),
+              "n": rng.integers(0, 5, n).astype(np.int64), "sa": u(-1, 1, vec), "sm": u(-1, 1, mat),
+              "tx": u(-1, 1, n), "ty": u(-1, 1, n), "ta": u(-1, 1, vec), "tm": u(-1, 1, mat)}
+    arrays["x"][np.arange(n) % 4 == 0] = 0.0
+    arrays["y"][np.arange(n) % 4 == 1] = 0.0
+    both = np.arange(n) % 8 == 2
+    arrays["x"][both] = arrays["y"][both] = 0.0
+    arrays["kernel"] = [arrays["x"], arrays["y"], arrays["a"].copy(), arrays["sa"].copy(), arrays["m"].copy(),
+                        arrays["sm"].copy(), arrays["a"].copy(), arrays["ta"].copy(), arrays["m"].copy(),
+                        arrays["tm"].copy(), arrays["n"], arrays["tx"], arrays["ty"], np.full(n, np.nan),
+                        np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)]
+    return arrays
+
+
+def check_launch(prog, arr: dict, n: int = KERNEL_POINTS) -> None:
+    """Every thread of one program: side effects and primal, reverse and forward finite and
+    consistent (<reverse gradient, v> = forward derivative of L along v), and both against finite
+    differences where those are usable."""
+    _, _, ra, rda, rm, rdm, fa, fta, fm, ftm, _, _, _, gx, gy, df, pr = arr["kernel"]
+    for t in range(n):
+        where = f"thread {t}, x={arr['x'][t]!r}, y={arr['y'][t]!r}, n={arr['n'][t]}\n{prog.source}"
+        seeds = np.concatenate([arr["sa"][t], arr["sm"][t].ravel()])
+        v = np.concatenate([[arr["tx"][t], arr["ty"][t]], arr["ta"][t], arr["tm"][t].ravel()])
+        p_rev = Point(float(arr["x"][t]), float(arr["y"][t]), arr["a"][t].copy(), arr["m"][t].copy(),
+                      int(arr["n"][t]), np.concatenate([[0.0, 0.0], seeds]))
+        p_fwd = Point(p_rev.x, p_rev.y, p_rev.a, p_rev.m, p_rev.n, v)
+        grad = np.concatenate([[gx[t], gy[t]], rda[t], rdm[t].ravel()])
+        tangent = np.concatenate([[df[t]], fta[t], ftm[t].ravel()])
+        assert np.all(np.isfinite(grad)), f"reverse not finite: {grad}, {where}"
+        assert np.all(np.isfinite(tangent)), f"forward not finite: {tangent}, {where}"
+        lhs, rhs = float(grad @ v), float(tangent[0] + seeds @ tangent[1:])
+        scale = 1.0 + float(np.abs(grad) @ np.abs(v) + abs(tangent[0]) + np.abs(seeds) @ np.abs(tangent[1:]))
+        assert abs(lhs - rhs) <= 1e-9 * scale, f"reverse vs forward: {lhs} != {rhs}, {where}"
+        primal = python_primal(prog, p_rev)
+        if primal is None:
+            continue
+        value, a_after, m_after, _ = primal
+        np.testing.assert_allclose(pr[t], value, rtol=1e-13, atol=1e-15, err_msg=f"primal, {where}")
+        for got_a, got_m in ((ra[t], rm[t]), (fa[t], fm[t])):
+            np.testing.assert_allclose(got_a, a_after, rtol=1e-13, atol=1e-15, err_msg=f"a after, {where}")
+            np.testing.assert_allclose(got_m, m_after, rtol=1e-13, atol=1e-15, err_msg=f"m after, {where}")
+        expected = expected_reverse(prog, p_rev)
+        if expected is not None:
+            np.testing.assert_allclose(grad, expected, rtol=1e-6, atol=1e-8,
+                                       err_msg=f"reverse vs FD, {where}")
+        expected = directional(prog, p_fwd, v)
+        if expected is not None:
+            np.testing.assert_allclose(tangent, expected, rtol=1e-6, atol=1e-8,
+                                       err_msg=f"forward vs FD, {where}")
+
+
+def check_programs_in_kernel(progs, target: str) -> None:
+    import gpuad
+
+    name, source = batch_kernel_source(progs)
+    namespace = {"gpuad": gpuad, "autodiff": autodiff, "ReverseWithPrimal": ReverseWithPrimal,
+                 "Forward": Forward, "Active": Active, "Const": Const, "Duplicated": Duplicated}
+    namespace.update({p.fn.__name__: p.fn for p in progs})
+    filename = f"<random-program kernel {next(_serial)}>"
+    corpus.exec_source(source, filename, namespace)
+    launches = [launch_inputs(seed=int(p.fn.__name__.removeprefix("prog_"))) for p in progs]
+    kernel = gpuad.kernel(namespace[name], target=target)
+    kernel.launch(KERNEL_POINTS, *[a for arr in launches for a in arr["kernel"]])
+    for prog, arr in zip(progs, launches):
+        check_launch(prog, arr)
+
+
+def check_kernel_batch(test_name, progs, target):
+    try:
+        check_programs_in_kernel(progs, target)
+    except Exception:
+        directory = os.environ.get("GPUAD_FUZZ_FAILURES")
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+            with open(os.path.join(directory, f"{test_name}-{os.getpid()}.txt"), "w") as out:
+                out.write(f"# features: {','.join(sorted(FEATURES))}\n"
+                          + "\n".join(p.source for p in progs) + f"\n# error\n{traceback.format_exc()}")
+        raise
+
+
+# one cpu kernel of two programs in CI (a kernel of 4 autodiff sites compiles in ~15 s): the
+# machinery of the cuda test below, which runs on the GPU machine
+@settings(SETTINGS, max_examples=max(1, EXAMPLES // 200))
+@given(st.lists(programs(), min_size=2, max_size=2))
+def test_random_program_both_in_kernel(progs):
+    check_kernel_batch("both_in_kernel", progs, "cpu")
+
+
+@pytest.mark.gpu
+@SETTINGS
+@given(st.lists(programs(), min_size=PER_KERNEL, max_size=PER_KERNEL))
+def test_random_program_both_in_cuda_kernel(progs):
+    """PER_KERNEL programs per example (GPUAD_HYPOTHESIS_EXAMPLES * PER_KERNEL programs in all)."""
+    check_kernel_batch("both_in_cuda_kernel", progs, "cuda")
