@@ -164,15 +164,29 @@ def emit_function(fir: ir.FunctionIR, expr=expr_text) -> str:
 import ast  # noqa: E402
 
 
-def fill_template(template: str, values: dict, namespace: Namespace, globals_: dict) -> ast.expr:
+def fill_template(template: str, values: dict, namespace: Namespace, globals_: dict,
+                  float32: bool = False) -> ast.expr:
     """Parse a rule expression and substitute its names.
 
     `values` maps parameter names (and `out`) to atoms; other names are
-    globals of the rules module, bound in `namespace` by identity.
+    globals of the rules module, bound in `namespace` by identity. With
+    `float32`, float literals become `np.float32(...)`: a float64 literal would
+    make numba promote the adjoint (and all it touches) to float64.
     """
     tree = ast.parse(template, mode="eval").body
 
     class Substitute(ast.NodeTransformer):
+        def visit_Constant(self, node):
+            if float32 and isinstance(node.value, float):
+                return float32_node(node)
+            return node
+
+        def visit_Attribute(self, node):  # math.inf, math.pi: float constants too
+            root = node.value.id if isinstance(node.value, ast.Name) else None
+            if float32 and isinstance(getattr(globals_.get(root), node.attr, None), float):
+                return float32_node(self.generic_visit(node))
+            return self.generic_visit(node)
+
         def visit_Name(self, node):
             if node.id in values:
                 a = values[node.id]
@@ -186,9 +200,25 @@ def fill_template(template: str, values: dict, namespace: Namespace, globals_: d
     return Substitute().visit(tree)
 
 
+def float32_node(value: ast.expr) -> ast.expr:
+    return ast.Call(ast.Attribute(ast.Name("np", ast.Load()), "float32", ast.Load()), [value], [])
+
+
+def is_number(node: ast.expr) -> bool:
+    """A partial that is a finite constant (`3.0`, `-np.float32(0.5)`): times a zero seed it stays 0."""
+    if isinstance(node, ast.UnaryOp):
+        return is_number(node.operand)
+    if isinstance(node, ast.Call) and ast.unparse(node.func) == "np.float32" and len(node.args) == 1:
+        return is_number(node.args[0])
+    return (isinstance(node, ast.Constant) and isinstance(node.value, int | float)
+            and math.isfinite(node.value))
+
+
 def is_const(node: ast.expr, value: float) -> bool:
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
         return is_const(node.operand, -value)
+    if isinstance(node, ast.Call) and ast.unparse(node.func) == "np.float32" and len(node.args) == 1:
+        return is_const(node.args[0], value)
     return isinstance(node, ast.Constant) and node.value == value
 
 
@@ -207,6 +237,11 @@ def names_read(line: str) -> set:
     """Names a generated line reads (to know which values the reverse sweep needs)."""
     tree = ast.parse(line.strip() if not line.strip().endswith(":") else line.strip() + " pass")
     return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+
+
+def one_text(ty) -> str:
+    from numba.core import types
+    return "np.float32(1.0)" if types.unliteral(ty) == types.float32 else "1.0"
 
 
 def zero_text(ty) -> str:

@@ -15,6 +15,7 @@ from gpuad.ad.emit import (
     expr_text,
     fill_template,
     index_text,
+    is_number,
     loop_header,
     render,
     scaled,
@@ -54,11 +55,12 @@ def rule_terms(sweep, s: ir.Assign, out: str, shadow_of) -> list[tuple[str, str]
                      "add an entry to gpuad.ad.rules.DERIVATIVES or register gpuad.rule(f)")
     values = dict(zip(d.params, args))
     values["out"] = ir.Var(out)
+    float32 = types.unliteral(sweep.prep.types.get(out, types.float64)) == types.float32
     terms = []
     for a, partial in zip(args, d.partials):
         shadow = shadow_of(a)
         if shadow is not None and partial is not None:
-            terms.append((shadow, fill_template(partial, values, sweep.prog.ns, TEMPLATE_GLOBALS)))
+            terms.append((shadow, fill_template(partial, values, sweep.prog.ns, TEMPLATE_GLOBALS, float32)))
     return terms
 
 
@@ -136,8 +138,8 @@ class TangentSweep:
         terms = []
         for ta, partial in rule_terms(self, s, out, self.t):
             sign, text = scaled(ta, partial)
-            if text != ta:  # a zero tangent contributes nothing, even times an infinite partial
-                text = f"({text} if {ta} != 0.0 else {zero})"
+            if not is_number(partial):  # a zero tangent contributes nothing, even times an infinite partial
+                text = f"({text} if {ta} != {zero} else {zero})"
             terms.append((sign, text))
         if not terms:
             return zero

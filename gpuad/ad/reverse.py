@@ -22,8 +22,10 @@ from gpuad.ad.emit import (
     cast_text,
     expr_text,
     index_text,
+    is_number,
     loop_header,
     names_read,
+    one_text,
     primal_code,
     render,
     scaled,
@@ -179,10 +181,10 @@ class AdjointSweep:
         for da, partial in rule_terms(self, s, out, self.d):
             sign, text = scaled(f"d_{out}", partial)
             lines.append(self.adj(f"{da} {sign}= {text}"))
-            guard |= text != f"d_{out}"
+            guard |= not is_number(partial)
         # A zero adjoint adds nothing, even where a partial is infinite (`1.0 / x` unused, `sqrt(q)`
         # on the branch not taken at q == 0): no 0 * inf NaN, and reverse agrees with forward.
-        return [(f"if d_{out} != 0.0:", lines)] if guard else lines
+        return [(f"if d_{out} != {zero_text(self.types[out])}:", lines)] if guard else lines
 
     def store(self, s: ir.Store) -> tuple[list, list, TapeUse]:
         fwd = [f"{s.array}[{index_text(s.index)}] = {atom_text(s.value)}"]
@@ -415,7 +417,7 @@ class AdjointSweep:
                 rev_args.append(atom_text(a))
             if flag and isinstance(ty, types.Array):
                 rev_args.append(self.prep.shadow(a.name))
-        seeds = [f"d_{n}" if n in self.active else "0.0" for n, ty in
+        seeds = [f"d_{n}" if n in self.active else zero_text(ty) for n, ty in
                  zip(ir.target_names(s.target), info.ret_leaf_types) if is_float(ty)] if info.ret else []
         results = [f"_r{i}" for i in range(len(info.adjoint_args))]
         rev = [self.adj(f"{', '.join(results + ['_spf', '_spi'])} = "
@@ -545,7 +547,8 @@ def split_functions(prog: Program, fn, argtypes, flags, site, caller) -> SplitIn
     seed_lines = [f"d_{n} += _seed{k}" for k, (n, ty) in enumerate(zip(leaves, leaf_types))
                   if is_float(ty) and n in prep.active]
     rev_body = caps + snap_rev + adjoint_inits(prep) + seed_lines + rev
-    outs = [("d_" + fir.params[i]) if fir.params[i] in prep.active else "0.0" for i in adjoint_args]
+    outs = [("d_" + fir.params[i]) if fir.params[i] in prep.active else zero_text(argtypes[i])
+            for i in adjoint_args]
     rev_body.append(f"return {', '.join(outs + ['_spf', '_spi'])}")
     prog.defs.append("\n".join(render([(f"def {aug}({', '.join(fir.params + tape_params)}):", aug_body)])))
     prog.defs.append("\n".join(render([(f"def {revname}({', '.join(params + seeds + tape_params)}):",
@@ -597,7 +600,7 @@ def reverse_entry(prog: Program, mode, prep: Prepared, activities, argtypes, nam
             body.append((f"if {sp} > {cap}:", [report, result(zero_derivs)]))
     body += adjoint_inits(prep)
     if fir.ret is not None and fir.ret in prep.active:
-        body.append(f"d_{fir.ret} += 1.0")
+        body.append(f"d_{fir.ret} += {one_text(prep.types[fir.ret])}")
     body += rev
     body.append(result(derivs))
     prog.defs.append("\n".join(render([(f"def {name}({', '.join(params)}):", body)])))

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from numba.core import types
+
 from gpuad.ad.emit import cast_text
 from gpuad.ad.typing import is_float
 
@@ -22,15 +24,16 @@ class TapeUse:
 
     floats: int = 0
     ints: int = 0
+    f64: bool = False  # some float entry is a float64: the float tape must be float64
 
     def __add__(self, other: TapeUse) -> TapeUse:
-        return TapeUse(self.floats + other.floats, self.ints + other.ints)
+        return TapeUse(self.floats + other.floats, self.ints + other.ints, self.f64 or other.f64)
 
     def __mul__(self, n: int) -> TapeUse:
-        return TapeUse(self.floats * n, self.ints * n)
+        return TapeUse(self.floats * n, self.ints * n, self.f64)
 
     def max(self, other: TapeUse) -> TapeUse:
-        return TapeUse(max(self.floats, other.floats), max(self.ints, other.ints))
+        return TapeUse(max(self.floats, other.floats), max(self.ints, other.ints), self.f64 or other.f64)
 
     @property
     def empty(self) -> bool:
@@ -45,7 +48,9 @@ def stack(ty) -> tuple[str, str, str]:
 def push(value: str, ty) -> tuple[list, TapeUse]:
     tape, sp, cap = stack(ty)
     code = [(f"if {sp} < {cap}:", [f"{tape}[{sp}] = {value}"]), f"{sp} += 1"]
-    return code, TapeUse(1, 0) if tape == "_tf" else TapeUse(0, 1)
+    if tape == "_tf":
+        return code, TapeUse(1, 0, types.unliteral(ty) != types.float32)
+    return code, TapeUse(0, 1)
 
 
 def pop(var: str, ty) -> list:
@@ -54,8 +59,9 @@ def pop(var: str, ty) -> list:
 
 
 def alloc(use: TapeUse) -> list:
-    """Entry-function tape allocation, sized at generation time."""
+    """Entry-function tape allocation, sized at generation time; float32 code gets a float32 tape."""
     capf, capi = max(use.floats, 1), max(use.ints, 1)
+    dtype = "np.float64" if use.f64 else "np.float32"
     return [f"_capf = {use.floats}", f"_capi = {use.ints}",
-            f"_tf = tape_alloc({capf}, np.float64)", f"_ti = tape_alloc({capi}, np.int64)",
+            f"_tf = tape_alloc({capf}, {dtype})", f"_ti = tape_alloc({capi}, np.int64)",
             "_spf = 0", "_spi = 0"]
