@@ -73,3 +73,7 @@ class TapeOverflow(GpuadError):
 
 class LocalMemoryExceeded(LaunchError):
     """A kernel needs more local memory per thread (tape, local arrays) than CUDA allows."""
+
+
+class OutOfBounds(GpuadError, IndexError):
+    """A kernel on the cpu target indexed an array out of bounds (nothing is written back)."""

@@ -32,6 +32,7 @@ def host_autodiff(mode, f, args):
     if not is_plain_function(f):
         raise AutodiffCallError(f"{f!r} is not a plain Python function",
                                 hint="pass a function defined with `def`")
+    _check_shadows(f, args)
     activities = tuple(type(a) if isinstance(a, api.Activity) else api.Const for a in args)
     flat = [v for a in args for v in (a.values if isinstance(a, api.Activity) else (a,))]
     status = st.new_status()
@@ -54,3 +55,14 @@ def host_autodiff(mode, f, args):
         ) from exc
     st.raise_for_status(status, f.__name__, [job], DEFAULT_TAPE_CAPACITY)
     return result
+
+
+def _check_shadows(f, args) -> None:
+    """Each Duplicated shadow has its primal's shape and dtype, before anything compiles or runs."""
+    from gpuad.targets.launch import check_shadow_matches
+
+    code = f.__code__
+    for k, arg in enumerate(args):
+        if isinstance(arg, api.Duplicated):
+            where = SourceLocation(code.co_filename, code.co_firstlineno, "autodiff", f.__name__)
+            check_shadow_matches(*arg.values, where, f"autodiff of {f.__name__}, argument {k}")

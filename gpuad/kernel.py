@@ -18,6 +18,7 @@ from gpuad.compiler.link import JobModule, link_deferred
 from gpuad.errors import GpuadError, LaunchError, LoweringError, SourceLocation
 from gpuad.record import CompilationRecord
 from gpuad.targets import check_target, default_target
+from gpuad.targets import launch as launch_checks
 from gpuad.targets import status as st
 
 DEFAULT_BLOCK = 256
@@ -81,6 +82,9 @@ class Kernel:
                     "which a kernel cannot take", self._location(),
                     hint="pass numpy/CuPy/numba device arrays, ints, floats or bools",
                 ) from exc
+            # What the CUDA pipeline refuses, both targets refuse before compiling.
+            launch_checks.check_argument_type(self.pyfunc, i, types[-1])
+        launch_checks.check_kernel_source(self.pyfunc)
         return tuple(types)
 
     def compile(self, *args, target: str | None = None, arch: str | None = None,
@@ -141,28 +145,37 @@ class Kernel:
     # -- launching -----------------------------------------------------------
 
     def __getitem__(self, config) -> Callable:
-        griddim, blockdim = config[:2]
+        """`kernel[blocks, threads]`, checked against CUDA's limits on both targets."""
+        griddim, blockdim = launch_checks.launch_config(self.pyfunc, config)
         return lambda *args: self._launch(griddim, blockdim, args)
 
     def launch(self, n: int, *args, block: int = DEFAULT_BLOCK) -> None:
-        """Run `n` threads (numba-cuda's `kernel[ceil(n/block), block]`)."""
-        block = max(1, min(block, n))
-        self._launch(-(-n // block), block, args, n_threads=n)
+        """Run `n` threads (numba-cuda's `kernel[ceil(n/block), block]`); n = 0 runs nothing."""
+        config = launch_checks.threads_config(self.pyfunc, n, block)
+        if config is None:
+            self.argument_types(args)  # still a bad argument is an error
+            return
+        self._launch(*config, args, n_threads=int(n))
 
     def _launch(self, griddim, blockdim, args, n_threads=None) -> None:
         argtypes = self.argument_types(args)
+        launch_checks.check_shadows(self.pyfunc, args)
+        writes = launch_checks.may_write(self.pyfunc, args)
+        groups = launch_checks.host_array_groups(self.pyfunc, args, writes)
         from gpuad.compiler import local_memory  # a frame over CUDA's limit fails on both targets
         local_memory.check_launch(self, argtypes)
         if (self.target or default_target()) == "cpu":
             grid, block = _as_int(griddim), _as_int(blockdim)
-            self._launch_cpu(argtypes, grid * block if n_threads is None else n_threads, block, args)
+            n_threads = grid * block if n_threads is None else n_threads
+            self._launch_cpu(argtypes, n_threads, block, args, groups, writes)
         else:
-            self._launch_cuda(argtypes, griddim, blockdim, args)
+            self._launch_cuda(argtypes, griddim, blockdim, args, groups, writes)
 
-    def _launch_cpu(self, argtypes, n_threads: int, block: int, args) -> None:
+    def _launch_cpu(self, argtypes, n_threads: int, block: int, args, groups, writes) -> None:
         try:
             cpu_kernel = self._cpu_kernel(argtypes)
-            cpu_kernel.launch(n_threads, block, args, self._status_check(cpu_kernel.jobs.jobs))
+            cpu_kernel.launch(n_threads, block, args, self._status_check(cpu_kernel.jobs.jobs),
+                              groups, writes)
         except GpuadError:
             raise
         except Exception as exc:  # numba's typing errors happen at the first call
@@ -174,7 +187,7 @@ class Kernel:
                 "arrays; shared memory and syncthreads need the cuda target",
             ) from exc
 
-    def _launch_cuda(self, argtypes, griddim, blockdim, args) -> None:
+    def _launch_cuda(self, argtypes, griddim, blockdim, args, groups, writes) -> None:
         from gpuad.targets import cuda as cuda_target
 
         compiled = self._compile_cuda(argtypes, self._device_arch(), self.fastmath)
@@ -188,7 +201,7 @@ class Kernel:
                 compiled.record.ptx, compiled.symbol, compiled.argtypes, checks_status=can_fail
             )
         cuda_target.launch(compiled.device_kernel, griddim, blockdim, args,
-                           self._status_check(compiled.jobs))
+                           self._status_check(compiled.jobs), groups, writes)
 
     def _status_check(self, jobs) -> Callable:
         from gpuad.ad import DEFAULT_TAPE_CAPACITY
@@ -216,11 +229,11 @@ class Kernel:
 
 
 def _as_int(dim) -> int:
-    if isinstance(dim, tuple):
-        if len(dim) != 1:
-            raise LaunchError("the cpu target emulates 1-D launches only", hint="use kernel.launch(n, ...)")
-        return dim[0]
-    return int(dim)
+    """The x size of a checked (x, y, z) dimension; the cpu target emulates 1-D launches only."""
+    if any(d != 1 for d in dim[1:]):
+        raise LaunchError(f"the cpu target emulates 1-D launches only, got {dim}",
+                          hint="use kernel.launch(n, ...) or the cuda target")
+    return dim[0]
 
 
 def kernel(pyfunc: Callable | None = None, **options) -> Kernel | Callable[[Callable], Kernel]:

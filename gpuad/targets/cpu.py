@@ -7,6 +7,9 @@ the CPU); the IR and PTX a user sees still come from the cuda pipeline.
 """
 from __future__ import annotations
 
+import sys
+import traceback
+import types as pytypes
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +18,7 @@ from gpuad import api
 from gpuad.ad import primitives
 from gpuad.compiler import numba_adapter
 from gpuad.compiler.jobs import DeferredJob, JobRegistry
+from gpuad.errors import OutOfBounds, SourceLocation
 from gpuad.interpreter import DeferredSite, Interpreter
 from gpuad.method_table import CPU
 from gpuad.targets import status as st
@@ -77,20 +81,33 @@ def _install_overlays() -> None:
 _install_overlays()
 
 
+def cpu_jit(pyfunc):
+    """numba's CPU compiler as on the GPU (inf/nan for x/0), but memory-safe.
+
+    Bounds checks make an out-of-range index an IndexError instead of a
+    read or write of foreign memory (a segfault or a hang); `launch` turns
+    it into `OutOfBounds`. They cost about nothing on kernels that are
+    dominated by the launch's copies, and little on loops (README).
+    """
+    import numba
+
+    return numba.njit(cache=False, error_model="numpy", boundscheck=True)(pyfunc)
+
+
 def new_registry(tape_capacity=None) -> tuple[Interpreter, JobRegistry]:
     """An interpreter and job registry whose jobs become numba CPU functions."""
     interp: Interpreter
 
     def compile_job(job: DeferredJob) -> None:
         resolved = interp.resolve(job.derivative.function)
-        job.compiled = numba_adapter.cpu_jit(resolved.pyfunc)
+        job.compiled = cpu_jit(resolved.pyfunc)
 
     registry = JobRegistry(compile_job, tape_capacity)
 
     def bind_site(site: DeferredSite):
         return _site_function(site, registry)
 
-    interp = Interpreter(CPU, lambda resolved: numba_adapter.cpu_jit(resolved.pyfunc), bind_site)
+    interp = Interpreter(CPU, lambda resolved: cpu_jit(resolved.pyfunc), bind_site)
     return interp, registry
 
 
@@ -104,6 +121,7 @@ def _site_function(site: DeferredSite, registry: JobRegistry):
     namespace: dict = {}
     exec(f"def autodiff_deferred_{site.id}({params}):\n    pass", namespace)  # noqa: S102
     stub = namespace[f"autodiff_deferred_{site.id}"]
+    stub._gpuad_site = (site, registry)  # for replaying a thread in Python (`_replay`)
 
     def implementation(flat_types):
         job = registry.job_for(site, tuple(types.unliteral(t) for t in flat_types))
@@ -129,23 +147,118 @@ class CpuKernel:
     run: object  # njit function (n, block, grid, *args, status)
     interpreter: Interpreter
     jobs: JobRegistry
+    body: object = None  # the kernel as rewritten by stage 1, in Python (for error reports)
+    name: str = ""
 
-    def launch(self, n_threads: int, block: int, args: tuple, on_status) -> None:
-        # Run on copies so that a failing launch leaves the caller's arrays untouched.
-        copies = [np.array(a, copy=True) if isinstance(a, np.ndarray) else a for a in args]
+    def launch(self, n_threads: int, block: int, args: tuple, on_status, groups=None, writes=None) -> None:
+        """Run `n_threads`; `groups` are positions of numpy arguments sharing one buffer
+        (`launch.host_array_groups`), `writes[k]` whether the kernel may write argument k."""
+        from gpuad.targets.launch import host_array_groups
+
+        writes = [True] * len(args) if writes is None else writes
+        if groups is None:
+            groups = host_array_groups(self.body, args, writes)
+        # Run on copies, one per buffer, so that a failing launch leaves the caller's arrays untouched.
+        copies, write_back = _stage_copies(args, groups, writes)
         status = st.new_status()
         grid = -(-n_threads // block)
-        self.run(n_threads, block, grid, *copies, status)
+        try:
+            self.run(n_threads, block, grid, *copies, status)
+        except IndexError as exc:  # numba's bounds check: nothing is written back
+            raise self._out_of_bounds(int(status[st.TID]), copies, status) from exc
         on_status(status)
-        for original, copy in zip(args, copies):
-            if isinstance(original, np.ndarray):
-                original[...] = copy
+        for original, copy in write_back:
+            original[...] = copy
+
+    def _out_of_bounds(self, tid: int, copies, status) -> OutOfBounds:
+        """The error for thread `tid`; replaying it in Python finds the line and the index."""
+        where, detail = _replay(self.body, copies, status)
+        code = self.body.__code__
+        return OutOfBounds(
+            f"kernel {self.name}, thread {tid}: {detail or 'an index is out of bounds'}; "
+            "nothing was written back", where or SourceLocation(code.co_filename, code.co_firstlineno,
+                                                                 "kernel", self.name),
+            hint="guard the access (e.g. `if i < a.shape[0]:`): launch(n) runs n threads, "
+            "kernel[blocks, threads] runs blocks*threads; on a GPU this access would read or "
+            "corrupt other memory without an error",
+        )
+
+
+def _stage_copies(args, groups, writes):
+    """Copies of the numpy arguments (one per group) and the (original, copy) pairs to write back.
+
+    A read-only array gets a read-only copy, so numba refuses writes to it as
+    CUDA does; only groups the kernel may write are written back.
+    """
+    copies = list(args)
+    write_back = []
+    for group in groups:
+        first = args[group[0]]
+        copy = np.array(first, copy=True)
+        for k in group:
+            view = copy.view()
+            view.setflags(write=args[k].flags.writeable)
+            copies[k] = view
+        targets = [k for k in group if args[k].flags.writeable]
+        if targets and any(writes[k] for k in targets):
+            write_back.append((args[targets[0]], copy))
+    return copies, write_back
+
+
+def _replay(body, copies, status) -> tuple[SourceLocation | None, str]:
+    """Run the failing thread again in Python: numpy names the index, the traceback the line.
+
+    Best effort: where Python and numba differ, the error has no line.
+    """
+    try:
+        with np.errstate(all="ignore"):
+            _python_version(body, {})(*copies, status)
+    except IndexError as exc:
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<")]
+        own = [f for f in frames if not f.filename.startswith(_GPUAD_DIR)]
+        if not own:
+            return None, str(exc)
+        frame = own[-1]
+        return SourceLocation(frame.filename, frame.lineno, (frame.line or "")[:80], frame.name), str(exc)
+    except Exception:  # noqa: BLE001 - the replay is a diagnosis, never the error itself
+        return None, ""
+    return None, ""
+
+
+_GPUAD_DIR = sys.modules["gpuad"].__path__[0]
+
+
+def _python_version(fn, memo: dict):
+    """`fn` with every numba function it calls replaced by its Python source, recursively."""
+    from numba.core.dispatcher import Dispatcher
+
+    if id(fn) in memo:
+        return memo[id(fn)]
+    namespace = dict(fn.__globals__)
+    clone = pytypes.FunctionType(fn.__code__, namespace, fn.__name__, fn.__defaults__, fn.__closure__)
+    memo[id(fn)] = clone
+    for name, value in fn.__globals__.items():
+        if isinstance(value, Dispatcher):
+            namespace[name] = _python_version(value.py_func, memo)
+        elif isinstance(value, pytypes.FunctionType) and hasattr(value, "_gpuad_site"):
+            namespace[name] = _python_site(*value._gpuad_site, memo)
+    return clone
+
+
+def _python_site(site, registry, memo):
+    def call(*flat):
+        from numba.core import types
+
+        flat_types = tuple(types.unliteral(numba_adapter.typeof(v)) for v in flat)
+        return _python_version(registry.job_for(site, flat_types).compiled.py_func, memo)(*flat)
+
+    return call
 
 
 def build_kernel(pyfunc, n_args: int, tape_capacity=None) -> CpuKernel:
     interp, registry = new_registry(tape_capacity)
     resolved = interp.resolve(pyfunc)
-    body = numba_adapter.cpu_jit(resolved.pyfunc)
+    body = cpu_jit(resolved.pyfunc)
     params = ", ".join(f"a{i}" for i in range(n_args))
     source = (
         f"def run(n, block, grid, {params}, status):\n"
@@ -157,4 +270,4 @@ def build_kernel(pyfunc, n_args: int, tape_capacity=None) -> CpuKernel:
     )
     namespace = {"body": body}
     exec(source, namespace)  # noqa: S102
-    return CpuKernel(numba_adapter.cpu_jit(namespace["run"]), interp, registry)
+    return CpuKernel(cpu_jit(namespace["run"]), interp, registry, resolved.pyfunc, pyfunc.__name__)

@@ -125,6 +125,26 @@ def _is_1d(dim) -> bool:
     return not isinstance(dim, tuple) or all(d == 1 for d in dim[1:])
 
 
-def launch(kernel: numba_adapter.PtxKernel, griddim, blockdim, args, on_status) -> None:
-    """Run on the current GPU; `on_status(status)` may raise before write-back."""
-    kernel(griddim, blockdim, args, on_status)
+def launch(kernel: numba_adapter.PtxKernel, griddim, blockdim, args, on_status,
+           groups=(), writes=None) -> None:
+    """Run on the current GPU; `on_status(status)` may raise before write-back.
+
+    `groups` (`launch.host_array_groups`) are positions of numpy arguments
+    sharing one buffer: each group is copied to the device once, and copied
+    back only if the kernel may write it (`writes`) and the array is writeable.
+    """
+    writes = [True] * len(args) if writes is None else writes
+    device_args, write_back = list(args), []
+    for group in groups:
+        first = args[group[0]]
+        targets = [k for k in group if args[k].flags.writeable]
+        if len(group) == 1 and targets and writes[group[0]]:
+            continue  # numba-cuda copies it in and back, as for any numpy argument
+        copy = cuda.to_device(first)
+        for k in group:
+            device_args[k] = copy
+        if targets and any(writes[k] for k in targets):
+            write_back.append((args[targets[0]], copy))
+    kernel(griddim, blockdim, tuple(device_args), on_status)
+    for original, copy in write_back:
+        copy.copy_to_host(original)
