@@ -143,3 +143,49 @@ def test_numba_types_the_views_used_here():
     f, _ = make("v[5:0:-2]", 3, "loop_reads")
     assert numba.njit(f)(np.ones((3, 4)), np.arange(6.0), 0.5, 1) == pytest.approx(
         f(np.ones((3, 4)), np.arange(6.0), 0.5, 1))
+
+
+# Found by the random programs (views and rebinding features), reduced by hand.
+FOUND = {
+    "view bound in a branch, name rebound after it": (
+        "def f(x, a, m):\n    if x > 0.5:\n        v = x\n    else:\n        r = m[1]\n        v = x * r[2]\n"
+        "    r = a\n    return v\n", 0.25),
+    "view rebound to itself in one branch": (
+        "def f(x, a, m):\n    if x > 0.0:\n        r = m[0]\n        r = r\n    else:\n        r = m[1]\n"
+        "    return r[0] * x + a[1]\n", -0.5),
+    "array parameter rebound to a float after early returns": (
+        "def f(x, a, m):\n    if x > 0.0:\n        return x + a[0]\n    if x > 0.0:\n        return x + a[0]\n"
+        "    a = a[0] * 2.0 + x\n    return a * 0.5 + m[0, 0]\n", -0.5),
+}
+
+
+@pytest.mark.parametrize("name", list(FOUND))
+def test_found_programs(name):
+    source, x = FOUND[name]
+    f = corpus.exec_source(source, f"<views found {next(_serial)}>", {})["f"]
+    a, m = np.linspace(0.5, 1.5, 3), np.arange(9.0).reshape(3, 3) * 0.25
+    da, dm = np.zeros_like(a), np.zeros_like(m)
+    ((dx, _, _),) = autodiff(Reverse, f, Active(x), Duplicated(a.copy(), da), Duplicated(m.copy(), dm))
+    eye = np.eye(1 + a.size + m.size)
+    for k, e in enumerate(eye):
+        direction = (e[1 + a.size:].reshape(m.shape), e[1:1 + a.size], e[0])
+
+        def at(s, d=direction):
+            return f(x + s * d[2], a + s * d[1], m + s * d[0])
+        expected = (at(1e-6) - at(-1e-6)) / 2e-6
+        assert np.concatenate([[dx], da, dm.ravel()])[k] == pytest.approx(expected, abs=1e-7), (k, source)
+    (df,) = autodiff(Forward, f, Duplicated(x, 1.0), Const(a), Const(m))
+    assert df == pytest.approx(dx)
+
+
+@pytest.mark.parametrize("source", [
+    "def f(x, m, n):\n    s = 0.0\n    r = m[0]\n    for k in range(n):\n        s += r[0] * x\n"
+    "        r = m[k]\n    return s\n",
+    "def f(x, m, n):\n    s = 0.0\n    r = m[2]\n    for k in range(n):\n        if x > 0.0:\n"
+    "            r = m[k]\n        s += r[0] * x\n    return s\n",
+])
+def test_array_names_carried_between_iterations_are_refused(source):
+    f = corpus.exec_source(source, f"<views loop {next(_serial)}>", {})["f"]
+    m = np.ones((3, 3))
+    with pytest.raises(UnsupportedConstruct, match="iteration"):
+        autodiff(Reverse, f, Active(0.5), Duplicated(m, np.zeros_like(m)), Const(3))

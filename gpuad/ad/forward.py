@@ -119,10 +119,10 @@ class TangentSweep:
         if not active_out:
             return [primal]
         (out,) = active_out
-        if out in self.prep.views:  # the same view of the tangent arrays
+        if out in self.prep.views:  # the same view of the source's tangent, bound beside it
             index = f"[{index_text(e.index)}]" if isinstance(e, ir.Load) else ""
             source = e.array.name if isinstance(e, ir.Load) else e.a.name
-            return [primal, f"t_{out} = {self.prep.shadow(source, 't_')}{index}"]
+            return [primal, f"t_{out} = t_{source}{index}"]
         if isinstance(self.prep.types[out], types.Array):  # a scratch array: its tangent is one too
             return [primal, f"t_{out} = {expr_text(e)}"]
         if not reads:

@@ -67,36 +67,6 @@ class Renamer:
             return name
         return f"_v{next(self.counter)}_{name}"
 
-    # ------------------------------------------------------------ reading
-    @staticmethod
-    def atom(a, env: dict):
-        return ir.Var(env.get(a.name, a.name)) if isinstance(a, ir.Var) else a
-
-    def index(self, index: tuple, env: dict) -> tuple:
-        return tuple(ir.Slice(*(self.atom(a, env) for a in i.atoms)) if isinstance(i, ir.Slice)
-                     else self.atom(i, env) for i in index)
-
-    def expr(self, e, env: dict):
-        at = lambda a: self.atom(a, env)  # noqa: E731
-        if isinstance(e, ir.Copy | ir.UnaryOp):
-            return dataclasses.replace(e, a=at(e.a))
-        if isinstance(e, ir.BinOp | ir.Compare):
-            return dataclasses.replace(e, a=at(e.a), b=at(e.b))
-        if isinstance(e, ir.Call):
-            return dataclasses.replace(e, args=tuple(map(at, e.args)))
-        if isinstance(e, ir.Load):
-            return ir.Load(at(e.array), self.index(e.index, env))
-        if isinstance(e, ir.Attr):
-            return ir.Attr(env.get(e.var, e.var), e.attr)
-        if isinstance(e, ir.Pack):
-            return ir.Pack(tuple(map(at, e.items)))
-        if isinstance(e, ir.TupleGet):
-            return ir.TupleGet(env.get(e.var, e.var), e.k)
-        if isinstance(e, ir.AutodiffCall):
-            wrappers = tuple((c, n, tuple(map(at, atoms))) for c, n, atoms in e.wrappers)
-            return dataclasses.replace(e, wrappers=wrappers)
-        raise TypeError(e)
-
     # ------------------------------------------------------------ binding
     def bind(self, target, env: dict, loop_wide: set):
         if not isinstance(target, str):
@@ -106,29 +76,33 @@ class Renamer:
         env[target] = self.fresh(target)
         return env[target]
 
-    def block(self, stmts: list, env: dict, loop_wide: set) -> list:
+    def block(self, stmts: list, env: dict, loop_wide: set, later: frozenset = frozenset()) -> list:
+        """`later`: the user names read after these statements (only those need merged versions)."""
         out = []
-        for s in stmts:
+        for k, s in enumerate(stmts):
             if isinstance(s, ir.Assign):
-                value = self.expr(s.value, env)  # read before the target is rebound
+                value = rename_expr(s.value, env)  # read before the target is rebound
                 out.append(ir.Assign(self.bind(s.target, env, loop_wide), value, s.line))
             elif isinstance(s, ir.Store):
-                out.append(ir.Store(env.get(s.array, s.array), self.index(s.index, env),
-                                    self.atom(s.value, env), s.line))
+                out.append(ir.Store(env.get(s.array, s.array), rename_index(s.index, env),
+                                    rename_atom(s.value, env), s.line))
             elif isinstance(s, ir.If):
-                out.append(self.if_(s, env, loop_wide))
+                out.append(self.if_(s, env, loop_wide, later | names_read(stmts[k + 1:])))
             else:
-                out += self.loop(s, env, loop_wide)
+                out += self.loop(s, env, loop_wide, later | names_read(stmts[k + 1:]))
         return out
 
-    def if_(self, s: ir.If, env: dict, loop_wide: set) -> ir.If:
-        test = self.atom(s.test, env)
+    def if_(self, s: ir.If, env: dict, loop_wide: set, later: frozenset) -> ir.If:
+        test = rename_atom(s.test, env)
         env_body, env_else = dict(env), dict(env)
-        body = self.block(s.body, env_body, loop_wide)
-        orelse = self.block(s.orelse, env_else, loop_wide)
+        body = self.block(s.body, env_body, loop_wide, later)
+        orelse = self.block(s.orelse, env_else, loop_wide, later)
         for name in sorted(set(env_body) | set(env_else)):
             versions = (env_body.get(name), env_else.get(name))
             if versions == (env.get(name),) * 2:
+                continue
+            if name not in later:  # never read again: nothing to merge (the versions may differ in type)
+                env[name] = versions[0] or versions[1]
                 continue
             if name not in env and None in versions:  # bound on one path only: no merge needed
                 env[name] = versions[0] or versions[1]
@@ -139,10 +113,10 @@ class Renamer:
             env[name] = merged
         return ir.If(test, body, orelse, s.line)
 
-    def loop(self, s: ir.Loop, env: dict, loop_wide: set) -> list:
+    def loop(self, s: ir.Loop, env: dict, loop_wide: set, later: frozenset) -> list:
         """The loop, preceded by the copy that gives a rebound loop variable its old value when
         the loop runs no iteration (as Python leaves it)."""
-        start, stop, step = (self.atom(a, env) if a is not None else None for a in (s.start, s.stop, s.step))
+        start, stop, step = (rename_atom(a, env) for a in (s.start, s.stop, s.step))
         var, before, prologue = s.var, [], []
         if var is not None and is_user_name(var) and var not in loop_wide and var not in self.one_name:
             # Bound before the loop: a version of its own, holding the old value until the first
@@ -156,9 +130,67 @@ class Renamer:
                     for n in ir.target_names(t.target) if is_user_name(n)} - loop_wide
         for name in sorted(assigned):
             env[name] = env.get(name) or self.fresh(name)  # the loop-carried name
-        body = prologue + self.block(s.body, env, loop_wide | assigned | ({s.var} if s.var else set()))
+        body_later = later | names_read(s.body)  # the next iteration reads what the body reads
+        body = prologue + self.block(s.body, env, loop_wide | assigned | ({s.var} if s.var else set()),
+                                     body_later)
         return before + [ir.Loop(var, start, stop, step, body, s.line, s.ident, s.exit_flag, s.trips,
                                  s.checkpoint)]
+
+
+def names_read(stmts: list) -> frozenset:
+    """Every name the statements read (loop bounds and branch tests included)."""
+    names = set()
+    for t in ir.walk(stmts):
+        if isinstance(t, ir.Assign):
+            atoms = ir.atoms_of(t.value)
+        elif isinstance(t, ir.Store):
+            atoms = [ir.Var(t.array), *ir.index_atoms(t.index), t.value]
+        elif isinstance(t, ir.If):
+            atoms = [t.test]
+        else:
+            atoms = [t.start, t.stop, t.step, ir.Var(t.exit_flag) if t.exit_flag else None]
+        names.update(a.name for a in atoms if isinstance(a, ir.Var))
+    return frozenset(names)
+
+
+def rename_atom(a, env: dict):
+    return ir.Var(env.get(a.name, a.name)) if isinstance(a, ir.Var) else a
+
+
+def rename_index(index: tuple, env: dict) -> tuple:
+    return tuple(ir.Slice(*(rename_atom(a, env) for a in i.atoms)) if isinstance(i, ir.Slice)
+                 else rename_atom(i, env) for i in index)
+
+
+def rename_pattern(pattern, env: dict):
+    if pattern is None:
+        return None
+    if isinstance(pattern, tuple):
+        return tuple(rename_pattern(p, env) for p in pattern)
+    return rename_atom(pattern, env)
+
+
+def rename_expr(e, env: dict):
+    """`e` reading `env[name]` for each name it reads (names not in `env` unchanged)."""
+    at = lambda a: rename_atom(a, env)  # noqa: E731
+    if isinstance(e, ir.Copy | ir.UnaryOp):
+        return dataclasses.replace(e, a=at(e.a))
+    if isinstance(e, ir.BinOp | ir.Compare):
+        return dataclasses.replace(e, a=at(e.a), b=at(e.b))
+    if isinstance(e, ir.Call):
+        return dataclasses.replace(e, args=tuple(map(at, e.args)), leaves=rename_pattern(e.leaves, env))
+    if isinstance(e, ir.Load):
+        return ir.Load(at(e.array), rename_index(e.index, env))
+    if isinstance(e, ir.Attr):
+        return ir.Attr(env.get(e.var, e.var), e.attr)
+    if isinstance(e, ir.Pack):
+        return ir.Pack(tuple(map(at, e.items)))
+    if isinstance(e, ir.TupleGet):
+        return ir.TupleGet(env.get(e.var, e.var), e.k)
+    if isinstance(e, ir.AutodiffCall):
+        wrappers = tuple((c, n, tuple(map(at, atoms))) for c, n, atoms in e.wrappers)
+        return dataclasses.replace(e, wrappers=wrappers)
+    raise TypeError(e)
 
 
 def rename(fir: ir.FunctionIR) -> ir.FunctionIR:
