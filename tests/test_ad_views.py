@@ -154,7 +154,8 @@ FOUND = {
         "def f(x, a, m):\n    if x > 0.0:\n        r = m[0]\n        r = r\n    else:\n        r = m[1]\n"
         "    return r[0] * x + a[1]\n", -0.5),
     "array parameter rebound to a float after early returns": (
-        "def f(x, a, m):\n    if x > 0.0:\n        return x + a[0]\n    if x > 0.0:\n        return x + a[0]\n"
+        "def f(x, a, m):\n    if x > 0.0:\n        return x + a[0]\n"
+        "    if x > 0.0:\n        return x + a[0]\n"
         "    a = a[0] * 2.0 + x\n    return a * 0.5 + m[0, 0]\n", -0.5),
 }
 
