@@ -71,6 +71,9 @@ def autodiff(mode, f, *args):
     Inside a gpuad kernel this call is replaced by the overlay interpreter;
     on the host it compiles the derivative for the cpu target and calls it.
     """
+    from gpuad.compiler.compile_lock import load_toolchain
+
+    load_toolchain()  # numba's first import, safe from Ctrl-C
     from gpuad.host import host_autodiff
 
     return host_autodiff(mode, f, args)

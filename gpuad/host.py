@@ -4,6 +4,7 @@ from __future__ import annotations
 from gpuad import api
 from gpuad.ad import DEFAULT_TAPE_CAPACITY
 from gpuad.compiler import numba_adapter
+from gpuad.compiler.compile_lock import compiling, first_call
 from gpuad.errors import AutodiffCallError, LoweringError, SourceLocation
 from gpuad.interpreter import DeferredSite, is_plain_function
 from gpuad.targets import status as st
@@ -40,9 +41,11 @@ def host_autodiff(mode, f, args):
     code = f.__code__
     site = DeferredSite(-1, f, mode, activities,
                         SourceLocation(code.co_filename, code.co_firstlineno, "autodiff", f.__name__))
-    job = _jobs().job_for(site, flat_types)
+    with compiling():  # the job cache is shared by every thread
+        job = _jobs().job_for(site, flat_types)
     try:
-        result = job.compiled(*flat, status)  # numba compiles the derivative on this first call
+        with first_call(job.compiled):  # numba compiles the derivative on this first call
+            result = job.compiled(*flat, status)
     except Exception as exc:
         if type(exc).__module__.split(".")[0] != "numba":
             raise

@@ -206,6 +206,33 @@ def _has_status_parameter(fn: Callable) -> bool:
     return bool(params) and (params[-1] == STATUS or (generated and params[-1] == "status"))
 
 
+def python_of_device_function(callee: Any, location: SourceLocation) -> Any:
+    """The Python function of a `@cuda.jit(device=True)` dispatcher, else `callee` itself.
+
+    gpuad compiles it like any function a kernel calls, for the kernel's
+    target: a numba-cuda dispatcher only compiles for a GPU (numba's cpu
+    typing cannot call it), and its body needs the target's overlays.
+    """
+    from gpuad.compiler.numba_adapter import cuda_jit_options
+
+    options = cuda_jit_options(callee)
+    if options is None:
+        return callee
+    name = callee.py_func.__name__
+    if not options.get("device"):
+        raise InterpretError(
+            f"{name} is a CUDA kernel (@cuda.jit), and a kernel cannot call a kernel", location,
+            hint=f"declare {name} with @cuda.jit(device=True), or as a plain Python function",
+        )
+    if options.get("link"):
+        raise InterpretError(
+            f"device function {name} links external code ({', '.join(map(str, options['link']))}), "
+            "which gpuad cannot compile for its targets", location,
+            hint="write the function in Python, or call it from a numba-cuda kernel instead",
+        )
+    return callee.py_func
+
+
 class _CallRewriter(ast.NodeTransformer):
     """Rebinds the calls of one function; see `Interpreter`."""
 
@@ -271,6 +298,8 @@ class _CallRewriter(ast.NodeTransformer):
         if overlay is not None:
             self.record(node, callee, qualified_name(overlay.replacement))
             callee = overlay.replacement
+        elif callee is not _UNRESOLVED:
+            callee = python_of_device_function(callee, self.location(node))
         if callee is api.autodiff_deferred:
             return self.deferred_site(node)
         node.args = [self.visit(a) for a in node.args]

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from gpuad.ad.cache_key import derivative_key
 from gpuad.compiler import numba_adapter
+from gpuad.compiler.compile_lock import first_call, locked
 from gpuad.compiler.emit import emit_ptx, parse_arch
 from gpuad.compiler.link import JobModule, link_deferred
 from gpuad.errors import GpuadError, LaunchError, LoweringError, SourceLocation
@@ -95,6 +96,7 @@ class Kernel:
                                       self.fastmath if fastmath is None else fastmath)
         return dataclasses.replace(compiled.record, target=target)
 
+    @locked
     def _compile_cuda(self, argtypes, arch, fastmath, thread_ownership=True) -> _Compiled:
         from gpuad.method_table import CUDA
         from gpuad.targets import cuda as cuda_target  # installs its overlays first
@@ -174,8 +176,9 @@ class Kernel:
     def _launch_cpu(self, argtypes, n_threads: int, block: int, args, groups, writes) -> None:
         try:
             cpu_kernel = self._cpu_kernel(argtypes)
-            cpu_kernel.launch(n_threads, block, args, self._status_check(cpu_kernel.jobs.jobs),
-                              groups, writes)
+            with first_call(cpu_kernel.run):  # numba compiles the kernel on its first launch
+                cpu_kernel.launch(n_threads, block, args, self._status_check(cpu_kernel.jobs.jobs),
+                                  groups, writes)
         except GpuadError:
             raise
         except Exception as exc:  # numba's typing errors happen at the first call
@@ -213,6 +216,7 @@ class Kernel:
         major, minor = numba_adapter.device_compute_capability()
         return f"sm_{major}{minor}"
 
+    @locked
     def _cpu_kernel(self, argtypes):
         from gpuad.method_table import CPU
         from gpuad.targets import cpu

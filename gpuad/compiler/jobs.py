@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from gpuad.ad.cache_key import derivative_key
 from gpuad.compiler import numba_adapter
+from gpuad.compiler.compile_lock import locked
 from gpuad.errors import GpuadError, LoweringError
 from gpuad.interpreter import DeferredSite
 from gpuad.record import JobRecord
@@ -69,6 +70,7 @@ class JobRegistry:
     _by_key: dict[tuple, DeferredJob] = field(default_factory=dict)
     _building: list[int] = field(default_factory=list)
 
+    @locked
     def job_for(self, site: DeferredSite, flat_types: tuple) -> DeferredJob:
         primals = primal_types(site.activities, flat_types)
         # derivative_key: the function's code, the globals it reads, its callees and the rules now.
@@ -81,10 +83,26 @@ class JobRegistry:
             job.parent = self._building[-1] if self._building else None
             self._by_key[key] = job
             self.jobs.append(job)
-            self._build(job)
+            try:
+                self._build(job)
+            except BaseException:  # an interrupt too: never keep a half-built job
+                self._forget(key, job)
+                raise
         if where not in job.call_sites:
             job.call_sites.append(where)
         return job
+
+    def _forget(self, key: tuple, job: DeferredJob) -> None:
+        """Drop a job whose build failed, and the jobs created while building it.
+
+        Those came last (ids are handed out in order, under the compile lock);
+        a retry builds them again.
+        """
+        self._by_key.pop(key, None)
+        dropped = self.jobs[self.jobs.index(job):]
+        del self.jobs[self.jobs.index(job):]
+        for stale in [k for k, j in self._by_key.items() if any(j is d for d in dropped)]:
+            del self._by_key[stale]
 
     def _build(self, job: DeferredJob) -> None:
         import time

@@ -19,6 +19,9 @@ DEFAULT_CC = (9, 0)
 
 def cuda_modules():
     """numba.cuda imported lazily: its import is slow and we want CLI start fast."""
+    from gpuad.compiler.compile_lock import load_toolchain
+
+    load_toolchain()
     from numba import cuda
 
     return cuda
@@ -41,12 +44,17 @@ def compute_capability(cc: tuple[int, int]):
     """
     import numba.cuda.dispatcher as dispatcher
 
-    saved = dispatcher.get_current_device
-    dispatcher.get_current_device = lambda: _FixedDevice(cc)
-    try:
-        yield
-    finally:
-        dispatcher.get_current_device = saved
+    from gpuad.compiler.compile_lock import compiling
+
+    # Under the compile lock: another thread's compile would save our patch
+    # as "the original" and put it back for good.
+    with compiling():
+        saved = dispatcher.get_current_device
+        try:
+            dispatcher.get_current_device = lambda: _FixedDevice(cc)
+            yield
+        finally:
+            dispatcher.get_current_device = saved
 
 
 @contextlib.contextmanager
@@ -63,14 +71,24 @@ def outside_enclosing_compilation():
 
     stack = _FlagsStack()._stack
     saved = stack[:]
-    stack.clear()
     try:
+        stack.clear()
         # numba-cuda compiles under target_override("cuda"); numba's CPU typing
         # context would otherwise load its registries for the wrong target.
         with target_override("cpu"):
             yield
     finally:
         stack[:] = saved
+
+
+def cuda_jit_options(obj) -> dict | None:
+    """The options of a numba-cuda `@cuda.jit` dispatcher (`device`, `link`...), None for anything else."""
+    import sys
+
+    dispatcher = sys.modules.get("numba.cuda.dispatcher")  # not imported: obj cannot be one
+    if dispatcher is None or not isinstance(obj, dispatcher.CUDADispatcher):
+        return None
+    return dict(obj.targetoptions)
 
 
 def device_function(pyfunc):
@@ -250,6 +268,9 @@ class _ArgPacker:
 
 def typeof(value):
     """numba's type of a host value (arrays of any kind, scalars)."""
+    from gpuad.compiler.compile_lock import load_toolchain
+
+    load_toolchain()  # often the first use of numba
     from numba.cuda.typing.typeof import Purpose
     from numba.cuda.typing.typeof import typeof as cuda_typeof
 
