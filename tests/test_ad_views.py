@@ -157,6 +157,12 @@ FOUND = {
         "def f(x, a, m):\n    if x > 0.0:\n        return x + a[0]\n"
         "    if x > 0.0:\n        return x + a[0]\n"
         "    a = a[0] * 2.0 + x\n    return a * 0.5 + m[0, 0]\n", -0.5),
+    "choice of arrays inside a loop": (
+        "def f(x, a, m):\n    for i in range(3):\n        w = a if a[1] > -0.3 else m[1]\n"
+        "    return x * a[0] + w[1]\n", 0.3),
+    "view bound and read on one path inside a loop": (
+        "def f(x, a, m):\n    s = 0.0\n    for i in range(3):\n        if a[1] > -0.3:\n"
+        "            w = m[1]\n            s = s + x * w[0]\n    return s\n", 0.3),
 }
 
 

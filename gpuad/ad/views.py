@@ -125,7 +125,9 @@ class ViewResolver:
         one static view per name and iteration, or a refusal."""
         entry = dict(self.names)
         self.depth += 1
-        body = self.block(s.body, later | names_read(s.body))
+        # No merge needs what the next iteration reads: a read before the iteration binds the name
+        # meets no binding here (refused by check_use) or one from before the loop (refused below).
+        body = self.block(s.body, later)
         self.depth -= 1
         for name, runtime in self.names.items():
             if name in entry and entry[name] != runtime:
