@@ -232,3 +232,15 @@ def test_zero_tangent_times_a_nan_partial_adds_nothing():
     f = define("def f(x, y):\n    return x ** y\n")
     (df,) = autodiff(Forward, f, Duplicated(-2.0, 1.0), Duplicated(2.0, 0.0))
     assert df == -4.0
+
+
+def test_name_first_bound_in_both_branches_and_counted_in_loops():
+    """Found by the random programs (F8): `i` is bound in both branches, each followed by a loop that
+    counts it; with a return inside one loop the renamed form read an unbound version."""
+    f = define("def f(x, a, n):\n    if a[1] > 0.0:\n        i = 0\n        while i < n:\n"
+               "            i += 1\n            if x > 5.0:\n                return x\n"
+               "        if x > 0.2:\n            return x * x\n"
+               "    else:\n        i = 0\n        while i < n:\n            i += 1\n    return x * 3.0\n")
+    for sign, expected in ((1.0, 0.5), (-1.0, 3.0)):
+        a = np.full(3, sign)
+        assert both(f, 0.25, a, 2) == (expected, expected)

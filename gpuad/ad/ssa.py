@@ -71,8 +71,11 @@ class Renamer:
     def bind(self, target, env: dict, loop_wide: set):
         if not isinstance(target, str):
             return tuple(self.bind(t, env, loop_wide) for t in target)
-        if not is_user_name(target) or target in loop_wide or target in self.one_name:
+        if not is_user_name(target) or target in loop_wide:
             return env.get(target, target)
+        if target in self.one_name:
+            env[target] = target
+            return target
         env[target] = self.fresh(target)
         return env[target]
 
@@ -128,8 +131,8 @@ class Renamer:
             env[s.var] = version
         assigned = {n for t in ir.walk(s.body) if isinstance(t, ir.Assign)
                     for n in ir.target_names(t.target) if is_user_name(n)} - loop_wide
-        for name in sorted(assigned):
-            env[name] = env.get(name) or self.fresh(name)  # the loop-carried name
+        for name in sorted(assigned):  # the loop-carried name
+            env[name] = env.get(name) or (name if name in self.one_name else self.fresh(name))
         body_later = later | names_read(s.body)  # the next iteration reads what the body reads
         body = prologue + self.block(s.body, env, loop_wide | assigned | ({s.var} if s.var else set()),
                                      body_later)
