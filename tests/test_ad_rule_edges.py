@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import gpuad
-from gpuad import Active, Const, Duplicated, Forward, Reverse, autodiff
+from gpuad import Active, Const, Duplicated, Forward, ForwardWithPrimal, Reverse, ReverseWithPrimal, autodiff
 from gpuad.ad.primitives import atomic_add
 from gpuad.ad.rules import DERIVATIVES
 
@@ -483,12 +483,20 @@ def test_float32_rules_at_edge_points(case):
     assert bad == []
 
 
-@pytest.mark.parametrize("f, args", [(pow_m1, (0.0,)), (pow_n, (0.0, -1)), (math_pow_n, (0.0, -1))],
-                         ids=["pow_m1", "pow_n", "math_pow_n"])
+def test_negative_int_literal_power_of_zero_is_ieee_as_on_cuda():
+    """`x ** -1` in a differentiated function: the exponent is taken as a float, so the cpu target
+    gives CUDA's IEEE values (inf, and -inf for the derivative) instead of numba's ZeroDivisionError."""
+    assert autodiff(ReverseWithPrimal, pow_m1, Active(0.0)) == ((-math.inf,), math.inf)
+    assert autodiff(ForwardWithPrimal, pow_m1, Duplicated(0.0, 1.0)) == (-math.inf, math.inf)
+    assert autodiff(ReverseWithPrimal, pow_m1, Active(-0.0)) == ((-math.inf,), -math.inf)
+
+
+@pytest.mark.parametrize("f, args", [(pow_n, (0.0, -1)), (math_pow_n, (0.0, -1))],
+                         ids=["pow_n", "math_pow_n"])
 def test_negative_int_power_of_zero_raises_as_the_primal_does(f, args):
-    """`0.0 ** -1` raises ZeroDivisionError in Python and in numba's integer power alike (math.pow
-    with an int exponent too): the primal raises; the derivative adds no error of its own
-    (x ** 0 at 0 and x ** -1 at 1e-200, where x * x underflows, are in the table above)."""
+    """`0.0 ** n` with a run-time int n = -1 raises ZeroDivisionError in Python and in numba's integer
+    power alike (math.pow with an int exponent too): the primal raises; the derivative adds no error
+    of its own (x ** 0 at 0 and x ** -1 at 1e-200, where x * x underflows, are in the table above)."""
     with pytest.raises(ZeroDivisionError):
         numba.njit(f)(*args)
     with pytest.raises(ZeroDivisionError):

@@ -523,6 +523,10 @@ class Normalizer:
         op = BINOPS.get(type(node.op))
         if op is None:
             self.refuse(node, ast.unparse(node), "use arithmetic operators")
+        if op == "**" and isinstance(b, ir.Const) and type(b.value) is int and b.value < 0:
+            # x ** -1 at 0: inf on CUDA, ZeroDivisionError in numba's CPU integer power; a float
+            # exponent gives the same IEEE result on both targets
+            b = ir.Const(float(b.value))
         return self.assign_temp(ir.BinOp(op, a, b), node)
 
     def expr_UnaryOp(self, node):
