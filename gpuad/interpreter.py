@@ -17,16 +17,16 @@ import ast
 import builtins
 import dataclasses
 import inspect
-import textwrap
 import types
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from gpuad import api
-from gpuad.ad.cache_key import derivative_key, source_matches, source_mismatch
+from gpuad.ad.cache_key import derivative_key
 from gpuad.errors import AutodiffCallError, InterpretError, SourceLocation
 from gpuad.method_table import MethodTable, qualified_name
 from gpuad.record import OverlayRecord
+from gpuad.source import function_scope, function_source
 
 STATUS = "_gpuad_status"
 _UNRESOLVED = object()
@@ -70,40 +70,15 @@ class ParsedFunction:
 
 def parse_function(fn: Callable) -> ParsedFunction:
     """The function's AST with line numbers of its real file (or cell)."""
-    try:
-        lines, first_line = inspect.getsourcelines(fn)
-    except (OSError, TypeError) as exc:
-        raise InterpretError(
-            f"cannot read the source of {getattr(fn, '__qualname__', fn)!r}",
-            hint="define kernels and the functions they call in a file or notebook cell, "
-            "not with exec() or lambda",
-        ) from exc
-    source = textwrap.dedent("".join(lines))
-    filename = inspect.getsourcefile(fn) or fn.__code__.co_filename
-    try:
-        module = ast.parse(source)
-    except SyntaxError:  # not a whole statement: the file changed since fn was defined
-        module = ast.Module([ast.Pass()], [])
-    tree = module.body[0]
-    if fn.__code__.co_name == "<lambda>" or isinstance(tree, ast.AsyncFunctionDef):
-        raise InterpretError(f"{fn!r} is not defined by a `def` statement")
-    if not (isinstance(tree, ast.FunctionDef) and source_matches(fn, tree)):
-        message, hint = source_mismatch(fn, filename)
-        raise InterpretError(message, SourceLocation(filename, first_line, "def", fn.__name__), hint)
-    ast.increment_lineno(module, first_line - 1)
+    src = function_source(fn, InterpretError, "define kernels and the functions they call in a file or "
+                          "notebook cell, not with exec() or lambda")
+    tree = src.tree
+    ast.increment_lineno(tree, src.offset)
     tree.decorator_list = []
-    return ParsedFunction(tree, filename, source)
+    return ParsedFunction(tree, src.filename, src.text)
 
 
-def function_namespace(fn: Callable) -> dict[str, Any]:
-    """Globals of `fn` with its closure variables on top, as the body sees them."""
-    namespace = dict(fn.__globals__)
-    for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or ()):
-        try:
-            namespace[name] = cell.cell_contents
-        except ValueError:  # an empty cell: a name assigned later in the outer scope
-            pass
-    return namespace
+function_namespace = function_scope
 
 
 def local_names(tree: ast.FunctionDef) -> set[str]:

@@ -15,14 +15,13 @@ import builtins
 import functools
 import inspect
 import linecache
-import textwrap
 from dataclasses import dataclass
 
 from gpuad import api
 from gpuad.ad import ir
-from gpuad.ad.cache_key import source_matches, source_mismatch
 from gpuad.ad.emit import Namespace
 from gpuad.errors import SourceLocation, UnsupportedConstruct
+from gpuad.source import function_scope, function_source
 
 # On a loop's line, selects checkpointing (recompute) instead of taping every iteration.
 CHECKPOINT_COMMENT = "# gpuad: checkpoint"
@@ -97,46 +96,15 @@ def unwrap(fn):
 
 
 def source_tree(fn):
-    """(FunctionDef node, filename, line offset) of `fn`'s source."""
-    fn = unwrap(fn)
-    try:
-        lines, _ = inspect.getsourcelines(fn)
-    except (OSError, TypeError) as exc:
-        raise UnsupportedConstruct(
-            f"cannot read the source of {getattr(fn, '__name__', fn)!r}",
-            SourceLocation(getattr(fn.__code__, "co_filename", "<unknown>"), fn.__code__.co_firstlineno,
-                           "def", fn.__name__),
-            "define the function in a file, a notebook cell or register its source in linecache",
-        ) from exc
-    filename = inspect.getsourcefile(fn) or fn.__code__.co_filename
-    offset = fn.__code__.co_firstlineno - 1
-    try:
-        node = ast.parse(textwrap.dedent("".join(lines))).body[0]
-    except SyntaxError:
-        node = None  # not a whole statement: the file changed since fn was defined
-    if fn.__code__.co_name == "<lambda>" or isinstance(node, ast.AsyncFunctionDef):
-        raise UnsupportedConstruct(
-            "only functions defined with `def` can be differentiated",
-            SourceLocation(filename, offset + 1, type(node).__name__.lower(), fn.__name__),
-            "write the function with def at module level",
-        )
-    if not (isinstance(node, ast.FunctionDef) and source_matches(fn, node)):
-        message, hint = source_mismatch(fn, filename)
-        raise UnsupportedConstruct(message, SourceLocation(filename, offset + 1, "def", fn.__name__), hint)
-    return node, filename, offset
+    """(FunctionDef node, filename, line offset) of `fn`'s source (`gpuad.source`)."""
+    src = function_source(unwrap(fn), UnsupportedConstruct, "define the function in a file, a notebook "
+                          "cell or register its source in linecache")
+    return src.tree, src.filename, src.offset
 
 
 def scope_of(fn) -> dict:
     """Closure cells over globals: what a free name in `fn` means."""
-    fn = unwrap(fn)
-    scope = dict(fn.__globals__)
-    if fn.__closure__:
-        for name, cell in zip(fn.__code__.co_freevars, fn.__closure__):
-            try:
-                scope[name] = cell.cell_contents
-            except ValueError:
-                pass
-    return scope
+    return function_scope(unwrap(fn))
 
 
 def loop_exits(node) -> tuple[bool, bool, bool]:
