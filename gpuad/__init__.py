@@ -1,6 +1,6 @@
 """gpuad: GPU kernels in Python that differentiate the functions they call.
 
-See DESIGN.md for the pipeline: interpret → differentiate → lower → link →
+See docs/design.md for the pipeline: interpret → differentiate → lower → link →
 emit → launch. Enzyme.jl's names, Python spelling.
 """
 from gpuad.api import (

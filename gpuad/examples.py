@@ -1,4 +1,4 @@
-"""The example kernel of DESIGN.md, shared by `gpuad demo`, tests and tutorials."""
+"""The example kernel of the README, shared by `gpuad demo`, tests and tutorials."""
 import math
 
 import gpuad

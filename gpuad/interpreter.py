@@ -394,7 +394,7 @@ def name_uses(tree: ast.FunctionDef) -> dict[str, list[tuple[ast.Name, ast.AST]]
 
 
 def site_ownership(site: DeferredSite, node: ast.Call, rewriter: _CallRewriter) -> DeferredSite:
-    """Add to a site the facts that let the engine drop atomics (DESIGN.md: only where proven).
+    """Add to a site the facts that let the engine drop atomics (docs/design.md: only where proven).
 
     An argument is a thread id when it is a local holding `cuda.grid(1)`. A
     Duplicated argument is exclusive when the site is in the kernel itself and

@@ -42,7 +42,7 @@ class _Compiled:
 
 
 class Kernel:
-    """A GPU kernel whose body may call `autodiff`; see DESIGN.md for the API."""
+    """A GPU kernel whose body may call `autodiff` (API: the README; stages: docs/design.md)."""
 
     def __init__(self, pyfunc: Callable, *, target: str | None = None, arch: str = "sm_90",
                  fastmath: bool = False, tape_capacity: int | None = None):

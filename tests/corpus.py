@@ -14,7 +14,7 @@ Argument kinds of an entry (one per parameter of its function):
   A(shape, lo, hi)  float array Duplicated(a, da); each thread gets its own slice of a
                     (n, *shape) array, so 1-D and 2-D arrays reach the function as C views
 
-What is compared (Enzyme semantics, DESIGN.md):
+What is compared (Enzyme semantics, docs/design.md):
   reverse   L = f(args) + sum_k <seed_k, a_k after f> with da_k = seed_k on entry; after the
             call every Active's derivative and every da_k equal dL/d(input) (read-only
             elements therefore get seed + gradient: accumulation; written elements get their

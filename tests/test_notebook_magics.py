@@ -290,7 +290,7 @@ def test_gpuad_info_survives_a_broken_probe(monkeypatch):
 
 @pytest.fixture(scope="module")
 def pipeline():
-    """Skip unless the compiler can compile DESIGN.md's example outside any notebook."""
+    """Skip unless the compiler can compile the README's example outside any notebook."""
     from gpuad import examples
 
     xs = np.linspace(-1.0, 1.0, 8)
