@@ -104,8 +104,9 @@ def test_float32_scalar_gradients_add_no_float64_instruction(f):
 
 def test_float32_tape_and_results():
     """The generated tape is float32 and the host derivative matches float64 to float32 rounding."""
-    from gpuad.ad import differentiate
     from numba.core import types
+
+    from gpuad.ad import differentiate
 
     a32 = types.Array(types.float32, 1, "C")
     d = differentiate(horner, Reverse, (Duplicated, Active, Const), (a32, types.float32, types.int64))
