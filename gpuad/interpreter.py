@@ -267,6 +267,10 @@ class _CallRewriter(ast.NodeTransformer):
         value = static_value(node, self.namespace, self.locals)
         return (self.interp.table.lookup(value), value) if value is not _UNRESOLVED else (None, None)
 
+    def visit_Assign(self, node: ast.Assign) -> ast.AST:
+        check_autodiff_unpacking(node, self.namespace, self.locals, self.location(node))
+        return self.generic_visit(node)
+
     def visit_Call(self, node: ast.Call) -> ast.AST:
         callee = static_value(node.func, self.namespace, self.locals)
         overlay = self.interp.table.lookup(callee) if callee is not _UNRESOLVED else None
@@ -471,6 +475,39 @@ def _activity_class(node: ast.expr, namespace, locals_) -> type | None:
                 hint="wrap arguments in Active, Const, Duplicated or DuplicatedNoNeed",
             )
     return None
+
+
+def check_autodiff_unpacking(node: ast.Assign, namespace, locals_, location) -> None:
+    """`dx, dy = autodiff(Reverse, f, ...)` is the likeliest first mistake: say what comes back."""
+    call = node.value
+    if not (isinstance(call, ast.Call) and len(call.args) >= 2 and static_value(
+            call.func, namespace, locals_) in (api.autodiff, api.autodiff_deferred)):
+        return
+    mode = static_value(call.args[0], namespace, locals_)
+    if not isinstance(mode, api.Mode):
+        return
+    n_args = len(call.args) - 2
+    for target in node.targets:
+        if not isinstance(target, ast.Tuple | ast.List):
+            continue
+        names = [ast.unparse(t) for t in target.elts]
+        if mode.reverse:
+            first = target.elts[0] if target.elts else None
+            fits = not isinstance(first, ast.Tuple | ast.List) or len(first.elts) == n_args
+            if isinstance(first, ast.Tuple | ast.List) and fits:
+                derivs = [ast.unparse(e) for e in first.elts]
+            else:
+                derivs = names if len(names) == n_args else [f"d{k}" for k in range(n_args)]
+            inner = "(" + ", ".join(derivs) + ("," if n_args == 1 else "") + ")"
+            what = "(derivatives, primal)" if mode.with_primal else "(derivatives,)"
+            shape = f"{inner}, primal" if mode.with_primal else f"{inner},"
+            detail = "derivatives: a tuple with one entry per argument (None for those not Active)"
+        else:
+            fits, what = True, "(df, primal)" if mode.with_primal else "(df,)"
+            shape, detail = ("df, primal" if mode.with_primal else "df,"), "df: the directional derivative"
+        if len(target.elts) != (2 if mode.with_primal else 1) or not fits:
+            raise AutodiffCallError(f"autodiff({mode.name}, ...) returns {what}; {detail}", location,
+                                    hint=f"unpack it as `{shape} = autodiff(...)`")
 
 
 def parse_autodiff_call(node: ast.Call, namespace, locals_, location, site_id):

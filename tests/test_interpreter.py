@@ -221,3 +221,48 @@ def test_ownership_can_be_switched_off():
     interp.resolve(own_site)
     (site,) = interp.sites
     assert (site.thread_ids, site.exclusive) == (set(), set())
+
+
+# --- the likeliest first mistake: unpacking what autodiff returns -------------------------------
+
+UNPACKING = [  # (mode, target as written, the hint's shape, or None where the target is right)
+    ("Reverse", "dx, dy", "(dx, dy), ="),
+    ("Reverse", "(dx, dy), primal", "(dx, dy), ="),
+    ("Reverse", "(dx,), = ", "(d0, d1), ="),
+    ("ReverseWithPrimal", "(dx, dy),", "(dx, dy), primal ="),
+    ("Forward", "df, primal", "df, ="),
+    ("ForwardWithPrimal", "df,", "df, primal ="),
+    ("Reverse", "(dx, dy),", None),
+    ("ReverseWithPrimal", "(dx, dy), p", None),
+    ("Forward", "df,", None),
+    ("ForwardWithPrimal", "df, p", None),
+    ("Reverse", "result", None),
+]
+
+
+@pytest.mark.parametrize("mode,target,hint", UNPACKING)
+def test_autodiff_unpacking_mistakes_name_the_line_and_the_fix(mode, target, hint):
+    import corpus
+    import numpy as np
+
+    import gpuad
+    from gpuad.errors import AutodiffCallError
+
+    target = target.rstrip(" =")
+    args = "Duplicated(xs[i], 1.0), Duplicated(ys[i], 0.0)" if mode.startswith("Forward") else \
+        "Active(xs[i]), Active(ys[i])"
+    source = (f"def g(x, y):\n    return x * y\n\n"
+              f"def k(xs, ys, out):\n    i = gpuad.thread_index()\n    if i < xs.shape[0]:\n"
+              f"        {target} = autodiff({mode}, g, {args})\n        out[i] = 1.0\n")
+    scope = corpus.exec_source(source, f"<unpacking {mode} {target}>", {
+        "gpuad": gpuad, "autodiff": gpuad.autodiff, "Active": gpuad.Active, "Duplicated": gpuad.Duplicated,
+        mode: getattr(gpuad, mode)})
+    kernel = gpuad.kernel(target="cpu")(scope["k"])
+    xs = np.ones(2)
+    if hint is None:
+        kernel.launch(2, xs, xs.copy(), xs.copy())
+        return
+    with pytest.raises(AutodiffCallError, match=r"returns \(") as info:
+        kernel.launch(2, xs, xs.copy(), xs.copy())
+    assert info.value.location.line == 7
+    assert hint in info.value.hint
