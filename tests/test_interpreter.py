@@ -266,3 +266,36 @@ def test_autodiff_unpacking_mistakes_name_the_line_and_the_fix(mode, target, hin
         kernel.launch(2, xs, xs.copy(), xs.copy())
     assert info.value.location.line == 7
     assert hint in info.value.hint
+
+
+@pytest.mark.parametrize("wrapped,message", [
+    ("Active(ns[i])", "is an integer"),
+    ("Active(xs)", "Active array argument"),
+])
+def test_activity_mistakes_in_kernels_point_at_the_autodiff_line(wrapped, message):
+    import corpus
+    import numpy as np
+
+    import gpuad
+    from gpuad.errors import AutodiffCallError
+
+    source = ("def g(x):\n    return x * 2.0\n\n"
+              "def k(xs, ns, out):\n    i = gpuad.thread_index()\n    if i < xs.shape[0]:\n"
+              f"        (d,), = autodiff(Reverse, g, {wrapped})\n        out[i] = d\n")
+    scope = corpus.exec_source(source, f"<activity mistake {wrapped}>", {
+        "gpuad": gpuad, "autodiff": gpuad.autodiff, "Active": gpuad.Active, "Reverse": gpuad.Reverse})
+    kernel = gpuad.kernel(target="cpu")(scope["k"])
+    with pytest.raises(AutodiffCallError, match=message) as info:
+        kernel.launch(2, np.ones(2), np.ones(2, np.int64), np.zeros(2))
+    assert info.value.location.line == 7
+
+
+def test_active_integer_on_the_host_is_refused():
+    import gpuad
+    from gpuad.errors import AutodiffCallError
+
+    def g(x):
+        return x * 2.0
+
+    with pytest.raises(AutodiffCallError, match="is an integer"):
+        gpuad.autodiff(gpuad.Reverse, g, gpuad.Active(1))

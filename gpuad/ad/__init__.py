@@ -74,6 +74,11 @@ def check_call(fn, mode, activities, argtypes) -> None:
                                     "use Duplicated(x, dx) to give a tangent in forward mode")
         if act is api.Active and isinstance(ty, types.Array):
             raise AutodiffCallError(f"Active array argument {i}", where, "pass arrays as Duplicated(a, da)")
+        if act is api.Active and isinstance(types.unliteral(ty), types.Integer | types.Boolean):
+            raise AutodiffCallError(f"Active argument {i} (`{code.co_varnames[i]}`) is an integer ({ty}): "
+                                    "integers carry no derivative", where,
+                                    "pass it as Const(...), or as float(...) to differentiate with respect "
+                                    "to it")
         if act is not api.Const and isinstance(ty, types.BaseTuple):
             raise AutodiffCallError(f"{act.__name__} tuple argument {i} (`{code.co_varnames[i]}`): tuples "
                                     "are not differentiated as arguments", where,

@@ -14,7 +14,7 @@ from typing import Any, Callable
 from gpuad.ad.cache_key import derivative_key
 from gpuad.compiler import numba_adapter
 from gpuad.compiler.compile_lock import locked
-from gpuad.errors import GpuadError, LoweringError
+from gpuad.errors import AutodiffCallError, GpuadError, LoweringError
 from gpuad.interpreter import DeferredSite
 from gpuad.record import JobRecord
 
@@ -124,6 +124,8 @@ class JobRegistry:
             start = time.perf_counter()
             self.compile_job(job)
             self._add_time("compile_jobs", time.perf_counter() - start)
+        except AutodiffCallError as exc:  # a malformed call: point at the call, not at the function
+            raise AutodiffCallError(exc.message, job.site.location, exc.hint) from exc
         except GpuadError:
             raise
         except Exception as exc:  # numba's errors: say which job and where it came from
