@@ -244,3 +244,14 @@ def test_name_first_bound_in_both_branches_and_counted_in_loops():
     for sign, expected in ((1.0, 0.5), (-1.0, 3.0)):
         a = np.full(3, sign)
         assert both(f, 0.25, a, 2) == (expected, expected)
+
+
+@pytest.mark.parametrize("body,x,expected", [
+    ("s = x\nfor k in range(2):\n    s = s\n    s = s * x\nreturn s", 2.0, 12.0),
+    ("if x > 0.0:\n    z = x * x\n    z = z\nelse:\n    z = x\nreturn z", 2.0, 4.0),
+    ("z = x * x\nz = z\nreturn z * x", 2.0, 12.0),
+])
+def test_self_assignment_keeps_the_adjoint(body, x, expected):
+    """`s = s` is a no-op; as an adjoint it read `d_s += d_s; d_s = 0` and dropped the gradient."""
+    f = define("def f(x):\n" + "".join(f"    {line}\n" for line in body.splitlines()))
+    assert both(f, x) == (expected, expected)

@@ -133,6 +133,8 @@ class AdjointSweep:
         return fwd, rev, use
 
     def assign(self, s: ir.Assign) -> tuple[list, list, TapeUse]:
+        if s.value == ir.Copy(ir.Var(s.target)):  # `z = z` changes nothing; its adjoint would zero d_z
+            return [], [], TapeUse()
         names = ir.target_names(s.target)
         fwd, restores, use = [], [], TapeUse()
         for n in names:

@@ -62,7 +62,7 @@ class Renamer:
         self.one_name = maybe_unbound(fir)
 
     def fresh(self, name: str) -> str:
-        if name not in self.used:
+        if name not in self.used and name not in self.one_name:
             self.used.add(name)
             return name
         return f"_v{next(self.counter)}_{name}"
@@ -104,7 +104,7 @@ class Renamer:
             versions = (env_body.get(name), env_else.get(name))
             if versions == (env.get(name),) * 2:
                 continue
-            if name not in later:  # never read again: nothing to merge (the versions may differ in type)
+            if name not in later or name in self.one_name:  # never read again, or one name anyway
                 env[name] = versions[0] or versions[1]
                 continue
             if name not in env and None in versions:  # bound on one path only: no merge needed
@@ -113,6 +113,7 @@ class Renamer:
             merged = self.fresh(name)
             for branch, version in ((body, versions[0]), (orelse, versions[1])):
                 branch.append(ir.Assign(merged, ir.Copy(ir.Var(version or env[name])), s.line))
+            assert merged not in versions, "a merge must not copy a name into itself"
             env[name] = merged
         return ir.If(test, body, orelse, s.line)
 
