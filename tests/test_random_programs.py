@@ -23,7 +23,7 @@ Features (what users write, issue 9's classes), each switchable so that a failur
   rebind_loopvar  `for i0 in range(n): i0 = i0 + 1` (indices stay in range by `%`)
   rebind_param    `x = x * 2.0` (and parameters rebound inside helpers)
   rebind_array    an array parameter rebound to a float where it is no longer used (`a = a[0] * 2.0`)
-  rebind_name     one temporary name bound many times; view and temporary names re-used in sibling
+  rebind_name     `v0 = v0`; one temporary name bound many times; view and temporary names re-used in sibling
                   blocks and rebound to other arrays (without it every view gets a fresh name)
   engine_names    user names taken from the engine's own prefixes (`u_x`, `_ret`, `d_v0`, `status`, ...)
   singular        guarded singular operations (`math.sqrt(q)` then `if q == 0.0: return`, unused
@@ -288,6 +288,8 @@ class Gen:
         kinds += [k for k, feature in FEATURE_STATEMENTS if feature in self.f]
         if self.views():
             kinds += ["view_store", "view_store"]
+        if "rebind_name" in self.f:
+            kinds.append("self_assign")
         kind = self.choice(kinds)
         if kind in FEATURE_KINDS:
             return getattr(self, f"stmt_{kind}")(depth, in_loop)
@@ -295,6 +297,8 @@ class Gen:
         a = self.names.a
         if kind == "assign":
             return f"{v} = {self.bounded()}"
+        if kind == "self_assign":  # a no-op that once zeroed the adjoint in reverse mode
+            return f"{v} = {v}"
         if kind == "damped":  # loop-carried accumulation that stays bounded
             return f"{v} = 0.6 * {v} + 0.4 * math.sin({self.expr()})"
         if kind == "store":
