@@ -77,3 +77,7 @@ class LocalMemoryExceeded(LaunchError):
 
 class OutOfBounds(GpuadError, IndexError):
     """A kernel on the cpu target indexed an array out of bounds (nothing is written back)."""
+
+
+class GpuadWarning(UserWarning):
+    """Something gpuad can do but that is probably not what was meant (e.g. `Active` on an integer)."""

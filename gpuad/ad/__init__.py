@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import linecache
+import warnings
 from dataclasses import dataclass
 
 from numba.core import types
@@ -32,7 +33,7 @@ from gpuad.ad.rules import rule
 from gpuad.ad.site_facts import entry_facts
 from gpuad.ad.typing import is_float, local_types
 from gpuad.compiler.compile_lock import locked
-from gpuad.errors import AutodiffCallError, SourceLocation
+from gpuad.errors import AutodiffCallError, GpuadWarning, SourceLocation
 
 __all__ = ["Derivative", "differentiate", "rule", "local_types", "DEFAULT_TAPE_CAPACITY"]
 
@@ -75,10 +76,11 @@ def check_call(fn, mode, activities, argtypes) -> None:
         if act is api.Active and isinstance(ty, types.Array):
             raise AutodiffCallError(f"Active array argument {i}", where, "pass arrays as Duplicated(a, da)")
         if act is api.Active and isinstance(types.unliteral(ty), types.Integer | types.Boolean):
-            raise AutodiffCallError(f"Active argument {i} (`{code.co_varnames[i]}`) is an integer ({ty}): "
-                                    "integers carry no derivative", where,
-                                    "pass it as Const(...), or as float(...) to differentiate with respect "
-                                    "to it")
+            # Integers are inactive (their derivative is None), as documented; but this is likely a
+            # mistake, and storing the None into a float array is what fails next.
+            warnings.warn(GpuadWarning(f"{where}: Active argument {i} (`{code.co_varnames[i]}`) is an "
+                                       f"integer ({ty}): its derivative is None; pass it as Const(...), or "
+                                       "as float(...) to differentiate with respect to it"), stacklevel=3)
         if act is not api.Const and isinstance(ty, types.BaseTuple):
             raise AutodiffCallError(f"{act.__name__} tuple argument {i} (`{code.co_varnames[i]}`): tuples "
                                     "are not differentiated as arguments", where,
