@@ -152,7 +152,7 @@ def interrupt_at_call(k: int, run) -> str | None:
     def tracer(frame, event, arg):
         if event == "call":
             count[0] += 1
-            if count[0] == k:
+            if count[0] >= k and not in_finalizer_or_llvm_call(frame):
                 sys.settrace(previous)
                 where.append(f"{frame.f_code.co_filename}:{frame.f_code.co_name}")
                 raise _Interrupt
@@ -167,6 +167,19 @@ def interrupt_at_call(k: int, run) -> str | None:
     finally:
         sys.settrace(previous)
     return where[0] if where else None
+
+
+def in_finalizer_or_llvm_call(frame) -> bool:
+    """Points a trace hook must not raise at: an object finalizer (run whenever the garbage collector
+    runs, so the k-th call lands there only sometimes) or llvmlite's ffi call wrapper, where an
+    exception between taking LLVM's lock and the C call can abort LLVM in the process; a real Ctrl-C
+    in a finalizer is printed and ignored by Python."""
+    while frame is not None:
+        if frame.f_code.co_name == "__del__" or frame.f_code.co_filename.endswith(
+                os.path.join("llvmlite", "binding", "ffi.py")):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def count_calls(run) -> int:
