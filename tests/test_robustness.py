@@ -1,5 +1,6 @@
 """Runtime robustness: interrupts never poison a cache, compiles from many
 threads, numba-cuda device functions in kernels (issue 10, items 1, 2, 7)."""
+import inspect
 import math
 import os
 import random
@@ -170,13 +171,19 @@ def interrupt_at_call(k: int, run) -> str | None:
 
 
 def in_finalizer_or_llvm_call(frame) -> bool:
-    """Points a trace hook must not raise at: an object finalizer (run whenever the garbage collector
-    runs, so the k-th call lands there only sometimes) or llvmlite's ffi call wrapper, where an
-    exception between taking LLVM's lock and the C call can abort LLVM in the process; a real Ctrl-C
-    in a finalizer is printed and ignored by Python."""
+    """Points a trace hook must not raise at, each a limit of numba/llvmlite, not of gpuad:
+    - an object finalizer (run whenever the garbage collector runs, so the k-th call lands there only
+      sometimes; a real Ctrl-C there is printed and ignored by Python);
+    - llvmlite's ffi call wrapper, where an exception between taking LLVM's lock and the C call can
+      abort LLVM in the process;
+    - a generator of numba's (its typing registries stream new entries through long-lived generators:
+      an exception raised inside one ends it, and numba's typing stays broken for the process)."""
     while frame is not None:
-        if frame.f_code.co_name == "__del__" or frame.f_code.co_filename.endswith(
+        code = frame.f_code
+        if code.co_name == "__del__" or code.co_filename.endswith(
                 os.path.join("llvmlite", "binding", "ffi.py")):
+            return True
+        if code.co_flags & inspect.CO_GENERATOR and f"{os.sep}numba{os.sep}" in code.co_filename:
             return True
         frame = frame.f_back
     return False
