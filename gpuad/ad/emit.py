@@ -204,21 +204,26 @@ def float32_node(value: ast.expr) -> ast.expr:
     return ast.Call(ast.Attribute(ast.Name("np", ast.Load()), "float32", ast.Load()), [value], [])
 
 
+def typed_literal(node: ast.expr) -> ast.expr:
+    """The literal inside `np.float32(...)` (what `float32_node` wraps), else `node`."""
+    if isinstance(node, ast.Call) and ast.unparse(node.func) == "np.float32" and len(node.args) == 1:
+        return node.args[0]
+    return node
+
+
 def is_number(node: ast.expr) -> bool:
     """A partial that is a finite constant (`3.0`, `-np.float32(0.5)`): times a zero seed it stays 0."""
+    node = typed_literal(node)
     if isinstance(node, ast.UnaryOp):
         return is_number(node.operand)
-    if isinstance(node, ast.Call) and ast.unparse(node.func) == "np.float32" and len(node.args) == 1:
-        return is_number(node.args[0])
     return (isinstance(node, ast.Constant) and isinstance(node.value, int | float)
             and math.isfinite(node.value))
 
 
 def is_const(node: ast.expr, value: float) -> bool:
+    node = typed_literal(node)
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
         return is_const(node.operand, -value)
-    if isinstance(node, ast.Call) and ast.unparse(node.func) == "np.float32" and len(node.args) == 1:
-        return is_const(node.args[0], value)
     return isinstance(node, ast.Constant) and node.value == value
 
 
