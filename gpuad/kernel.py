@@ -203,8 +203,17 @@ class Kernel:
             compiled.device_kernel = cuda_target.load_ptx(
                 compiled.record.ptx, compiled.symbol, compiled.argtypes, checks_status=can_fail
             )
-        cuda_target.launch(compiled.device_kernel, griddim, blockdim, args,
-                           self._status_check(compiled.jobs), groups, writes)
+        try:
+            cuda_target.launch(compiled.device_kernel, griddim, blockdim, args,
+                               self._status_check(compiled.jobs), groups, writes)
+        except Exception as exc:
+            if "CUDA_ERROR_OUT_OF_MEMORY" not in str(exc) or not compiled.record.local_memory_bytes:
+                raise
+            from gpuad.compiler import local_memory
+
+            frame = compiled.record.local_memory_bytes
+            raise local_memory.out_of_memory(self.name, frame, self.tape_capacity,
+                                             cuda_target.resident_threads(), self._location()) from exc
 
     def _status_check(self, jobs) -> Callable:
         from gpuad.ad import DEFAULT_TAPE_CAPACITY

@@ -35,7 +35,14 @@ STAT = re.compile(r"(\d+) passing(?: examples?| test cases?)?, (\d+) failing(?: 
                   r"(?: and)? (\d+) invalid")
 
 
-def job(test: str, seed: int, args, out: Path) -> dict:
+def job(test: str, seed: int, args, out: Path, deadline: float) -> dict | None:
+    """One pytest process; None when the run's --budget was spent before it could start."""
+    timeout = args.timeout
+    if deadline < float("inf"):
+        left = deadline - time.time()
+        if left < 30:  # too little to import, compile and pass even one example
+            return None
+        timeout = min(timeout or left, left)
     env = dict(os.environ, GPUAD_HYPOTHESIS_RANDOM="1", GPUAD_HYPOTHESIS_EXAMPLES=str(args.examples),
                GPUAD_FUZZ_FAILURES=str(out / "failures" / test), NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1")
     if args.features is not None:
@@ -47,7 +54,7 @@ def job(test: str, seed: int, args, out: Path) -> dict:
            "-o", "addopts="]
     start = time.time()
     try:
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=args.timeout)
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
         text, returncode = proc.stdout + proc.stderr, proc.returncode
     except subprocess.TimeoutExpired as exc:  # counted apart: neither passed nor failed
         return {"test": test, "seed": seed, "ok": True, "skipped": False, "timeout": True, "passed": 0,
@@ -80,6 +87,10 @@ def main(argv=None) -> int:
     parser.add_argument("--timeout", type=float, default=None,
                         help="seconds per process; one that runs longer is killed and counted as timed out "
                              "(its examples are not counted)")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="wall-clock seconds for the whole run: processes still queued then are not "
+                             "started and running ones are stopped at the end, so the tally is always "
+                             "written (use many rounds of few examples to fill the time)")
     args = parser.parse_args(argv)
     args.outdir.mkdir(parents=True, exist_ok=True)
     rounds = args.rounds or args.jobs
@@ -87,10 +98,13 @@ def main(argv=None) -> int:
     todo = [(t, args.seed + r) for r in range(rounds) for t in tests]
     tally: dict[str, dict] = defaultdict(lambda: defaultdict(int))
     failing: dict[str, list] = defaultdict(list)
+    deadline = time.time() + args.budget if args.budget else float("inf")
     with ThreadPoolExecutor(args.jobs) as pool:
-        futures = [pool.submit(job, t, s, args, args.outdir) for t, s in todo]
+        futures = [pool.submit(job, t, s, args, args.outdir, deadline) for t, s in todo]
         for future in as_completed(futures):
             r = future.result()
+            if r is None:
+                continue
             row = tally[r["test"]]
             row["jobs"] += 1
             row["passed"] += r["passed"]

@@ -274,6 +274,18 @@ def halve_first(v):
     v[0] = 0.5 * v[0]
 
 
+def halve_first_through(v):  # writes only through a callee
+    halve_first(v)
+
+
+def first_of(v):  # only reads
+    return v[0]
+
+
+def first_of_through(v):
+    return first_of(v) + math.sin(v[1])
+
+
 LOOP_THEN_WRITE = """def {name}(x, a, b, k, n):
     w = a
     s = x
@@ -291,7 +303,8 @@ def loop_then_write(write: str, before: bool = False, checkpoint: bool = True):
     block = "".join(f"    {line}\n" for line in write.splitlines())
     source = LOOP_THEN_WRITE.format(name=name, comment="  # gpuad: checkpoint" if checkpoint else "",
                                     before=block if before else "", after="" if before else block)
-    fn = exec_source(source, f"<checkpoint write {j}>", {"math": math, "halve_first": halve_first})[name]
+    helpers = {f.__name__: f for f in (halve_first, halve_first_through, first_of, first_of_through)}
+    fn = exec_source(source, f"<checkpoint write {j}>", {"math": math, **helpers})[name]
     return fn, source.splitlines().index(block.splitlines()[-1]) + 1  # the write's line
 
 
@@ -305,12 +318,14 @@ WRITE_TYPES = (F64, types.float64[::1], types.float64[::1], types.int64[::1], I6
     "w[0] = 0.0",            # through an alias
     "halve_first(a)",         # a function may write its arguments
     "halve_first(w)",
+    "halve_first_through(a)",  # a function calling one that writes
+    "s = s + first_of(w[0:2])\nhalve_first_through(w[1:2])",  # a view, named by its array
     "if s > 0.0:\n    a[0] = s",
     "b[0] = s",              # another float parameter: the caller may pass one buffer twice
 ])
 def test_a_loop_reading_an_array_written_after_it_is_refused(write):
     f, line = loop_then_write(write)
-    words = f"line {line} writes `[abw]` after the checkpointed loop"
+    words = f"line {line}, after the checkpointed loop, (writes|passes) `[abw]`"
     with pytest.raises(UnsupportedConstruct, match=words) as info:
         differentiate(f, Reverse, WRITE_ARGS, WRITE_TYPES)
     assert info.value.location.line == 4  # the loop
@@ -330,6 +345,8 @@ def run_loop_then_write(f, capacity):
     ("halve_first(w)", True),
     ("k[0] = n", False),     # an int array cannot share the float arrays' memory
     ("k[1] = len(a)", False),
+    ("s = s + first_of(a)", False),  # functions that only read the array
+    ("s = s * first_of_through(w[0:2])", False),
 ])
 def test_writes_the_recomputation_cannot_see_are_allowed(write, before):
     (f, _), (taped, _) = (loop_then_write(write, before, checkpoint) for checkpoint in (True, False))
@@ -368,7 +385,8 @@ def loop_in_branch_then_write(x, a, flag, n):
 
 def test_a_write_after_the_enclosing_branch_is_refused():
     first = loop_in_branch_then_write.__code__.co_firstlineno
-    with pytest.raises(UnsupportedConstruct, match=f"line {first + 5} writes `a`") as info:
+    words = f"line {first + 5}, after the checkpointed loop, writes `a`"
+    with pytest.raises(UnsupportedConstruct, match=words) as info:
         differentiate(loop_in_branch_then_write, Reverse, (Active, Duplicated, Const, Const),
                       (F64, types.float64[::1], I64, I64))
     assert info.value.location.line == first + 3

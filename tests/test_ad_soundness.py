@@ -227,6 +227,53 @@ def test_augmented_store_reads_the_element_before_the_right_side_runs():
             assert result[0] == pytest.approx(slope)
 
 
+INCREMENTS = {  # a[k] += e / -= e where e cannot write memory: the adjoint only reads d_a[k]
+    "add": "y[0] += x * a[1]\ny[1] -= math.sin(x)\nreturn y[0] * y[1]",
+    "element into itself": "a[0] += a[0]\nreturn a[0] * x",
+    "twice in a loop": "for k in range(3):\n    y[k % 2] += x * a[k]\nreturn y[0] + y[1] * x",
+    "through an alias": "w = y\nw[1] += x * x\ny[1] -= a[0] * x\nreturn w[1] * y[0]",
+}
+
+
+@pytest.mark.parametrize("name", INCREMENTS)
+def test_increment_adjoint_reads_the_shadow_without_zeroing_it(name):
+    body = "".join(f"    {line}\n" for line in INCREMENTS[name].splitlines())
+    f = define(f"def f(x, a, y):\n{body}")
+    from numba.core import types
+
+    from gpuad.ad import differentiate
+
+    vec = types.float64[::1]
+    d = differentiate(f, Reverse, (Active, Duplicated, Duplicated), (types.float64, vec, vec))
+    assert "d_y[0] = 0.0" not in d.source and "d_y[1] = 0.0" not in d.source
+    a0, y0, x = np.array([0.7, -0.4, 1.3]), np.array([0.2, 0.5]), 0.6
+    # L = value + <seed, y after>: every partial against central differences
+    seed = np.array([0.3, -0.8])
+    def loss(x, a, y):
+        a, y = a.copy(), y.copy()
+        return f(x, a, y) + seed @ y
+    da, dy = np.zeros(3), seed.copy()
+    (dx, *_), = autodiff(Reverse, f, Active(x), Duplicated(a0.copy(), da), Duplicated(y0.copy(), dy))
+    assert dx == pytest.approx(fd(loss, x, a0, y0), rel=1e-7)
+    for arr, grad in ((a0, da), (y0, dy)):
+        for k in range(arr.size):
+            e = np.zeros(arr.size)
+            e[k] = 1e-6
+            plus = loss(x, *((a0 + e, y0) if arr is a0 else (a0, y0 + e)))
+            minus = loss(x, *((a0 - e, y0) if arr is a0 else (a0, y0 - e)))
+            assert grad[k] == pytest.approx((plus - minus) / 2e-6, rel=1e-6, abs=1e-9), (name, k)
+    ta, ty = np.array([0.1, 0.2, -0.3]), np.array([0.5, -0.1])
+    tan_a, tan_y = ta.copy(), ty.copy()
+    (df,) = autodiff(Forward, f, Duplicated(x, 1.0), Duplicated(a0.copy(), tan_a),
+                     Duplicated(y0.copy(), tan_y))
+    h = 1e-6
+    y_plus, y_minus = y0 + h * ty, y0 - h * ty
+    f_plus = f(x + h, a0 + h * ta, y_plus)
+    f_minus = f(x - h, a0 - h * ta, y_minus)
+    assert df == pytest.approx((f_plus - f_minus) / (2 * h), rel=1e-6)
+    np.testing.assert_allclose(tan_y, (y_plus - y_minus) / (2 * h), rtol=1e-6, atol=1e-9)
+
+
 def test_zero_tangent_times_a_nan_partial_adds_nothing():
     """d/dy x**y is NaN at x < 0; along a direction that does not move y it must not matter."""
     f = define("def f(x, y):\n    return x ** y\n")

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from numba import cuda, float64
 
 import gpuad
 from gpuad import Const, Duplicated, Forward, Reverse, autodiff
-from gpuad.errors import AutodiffCallError, GpuadError, LaunchError
+from gpuad.errors import AutodiffCallError, GpuadError, LaunchError, LocalMemoryExceeded
 from gpuad.targets.launch import may_write
 
 
@@ -312,3 +313,40 @@ def test_gradients_still_flow_through_a_read_only_input():
 
     gpuad.kernel(grad_f.pyfunc, target="cpu").launch(8, xs, ys, dxs)
     np.testing.assert_allclose(dxs, np.cos(xs) * ys, rtol=1e-12)
+
+
+# -- a launch CUDA refuses for memory: local memory is reserved for every resident thread -----
+
+def with_local_array(xs, out):
+    i = gpuad.thread_index()
+    scratch = cuda.local.array(2048, float64)
+    if i < xs.shape[0]:
+        for k in range(2048):
+            scratch[k] = xs[i] * k
+        out[i] = scratch[(i * 7) % 2048]
+
+
+@pytest.mark.parametrize("f, translated", [(with_local_array, True), (double, False)])
+def test_out_of_memory_at_launch_names_the_local_frame(monkeypatch, f, translated):
+    from gpuad.targets import cuda as cuda_target
+
+    refusal = RuntimeError("CUDA_ERROR_OUT_OF_MEMORY: The API call failed")
+
+    def launch(*args):
+        raise refusal
+
+    monkeypatch.setattr(gpuad.Kernel, "_device_arch", lambda self: "sm_90")
+    monkeypatch.setattr(cuda_target, "load_ptx", lambda *args, **kw: object())
+    monkeypatch.setattr(cuda_target, "launch", launch)
+    monkeypatch.setattr(cuda_target, "resident_threads", lambda: 270336)
+    k = gpuad.kernel(f, target="cuda")
+    args = (np.ones(4), np.zeros(4))
+    with pytest.raises(Exception) as info:
+        k._launch_cuda(k.argument_types(args), (1, 1, 1), (4, 1, 1), args, (), None)
+    if translated:  # the frame (16 KiB of scratch) times the resident threads, and what to do
+        assert isinstance(info.value, LocalMemoryExceeded)
+        assert "ran out of memory launching kernel with_local_array" in str(info.value)
+        assert "x 270336 resident threads" in str(info.value) and "tape_capacity" in str(info.value)
+        assert info.value.__cause__ is refusal
+    else:  # no local frame: the arrays did not fit, CUDA's own error says so
+        assert info.value is refusal

@@ -989,6 +989,9 @@ def test_random_program_forward_in_kernel(prog):
 # --- many programs per kernel: reverse and forward of each, checked against each other ----------
 
 KERNEL_POINTS = 12  # threads per launch: one evaluation point of every program per thread
+# Loops run at most 3 * n <= 12 times; the default capacity (64) would give kernels of 4 programs
+# with nested loops frames of ~0.5 MiB per thread, which CUDA reserves for every resident thread.
+KERNEL_TAPE_CAPACITY = 12
 PER_KERNEL = int(os.environ.get("GPUAD_FUZZ_PER_KERNEL", "4"))  # programs compiled into one kernel
 ARRAY_NAMES = ("x", "y", "ra", "rda", "rm", "rdm", "fa", "fta", "fm", "ftm", "n", "tx", "ty", "gx", "gy",
                "df", "pr")
@@ -1079,7 +1082,7 @@ def check_programs_in_kernel(progs, target: str) -> None:
     filename = f"<random-program kernel {next(_serial)}>"
     corpus.exec_source(source, filename, namespace)
     launches = [launch_inputs(seed=int(p.fn.__name__.removeprefix("prog_"))) for p in progs]
-    kernel = gpuad.kernel(namespace[name], target=target)
+    kernel = gpuad.kernel(namespace[name], target=target, tape_capacity=KERNEL_TAPE_CAPACITY)
     kernel.launch(KERNEL_POINTS, *[a for arr in launches for a in arr["kernel"]])
     for prog, arr in zip(progs, launches):
         check_launch(prog, arr)

@@ -129,6 +129,12 @@ def loop_header(loop: ir.Loop) -> str:
     return f"for {loop.var} in {range_text(loop)}:"
 
 
+def store_text(s: ir.Store, array: str | None = None, value: str | None = None) -> str:
+    """`a[i] = v` or, for an increment, `a[i] += v`; `array` / `value` replace the store's own."""
+    value = atom_text(s.value) if value is None else value
+    return f"{array or s.array}[{index_text(s.index)}] {s.increment}= {value}"
+
+
 def primal_code(stmts: list, expr=expr_text) -> list:
     """Statements as plain Python (no derivative code), in the nested form `render` takes."""
     code = []
@@ -136,7 +142,7 @@ def primal_code(stmts: list, expr=expr_text) -> list:
         if isinstance(s, ir.Assign):
             code.append(f"{target_text(s.target)} = {expr(s.value)}")
         elif isinstance(s, ir.Store):
-            code.append(f"{s.array}[{index_text(s.index)}] = {atom_text(s.value)}")
+            code.append(store_text(s))
         elif isinstance(s, ir.If):
             code.append((f"if {atom_text(s.test)}:", primal_code(s.body, expr)))
             if s.orelse:

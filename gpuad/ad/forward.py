@@ -19,6 +19,7 @@ from gpuad.ad.emit import (
     loop_header,
     render,
     scaled,
+    store_text,
     target_text,
     zero_text,
 )
@@ -90,10 +91,9 @@ class TangentSweep:
                 code += self.assign(s)
             elif isinstance(s, ir.Store):
                 if s.array not in self.prep.no_store:
-                    code.append(f"{s.array}[{index_text(s.index)}] = {atom_text(s.value)}")
-                if s.array in self.active:
-                    tv = self.t(s.value) or "0.0"
-                    code.append(f"t_{s.array}[{index_text(s.index)}] = {tv}")
+                    code.append(store_text(s))
+                if s.array in self.active and (tv := self.t(s.value) or ("" if s.increment else "0.0")):
+                    code.append(store_text(s, f"t_{s.array}", tv))
             elif isinstance(s, ir.If):
                 code.append((f"if {atom_text(s.test)}:", self.block(s.body)))
                 if s.orelse:

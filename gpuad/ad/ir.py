@@ -167,12 +167,18 @@ class Assign:
 
 @dataclass
 class Store:
-    """`array[index] = value`."""
+    """`array[index] = value`, or with `increment` "+" / "-": `array[index] += value` / `-=`.
+
+    An increment reads the element it writes, so its adjoint only reads the
+    shadow (`d_value += d_array[index]`): no zeroing and no atomic re-add, which
+    other threads incrementing the same element would race with.
+    """
 
     array: str
     index: tuple
     value: Atom
     line: int
+    increment: str = ""
 
 
 @dataclass

@@ -15,6 +15,7 @@ import builtins
 import functools
 import inspect
 import linecache
+import types
 from dataclasses import dataclass
 
 from gpuad import api
@@ -128,6 +129,18 @@ def loop_exits(node) -> tuple[bool, bool, bool]:
     else:
         visit(node, False)
     return brk, cont, ret
+
+
+def writes_nothing(stmts: list) -> bool:
+    """Statements that cannot write memory: no stores, and calls only of builtins (`math.sin`,
+    `min`), so `a[k] += <their value>` may read `a[k]` after them (an increment)."""
+    for s in ir.walk(stmts):
+        if not isinstance(s, ir.Assign):
+            return False
+        if isinstance(s.value, ir.AutodiffCall) or (
+                isinstance(s.value, ir.Call) and not isinstance(s.value.func, types.BuiltinFunctionType)):
+            return False
+    return True
 
 
 @dataclass
@@ -263,9 +276,15 @@ class Normalizer:
             self.emit(ir.Assign(self.local(target.id), ir.Copy(t), self.line(node)))
         elif isinstance(target, ast.Subscript):
             array, index = self.subscript_parts(target)
-            old = self.assign_temp(ir.Load(array, index), node)  # read before the right side runs
+            start = len(self.out)
             value = self.expr(node.value)
-            new = self.assign_temp(ir.BinOp(op, old, value), node)
+            if op in ("+", "-") and isinstance(array, ir.Var) and writes_nothing(self.out[start:]):
+                self.emit(ir.Store(array.name, index, value, self.line(node), increment=op))
+                return
+            old = self.temp()  # read before the right side runs: it may write the element
+            self.out.insert(start, ir.Assign(old, ir.Load(array, index), self.line(node)))
+            self.single_temps.add(old)
+            new = self.assign_temp(ir.BinOp(op, ir.Var(old), value), node)
             self.store(array, index, new, target)
         else:
             self.refuse(target, ast.unparse(target), "only names and array elements can be updated")

@@ -13,6 +13,8 @@ collects the names the adjoint code reads, the second saves only those.
 """
 from __future__ import annotations
 
+import types as pytypes
+
 from numba.core import types
 
 from gpuad import api
@@ -29,16 +31,18 @@ from gpuad.ad.emit import (
     primal_code,
     render,
     scaled,
+    store_text,
     target_text,
     zero_text,
 )
 from gpuad.ad.engine import Prepared, Program, inert_call, type_of_atom
 from gpuad.ad.forward import rule_terms
 from gpuad.ad.ir import multi_assigned
-from gpuad.ad.normalize import unwrap
+from gpuad.ad.normalize import normalize, unwrap
 from gpuad.ad.rules import DERIVATIVES, user_rule
 from gpuad.ad.tape import TapeUse
 from gpuad.ad.typing import is_float
+from gpuad.errors import GpuadError
 
 
 def assigned_names(fir: ir.FunctionIR) -> set:
@@ -189,7 +193,7 @@ class AdjointSweep:
         return [(f"if d_{out} != {zero_text(self.types[out])}:", lines)] if guard else lines
 
     def store(self, s: ir.Store) -> tuple[list, list, TapeUse]:
-        fwd = [f"{s.array}[{index_text(s.index)}] = {atom_text(s.value)}"]
+        fwd = [store_text(s)]
         if s.array in self.prep.no_store:  # DuplicatedNoNeed and never read back
             fwd = []
         if s.array not in self.active:
@@ -198,8 +202,9 @@ class AdjointSweep:
         where = f"{self.prep.shadow(s.array)}[{index_text(s.index)}]"
         dv = self.d(s.value)
         if dv:
-            rev.append(self.adj(f"{dv} += {where}"))
-        rev.append(self.adj(f"{where} = 0.0"))
+            rev.append(self.adj(f"{dv} {s.increment or '+'}= {where}"))
+        if not s.increment:  # an increment keeps the element's old value, and so its adjoint
+            rev.append(self.adj(f"{where} = 0.0"))
         return fwd, rev, TapeUse()
 
     def if_(self, s: ir.If) -> tuple[list, list, TapeUse]:
@@ -311,21 +316,21 @@ class AdjointSweep:
                             "differentiates", "inline the call, or drop the checkpoint comment")
         write = self.later_write(s)
         if write is not None:
-            line, array = write
-            self.refuse(s, "# gpuad: checkpoint", f"line {line} writes `{array}` after the checkpointed "
-                        "loop, memory the loop may read: the reverse sweep runs the loop again and would "
-                        "read the new values", "drop the checkpoint comment, or write only arrays the loop "
-                        "cannot read (and only before the loop)")
+            line, what = write
+            self.refuse(s, "# gpuad: checkpoint", f"line {line}, after the checkpointed loop, {what}: "
+                        "memory the loop may read, and the reverse sweep runs the loop again and would read "
+                        "the new values", "drop the checkpoint comment, or write only arrays the loop cannot "
+                        "read (and only before the loop)")
 
     def later_write(self, s: ir.Loop) -> tuple[int, str] | None:
-        """(line, array) of a write, after checkpointed loop `s`, into memory the loop reads.
+        """(line, what it does) of a write, after checkpointed loop `s`, into memory the loop reads.
 
         After `s` run the statements that follow it in its block and in the blocks around it
         (not the other branch of an enclosing `if`); were `s` inside a loop, everything outside
         `s` would, as the next iteration runs the statements before `s` after it. A write is a
-        store, or passing the array to a call that is not a builtin (a function may write its
-        arguments). Arrays bound from one another (`w = a`, `row = m[1]`, a choice, a call's
-        result) are one memory; arrays from parameters or globals may be one memory if their
+        store, or passing the array to a function that may write memory (`may_write_memory`).
+        Arrays bound from one another (`w = a`, `row = m[1]`, a choice, a call's result) are one
+        memory; arrays from parameters or globals may be one memory if their
         dtypes agree (a caller may pass one buffer twice).
         """
         def following(stmts):
@@ -371,14 +376,20 @@ class AdjointSweep:
         for t in ir.walk(rest) if rest is not None else outside:
             if isinstance(t, ir.Store):
                 written = [ir.Var(t.array)]
-            elif isinstance(t, ir.Assign) and isinstance(t.value, ir.Call | ir.AutodiffCall) \
-                    and not isinstance(getattr(t.value, "func", None), type(len)):  # len, min, math.sin
+            elif isinstance(t, ir.Assign) and (isinstance(t.value, ir.AutodiffCall) or isinstance(
+                    t.value, ir.Call) and may_write_memory(t.value.func)):
                 written = ir.atoms_of(t.value)
             else:
                 continue
             for a in written:
                 if (m := memory(a)) is not None and m in {find(r) for r in read}:
-                    return t.line, a.name
+                    named = [source_name(k) for k in [a.name, *parent] if isinstance(k, str)
+                             and source_name(k) and find(k) == m]  # a temporary view: its array's name
+                    name = f"`{named[0]}`" if named else "an array"
+                    if isinstance(t, ir.Store):
+                        return t.line, f"writes {name}"
+                    callee = getattr(t.value, "name", "autodiff")
+                    return t.line, f"passes {name} to `{callee}`, which may write it"
         return None
 
     def trips(self, s: ir.Loop, body_use: TapeUse) -> int:
@@ -453,6 +464,36 @@ def loop_state(s: ir.Loop, localtypes: dict) -> set:
     (those read before being assigned, and those whose overwritten values it saves and restores)."""
     return {n for t in ir.walk(s.body) if isinstance(t, ir.Assign) for n in ir.target_names(t.target)
             if not isinstance(localtypes.get(n), types.Array)}
+
+
+def may_write_memory(func, seen: frozenset = frozenset()) -> bool:
+    """Could calling `func` write an array (an argument or a global)? A builtin (`math.sin`,
+    `min`) cannot; a plain function can if it stores into an array or calls one that may.
+    Anything gpuad cannot read, and recursion, may."""
+    if isinstance(func, pytypes.BuiltinFunctionType):
+        return False
+    fn = unwrap(func)
+    if not isinstance(fn, pytypes.FunctionType) or fn in seen:
+        return True
+    try:
+        fir = normalize(fn)
+    except GpuadError:
+        return True
+    for t in ir.walk(fir.body):
+        if isinstance(t, ir.Store) or isinstance(t, ir.Assign) and (
+                isinstance(t.value, ir.AutodiffCall)
+                or isinstance(t.value, ir.Call) and may_write_memory(t.value.func, seen | {fn})):
+            return True
+    return False
+
+
+def source_name(name: str) -> str | None:
+    """The user's name behind an engine name (`_v3_x`, `_w0_x`, `u__k`), None for a temporary."""
+    if name.startswith(("_v", "_w")) and "_" in name[2:]:
+        return name[2:].split("_", 1)[1]
+    if name.startswith("u_"):
+        return name[2:]
+    return None if name.startswith("_") else name
 
 
 def loop_reads(s: ir.Loop) -> set:

@@ -87,8 +87,9 @@ class Renamer:
                 value = rename_expr(s.value, env)  # read before the target is rebound
                 out.append(ir.Assign(self.bind(s.target, env, loop_wide), value, s.line))
             elif isinstance(s, ir.Store):
-                out.append(ir.Store(env.get(s.array, s.array), rename_index(s.index, env),
-                                    rename_atom(s.value, env), s.line))
+                renamed = {"array": env.get(s.array, s.array), "index": rename_index(s.index, env),
+                           "value": rename_atom(s.value, env)}
+                out.append(dataclasses.replace(s, **renamed))
             elif isinstance(s, ir.If):
                 out.append(self.if_(s, env, loop_wide, later | names_read(stmts[k + 1:])))
             else:

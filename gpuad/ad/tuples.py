@@ -7,6 +7,8 @@ derivative code then only ever sees scalars, so adjoints stay scalars.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from numba.core import types
 
 from gpuad.ad import ir
@@ -72,7 +74,7 @@ class TupleExpander:
                 out += self.assign(s)
             elif isinstance(s, ir.Store):
                 index = self.flat_index(s.index)
-                out.append(ir.Store(s.array, index, s.value, s.line))
+                out.append(replace(s, index=index))
             elif isinstance(s, ir.If):
                 out.append(ir.If(s.test, self.block(s.body), self.block(s.orelse), s.line))
             elif isinstance(s, ir.Loop):

@@ -18,7 +18,7 @@ where no single binding reaches them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Union
 
 from numba.core import types
@@ -112,8 +112,9 @@ class ViewResolver:
                 if any(isinstance(i, ir.Slice) for i in s.index):
                     self.refuse(s, f"{s.array}[...] = ...", "cannot differentiate assigning to a slice",
                                 "assign the elements one by one in a loop")
-                out.append(ir.Store(self.names.get(s.array, s.array), rename_index(s.index, self.names),
-                                    rename_atom(s.value, self.names), s.line))
+                names = self.names
+                out.append(replace(s, array=names.get(s.array, s.array), index=rename_index(s.index, names),
+                                   value=rename_atom(s.value, names)))
             elif isinstance(s, ir.If):
                 out.append(self.if_(s, later | names_read(stmts[k + 1:])))
             else:

@@ -80,6 +80,26 @@ def check_frame(kernel_name: str, frame: int, tape_capacity: int | None,
     )
 
 
+def out_of_memory(kernel_name: str, frame: int, tape_capacity: int | None, resident_threads: int | None,
+                  where: SourceLocation | None = None) -> LocalMemoryExceeded:
+    """The error for a launch CUDA refused with CUDA_ERROR_OUT_OF_MEMORY: CUDA reserves the
+    per-thread frame for every thread the GPU can hold at once, not only the launched ones."""
+    from gpuad.ad import DEFAULT_TAPE_CAPACITY
+
+    capacity = tape_capacity or DEFAULT_TAPE_CAPACITY
+    reserve = (f" x {resident_threads} resident threads = {frame * resident_threads / 2**30:.1f} GiB"
+               if resident_threads else "")
+    return LocalMemoryExceeded(
+        f"the GPU ran out of memory launching kernel {kernel_name}: it needs {frame} bytes "
+        f"({frame / 1024:.0f} KiB) of local memory per thread, which CUDA reserves for every thread the "
+        f"device can run at once ({frame} B{reserve}), on top of the arrays and of other processes on "
+        f"this GPU. The tape holds tape_capacity={capacity} entries per loop with a run-time trip count",
+        where,
+        hint="checkpoint the loop (a `# gpuad: checkpoint` comment on its `for` line), use a smaller "
+        f"tape_capacity (e.g. {max(1, capacity // 4)}) or smaller cuda.local.arrays, or free GPU memory",
+    )
+
+
 def _fitting_capacity(capacity: int, frame: int, limit: int) -> int:
     """A capacity that would fit if the frame shrank in proportion to it."""
     return max(1, capacity * limit // frame // 2)

@@ -148,3 +148,12 @@ def launch(kernel: numba_adapter.PtxKernel, griddim, blockdim, args, on_status,
     kernel(griddim, blockdim, tuple(device_args), on_status)
     for original, copy in write_back:
         copy.copy_to_host(original)
+
+
+def resident_threads() -> int | None:
+    """How many threads the current GPU holds at once (CUDA reserves local memory for all)."""
+    try:
+        device = cuda.get_current_device()
+        return device.MULTIPROCESSOR_COUNT * device.MAX_THREADS_PER_MULTI_PROCESSOR
+    except Exception:  # noqa: BLE001 - only used to word an error
+        return None
