@@ -7,6 +7,7 @@ Local memory: a kernel whose frame (tape, local arrays) is over CUDA's
 per-thread limit is refused before it launches, on both targets.
 The PTX checks need no GPU; the `gpu` tests launch the same kernels.
 """
+import math
 import re
 
 import numpy as np
@@ -187,6 +188,49 @@ def test_shared_shadow_gradient_on_gpu():
     # Each of the block's threads adds 2 a_t to da[t]: block b's dx[4b + t] = threads * 2 (1 + t).
     for b in range(blocks):
         np.testing.assert_allclose(dx[4 * b:4 * b + 4], threads * 2.0 * (1.0 + np.arange(4)), rtol=1e-14)
+
+
+# -- increments of one global element by every thread: the adjoint only reads its shadow --------
+
+SHARED_INCREMENTS = {
+    "one element": "y[0] += x * x",
+    "three elements, both signs": "y[i % 3] -= math.sin(x)\n    y[0] += x",
+    "in a loop": "for k in range(3):\n        y[k] += x * k * x",
+    "in branches": "if x > 20.0:\n        y[1] += x * x\n    else:\n        y[2] -= 3.0 * x",
+}
+
+
+def shared_increment_kernel(body: str):
+    source = (f"def f(x, y, i):\n    {body}\n\n\n"
+              "def kernel(xs, dxs, y, dy):\n"
+              "    i = cuda.grid(1)\n"
+              "    if i < xs.shape[0]:\n"
+              "        d = autodiff(Reverse, f, Active(xs[i]), Duplicated(y, dy), Const(i))\n"
+              "        dxs[i] = d[0][0]\n")
+    from corpus import exec_source
+
+    from gpuad import Active
+
+    scope = {"math": math, "cuda": cuda, "autodiff": autodiff, "Reverse": Reverse, "Active": Active,
+             "Duplicated": Duplicated, "Const": Const}
+    return exec_source(source, f"<shared increment {abs(hash(body))}>", scope)
+
+
+@pytest.mark.parametrize("target", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("name", SHARED_INCREMENTS)
+def test_shared_increments_by_every_thread(name, target):
+    scope = shared_increment_kernel(SHARED_INCREMENTS[name])
+    n = 1000
+    xs, dxs, y, dy = np.linspace(0.0, 40.0, n), np.zeros(n), np.zeros(3), np.array([1.0, -2.0, 0.5])
+    gpuad.kernel(scope["kernel"], target=target).launch(n, xs, dxs, y, dy)
+    np.testing.assert_array_equal(dy, [1.0, -2.0, 0.5])  # no thread's adjoint changes it
+    h = 1e-6
+    for i in range(0, n, 37):  # d/dx of <dy, what thread i adds to y>
+        plus, minus = np.zeros(3), np.zeros(3)
+        scope["f"](xs[i] + h, plus, i)
+        scope["f"](xs[i] - h, minus, i)
+        assert dxs[i] == pytest.approx(float(np.array([1.0, -2.0, 0.5]) @ (plus - minus)) / (2 * h),
+                                       rel=1e-6, abs=1e-6), i
 
 
 # -- item 6: per-thread local memory ---------------------------------------------
