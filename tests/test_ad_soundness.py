@@ -207,6 +207,17 @@ def test_tuple_valued_activities_are_refused(mode, activity):
         autodiff(mode, f, activity)
 
 
+def test_tuple_from_constants_merged_with_an_active_tuple():
+    """The random programs on the GPU: `s = h((0.3, 0.25))` in one branch, `s = h((x * y, y))`
+    in the other; the first call's results are active only through the merge (forward crashed)."""
+    f = define("def h(t):\n    return (t[1] * 0.5, math.sin(t[0]))\n\n"
+               "def f(x, y):\n    if x > 0.0:\n        s = h((0.3, 0.25))\n    else:\n"
+               "        s = h((x * y, y))\n    return (s[0] - s[1]) * x\n")
+    for x in (0.7, -0.7):
+        rev, fwd = both(f, x, 0.4)
+        assert rev == fwd == pytest.approx(fd(f, x, 0.4), rel=1e-8)
+
+
 def test_augmented_store_reads_the_element_before_the_right_side_runs():
     """`a[0] += g(a, x)`: Python loads a[0] first, then calls g (which here overwrites a[0])."""
     f = define("def g(a, x):\n    a[0] = 10.0 * x\n    return x\n\n"

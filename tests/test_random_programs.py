@@ -989,9 +989,10 @@ def test_random_program_forward_in_kernel(prog):
 # --- many programs per kernel: reverse and forward of each, checked against each other ----------
 
 KERNEL_POINTS = 12  # threads per launch: one evaluation point of every program per thread
-# Loops run at most 3 * n <= 12 times; the default capacity (64) would give kernels of 4 programs
-# with nested loops frames of ~0.5 MiB per thread, which CUDA reserves for every resident thread.
-KERNEL_TAPE_CAPACITY = 12
+# Loops run at most 3 * n <= 12 times (a while loop's tape needs one entry more); the default
+# capacity (64) gives kernels of 4 programs with nested loops frames of ~0.5 MiB per thread, which
+# CUDA reserves for every resident thread (CUDA_ERROR_OUT_OF_MEMORY with 11 processes on one GPU).
+KERNEL_TAPE_CAPACITY = 16
 PER_KERNEL = int(os.environ.get("GPUAD_FUZZ_PER_KERNEL", "4"))  # programs compiled into one kernel
 ARRAY_NAMES = ("x", "y", "ra", "rda", "rm", "rdm", "fa", "fta", "fm", "ftm", "n", "tx", "ty", "gx", "gy",
                "df", "pr")

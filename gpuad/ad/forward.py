@@ -118,6 +118,11 @@ class TangentSweep:
             return self.nested_autodiff(s)
         if not active_out:
             return [primal]
+        if len(active_out) > 1:  # a call returning a tuple: active outside only through a later merge
+            if reads:
+                self.refuse(s, expr_text(e), "no tangent rule for a builtin returning several values",
+                            "compute the values one by one")
+            return [primal] + [f"t_{n} = {zero_text(self.prep.types[n])}" for n in active_out]
         (out,) = active_out
         if out in self.prep.views:  # the same view of the source's tangent, bound beside it
             index = f"[{index_text(e.index)}]" if isinstance(e, ir.Load) else ""
