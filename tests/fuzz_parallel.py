@@ -43,7 +43,10 @@ def job(test: str, seed: int, args, out: Path, deadline: float) -> dict | None:
         if left < 30:  # too little to import, compile and pass even one example
             return None
         timeout = min(timeout or left, left)
+    passes = out / "passes" / f"{test}-{seed}.txt"  # kernel tests: one line per passed example
+    passes.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, GPUAD_HYPOTHESIS_RANDOM="1", GPUAD_HYPOTHESIS_EXAMPLES=str(args.examples),
+               GPUAD_FUZZ_PASSES=str(passes),
                GPUAD_FUZZ_FAILURES=str(out / "failures" / test), NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1")
     if args.features is not None:
         env["GPUAD_FUZZ_FEATURES"] = args.features
@@ -57,7 +60,8 @@ def job(test: str, seed: int, args, out: Path, deadline: float) -> dict | None:
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
         text, returncode = proc.stdout + proc.stderr, proc.returncode
     except subprocess.TimeoutExpired as exc:  # counted apart: neither passed nor failed
-        return {"test": test, "seed": seed, "ok": True, "skipped": False, "timeout": True, "passed": 0,
+        done = len(passes.read_text().split()) if passes.exists() else 0  # examples passed before
+        return {"test": test, "seed": seed, "ok": True, "skipped": False, "timeout": True, "passed": done,
                 "invalid": 0, "seconds": time.time() - start, "text": str(exc.stdout or "")}
     stats = [tuple(map(int, m)) for m in STAT.findall(text)]
     passed = sum(s[0] for s in stats)
@@ -86,7 +90,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-shrink", action="store_true", help="report failures unshrunk (faster)")
     parser.add_argument("--timeout", type=float, default=None,
                         help="seconds per process; one that runs longer is killed and counted as timed out "
-                             "(its examples are not counted)")
+                             "(kernel tests count the examples it passed before; others count none)")
     parser.add_argument("--budget", type=float, default=None,
                         help="wall-clock seconds for the whole run: processes still queued then are not "
                              "started and running ones are stopped at the end, so the tally is always "

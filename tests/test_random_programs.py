@@ -1092,6 +1092,9 @@ def check_programs_in_kernel(progs, target: str) -> None:
 def check_kernel_batch(test_name, progs, target):
     try:
         check_programs_in_kernel(progs, target)
+        if passes := os.environ.get("GPUAD_FUZZ_PASSES"):  # counted even if the process is killed later
+            with open(passes, "a") as out:
+                out.write(f"{len(progs)}\n")
     except Exception:
         directory = os.environ.get("GPUAD_FUZZ_FAILURES")
         if directory:
