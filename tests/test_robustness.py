@@ -177,7 +177,9 @@ def in_finalizer_or_llvm_call(frame) -> bool:
     - llvmlite's ffi call wrapper, where an exception between taking LLVM's lock and the C call can
       abort LLVM in the process;
     - a generator of numba's (its typing registries stream new entries through long-lived generators:
-      an exception raised inside one ends it, and numba's typing stays broken for the process)."""
+      an exception raised inside one ends it, and numba's typing stays broken for the process).
+    A real Ctrl-C cannot land at these points during a compile: gpuad holds it until the compile's
+    locked block ends (test_ctrl_c_during_a_compile_is_held_until_the_compile_is_done)."""
     while frame is not None:
         code = frame.f_code
         if code.co_name == "__del__" or code.co_filename.endswith(
@@ -287,6 +289,69 @@ def test_ctrl_c_during_the_first_compile_imports_leaves_gpuad_working(tmp_path, 
     done = subprocess.run([sys.executable, str(script), str(delay)], capture_output=True, text=True,
                           timeout=120, env={**os.environ, "GPUAD_TARGET": "cpu"})
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+COMPILES_INTERRUPTED = r"""
+import math, os, signal, sys, threading, time
+from pathlib import Path
+
+sys.path.insert(0, sys.argv[1])
+from gpuad import Active, Reverse, autodiff
+
+def fresh(k):  # a new function each time: its derivative compiles from scratch
+    Path(sys.argv[1], f"interrupted_{k}.py").write_text(
+        "import math\n"
+        f"def f(x):\n    s = 0.0\n    for j in range({k + 2}):\n        s += math.sin(x * j) * x\n"
+        "    return s\n")
+    return __import__(f"interrupted_{k}").f
+
+autodiff(Reverse, fresh(0), Active(0.1))  # numba's imports done
+
+
+def interrupt_on_entering(name):  # a trace hook: a real SIGINT when a function called `name` starts
+    def tracer(frame, event, arg):
+        if event == "call" and frame.f_code.co_name == name:
+            sys.settrace(None)
+            os.kill(os.getpid(), signal.SIGINT)
+    return tracer
+
+
+# gpuad's front end and engine, numba's typing and compile passes, llvmlite's LLVM calls
+STAGES = ["prepare", "differentiate", "type_inference_stage", "run_pass", "finalize_object"]
+for k, stage in enumerate(STAGES, start=1):
+    f = fresh(k)
+    start = time.perf_counter()
+    sys.settrace(interrupt_on_entering(stage))
+    try:
+        autodiff(Reverse, f, Active(0.3))
+        raised_in = "-"
+    except KeyboardInterrupt as exc:
+        tb = exc.__traceback__
+        while tb.tb_next is not None:
+            tb = tb.tb_next
+        raised_in = f"{os.path.basename(tb.tb_frame.f_code.co_filename)}:{tb.tb_frame.f_code.co_name}"
+    finally:
+        sys.settrace(None)
+    (d,), = autodiff(Reverse, f, Active(0.3))
+    h = 1e-6
+    right = abs(d - (f(0.3 + h) - f(0.3 - h)) / (2 * h)) < 1e-6
+    print(stage, raised_in, right, flush=True)
+"""
+
+
+def test_ctrl_c_during_a_compile_is_held_until_the_compile_is_done(tmp_path):
+    """A real SIGINT during a derivative's compile (sent as each stage starts) is raised where the
+    compile's locked block ends, never inside numba or LLVM, where it can end one of numba's
+    typing generators or abort LLVM and break them for the process; the call then succeeds."""
+    script = tmp_path / "compiles.py"
+    script.write_text(COMPILES_INTERRUPTED)
+    done = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "GPUAD_TARGET": "cpu"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.split() for line in done.stdout.splitlines()]
+    assert len(rows) == 5, done.stdout
+    for _stage, raised_in, right in rows:  # raised where the compile lock's block ends, then right
+        assert raised_in == "compile_lock.py:interrupts_deferred" and right == "True", done.stdout
 
 
 # -- item 2: threads ------------------------------------------------------------

@@ -82,16 +82,21 @@ def load_toolchain() -> None:
 
 @contextlib.contextmanager
 def compiling():
-    """Hold the compile lock for the block (re-entrant: compilations nest)."""
+    """Hold the compile lock for the block (re-entrant: compilations nest), and a Ctrl-C until
+    the outermost block ends: raised inside numba or LLVM, KeyboardInterrupt can end one of
+    numba's typing-registry generators or abort LLVM in its C call wrapper, breaking them for
+    the process; raised after the compile, it finds every cache complete. A compile takes
+    seconds, so the interrupt only waits (it does not wait for kernels once compiled)."""
     load_toolchain()
-    lock = _lock()
-    held_before = _owned_locks()
-    lock.acquire()
-    try:
-        yield
-    finally:
-        lock.release()
-        _release_leaked(held_before)
+    with interrupts_deferred():
+        lock = _lock()
+        held_before = _owned_locks()
+        lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
+            _release_leaked(held_before)
 
 
 def first_call(dispatcher):
