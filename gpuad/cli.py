@@ -24,13 +24,15 @@ def demo(args: argparse.Namespace) -> int:
     import numpy as np
 
     from gpuad import examples
-    from gpuad.targets import default_target
+    from gpuad.notebook.info import configured_target
 
     n = args.n
     xs = np.linspace(-2.0, 2.0, n)
     ys = np.linspace(0.5, 1.5, n)
     dxs = np.zeros(n)
-    target = args.target or default_target()
+    target = args.target or configured_target()
+    if target == "cuda":
+        require_gpu()
     kernel = examples.grad_f
     kernel.target = target
     record = kernel.compile(xs, ys, dxs)
@@ -55,32 +57,60 @@ def demo(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def require_gpu() -> None:
+    """Refuse the cuda target before compiling when no driver or device can launch it."""
+    from gpuad.errors import LaunchError
+    from gpuad.notebook.info import NO_GPU_FIX, cuda_launch_checks
+
+    missing = [c for c in cuda_launch_checks() if not c.ok]
+    if missing:
+        raise LaunchError(f"the cuda target needs a CUDA GPU and driver, and none was found here "
+                          f"({missing[0].detail})", hint=NO_GPU_FIX)
+
+
 def info(args: argparse.Namespace) -> int:
-    import llvmlite
-    import numba
-    import numpy
-
+    """Try each component and say what works; exit 1 when the default target cannot run kernels."""
     from gpuad import __version__
-    from gpuad.compiler import numba_adapter
-    from gpuad.targets import default_target
+    from gpuad.notebook.info import diagnose
 
-    print(f"gpuad {__version__}, numba {numba.__version__}, llvmlite {llvmlite.__version__}, "
-          f"numpy {numpy.__version__}")
-    print(f"NVVM: {numba_adapter.nvvm_version() or 'not found'}; GPU: "
-          f"{'yes' if numba_adapter.gpu_available() else 'no'}; default target: {default_target()}")
-    return 0
+    diagnosis = diagnose()
+    print(f"gpuad {__version__}")
+    print("\n".join(diagnosis.lines()))
+    return 0 if diagnosis.ok else 1
+
+
+def version() -> str:
+    from gpuad import __version__
+
+    return f"gpuad {__version__}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gpuad", description=__doc__)
+    parser.add_argument("--version", action="version", version=version())
+    parser.add_argument("--verbose", action="store_true", help="show the full traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True)
     demo_parser = commands.add_parser("demo", help="compile, link, emit and run the example kernel")
     demo_parser.add_argument("--n", type=int, default=1024, help="number of threads")
     demo_parser.add_argument("--target", choices=("cuda", "cpu"), help="default: cuda if a GPU is usable")
     demo_parser.set_defaults(run=demo)
-    commands.add_parser("info", help="versions, NVVM, GPU, target").set_defaults(run=info)
+    commands.add_parser("info", help="check each component (NVVM, NVRTC, driver, GPU, versions) "
+                        "and say which targets work").set_defaults(run=info)
     args = parser.parse_args(argv)
-    return args.run(args)
+    return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    """gpuad's own errors end the command with their message and hint, not a traceback."""
+    from gpuad.errors import GpuadError
+
+    try:
+        return args.run(args)
+    except GpuadError as exc:
+        if args.verbose:
+            raise
+        print(f"gpuad {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
