@@ -524,6 +524,12 @@ def parse_autodiff_call(node: ast.Call, namespace, locals_, location, site_id):
             location, hint="use gpuad.Reverse, ReverseWithPrimal, Forward or ForwardWithPrimal",
         )
     fn = static_value(node.args[1], namespace, locals_)
+    name = node.args[1]
+    if isinstance(name, ast.Name) and name.id not in locals_ and fn is _UNRESOLVED:
+        raise AutodiffCallError(
+            f"`{name.id}` is not defined where the kernel was created", location,
+            hint=f"check the spelling of `{name.id}`, or define (or import) it before creating the kernel",
+        )
     if not is_plain_function(fn):
         raise AutodiffCallError(
             f"`{ast.unparse(node.args[1])}` is not a plain Python function", location,

@@ -16,7 +16,8 @@ from gpuad.compiler import numba_adapter
 from gpuad.compiler.compile_lock import first_call, locked
 from gpuad.compiler.emit import emit_ptx, parse_arch
 from gpuad.compiler.link import JobModule, link_deferred
-from gpuad.errors import GpuadError, LaunchError, LoweringError, SourceLocation
+from gpuad.compiler.numba_errors import numba_failure
+from gpuad.errors import GpuadError, LaunchError, SourceLocation
 from gpuad.record import CompilationRecord
 from gpuad.targets import check_target, default_target
 from gpuad.targets import launch as launch_checks
@@ -114,8 +115,7 @@ class Kernel:
         except GpuadError:
             raise
         except Exception as exc:
-            raise LoweringError(f"numba could not lower kernel {self.name}: {exc}",
-                                self._location()) from exc
+            raise numba_failure(exc, self.name, self._location(), "cuda") from exc
         timings.update(lowered.jobs.stage_seconds)
         timings["interpret+lower"] = time.perf_counter() - start - sum(timings.values())
         start = time.perf_counter()
@@ -184,11 +184,7 @@ class Kernel:
         except Exception as exc:  # numba's typing errors happen at the first call
             if type(exc).__module__.split(".")[0] != "numba":
                 raise
-            raise LoweringError(
-                f"numba could not compile kernel {self.name} for the cpu target: {exc}",
-                self._location(), hint="the cpu target emulates 1-D grids, atomics and local "
-                "arrays; shared memory and syncthreads need the cuda target",
-            ) from exc
+            raise numba_failure(exc, self.name, self._location(), "cpu") from exc
 
     def _launch_cuda(self, argtypes, griddim, blockdim, args, groups, writes) -> None:
         from gpuad.targets import cuda as cuda_target

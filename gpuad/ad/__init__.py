@@ -55,10 +55,10 @@ class Derivative:
     own_arrays: frozenset = frozenset()  # Duplicated arrays whose shadow is updated without atomics
 
 
-def check_call(fn, mode, activities, argtypes) -> None:
-    """Reject malformed requests before generating anything."""
+def check_call(fn, mode, activities, argtypes, where: SourceLocation | None = None) -> None:
+    """Reject malformed requests before generating anything; `where` is the autodiff call, if known."""
     code = unwrap(fn).__code__
-    where = SourceLocation(code.co_filename, code.co_firstlineno, "autodiff", unwrap(fn).__name__)
+    where = where or SourceLocation(code.co_filename, code.co_firstlineno, "autodiff", unwrap(fn).__name__)
     if mode not in api.MODES:
         raise AutodiffCallError(f"unknown mode {mode!r}", where, "use Reverse, ReverseWithPrimal, Forward "
                                 "or ForwardWithPrimal")
@@ -74,7 +74,10 @@ def check_call(fn, mode, activities, argtypes) -> None:
             raise AutodiffCallError(f"Active argument {i} in forward mode", where,
                                     "use Duplicated(x, dx) to give a tangent in forward mode")
         if act is api.Active and isinstance(ty, types.Array):
-            raise AutodiffCallError(f"Active array argument {i}", where, "pass arrays as Duplicated(a, da)")
+            raise AutodiffCallError(
+                f"Active(...) wraps an array (argument {i}, `{code.co_varnames[i]}`): Active is for "
+                "scalars", where, "pass the array as Duplicated(a, da) to receive its gradient in da, "
+                "or one element per thread as Active(a[i])")
         if act is api.Active and isinstance(types.unliteral(ty), types.Integer | types.Boolean):
             # Integers are inactive (their derivative is None), as documented; but this is likely a
             # mistake, and storing the None into a float array is what fails next.
@@ -93,6 +96,11 @@ def check_call(fn, mode, activities, argtypes) -> None:
                 f"argument {i} (`{code.co_varnames[i]}`) is complex ({ty}): gpuad does not support "
                 "complex values", where, "pass real and imaginary parts as separate float arguments "
                 "(or float arrays)")
+    if activities and all(act is api.Const for act in activities):
+        # A Const array meant as Duplicated is the likely mistake: its gradient silently stays zero.
+        warnings.warn(GpuadWarning(f"{where}: every argument of {code.co_name} is Const: nothing is "
+                                   "differentiated and every derivative is zero; mark what to differentiate "
+                                   "as Active(x) or Duplicated(a, da)"), stacklevel=3)
 
 
 def entry_name(fn, mode) -> str:
@@ -104,7 +112,8 @@ def entry_name(fn, mode) -> str:
 @locked  # its caches and numba's typing are shared by every thread
 def differentiate(fn, mode: api.Mode, activities: tuple, argtypes: tuple, *,
                   tape_capacity: int = DEFAULT_TAPE_CAPACITY, thread_ids=frozenset(),
-                  exclusive=frozenset(), private=frozenset()) -> Derivative:
+                  exclusive=frozenset(), private=frozenset(),
+                  where: SourceLocation | None = None) -> Derivative:
     """Generate the derivative of `fn` (see the module docstring for the calling convention).
 
     `tape_capacity` bounds the iterations each loop with a run-time trip count
@@ -113,13 +122,13 @@ def differentiate(fn, mode: api.Mode, activities: tuple, argtypes: tuple, *,
     the thread's global id and exclusive shadows: reverse mode then updates
     shadows indexed only by the id without atomics (`gpuad.ad.site_facts`).
     `private`: positions whose shadow is the thread's own local memory,
-    updated without atomics however it is indexed.
+    updated without atomics however it is indexed. `where`: the autodiff call, for warnings.
     """
     from gpuad.ad.forward import forward_entry
     from gpuad.ad.reverse import reverse_entry
 
     activities, argtypes = tuple(activities), tuple(argtypes)
-    check_call(fn, mode, activities, argtypes)
+    check_call(fn, mode, activities, argtypes, where)
     prog = Program(tape_capacity)
     flags = tuple(a is api.Active or issubclass(a, api.Duplicated) for a in activities)
     prep = prog.prepare(fn, argtypes, flags)

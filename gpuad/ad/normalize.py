@@ -423,7 +423,9 @@ class Normalizer:
     def expr_Constant(self, node):
         if isinstance(node.value, bool | int | float) or node.value is None:
             return ir.Const(node.value)
-        self.refuse(node, ast.unparse(node), "only numeric constants can appear in kernels")
+        self.refuse(node, ast.unparse(node), "only numeric constants can appear in differentiated functions "
+                    "(gpuad does not differentiate through print or strings): print in the kernel, "
+                    "outside the autodiff call")
 
     def expr_Name(self, node):
         return self.name_atom(node)

@@ -113,7 +113,7 @@ class JobRegistry:
         try:
             start = time.perf_counter()
             options = {"thread_ids": job.site.thread_ids, "exclusive": job.site.exclusive,
-                       "private": job.site.private}
+                       "private": job.site.private, "where": job.site.location}
             if self.tape_capacity is not None:
                 options["tape_capacity"] = self.tape_capacity
             with numba_adapter.outside_enclosing_compilation():
