@@ -118,3 +118,13 @@ def test_info_with_nvrtc_missing_says_so_and_fails(capsys, monkeypatch):
     assert "cpu target: does not work (missing: NVRTC)" in out
     assert "kernels cannot run on the default target, cpu: missing NVRTC (see above)" in out
     assert "kernels run on" not in out
+
+
+@pytest.mark.gpu
+def test_info_on_a_gpu_machine_finds_the_driver_and_device(capsys, monkeypatch):
+    monkeypatch.delenv("GPUAD_TARGET", raising=False)
+    assert main(["info"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert next(line for line in lines if line.startswith("CUDA driver")).split()[2] == "ok"
+    assert "compute capability" in next(line for line in lines if line.startswith("CUDA device"))
+    assert "cuda target: works" in lines and "kernels run on the default target, cuda" in lines
