@@ -46,6 +46,6 @@ def __getattr__(name):
 
 def load_ipython_extension(ipython):
     """`%load_ext gpuad`: registers %%gpukernel and %gpuad_info."""
-    from gpuad.notebook.magics import load_ipython_extension as load
+    from gpuad.notebook import load_ipython_extension as load  # a missing notebook extra says so
 
     load(ipython)

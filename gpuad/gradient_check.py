@@ -185,7 +185,9 @@ class _Report:
 
 def _new_figure():
     # A bare Figure (no pyplot): no global state, no GUI backend, nothing left open.
-    from matplotlib.figure import Figure
+    from gpuad.notebook import require
+
+    Figure = require("matplotlib.figure", "savefig and gradient plots").Figure
 
     figure = Figure(figsize=(7, 5), layout="constrained")
     top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=(2, 1))
@@ -560,10 +562,13 @@ class JacobianReport(_Report):
 
     def figure(self):
         """Heat maps side by side: AD Jacobian, FD Jacobian (shared colour scale), |AD − FD| (log scale)."""
-        from matplotlib import colormaps
-        from matplotlib.colors import LogNorm
-        from matplotlib.figure import Figure
-        from matplotlib.ticker import MaxNLocator
+        from gpuad.notebook import missing_extra_refused
+
+        with missing_extra_refused("Jacobian heat maps"):
+            from matplotlib import colormaps
+            from matplotlib.colors import LogNorm
+            from matplotlib.figure import Figure
+            from matplotlib.ticker import MaxNLocator
 
         figure = Figure(figsize=(13, 4), layout="constrained")
         axes = figure.subplots(1, 3)

@@ -215,8 +215,31 @@ def test_default_target_follows_the_environment(monkeypatch):
     monkeypatch.setenv("GPUAD_TARGET", "cpu")
     assert default_target() == "cpu"
     monkeypatch.setenv("GPUAD_TARGET", "tpu")
-    with pytest.raises(LaunchError, match="unknown target 'tpu'"):
+    with pytest.raises(LaunchError, match="GPUAD_TARGET='tpu' is not a gpuad target") as info:
         default_target()
+    assert "set GPUAD_TARGET to cuda or cpu" in info.value.hint
+
+
+def test_the_cuda_target_without_a_gpu_is_a_launch_error(monkeypatch):
+    """No GPU or driver: a LaunchError saying to use the cpu target, not numba's CudaSupportError."""
+    import numpy as np
+
+    import gpuad
+    from gpuad.compiler import numba_adapter
+
+    if numba_adapter.gpu_available():
+        pytest.skip("this machine has a GPU")
+    kernel = gpuad.kernel(orbit_kernel, target="cuda")
+    with pytest.raises(LaunchError, match="needs a CUDA GPU and driver") as info:
+        kernel.launch(2, np.ones(2), np.zeros(2))
+    assert "target='cpu'" in info.value.hint
+
+
+def orbit_kernel(xs, dxs):
+    i = gpuad.thread_index()
+    if i < xs.shape[0]:
+        (d, _w, _s), = autodiff(Reverse, orbit, Active(xs[i]), Active(0.5), 3)
+        dxs[i] = d
 
 
 def orbit(x, w, steps):

@@ -169,7 +169,10 @@ def _emit_deferred_call(context, builder, job_id, return_type, argtypes, values)
     marker_type = ir.FunctionType(i8p, [ir.IntType(64)])
     marker = cgutils.get_or_insert_function(builder.module, marker_type, MARKER_SYMBOL)
     address = builder.call(marker, [ir.Constant(ir.IntType(64), job_id)])
-    call_conv = context.call_conv
+    # numba-cuda deprecates Context.call_conv for the function descriptor's; numba's cpu context
+    # has only the former
+    fndesc = getattr(context, "fndesc", None)
+    call_conv = getattr(fndesc, "call_conv", None) or context.call_conv
     fn_type = call_conv.get_function_type(return_type, argtypes)
     callee = builder.bitcast(address, fn_type.as_pointer())
     # Same steps as numba's CallConv.call_function, which needs a Function
@@ -209,7 +212,18 @@ def gpu_available() -> bool:
 
 
 def device_compute_capability() -> tuple[int, int]:
-    return tuple(cuda_modules().get_current_device().compute_capability)
+    """The current GPU's (major, minor); a LaunchError when there is no GPU or driver."""
+    try:
+        return tuple(cuda_modules().get_current_device().compute_capability)
+    except Exception as exc:  # numba-cuda's CudaSupportError / driver errors
+        if type(exc).__module__.split(".")[0] not in ("numba", "cuda"):
+            raise
+        from gpuad.errors import LaunchError
+
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise LaunchError(f"the cuda target needs a CUDA GPU and driver, and none is usable here ({first})",
+                          hint="use the cpu target (gpuad.kernel(target='cpu') or GPUAD_TARGET=cpu), "
+                          "or run on a machine with an NVIDIA GPU and its driver") from exc
 
 
 class PtxKernel:

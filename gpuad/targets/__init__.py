@@ -12,13 +12,15 @@ def default_target() -> str:
 
     forced = os.environ.get("GPUAD_TARGET")
     if forced:
-        return check_target(forced)
+        return check_target(forced, "GPUAD_TARGET")
     return "cuda" if gpu_available() else "cpu"
 
 
-def check_target(name: str) -> str:
+def check_target(name: str, source: str = "target") -> str:
     if name not in TARGETS:
         from gpuad.errors import LaunchError
 
-        raise LaunchError(f"unknown target {name!r}", hint="use 'cuda' or 'cpu'")
+        raise LaunchError(f"{source}={name!r} is not a gpuad target (the targets are cuda and cpu)",
+                          hint="use 'cuda' or 'cpu'" if source == "target" else
+                          f"set {source} to cuda or cpu, or unset it")
     return name
