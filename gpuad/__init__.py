@@ -3,6 +3,7 @@
 See docs/design.md for the pipeline: interpret → differentiate → lower → link →
 emit → launch. Enzyme.jl's names, Python spelling.
 """
+from gpuad import config  # noqa: F401 - gpuad.config.verbose
 from gpuad.api import (
     Active,
     Const,

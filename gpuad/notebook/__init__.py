@@ -63,6 +63,9 @@ def load_ipython_extension(ipython) -> None:
         from gpuad.notebook.magics import load_ipython_extension as load
 
     load(ipython)
+    from gpuad.notebook import tracebacks
+
+    tracebacks.install(ipython)  # gpuad errors: the message and the user's frames
 
 
 def __getattr__(name: str):
