@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import logging
 import time
 from typing import Any, Callable
 
@@ -23,6 +24,7 @@ from gpuad.targets import check_target, default_target
 from gpuad.targets import launch as launch_checks
 from gpuad.targets import status as st
 
+log = logging.getLogger("gpuad")  # stages and cache hits at DEBUG
 DEFAULT_BLOCK = 256
 # Generated code that can fail calls these primitives; only such kernels make
 # the host wait for the status array after a launch.
@@ -104,7 +106,10 @@ class Kernel:
 
         key = (argtypes, arch, fastmath, CUDA.version, thread_ownership, derivative_key(self.pyfunc))
         if key in self._cuda:
+            log.debug("kernel %s: cuda compile cache hit (%s)", self.name, arch)
             return self._cuda[key]
+        log.debug("kernel %s: cuda compile cache miss (%s): interpret, differentiate, lower, link, emit",
+                  self.name, arch)
 
         timings: dict[str, float] = {}
         start = time.perf_counter()
@@ -142,6 +147,8 @@ class Kernel:
         )
         compiled = _Compiled(record, lowered.argtypes, lowered.symbol, jobs.jobs)
         self._cuda[key] = compiled
+        log.debug("kernel %s: compiled for %s in %.2f s (%s)", self.name, arch, sum(timings.values()),
+                  ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in timings.items()))
         return compiled
 
     # -- launching -----------------------------------------------------------
@@ -229,7 +236,10 @@ class Kernel:
         # derivative_key: the code and globals of the kernel, of what it calls and differentiates, the rules
         key = (argtypes, CPU.version, derivative_key(self.pyfunc))
         if key not in self._cpu:
+            log.debug("kernel %s: cpu build cache miss", self.name)
             self._cpu[key] = cpu.build_kernel(self.pyfunc, len(argtypes), self.tape_capacity)
+        else:
+            log.debug("kernel %s: cpu build cache hit", self.name)
         return self._cpu[key]
 
     def _location(self) -> SourceLocation:

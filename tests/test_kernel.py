@@ -479,3 +479,27 @@ def test_cuda_intrinsics_a_derivative_cannot_have_are_refused_at_their_line():
     with pytest.raises(gpuad.errors.UnsupportedConstruct, match="atomic updates inside") as info:
         autodiff(Reverse, atomic_inside, Duplicated(np.ones(2), np.zeros(2)), np.zeros(1))
     assert info.value.location.line == atomic_inside.__code__.co_firstlineno + 1
+
+
+def test_the_gpuad_logger_reports_stages_and_cache_hits_at_debug(caplog):
+    """`logging.getLogger("gpuad")`: what gpuad does, at DEBUG (nothing above it)."""
+    import logging
+
+    def logged_kernel(xs, dxs):
+        i = gpuad.thread_index()
+        if i < xs.shape[0]:
+            (d, _w, _s), = autodiff(Reverse, orbit, Active(xs[i]), Active(0.25), 2)
+            dxs[i] = d
+
+    kernel = gpuad.kernel(logged_kernel, target="cpu")
+    with caplog.at_level(logging.DEBUG, logger="gpuad"):
+        kernel.launch(2, np.ones(2), np.zeros(2))
+        first = [r.getMessage() for r in caplog.records]
+        caplog.clear()
+        kernel.launch(2, np.ones(2), np.zeros(2))
+        again = [r.getMessage() for r in caplog.records]
+    assert any("cpu build cache miss" in m for m in first), first
+    assert any("differentiated orbit (Reverse)" in m for m in first), first
+    assert any("compiled by numba" in m for m in first), first
+    assert any("cpu build cache hit" in m for m in again) and not any("differentiated" in m for m in again)
+    assert all(r.levelno == logging.DEBUG for r in caplog.records)

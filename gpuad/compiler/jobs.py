@@ -8,6 +8,7 @@ from several call sites are one job, compiled once.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -17,6 +18,8 @@ from gpuad.compiler.compile_lock import locked
 from gpuad.errors import AutodiffCallError, GpuadError, LoweringError
 from gpuad.interpreter import DeferredSite
 from gpuad.record import JobRecord
+
+log = logging.getLogger("gpuad")
 
 
 @dataclass
@@ -78,7 +81,10 @@ class JobRegistry:
                site.exclusive, site.private)
         job = self._by_key.get(key)
         where = f"{site.location.filename}:{site.location.line}"
-        if job is None:
+        if job is not None:
+            log.debug("job %d (%s of %s): shared with %s", job.id, site.mode.name, site.function.__qualname__,
+                      where)
+        else:
             job = DeferredJob(len(self.jobs) + 1, site, primals, tuple(flat_types))
             job.parent = self._building[-1] if self._building else None
             self._by_key[key] = job
@@ -120,10 +126,15 @@ class JobRegistry:
                 job.derivative = differentiate(
                     job.site.function, job.site.mode, job.site.activities, job.primal_types, **options
                 )
-            self._add_time("differentiate", time.perf_counter() - start)
+            seconds = time.perf_counter() - start
+            self._add_time("differentiate", seconds)
+            log.debug("job %d: differentiated %s (%s) in %.2f s", job.id, job.site.function.__qualname__,
+                      job.site.mode.name, seconds)
             start = time.perf_counter()
             self.compile_job(job)
-            self._add_time("compile_jobs", time.perf_counter() - start)
+            seconds = time.perf_counter() - start
+            self._add_time("compile_jobs", seconds)
+            log.debug("job %d: compiled by numba in %.2f s", job.id, seconds)
         except AutodiffCallError as exc:  # a malformed call: point at the call, not at the function
             raise AutodiffCallError(exc.message, job.site.location, exc.hint) from exc
         except GpuadError:
