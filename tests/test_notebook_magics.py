@@ -117,8 +117,8 @@ def test_cell_runs_in_the_user_namespace_and_kernels_compile_with_options(ip):
 def test_display_bundle_has_text_and_html_and_the_cells_source(ip):
     run(ip, '--args "xs, ws, dxs"', KERNEL_CELL)
     (bundle,) = ip.shown
-    assert bundle["text/plain"] == "gpuad kernel grad_f [cuda, sm_90]: 2 overlays, 1 deferred jobs, " \
-                                   "1 functions linked, PTX small"
+    assert bundle["text/plain"] == "gpuad kernel grad_f [cuda, sm_90]: 2 overlays, 1 deferred job, " \
+                                   "1 function linked"
     assert "gpuad-stage-diff" in bundle["text/html"]
     assert WIDGET_MIMETYPE not in bundle  # a terminal shell has no kernel to draw widgets
     # inspect.getsource found the kernel in the cell (linecache registration).
@@ -217,11 +217,13 @@ def test_runtime_error_in_the_cell_keeps_what_ran_before_it(ip, capsys):
     assert ip.user_ns["a"] == 1 and callable(ip.user_ns["g"]) and "b" not in ip.user_ns
 
 
-def test_failing_launch_points_at_the_kernel_line(ip, capsys):
+def test_failing_launch_points_at_the_kernel_line(ip, capsys, monkeypatch):
+    monkeypatch.setenv("GPUAD_TARGET", "cpu")
     body = "@fake_kernel\ndef grad_f(xs, ws, dxs):\n    for i in range(100):\n        dxs[i] = xs[i]\n"
     error, shown = _error(run(ip, '--args "xs, ws, dxs" --launch 100 --quiet', body), capsys)
     assert (error.kind, error.cell_line) == ("IndexError", 5)
-    assert "IndexError at cell line 5 (in grad_f) while launching grad_f over 100 threads" in shown
+    assert "IndexError at cell line 5 (in grad_f) while launching grad_f over 100 threads " \
+           "on the cpu target" in shown
 
 
 def test_bad_args_expression_is_reported(ip, capsys):
@@ -311,7 +313,7 @@ def test_a_real_gpuad_kernel_compiles_and_displays(shell, monkeypatch, pipeline)
     result = run(shell, '--args "xs, ws, dxs" --launch 8 --gradcheck', body)
     assert result.success, result.error_in_exec
     view, report = shown
-    assert "1 deferred jobs" in view["text/plain"] and "gpuad-mark-marker" in view["text/html"]
+    assert "1 deferred job," in view["text/plain"] and "gpuad-mark-marker" in view["text/html"]
     # Overlaid calls are located by cell and cell line (the %%gpukernel line is line 1).
     overlays = view["text/html"].split('class="gpuad-stage-overlays"')[1].split("</details>")[0]
     assert re.search(r">cell \[\d+\], line 10</td>", overlays)  # gpuad.thread_index()
@@ -319,3 +321,169 @@ def test_a_real_gpuad_kernel_compiles_and_displays(shell, monkeypatch, pipeline)
     assert "<gpukernel-cell-" not in overlays.replace("&lt;", "<").split("title=")[0]
     assert report["text/plain"].startswith("gradcheck of kernel grad_f: PASSED")
 
+
+
+# ------------------------------------------------ real kernels on the cpu target
+
+# Starts with a blank line, as cells often do: IPython's transform drops it, and
+# both inspect.getsource and the cell line numbers must still agree with the cell.
+# Cell lines: 1 %%gpukernel, 2 blank, 12 gpuad.thread_index(), 14 autodiff(...).
+REAL_CELL = '''
+import math
+import gpuad
+from gpuad import autodiff, Reverse, Active
+
+def f(x, w):
+    return math.sin(x) * w
+
+@gpuad.kernel
+def grad_f(xs, ws, dxs):
+    i = gpuad.thread_index()
+    if i < xs.shape[0]:
+        (dx, dw), = autodiff(Reverse, f, Active(xs[i]), Active(ws[i]))
+        dxs[i] = dx
+'''
+REAL_SUMMARY = "gpuad kernel grad_f [{target}, sm_90]: 2 overlays, 1 deferred job, 1 function linked"
+
+
+@pytest.fixture
+def real(shell, monkeypatch, pipeline):
+    """The shell with gpuad's own kernels, no GPU (as on this machine), fresh arrays, displays recorded."""
+    from gpuad.compiler import numba_adapter
+
+    monkeypatch.setattr(numba_adapter, "gpu_available", lambda: False)
+    monkeypatch.delenv("GPUAD_TARGET", raising=False)
+    shown = []
+    monkeypatch.setattr(shell.display_pub, "publish", lambda data, metadata=None, **kw: shown.append(data))
+    for name in ("f", "grad_f"):
+        shell.user_ns.pop(name, None)
+    shell.user_ns.update(xs=np.linspace(-1.0, 1.0, 8), ws=np.full(8, 2.0), dxs=np.zeros(8))
+    shell.shown = shown
+    return shell
+
+
+def _record(shell, target: str):
+    """The record the cell's kernel compiled to (cached: no second compilation)."""
+    ns = shell.user_ns
+    return ns["grad_f"].compile(ns["xs"], ns["ws"], ns["dxs"], target=target)
+
+
+def test_a_real_cell_starting_with_a_blank_line_launches_and_gradchecks_on_the_cpu_target(real):
+    result = run(real, '--args "xs, ws, dxs" --target cpu --launch 8 --gradcheck', REAL_CELL)
+    assert result.success, result.error_in_exec
+    np.testing.assert_allclose(real.user_ns["dxs"], np.cos(real.user_ns["xs"]) * 2.0)
+    view, report = real.shown
+    assert view["text/plain"] == REAL_SUMMARY.format(target="cpu")
+    overlays = view["text/html"].split('class="gpuad-stage-overlays"')[1].split("</details>")[0]
+    assert re.search(r">cell \[\d+\], line 12</td>", overlays)  # gpuad.thread_index()
+    assert re.search(r">cell \[\d+\], line 14</td>", overlays)  # autodiff(...)
+    ptx_lines = len(_record(real, "cpu").ptx.splitlines())
+    assert f"1 function linked, {ptx_lines} PTX lines" in view["text/html"]
+    assert report["text/plain"].startswith("gradcheck of kernel grad_f: PASSED")
+    assert real.user_ns["grad_f"].target is None  # --target chose the launch's target only
+
+
+def test_errors_in_a_cell_starting_with_blank_lines_name_the_cell_line(real, capsys):
+    error, shown = _error(run(real, "", "\n\na = 1\ndef g(x):\n    return x +\n"), capsys)
+    assert (error.kind, error.cell_line) == ("SyntaxError", 6)
+    assert "     6 |     return x +" in shown
+
+
+def test_target_cpu_launches_on_the_cpu_where_cuda_is_the_default(real, monkeypatch):
+    monkeypatch.setenv("GPUAD_TARGET", "cuda")  # the launch used to follow this, not --target
+    result = run(real, '--args "xs, ws, dxs" --target cpu --launch 8 --verbose', REAL_CELL)
+    assert result.success, result.error_in_exec
+    np.testing.assert_allclose(real.user_ns["dxs"], np.cos(real.user_ns["xs"]) * 2.0)
+    assert real.user_ns["grad_f"].target is None
+
+
+def test_launch_steps_name_their_target(real, capsys):
+    assert run(real, '--args "xs, ws, dxs" --target cpu --launch 8 --verbose --quiet', REAL_CELL).success
+    assert "gpuad: launching grad_f over 8 threads on the cpu target: done in" in capsys.readouterr().out
+
+
+NO_GPU = ("%%gpukernel {flag}: no GPU found, so grad_f cannot run on the cuda target ({why}). "
+          "Compiling needs no GPU: its IR and PTX for sm_90 are in the record. "
+          "To run it on this machine, use --target cpu (the cpu target runs the same kernel on the CPU); "
+          "to only compile it, drop {drop}.")
+
+
+@pytest.mark.parametrize("line, env, decorator, flag, why, drop", [
+    ("--target cuda --launch 8", None, "@gpuad.kernel", "--launch", "--target cuda", "--launch"),
+    ("--target cuda --gradcheck", None, "@gpuad.kernel", "--gradcheck", "--target cuda", "--gradcheck"),
+    ("--launch 8", None, '@gpuad.kernel(target="cuda")', "--launch",
+     "the kernel's own target: @gpuad.kernel(target='cuda')", "--launch"),
+    ("--launch 8 --gradcheck", "cuda", "@gpuad.kernel", "--launch", "GPUAD_TARGET=cuda",
+     "--launch and --gradcheck"),
+])
+def test_a_cuda_launch_without_a_gpu_is_refused_after_compiling(real, monkeypatch, line, env, decorator,
+                                                                 flag, why, drop):
+    if env:
+        monkeypatch.setenv("GPUAD_TARGET", env)
+    result = run(real, f'--args "xs, ws, dxs" {line}', REAL_CELL.replace("@gpuad.kernel", decorator))
+    assert isinstance(result.error_in_exec, UsageError), result.error_in_exec
+    assert str(result.error_in_exec) == NO_GPU.format(flag=flag, why=why, drop=drop)
+    (view,) = real.shown  # compiled and displayed, labelled with the target it compiled for
+    assert view["text/plain"] == REAL_SUMMARY.format(target="cuda")
+    assert not real.user_ns["dxs"].any()  # nothing ran, on any target
+
+
+@pytest.fixture
+def terminal(real, monkeypatch):
+    """A terminal IPython: its display shows text/plain only."""
+    monkeypatch.setattr(real.display_formatter, "active_types", ["text/plain"])
+    return real
+
+
+def _text(shell) -> str:
+    (bundle,) = shell.shown
+    assert set(bundle) == {"text/plain"}
+    return bundle["text/plain"]
+
+
+def test_a_terminal_prints_the_stages_show_asks_for_as_text(terminal):
+    assert run(terminal, '--args "xs, ws, dxs" --target cpu --show ptx,jobs', REAL_CELL).success
+    text, record = _text(terminal), _record(terminal, "cpu")
+    assert text.startswith("gpuad kernel grad_f [cpu, sm_90] (array(float64, 1d, C), array(float64, 1d, C), "
+                           "array(float64, 1d, C)): 2 overlays, 1 deferred job, 1 function linked, "
+                           f"{len(record.ptx.splitlines())} PTX lines\n")
+    assert f"\n── PTX ──\n{record.ptx.rstrip()}\n" in text
+    assert text.index("── PTX ──") < text.index("── Deferred jobs ──")  # the order --show gives
+    assert re.search(r"\n1 +f +Reverse +Active, Active +float64, float64 ", text)
+    assert "── Overlays ──" not in text and "── IR after link ──" not in text
+    assert (f"\nnot shown: ir-before ({len(record.ir_before_link.splitlines())} lines), "
+            f"ir-after ({len(record.ir_after_link.splitlines())} lines), diff (") in text
+    assert text.endswith("to print them, name them in --show (e.g. --show ptx,jobs,ir-before,ir-after,diff)")
+
+
+def test_a_terminal_without_show_prints_the_short_stages_and_names_the_long_ones(terminal):
+    assert run(terminal, '--args "xs, ws, dxs" --target cpu', REAL_CELL).success
+    text, record = _text(terminal), _record(terminal, "cpu")
+    for title in ("Overlays", "Deferred jobs", "Derivative source", "Timings"):
+        assert f"\n── {title} ──\n" in text
+    assert re.search(r"\ncell \[\d+\], line 14 +gpuad\.api\.autodiff +gpuad\.api\.autodiff_deferred +grad_f",
+                     text)
+    assert "\n# job 1: Reverse of f\ndef reverse_f(" in text
+    assert re.search(r"\ntotal +\d", text)
+    assert "── PTX ──" not in text and ".target sm_90" in record.ptx and ".target sm_90" not in text
+    assert f"ptx ({len(record.ptx.splitlines())} lines); to print them, name them in --show" in text
+
+
+def test_a_terminal_shows_a_failing_gradchecks_errors_and_tolerance(terminal):
+    half = REAL_CELL.replace("dxs[i] = dx", "dxs[i] = dx * 0.5")  # half the true derivative
+    assert run(terminal, '--args "xs, ws, dxs" --target cpu --launch 8 --gradcheck --quiet', half).success
+    text = _text(terminal)  # --quiet still shows a failing check
+    header, tolerance, columns, _, row = text.splitlines()
+    assert header == ("gradcheck of kernel grad_f: FAILED (xs outside tolerance) — 1 argument(s), "
+                      "rtol=1e-05, atol=1e-08")
+    assert tolerance == "tolerance: |AD - FD| <= atol + rtol * |FD| with rtol=1e-05, atol=1e-08"
+    assert columns.split() == ["argument", "points", "result", "max", "abs", "err", "max", "rel", "err",
+                               "worst", "point", "AD", "at", "worst", "FD", "at", "worst"]
+    name, points, fail, count, abs_err, rel_err, worst, ad, fd = row.split()
+    xs = terminal.user_ns["xs"]
+    # AD = cos(x), FD = 2 cos(x): the largest error is where cos(x) peaks, half of FD.
+    assert (name, points, fail, count) == ("xs", "8", "FAIL", "8/8")
+    assert float(abs_err) == pytest.approx(np.cos(xs).max(), rel=1e-2)
+    assert float(rel_err) == pytest.approx(0.5, rel=1e-2)
+    assert float(ad) == pytest.approx(np.cos(xs[int(worst)]), rel=1e-6)
+    assert float(fd) == pytest.approx(2 * np.cos(xs[int(worst)]), rel=1e-6)

@@ -4,13 +4,16 @@ No compiler logic lives here. The cell runs in the user namespace (what it
 defines stays defined, even when a later step fails); the kernels it
 defined are compiled with `kernel.compile(*args, …)` and shown as a
 `CompilationView`; `--launch` and `--gradcheck` call `kernel.launch` and
-`gpuad.gradient_check.gradcheck_kernel`. Every failure becomes one `CellError`
-that points at a line of the cell.
+`gpuad.gradient_check.gradcheck_kernel` on the target the record names. Every
+failure becomes one `CellError` that points at a line of the cell. A front end
+without HTML (a terminal IPython) gets the text forms: the chosen stages and
+the gradcheck table as text.
 """
 from __future__ import annotations
 
 import inspect
 import time
+from contextlib import contextmanager
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
@@ -20,7 +23,13 @@ from IPython.display import display
 from gpuad.notebook.cells import Cell, CellError, cell_error, register_cell, run_cell
 from gpuad.notebook.info import environment_info
 from gpuad.notebook.names import running_cell_number
-from gpuad.notebook.views import STAGE_KEYS, CompilationView, parse_stages
+from gpuad.notebook.views import (
+    STAGE_KEYS,
+    TEXT_DEFAULT_STAGES,
+    CompilationView,
+    gradcheck_text,
+    parse_stages,
+)
 
 # Classes whose instances count as kernels; None means `gpuad.kernel.Kernel`.
 # Tests (and other front ends) replace it with their own kernel types.
@@ -70,11 +79,16 @@ class GpuadMagics(Magics):
         if (options.launch is not None or options.gradcheck) and options.args is None:
             raise UsageError("%%gpukernel: --launch and --gradcheck need --args EXPR "
                              "(the kernel's arguments)")
-        source = register_cell(cell, execution_count=running_cell_number(self.shell))
+        # What runs is IPython's transform of the cell; registering that text keeps
+        # inspect.getsource in step with the code objects. The transform drops
+        # leading blank lines: the line offset puts them back for cell line numbers.
+        code = self.shell.transform_cell(cell)
+        source = register_cell(code, line_offset=1 + _leading_blank_lines(cell) - _leading_blank_lines(code),
+                               execution_count=running_cell_number(self.shell))
         namespace = self.shell.user_ns
         before = dict(namespace)
         try:
-            run_cell(source, namespace, self.shell.transform_cell(cell))
+            run_cell(source, namespace)
         except Exception as exc:
             raise cell_error(source, exc, doing="running the cell", verbose=options.verbose) from exc
         kernels = self._new_kernels(before, options.kernel)
@@ -138,14 +152,55 @@ class GpuadMagics(Magics):
                                                    # None keeps the kernel's own setting
                                                    fastmath=True if options.fastmath else None))
         if not options.quiet:
+            self._display_record(record, stages, options)
+        if options.launch is None and not options.gradcheck:
+            return
+        target = self._launch_target(source, name, kernel, record, options)
+        with _launching_on(kernel, target):
+            if options.launch is not None:
+                self._step(source, options, f"launching {name} over {options.launch} threads "
+                                            f"on the {target} target",
+                           lambda: kernel.launch(options.launch, *args))
+            if options.gradcheck:
+                report = self._gradcheck(source, name, kernel, args, options, before)
+                if not options.quiet or not report.passed:
+                    self._display_report(report)
+
+    def _text_only(self) -> bool:
+        """A front end that shows no HTML (a terminal IPython shows text/plain only)."""
+        return "text/html" not in self.shell.display_formatter.active_types
+
+    def _display_record(self, record, stages, options) -> None:
+        if not self._text_only():
             display(CompilationView(record, show=stages))
-        if options.launch is not None:
-            self._step(source, options, f"launching {name} over {options.launch} threads",
-                       lambda: kernel.launch(options.launch, *args))
-        if options.gradcheck:
-            report = self._gradcheck(source, name, kernel, args, options, before)
-            if not options.quiet or not report.passed:
-                display(report)
+            return
+        # A terminal cannot fold sections: without --show, the stages that fit on a screen.
+        view = CompilationView(record, show=stages if options.show else TEXT_DEFAULT_STAGES, widget=False)
+        display({"text/plain": view.to_text()}, raw=True)
+
+    def _display_report(self, report) -> None:
+        if self._text_only():
+            display({"text/plain": gradcheck_text(report)}, raw=True)
+        else:
+            display(report)
+
+    def _launch_target(self, source: Cell, name: str, kernel, record, options) -> str:
+        """Where --launch and --gradcheck run: the target the record names, or a refusal.
+
+        Running a kernel meant for cuda on the cpu target instead would pass off
+        the cpu's numbers as the GPU's, so without a GPU a cuda launch is refused.
+        """
+        from gpuad.compiler.numba_adapter import gpu_available
+        from gpuad.targets import default_target
+
+        try:
+            target = options.target or getattr(kernel, "target", None) or default_target()
+        except Exception as exc:  # a bad GPUAD_TARGET
+            raise cell_error(source, exc, doing="choosing the launch target",
+                             verbose=options.verbose) from exc
+        if target == "cuda" and not gpu_available():
+            raise UsageError(_no_gpu_message(name, kernel, record, options))
+        return target
 
     def _step(self, source: Cell, options, doing: str, action):
         """Run one step; time it when verbose; turn its failure into a CellError."""
@@ -184,6 +239,40 @@ class GpuadMagics(Magics):
             raise UsageError(f"%%gpukernel --gradcheck: pass --primal NAME, the scalar function the kernel "
                              f"differentiates (plain functions defined by this cell: {found})")
         return namespace[candidates[0]]
+
+
+@contextmanager
+def _launching_on(kernel, target: str):
+    """Launch `kernel` on `target` (what --target chose) and restore its own setting after."""
+    if not hasattr(kernel, "target"):  # a kernel type without targets
+        yield
+        return
+    saved = kernel.target
+    kernel.target = target
+    try:
+        yield
+    finally:
+        kernel.target = saved
+
+
+def _no_gpu_message(name: str, kernel, record, options) -> str:
+    flag = "--launch" if options.launch is not None else "--gradcheck"
+    both = "--launch and --gradcheck"
+    if options.target:
+        why = "--target cuda"
+    elif getattr(kernel, "target", None):
+        why = f"the kernel's own target: @gpuad.kernel(target={kernel.target!r})"
+    else:
+        why = "GPUAD_TARGET=cuda"
+    return (f"%%gpukernel {flag}: no GPU found, so {name} cannot run on the cuda target ({why}). "
+            f"Compiling needs no GPU: its IR and PTX for {record.arch} are in the record. "
+            f"To run it on this machine, use --target cpu (the cpu target runs the same kernel on the CPU); "
+            f"to only compile it, drop {both if options.gradcheck and options.launch is not None else flag}.")
+
+
+def _leading_blank_lines(text: str) -> int:
+    lines = text.splitlines()
+    return next((k for k, line in enumerate(lines) if line.strip()), len(lines))
 
 
 def _unquote(text: str) -> str:

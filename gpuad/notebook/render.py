@@ -291,16 +291,16 @@ def render_timings(timings: dict[str, float]) -> str:
             f'<td style="width: 60%"><div class="gpuad-bar" style="background-color: #4c8bf5; '
             f'width: {width:.1f}%; height: 0.9em"></div></td>'
             f'<td style="padding: 1px 0 1px 8px; text-align: right; font-family: monospace">'
-            f"{_format_seconds(seconds)}</td></tr>"
+            f"{format_seconds(seconds)}</td></tr>"
         )
     total = (f'<tr><td style="padding-top: 4px; font-weight: bold">total</td><td></td>'
              f'<td style="text-align: right; font-family: monospace; font-weight: bold">'
-             f"{_format_seconds(sum(timings.values()))}</td></tr>")
+             f"{format_seconds(sum(timings.values()))}</td></tr>")
     return (f'<table style="border-collapse: collapse; width: 100%; {TABLE_FONT}">'
             f'{"".join(rows)}{total}</table>')
 
 
-def _format_seconds(seconds: float) -> str:
+def format_seconds(seconds: float) -> str:
     return f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 

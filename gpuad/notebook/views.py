@@ -1,9 +1,11 @@
 """The display of a compilation: a tabbed widget and its static HTML twin.
 
 `CompilationView(record)` is what `%%gpukernel` displays. Its MIME bundle
-carries `text/plain` (the record's deterministic summary, for nbval),
+carries `text/plain` (a deterministic one-line summary, for nbval),
 `text/html` (every stage as a foldable section, readable without a kernel)
 and, when a kernel with ipywidgets is attached, the widget view.
+`to_text()` is the text form a terminal IPython shows: the summary and the
+chosen stages as plain text; `gradcheck_text` is the gradcheck table as text.
 """
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from gpuad.notebook import render
-from gpuad.notebook.irdiff import IRDiff, diff_ir
+from gpuad.notebook.irdiff import LINK_REF, LINKED, MARKER, Collapsed, IRDiff, diff_ir
+from gpuad.notebook.names import short_location, short_symbol
 from gpuad.notebook.outline import outline
 from gpuad.record import CompilationRecord
 
@@ -41,6 +44,29 @@ STAGES = (
 STAGE_KEYS = tuple(s.key for s in STAGES)
 _TITLES = {s.key: s.title for s in STAGES}
 _BY_NAME = {name: s.key for s in STAGES for name in (s.key, *s.aliases)}
+# What a terminal prints when --show is not given: the stages that fit on a
+# screen. The modules and the diff run to hundreds of lines; the text form
+# names them with their sizes so the user can ask for them.
+TEXT_DEFAULT_STAGES = ("overlays", "jobs", "derivatives", "timings")
+_MODULE_STAGES = ("ir-before", "ir-after", "diff", "ptx")
+
+
+def plural(count: int, word: str, words: str | None = None) -> str:
+    """`1 deferred job`, `2 deferred jobs`."""
+    return f"{count} {word if count == 1 else (words or word + 's')}"
+
+
+def summary_line(record: CompilationRecord) -> str:
+    """The one-line summary: what nbval compares, so only facts that change with the kernel.
+
+    The PTX size is left out: it changes with the numba and NVVM versions,
+    not with the user's code (the HTML header and the text form give its
+    line count). A record without PTX says so.
+    """
+    text = (f"gpuad kernel {record.kernel_name} [{record.target}, {record.arch}]: "
+            f"{plural(len(record.overlays), 'overlay')}, {plural(len(record.jobs), 'deferred job')}, "
+            f"{plural(len(record.linked_functions), 'function')} linked")
+    return text if record.ptx else text + ", no PTX"
 
 
 def parse_stages(spec: str | Iterable[str] | None) -> tuple[str, ...]:
@@ -99,9 +125,54 @@ class CompilationView:
             f'<div style="margin-bottom: 6px"><b>gpuad kernel <span style="font-family: monospace">'
             f'{html.escape(r.kernel_name)}</span></b> '
             f'<span style="color: {render.MUTED}">[{html.escape(r.target)}, {html.escape(r.arch)}] '
-            f"({html.escape(signature)}) — {len(r.overlays)} overlays, {len(r.jobs)} deferred jobs, "
-            f"{len(self.diff.linked_functions)} functions linked</span></div>"
+            f"({html.escape(signature)}) — {html.escape(self._counts())}</span></div>"
         )
+
+    def _counts(self) -> str:
+        r = self.record
+        ptx = plural(len(r.ptx.splitlines()), "PTX line") if r.ptx else "no PTX"
+        return (f"{plural(len(r.overlays), 'overlay')}, {plural(len(r.jobs), 'deferred job')}, "
+                f"{plural(len(self.diff.linked_functions), 'function')} linked, {ptx}")
+
+    def to_text(self) -> str:
+        """The summary and each chosen stage as plain text (a terminal's display)."""
+        r = self.record
+        parts = [f"gpuad kernel {r.kernel_name} [{r.target}, {r.arch}] ({', '.join(r.signature)}): "
+                 f"{self._counts()}"]
+        for key in self.stages:
+            parts.append(f"\n── {_TITLES[key]} ──\n{self.stage_text(key)}")
+        left_out = [key for key in STAGE_KEYS if key not in self.stages and self._line_count(key)]
+        if left_out:
+            sizes = ", ".join(f"{key} ({plural(self._line_count(key), 'line')})" for key in left_out)
+            parts.append(f"\nnot shown: {sizes}; to print them, name them in --show "
+                         f"(e.g. --show {','.join((*self.stages, *left_out))})")
+        return "\n".join(parts)
+
+    def stage_text(self, key: str) -> str:
+        """The plain text of one stage."""
+        r = self.record
+        texts = {
+            "source": lambda: r.source.rstrip("\n"),
+            "overlays": lambda: text_overlays(r),
+            "jobs": lambda: text_jobs(r),
+            "derivatives": lambda: text_derivatives(r),
+            "ir-before": lambda: r.ir_before_link.rstrip("\n") or "(not produced by this compilation)",
+            "ir-after": lambda: r.ir_after_link.rstrip("\n") or "(not produced by this compilation)",
+            "diff": lambda: text_diff(self.diff) if (r.ir_before_link or r.ir_after_link)
+            else "(no IR to compare)",
+            "ptx": lambda: r.ptx.rstrip("\n") or "(not produced by this compilation)",
+            "timings": lambda: text_timings(r.timings),
+        }
+        return texts[key]()
+
+    def _line_count(self, key: str) -> int:
+        r = self.record
+        if key == "diff":
+            return len(self.stage_text("diff").splitlines()) if r.ir_before_link or r.ir_after_link else 0
+        if key in _MODULE_STAGES:
+            return len({"ir-before": r.ir_before_link, "ir-after": r.ir_after_link, "ptx": r.ptx}[key]
+                       .splitlines())
+        return 0  # the short stages are not worth naming
 
     def to_html(self) -> str:
         """Every stage as a section; the first one open."""
@@ -113,7 +184,7 @@ class CompilationView:
         return render.panel(self.header_html() + "".join(sections))
 
     def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
-        bundle = {"text/plain": self.record.summary(), "text/html": self.to_html()}
+        bundle = {"text/plain": summary_line(self.record), "text/html": self.to_html()}
         if self._widget_wanted or (self._widget_wanted is None and _kernel_can_show_widgets()):
             view = self.widget()._repr_mimebundle_()
             if view and WIDGET_MIMETYPE in view:
@@ -121,13 +192,103 @@ class CompilationView:
         return bundle
 
     def __repr__(self) -> str:
-        return self.record.summary()
+        return summary_line(self.record)
 
     def widget(self):
         """The interactive view: one tab per stage (built once)."""
         if not hasattr(self, "_widget"):
             self._widget = _build_widget(self)
         return self._widget
+
+
+def text_table(header: list[str], rows: list[list[str]]) -> str:
+    """Columns padded to their widest cell, a rule under the header."""
+    widths = [max(len(str(row[k])) for row in [header, *rows]) for k in range(len(header))]
+
+    def line(cells) -> str:
+        return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
+
+    return "\n".join([line(header), line("-" * w for w in widths), *(line(row) for row in rows)])
+
+
+def text_overlays(record: CompilationRecord) -> str:
+    if not record.overlays:
+        return "No call was overlaid: every call resolved to its original function."
+    rows = [[short_location(o.call_site).text, o.original, o.replacement, o.function]
+            for o in record.overlays]
+    return text_table(["call site", "original", "replacement", "function"], rows)
+
+
+def text_jobs(record: CompilationRecord) -> str:
+    if not record.jobs:
+        return "No deferred jobs: the kernel makes no autodiff call."
+    rows = [[str(j.id), j.function, j.mode, ", ".join(j.activities), ", ".join(j.argument_types),
+             short_symbol(j.symbol).text] for j in record.jobs]
+    return text_table(["id", "function", "mode", "activities", "types", "symbol"], rows)
+
+
+def text_derivatives(record: CompilationRecord) -> str:
+    if not record.adjoint_sources:
+        return "No derivative source was generated."
+    jobs = {j.id: j for j in record.jobs}
+    parts = []
+    for job_id, source in sorted(record.adjoint_sources.items()):
+        job = jobs.get(job_id)
+        parts.append(f"# job {job_id}" + (f": {job.mode} of {job.function}" if job else ""))
+        parts.append(source.rstrip("\n"))
+    return "\n".join(parts)
+
+
+# The diff's marks, as a note at the end of the line (the HTML colours them).
+_MARK_NOTE = {MARKER: "<- deferred-codegen marker", LINKED: "<- linked function",
+              LINK_REF: "<- refers to a linked function"}
+
+
+def text_diff(diff: IRDiff, context: int = 3) -> str:
+    """A unified diff, old and new line numbers in front, as `git diff` views show it."""
+    lines = [f"{diff.deleted} lines removed, {diff.inserted} added; functions linked: "
+             + (", ".join(short_symbol(n).text for n in diff.linked_functions) or "none")]
+    previous = ""
+    for item in diff.unified(context):
+        if isinstance(item, Collapsed):
+            lines.append(f"   ⋯ {item.count} unchanged lines ⋯")
+            previous = ""
+            continue
+        sign = {"equal": " ", "delete": "-", "insert": "+"}[item.tag]
+        old, new = ("" if n is None else n for n in (item.old, item.new))
+        # A linked function is noted on its first line only, not on every line of its body.
+        noted = item.mark and not (item.mark == LINKED and previous == LINKED)
+        note = f"   {_MARK_NOTE[item.mark]}" if noted else ""
+        lines.append(f"{sign}{old:>6}{new:>6}  {item.text}{note}")
+        previous = item.mark
+    return "\n".join(lines)
+
+
+def text_timings(timings: dict[str, float]) -> str:
+    if not timings:
+        return "No timings recorded."
+    rows = [[stage, render.format_seconds(seconds)] for stage, seconds in timings.items()]
+    rows.append(["total", render.format_seconds(sum(timings.values()))])
+    return text_table(["stage", "time"], rows)
+
+
+def gradcheck_text(report) -> str:
+    """A gradcheck report as text: verdict, tolerance, and each argument's errors.
+
+    The report's own repr is one deterministic line (for nbval); a terminal
+    has no HTML table, so this is the table it shows instead.
+    """
+    tolerance = (f"tolerance: |AD - FD| <= atol + rtol * |FD| with rtol={report.rtol:g}, "
+                 f"atol={report.atol:g}")
+    rows = [[c.name, str(c.points), "ok" if c.passed else f"FAIL {c.failures}/{c.points}",
+             f"{c.max_abs_error:.3g}", f"{c.max_rel_error:.3g}",
+             "" if c.worst_point is None else str(c.worst_point), f"{c.ad:.8g}", f"{c.fd:.8g}"]
+            for c in report.checks]
+    # A kernel's check compares many points: its AD and FD are those at the worst one.
+    at = " at worst" if any(c.worst_point is not None for c in report.checks) else ""
+    table = text_table(["argument", "points", "result", "max abs err", "max rel err", "worst point",
+                        f"AD{at}", f"FD{at}"], rows)
+    return f"{report!r}\n{tolerance}\n{table}"
 
 
 def _kernel_can_show_widgets() -> bool:
