@@ -67,6 +67,14 @@ def test_a_bad_thread_count_or_block_is_refused_on_both_targets(target, n, block
     assert "kernel double" in str(info.value)
 
 
+def test_launch_without_the_thread_count_says_how_to_call_it():
+    xs, out = np.ones(4), np.zeros(4)
+    words = r"needs the number of threads n first.*array of shape \(4,\)"
+    with pytest.raises(LaunchError, match=words) as info:
+        gpuad.kernel(double, target="cpu").launch(xs, out)
+    assert "kernel.launch(n, *arguments)" in info.value.hint
+
+
 def test_more_blocks_than_cuda_allows_are_refused():
     # Only the cuda target here: were the check lost, the cpu target would run 2**62 threads.
     with pytest.raises(LaunchError, match=f"needs {2**62} blocks of 1 threads"):

@@ -81,9 +81,12 @@ def launch_config(pyfunc, config) -> tuple[tuple[int, int, int], tuple[int, int,
 def threads_config(pyfunc, n, block) -> tuple[tuple[int, int, int], tuple[int, int, int]] | None:
     """`launch(n, block=...)`: (grid, block) for n threads, or None for n = 0 (nothing runs)."""
     if not (_is_int(n) and 0 <= n <= MAX_THREADS):
+        got = f"an array of shape {n.shape}" if hasattr(n, "shape") else repr(n)
         raise LaunchError(
-            f"kernel {pyfunc.__name__}: launch(n) needs an int 0 <= n < 2**63, got {n!r}",
-            kernel_location(pyfunc),
+            f"kernel {pyfunc.__name__}: launch(n, ...) needs the number of threads n first, an int "
+            f"0 <= n < 2**63, got {got}", kernel_location(pyfunc),
+            hint=f"launch {pyfunc.__name__} as kernel.launch(n, *arguments), e.g. "
+                 "kernel.launch(xs.shape[0], xs, dxs)",
         )
     if not _is_int(block):
         raise LaunchError(f"kernel {pyfunc.__name__}: block={block!r} must be an int",
