@@ -155,7 +155,7 @@ class GpuadMagics(Magics):
             self._display_record(record, stages, options)
         if options.launch is None and not options.gradcheck:
             return
-        target = self._launch_target(source, name, kernel, record, options)
+        target = self._launch_target(name, kernel, record, options)
         with _launching_on(kernel, target):
             if options.launch is not None:
                 self._step(source, options, f"launching {name} over {options.launch} threads "
@@ -184,7 +184,7 @@ class GpuadMagics(Magics):
         else:
             display(report)
 
-    def _launch_target(self, source: Cell, name: str, kernel, record, options) -> str:
+    def _launch_target(self, name: str, kernel, record, options) -> str:
         """Where --launch and --gradcheck run: the target the record names, or a refusal.
 
         Running a kernel meant for cuda on the cpu target instead would pass off
@@ -193,11 +193,8 @@ class GpuadMagics(Magics):
         from gpuad.compiler.numba_adapter import gpu_available
         from gpuad.targets import default_target
 
-        try:
-            target = options.target or getattr(kernel, "target", None) or default_target()
-        except Exception as exc:  # a bad GPUAD_TARGET
-            raise cell_error(source, exc, doing="choosing the launch target",
-                             verbose=options.verbose) from exc
+        # The same choice kernel.compile made (a bad GPUAD_TARGET already failed there).
+        target = options.target or getattr(kernel, "target", None) or default_target()
         if target == "cuda" and not gpu_available():
             raise UsageError(_no_gpu_message(name, kernel, record, options))
         return target
