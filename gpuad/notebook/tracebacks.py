@@ -35,7 +35,8 @@ def short_report(exc: GpuadError) -> str:
 
 def show_gpuad_error(shell, etype, value, tb, tb_offset=None):
     """IPython custom exception handler for GpuadError."""
-    if config.verbose:
+    # An error that renders itself (the %%gpukernel magic's CellError: cell line, code, hint) keeps that.
+    if config.verbose or hasattr(value, "_render_traceback_"):
         shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
     else:
         print(short_report(value), end="", file=sys.stderr)
