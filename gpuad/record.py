@@ -20,6 +20,11 @@ class OverlayRecord:
     function: str  # the function in which the call was found
 
 
+def plural(count: int, word: str, words: str | None = None) -> str:
+    """`1 deferred job`, `2 deferred jobs`."""
+    return f"{count} {word if count == 1 else (words or word + 's')}"
+
+
 @dataclass(frozen=True)
 class JobRecord:
     """One deferred-codegen job: a derivative compiled as its own unit."""
@@ -79,17 +84,16 @@ class CompilationRecord:
         return json.dumps(self.to_dict(), **kwargs)
 
     def summary(self) -> str:
-        """A short deterministic text form (what nbval compares)."""
-        ptx_kib = len(self.ptx.encode()) / 1024
-        if not self.ptx:
-            size = "none"
-        else:
-            size = "small" if ptx_kib < 16 else "medium" if ptx_kib < 128 else "large"
-        return (
-            f"gpuad kernel {self.kernel_name} [{self.target}, {self.arch}]: "
-            f"{len(self.overlays)} overlays, {len(self.jobs)} deferred jobs, "
-            f"{len(self.linked_functions)} functions linked, PTX {size}"
-        )
+        """The one-line summary: what nbval compares, so only facts that change with the kernel.
+
+        The PTX size is left out: it changes with the numba and NVVM versions, not
+        with the user's code (the HTML header and the text form give its line
+        count). A record without PTX says so.
+        """
+        text = (f"gpuad kernel {self.kernel_name} [{self.target}, {self.arch}]: "
+                f"{plural(len(self.overlays), 'overlay')}, {plural(len(self.jobs), 'deferred job')}, "
+                f"{plural(len(self.linked_functions), 'function')} linked")
+        return text if self.ptx else text + ", no PTX"
 
     def __repr__(self) -> str:
         return f"<CompilationRecord {self.summary()}>"

@@ -15,7 +15,7 @@ needs_no_gpu = pytest.mark.skipif(gpu_available(), reason="checks what a machine
 def test_demo_reports_stages_diff_and_a_passing_gradient(capsys):
     assert main(["demo", "--n", "64", "--target", "cpu"]) == 0
     out = capsys.readouterr().out
-    assert "1 deferred jobs, 1 functions linked" in out
+    assert "1 deferred job, 1 function linked" in out
     assert '-  %".' in out and 'call i8* @"gpuad.deferred_codegen"(i64 1)' in out
     assert '+  %".' in out and "bitcast i32 (" in out
     assert "ran 64 threads on the cpu target" in out and "(ok)" in out

@@ -18,7 +18,7 @@ from gpuad.notebook import render
 from gpuad.notebook.irdiff import LINK_REF, LINKED, MARKER, Collapsed, IRDiff, diff_ir
 from gpuad.notebook.names import short_location, short_symbol
 from gpuad.notebook.outline import outline
-from gpuad.record import CompilationRecord
+from gpuad.record import CompilationRecord, plural
 
 WIDGET_MIMETYPE = "application/vnd.jupyter.widget-view+json"
 
@@ -51,22 +51,9 @@ TEXT_DEFAULT_STAGES = ("overlays", "jobs", "derivatives", "timings")
 _MODULE_STAGES = ("ir-before", "ir-after", "diff", "ptx")
 
 
-def plural(count: int, word: str, words: str | None = None) -> str:
-    """`1 deferred job`, `2 deferred jobs`."""
-    return f"{count} {word if count == 1 else (words or word + 's')}"
-
-
 def summary_line(record: CompilationRecord) -> str:
-    """The one-line summary: what nbval compares, so only facts that change with the kernel.
-
-    The PTX size is left out: it changes with the numba and NVVM versions,
-    not with the user's code (the HTML header and the text form give its
-    line count). A record without PTX says so.
-    """
-    text = (f"gpuad kernel {record.kernel_name} [{record.target}, {record.arch}]: "
-            f"{plural(len(record.overlays), 'overlay')}, {plural(len(record.jobs), 'deferred job')}, "
-            f"{plural(len(record.linked_functions), 'function')} linked")
-    return text if record.ptx else text + ", no PTX"
+    """The one-line summary (`CompilationRecord.summary`: what nbval compares)."""
+    return record.summary()
 
 
 def parse_stages(spec: str | Iterable[str] | None) -> tuple[str, ...]:
