@@ -56,7 +56,7 @@ def host_autodiff(mode, f, args):
             "a rule of yours (gpuad.rule), make that rule compile with numba, otherwise please "
             "report it as a gpuad bug",
         ) from exc
-    st.raise_for_status(status, f.__name__, [job], DEFAULT_TAPE_CAPACITY)
+    st.raise_for_status(status, f.__name__, [job.facts()], DEFAULT_TAPE_CAPACITY)
     return result
 
 

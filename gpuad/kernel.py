@@ -36,12 +36,12 @@ class _Compiled:
     record: CompilationRecord
     argtypes: tuple
     symbol: str
-    jobs: list = dataclasses.field(default_factory=list)  # the DeferredJobs, for error reports
+    jobs: list = dataclasses.field(default_factory=list)  # JobFacts: error reports, atomics
     device_kernel: Any = None  # loaded PTX, once launched on a GPU
 
     @property
     def drops_atomics(self) -> bool:
-        return any(job.derivative.own_arrays for job in self.jobs)
+        return any(job.own_arrays for job in self.jobs)
 
 
 class Kernel:
@@ -145,7 +145,7 @@ class Kernel:
             ir_before_link=lowered.ir_text, ir_after_link=linked.ir_text, ptx=ptx,
             timings=timings,
         )
-        compiled = _Compiled(record, lowered.argtypes, lowered.symbol, jobs.jobs)
+        compiled = _Compiled(record, lowered.argtypes, lowered.symbol, [job.facts() for job in jobs.jobs])
         self._cuda[key] = compiled
         log.debug("kernel %s: compiled for %s in %.2f s (%s)", self.name, arch, sum(timings.values()),
                   ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in timings.items()))
@@ -184,7 +184,10 @@ class Kernel:
         try:
             cpu_kernel = self._cpu_kernel(argtypes)
             with first_call(cpu_kernel.run):  # numba compiles the kernel on its first launch
-                cpu_kernel.launch(n_threads, block, args, self._status_check(cpu_kernel.jobs.jobs),
+                def facts():
+                    return [job.facts() for job in cpu_kernel.jobs.jobs]
+
+                cpu_kernel.launch(n_threads, block, args, self._status_check(facts),
                                   groups, writes)
         except GpuadError:
             raise
@@ -208,7 +211,7 @@ class Kernel:
             )
         try:
             cuda_target.launch(compiled.device_kernel, griddim, blockdim, args,
-                               self._status_check(compiled.jobs), groups, writes)
+                               self._status_check(lambda: compiled.jobs), groups, writes)
         except Exception as exc:
             if "CUDA_ERROR_OUT_OF_MEMORY" not in str(exc) or not compiled.record.local_memory_bytes:
                 raise
@@ -218,11 +221,13 @@ class Kernel:
             raise local_memory.out_of_memory(self.name, frame, self.tape_capacity,
                                              cuda_target.resident_threads(), self._location()) from exc
 
-    def _status_check(self, jobs) -> Callable:
+    def _status_check(self, jobs: Callable[[], list]) -> Callable:
+        """`on_status` for a launch; `jobs()` gives its JobFacts once the launch has run (the cpu
+        target creates its jobs while numba compiles the kernel at its first launch)."""
         from gpuad.ad import DEFAULT_TAPE_CAPACITY
 
         capacity = self.tape_capacity or DEFAULT_TAPE_CAPACITY
-        return lambda status: st.raise_for_status(status, self.name, jobs, capacity)
+        return lambda status: st.raise_for_status(status, self.name, jobs(), capacity)
 
     def _device_arch(self) -> str:
         major, minor = numba_adapter.device_compute_capability()

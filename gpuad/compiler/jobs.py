@@ -22,6 +22,18 @@ from gpuad.record import JobRecord
 log = logging.getLogger("gpuad")
 
 
+@dataclass(frozen=True)
+class JobFacts:
+    """What a launch needs of a compiled job: its derivative's source (which lines can report an
+    overflow), the arrays it updates without atomics, and the function it differentiates. Plain
+    data, so a compiled kernel can be kept on disk (`gpuad.compiler.disk_cache`)."""
+
+    source: str
+    own_arrays: frozenset
+    filename: str
+    function: str
+
+
 @dataclass
 class DeferredJob:
     id: int
@@ -35,6 +47,11 @@ class DeferredJob:
     compiled: Any = None  # what the cpu target calls
     call_sites: list[str] = field(default_factory=list)
     parent: int | None = None
+
+    def facts(self) -> JobFacts:
+        code = self.site.function.__code__
+        return JobFacts(self.derivative.source, frozenset(self.derivative.own_arrays), code.co_filename,
+                        code.co_name)
 
     def record(self) -> JobRecord:
         return JobRecord(

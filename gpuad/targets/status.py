@@ -30,7 +30,7 @@ def status_type():
 
 
 def raise_for_status(status: np.ndarray, kernel_name: str, jobs, tape_capacity: int) -> None:
-    """Raise for an error the launch reported; `jobs` are the launch's deferred jobs.
+    """Raise for an error the launch reported; `jobs` are the launch's `JobFacts`.
 
     `tape_capacity` is the kernel's setting, in loop iterations; the status
     counts tape entries (a loop may tape several values per iteration).
@@ -62,7 +62,6 @@ def raise_for_status(status: np.ndarray, kernel_name: str, jobs, tape_capacity: 
 def _loop_owner(jobs, line: int) -> tuple[str, str]:
     """File and name of the differentiated function whose loop at `line` overflowed."""
     for job in jobs:
-        if f"_overflow(status, {line}," in job.derivative.source:
-            code = job.site.function.__code__
-            return code.co_filename, code.co_name
+        if f"_overflow(status, {line}," in job.source:
+            return job.filename, job.function
     return "<unknown>", ""
