@@ -79,6 +79,22 @@ def info(args: argparse.Namespace) -> int:
     return 0 if diagnosis.ok else 1
 
 
+def cache(args: argparse.Namespace) -> int:
+    """`gpuad cache info` / `gpuad cache clear`: the on-disk kernel cache."""
+    from gpuad.compiler import disk_cache
+
+    if args.action == "clear":
+        print(f"removed {disk_cache.clear()} cached kernels from {disk_cache.directory()}")
+        return 0
+    listed = disk_cache.entries()
+    size = sum(size for _, size, _ in listed)
+    state = "on" if disk_cache.enabled() else "off (GPUAD_CACHE=0)"
+    print(f"kernel cache: {disk_cache.directory()} ({state})\n"
+          f"{len(listed)} kernel{'' if len(listed) == 1 else 's'}, {size / 2**20:.1f} MiB of "
+          f"{disk_cache.max_bytes() / 2**20:.0f} MiB (GPUAD_CACHE_MAX_MB)")
+    return 0
+
+
 def version() -> str:
     from gpuad import __version__
 
@@ -96,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     demo_parser.set_defaults(run=demo)
     commands.add_parser("info", help="check each component (NVVM, NVRTC, driver, GPU, versions) "
                         "and say which targets work").set_defaults(run=info)
+    cache_parser = commands.add_parser("cache", help="the on-disk cache of compiled kernels")
+    cache_parser.add_argument("action", choices=("info", "clear"))
+    cache_parser.set_defaults(run=cache)
     args = parser.parse_args(argv)
     return run(args)
 

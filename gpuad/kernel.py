@@ -13,7 +13,7 @@ import time
 from typing import Any, Callable
 
 from gpuad.ad.cache_key import derivative_key
-from gpuad.compiler import numba_adapter
+from gpuad.compiler import disk_cache, numba_adapter
 from gpuad.compiler.compile_lock import first_call, locked
 from gpuad.compiler.emit import emit_ptx, parse_arch
 from gpuad.compiler.link import JobModule, link_deferred
@@ -108,6 +108,13 @@ class Kernel:
         if key in self._cuda:
             log.debug("kernel %s: cuda compile cache hit (%s)", self.name, arch)
             return self._cuda[key]
+        from gpuad.ad import DEFAULT_TAPE_CAPACITY
+
+        stored_as = disk_cache.kernel_key(self.pyfunc, argtypes, arch, fastmath, thread_ownership,
+                                          self.tape_capacity or DEFAULT_TAPE_CAPACITY)
+        if stored_as is not None and (compiled := self._from_disk(stored_as)) is not None:
+            self._cuda[key] = compiled
+            return compiled
         log.debug("kernel %s: cuda compile cache miss (%s): interpret, differentiate, lower, link, emit",
                   self.name, arch)
 
@@ -147,9 +154,22 @@ class Kernel:
         )
         compiled = _Compiled(record, lowered.argtypes, lowered.symbol, [job.facts() for job in jobs.jobs])
         self._cuda[key] = compiled
+        if stored_as is not None:
+            disk_cache.store(stored_as, {"record": record, "argtypes": compiled.argtypes,
+                                         "symbol": compiled.symbol, "jobs": compiled.jobs})
         log.debug("kernel %s: compiled for %s in %.2f s (%s)", self.name, arch, sum(timings.values()),
                   ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in timings.items()))
         return compiled
+
+    def _from_disk(self, stored_as: str) -> _Compiled | None:
+        start = time.perf_counter()
+        entry = disk_cache.load(stored_as)
+        if entry is None:
+            return None
+        seconds = time.perf_counter() - start
+        log.debug("kernel %s: disk cache hit (%.3f s)", self.name, seconds)
+        record = dataclasses.replace(entry["record"], timings={"disk cache": seconds})
+        return _Compiled(record, entry["argtypes"], entry["symbol"], entry["jobs"])
 
     # -- launching -----------------------------------------------------------
 

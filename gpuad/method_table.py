@@ -37,6 +37,9 @@ class MethodTable:
         # Inside any kernel, `autodiff` is deferred: its derivative becomes a
         # separate job linked into the kernel (CUDA.jl overlays Enzyme's the same way).
         self.add(api.autodiff, api.autodiff_deferred)
+        # The version with gpuad's own overlays only (a target sets it once it installed
+        # them): kernels compiled then do not depend on the user's, and may be kept on disk.
+        self.builtin_version = self.version
 
     def add(self, original: Any, replacement: Any, *, needs_context: bool = False,
             spelled: tuple[Any, str] | None = None) -> None:

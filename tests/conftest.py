@@ -1,5 +1,10 @@
-"""Shared test set-up: the `gpu` marker skips without a usable GPU."""
+"""Shared test set-up: the `gpu` marker skips without a usable GPU; the on-disk kernel cache is
+off unless a test turns it on (a hit would replace the stage timings tests look at)."""
+import os
+
 import pytest
+
+os.environ.setdefault("GPUAD_CACHE", "0")
 
 
 def pytest_collection_modifyitems(config, items):
