@@ -185,7 +185,7 @@ class _Report:
 
 def _new_figure():
     # A bare Figure (no pyplot): no global state, no GUI backend, nothing left open.
-    from gpuad.notebook import require
+    from gpuad.notebook.extras import require
 
     Figure = require("matplotlib.figure", "savefig and gradient plots").Figure
 
@@ -562,7 +562,7 @@ class JacobianReport(_Report):
 
     def figure(self):
         """Heat maps side by side: AD Jacobian, FD Jacobian (shared colour scale), |AD − FD| (log scale)."""
-        from gpuad.notebook import missing_extra_refused
+        from gpuad.notebook.extras import missing_extra_refused
 
         with missing_extra_refused("Jacobian heat maps"):
             from matplotlib import colormaps
