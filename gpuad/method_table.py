@@ -37,9 +37,18 @@ class MethodTable:
         # Inside any kernel, `autodiff` is deferred: its derivative becomes a
         # separate job linked into the kernel (CUDA.jl overlays Enzyme's the same way).
         self.add(api.autodiff, api.autodiff_deferred)
-        # The version with gpuad's own overlays only (a target sets it once it installed
-        # them): kernels compiled then do not depend on the user's, and may be kept on disk.
-        self.builtin_version = self.version
+        self._builtin: tuple[dict, dict] = ({}, {})
+        self.mark_builtin()
+
+    def mark_builtin(self) -> None:
+        """The overlays now are gpuad's own (a target calls this once it installed them)."""
+        self._builtin = (dict(self._overlays), dict(self._attributes))
+
+    def only_builtin(self) -> bool:
+        """Only gpuad's own overlays are in place: a kernel compiled now does not depend on the
+        user's, so it may be kept on disk (`gpuad.compiler.disk_cache`)."""
+        return all(now.keys() == then.keys() and all(now[k] is then[k] for k in now)
+                   for now, then in zip((self._overlays, self._attributes), self._builtin))
 
     def add(self, original: Any, replacement: Any, *, needs_context: bool = False,
             spelled: tuple[Any, str] | None = None) -> None:

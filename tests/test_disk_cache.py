@@ -72,20 +72,39 @@ def test_what_has_no_stable_name_is_not_kept_on_disk(cache, monkeypatch):
     read_by_identity = kernel_source(helper_body="return x * TABLE[0]").replace("SCALE = 2.0", "")
     assert key_of(define(read_by_identity, TABLE=np.ones(3)), "t") is None  # an array global
     scope = define(kernel_source())
-    monkeypatch.setattr("gpuad.ad.rules._version", 1)  # a user rule registered in this process
-    assert key_of(scope, "t") is None
-    monkeypatch.undo()
+    assert key_of(scope, "t") is not None
     monkeypatch.setenv("GPUAD_CACHE", "0")
     assert key_of(scope, "t") is None
 
 
-def test_a_user_overlay_keeps_kernels_off_the_disk(cache, monkeypatch):
+def test_user_rules_are_keyed_by_code_or_keep_kernels_off_the_disk(cache, monkeypatch):
+    import math
+
+    from gpuad.ad import rules
+
+    scope = define(kernel_source(), "<rules.py>")
+    plain = key_of(scope, "t")
+    monkeypatch.setitem(rules._USER_RULES, scope["helper"], rules.UserRule(scope["helper"]))
+    monkeypatch.setattr(rules._USER_RULES[scope["helper"]], "reverse_fn", scope["grad"])
+    assert key_of(scope, "t") not in (None, plain)  # a rule of the user's function: in the key
+    monkeypatch.setitem(rules._USER_RULES, math.sin, rules.UserRule(math.sin))
+    assert key_of(scope, "t") is None  # a rule for a builtin: only this process knows it
+
+
+def test_a_user_overlay_keeps_kernels_off_the_disk_while_it_is_in_place(cache):
     from gpuad.method_table import CUDA
 
+    def original():
+        pass
+
     scope = define(kernel_source())
-    assert key_of(scope, "t") is not None
-    monkeypatch.setattr(CUDA, "version", CUDA.version + 1)
-    assert key_of(scope, "t") is None
+    before = key_of(scope, "t")
+    CUDA.add(original, lambda: None)
+    try:
+        assert key_of(scope, "t") is None
+    finally:
+        CUDA.remove(original)
+    assert key_of(scope, "t") == before is not None
 
 
 COMPILE = textwrap.dedent("""

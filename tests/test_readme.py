@@ -176,6 +176,9 @@ def hide_modules(monkeypatch, top: str, reimported: tuple[str, ...] = ()) -> Non
         monkeypatch.setitem(sys.modules, name, None)  # importlib.import_module sees None: not importable
     for name in reimported:
         monkeypatch.delitem(sys.modules, name, raising=False)
+        parent, _, child = name.rpartition(".")  # `from package import child` reads the attribute
+        if parent in sys.modules and hasattr(sys.modules[parent], child):
+            monkeypatch.delattr(sys.modules[parent], child)
     monkeypatch.setattr(builtins, "__import__", guarded_import)
 
 
@@ -188,8 +191,10 @@ def assert_names_package_and_fix(error: MissingNotebookExtra, package: str, feat
 
 
 def test_compilation_view_without_pygments_names_the_extra(monkeypatch):
-    hide_modules(monkeypatch, "pygments",
-                 ("gpuad.notebook.views", "gpuad.notebook.render", "gpuad.notebook.highlight"))
+    # every loaded notebook module is imported again (any of them may import pygments, and earlier
+    # tests may have loaded them)
+    hide_modules(monkeypatch, "pygments", tuple(m for m in sys.modules if m.startswith("gpuad.notebook.")
+                                                and m != "gpuad.notebook.extras"))
     with pytest.raises(MissingNotebookExtra) as caught:
         gpuad.notebook.CompilationView  # noqa: B018 (the attribute access is the import)
     assert_names_package_and_fix(caught.value, "pygments", "CompilationView")

@@ -196,6 +196,11 @@ def _changed() -> None:
     _version += 1
 
 
+def rule_targets() -> tuple:
+    """The functions that have user rules now."""
+    return tuple(_USER_RULES)
+
+
 def rules_version() -> int:
     """How many times the user-rule registry has changed."""
     return _version

@@ -69,10 +69,9 @@ def kernel_key(pyfunc, *parts) -> str | None:
     """The entry name of a kernel compiled with `parts` (types, arch, options), or None when it
     cannot be named across processes."""
     from gpuad.ad.cache_key import derivative_key
-    from gpuad.ad.rules import rules_version
     from gpuad.method_table import CUDA
 
-    if not enabled() or rules_version() != 0 or CUDA.version != CUDA.builtin_version:
+    if not enabled() or not rules_keyed_by_code() or not CUDA.only_builtin():
         return None
     try:
         derived = stable(derivative_key(pyfunc))
@@ -80,6 +79,16 @@ def kernel_key(pyfunc, *parts) -> str | None:
         return None
     text = repr((toolchain(), derived, tuple(map(repr, parts))))
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def rules_keyed_by_code() -> bool:
+    """Every user rule is for a function of the user's Python code: a derivative key reaching that
+    function holds the rule's functions too (`cache_key.function_entry`). A rule for a builtin or a
+    library function is known only to this process's registry."""
+    from gpuad.ad.cache_key import followed
+    from gpuad.ad.rules import rule_targets
+
+    return all(followed(fn) is fn for fn in rule_targets())
 
 
 def stable(token):

@@ -46,7 +46,7 @@ def _install_overlays() -> None:
     CUDA.add(primitives.tape_alloc, cuda.local.array, spelled=(cuda, "local.array"))
     CUDA.add(primitives.report_tape_overflow, cuda_report_tape_overflow)
     CUDA.add(primitives.report_checkpoint_overflow, cuda_report_checkpoint_overflow)
-    CUDA.builtin_version = CUDA.version
+    CUDA.mark_builtin()
 
 
 _install_overlays()
