@@ -630,8 +630,10 @@ def reverse_entry(prog: Program, mode, prep: Prepared, activities, argtypes, nam
         return f"return ({tup}, _primal)" if mode.with_primal else f"return ({tup},)"
 
     body = tape.alloc(use) if sweep.uses_tape else []
+    body += ["# forward sweep: the function's own statements, taping what the reverse sweep needs"]
     body += preinits(sweep, sweep.preinit) + fwd
-    body.append(f"_primal = {primal}")
+    if mode.with_primal:
+        body.append(f"_primal = {primal}")
     for line, trips, most in sweep.checkpoints:
         report = f"report_checkpoint_overflow(status, {line}, {prog.tape_capacity}, {trips})"
         body.append((f"if {trips} > {most}:", [report, result(zero_derivs)]))
@@ -641,6 +643,7 @@ def reverse_entry(prog: Program, mode, prep: Prepared, activities, argtypes, nam
                 continue
             report = f"report_tape_overflow(status, {sweep.dynamic_line}, {cap}, {sp})"
             body.append((f"if {sp} > {cap}:", [report, result(zero_derivs)]))
+    body += ["# reverse sweep: adjoints, from the last statement back to the first"]
     body += adjoint_inits(prep)
     if fir.ret is not None and fir.ret in prep.active:
         body.append(f"d_{fir.ret} += {one_text(prep.types[fir.ret])}")
