@@ -1,0 +1,231 @@
+"""gpuad.dask (issue 15): a kernel run chunk by chunk over Dask arrays gives what one launch over
+the whole array gives, gradients and shared shadows included; kernels of notebook-style cells
+ship to worker processes and compile once per process; a failing chunk fails the whole compute."""
+import linecache
+import math
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+
+import gpuad
+import gpuad.dask
+from gpuad import Active, Const, Duplicated, Reverse, autodiff
+from gpuad.errors import LaunchError, TapeOverflow
+
+UNEQUAL = (7, 1, 13, 0, 19)  # 40 elements in chunks of unequal sizes, an empty one included
+
+
+def bump(x):
+    return math.sin(x) * x * x
+
+
+@gpuad.kernel(target="cpu")
+def grad_bump(xs, dxs):
+    i = gpuad.thread_index()
+    if i < xs.shape[0]:
+        ((d,),) = autodiff(Reverse, bump, Active(xs[i]))
+        dxs[i] = d
+
+
+def horner(c, x, n):
+    s = c[0]
+    for k in range(1, n):
+        s = s * x + c[k]
+    return s
+
+
+@gpuad.kernel(target="cpu")
+def grad_horner(c, dc, xs, dxs, n):
+    i = gpuad.thread_index()
+    if i < xs.shape[0]:
+        (_, d, _), = autodiff(Reverse, horner, Duplicated(c, dc), Active(xs[i]), Const(n))
+        dxs[i] = d
+
+
+@gpuad.kernel(target="cpu")
+def scaled_by_index(xs, out, offset):
+    i = gpuad.thread_index()
+    if i < xs.shape[0]:
+        out[i] = xs[i] * (offset + i)
+
+
+def test_an_elementwise_gradient_over_unequal_chunks_equals_one_launch():
+    xs = np.linspace(-2.0, 3.0, sum(UNEQUAL))
+    dxs_before = np.full_like(xs, 0.25)  # written in copies: the caller's arrays stay as they are
+    expected = dxs_before.copy()
+    grad_bump.launch(xs.shape[0], xs, expected)
+
+    out = gpuad.dask.map_blocks(grad_bump, da.from_array(xs, chunks=(UNEQUAL,)),
+                                da.from_array(dxs_before, chunks=(UNEQUAL,)))
+    assert list(out) == ["dxs"]  # xs is only read
+    assert out["dxs"].chunks == (UNEQUAL,)
+    (dxs,) = dask.compute(out["dxs"], scheduler="threads")
+    np.testing.assert_array_equal(dxs, expected)  # elementwise: no reordered sums, bit for bit
+    np.testing.assert_allclose(dxs, np.sin(xs) * 2 * xs + np.cos(xs) * xs * xs, rtol=1e-13)
+    assert (dxs_before == 0.25).all()
+
+
+def test_a_shared_shadow_sums_across_chunks_to_the_single_launch_gradient():
+    rng = np.random.default_rng(3)
+    c = rng.normal(size=5)
+    xs = rng.uniform(-1.5, 1.5, size=sum(UNEQUAL))
+    dc_start = np.array([0.5, 0.0, -1.0, 0.0, 2.0])  # one launch adds into it; so must the chunks
+    expected_dc, expected_dxs = dc_start.copy(), np.zeros_like(xs)
+    grad_horner.launch(xs.shape[0], c, expected_dc, xs, expected_dxs, 5)
+
+    out = gpuad.dask.map_blocks(grad_horner, c, dc_start, da.from_array(xs, chunks=(UNEQUAL,)),
+                                da.zeros_like(xs, chunks=(UNEQUAL,)), 5,
+                                reduce={"dc": "sum"}, outputs=["dc", "dxs"], split_every=2)
+    dc, dxs = dask.compute(out["dc"], out["dxs"], scheduler="threads")
+    # d/dc_k of sum_i horner(c, x_i) = sum_i x_i^(4-k), and the kernel agrees with that
+    np.testing.assert_allclose(expected_dc - dc_start, [np.sum(xs ** (4 - k)) for k in range(5)],
+                               rtol=1e-12)
+    np.testing.assert_allclose(dc, expected_dc, rtol=1e-13, atol=1e-13)  # the sum's order differs
+    np.testing.assert_array_equal(dxs, expected_dxs)
+    assert (dc_start == [0.5, 0.0, -1.0, 0.0, 2.0]).all()
+
+
+def test_a_broadcast_array_the_kernel_writes_must_be_declared_reduced():
+    xs = da.from_array(np.linspace(0.0, 1.0, 12), chunks=5)
+    out = gpuad.dask.map_blocks(grad_horner, np.ones(3), np.zeros(3), xs, da.zeros(12, chunks=5), 3)
+    assert "dc" not in out
+    with pytest.raises(LaunchError, match=r"wrote the broadcast argument 'dc'.*\n.*reduce=\{'dc': 'sum'\}"):
+        dask.compute(out["dxs"], scheduler="sync")
+
+
+def test_chunk_offset_gives_each_chunk_its_global_position():
+    xs = np.linspace(1.0, 2.0, sum(UNEQUAL))
+    out = gpuad.dask.map_blocks(scaled_by_index, da.from_array(xs, chunks=(UNEQUAL,)),
+                                da.zeros_like(xs, chunks=(UNEQUAL,)), gpuad.dask.chunk_offset,
+                                outputs="out")
+    np.testing.assert_array_equal(out["out"].compute(scheduler="sync"), xs * np.arange(xs.shape[0]))
+
+
+OVERFLOW_CELL = """\
+import gpuad
+from gpuad import autodiff, Reverse, Active
+
+def long_loop(x, n):
+    s = x
+    for i in range(n):
+        s = math.sin(s) * x + s * 0.5
+    return s
+
+@gpuad.kernel(target="cpu", tape_capacity=8)
+def overflowing(xs, ns, out):
+    i = gpuad.thread_index()
+    if i < xs.shape[0]:
+        (dx, _), = autodiff(Reverse, long_loop, Active(xs[i]), ns[i])
+        out[i] = dx
+"""
+
+ENERGY_CELL = """\
+import gpuad
+from gpuad import autodiff, Reverse, Active, Duplicated
+
+def energy(x, w):
+    return math.exp(-w * x * x) + math.log(1.0 + x * x)
+
+@gpuad.kernel(target="cpu")
+def grad_energy(xs, dxs, w, dw):
+    i = gpuad.thread_index()
+    if i < xs.shape[0]:
+        (d, dwi), = autodiff(Reverse, energy, Active(xs[i]), Active(w[0]))
+        dxs[i] = d
+        dw[0] += dwi
+"""
+
+
+def run_cell(source: str, filename: str) -> dict:
+    """What a notebook does with a cell: its source in linecache under a name that is no file,
+    its functions in `__main__` (so cloudpickle ships them by value)."""
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    namespace = {"__name__": "__main__", "math": math}
+    exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - the test's own cell
+    return namespace
+
+
+def overflow_case(n_chunks=4):
+    cell = run_cell(OVERFLOW_CELL, "<cell-overflow>")
+    xs = np.linspace(0.1, 0.9, 64)
+    ns = np.full(64, 3, dtype=np.int64)
+    ns[50] = 20  # one thread of the last chunk loops past tape_capacity=8
+    out = np.arange(64, dtype=np.float64) * -1.5
+    chunks = 64 // n_chunks
+    result = gpuad.dask.map_blocks(cell["overflowing"], da.from_array(xs, chunks=chunks),
+                                   da.from_array(ns, chunks=chunks), da.from_array(out, chunks=chunks),
+                                   outputs="out")
+    return result["out"], [xs, ns, out]
+
+
+def test_a_chunk_that_overflows_its_tape_fails_the_compute_with_tape_overflow():
+    result, arrays = overflow_case()
+    before = [a.tobytes() for a in arrays]
+    with pytest.raises(TapeOverflow, match=r"\b8\b"):
+        result.compute(scheduler="threads")
+    assert [a.tobytes() for a in arrays] == before
+
+
+# -- a 2-process cluster: shipping cells, compiling once per worker, errors across processes --
+
+@pytest.fixture(scope="module")
+def client():
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as c:
+        yield c
+
+
+def count_builds_and_launches():
+    """Installed in each worker: counts cpu builds and chunk launches of that process."""
+    import gpuad.targets.cpu as cpu
+    from gpuad.kernel import Kernel
+
+    counts = {"builds": 0, "launches": 0}
+    build, launch = cpu.build_kernel, Kernel.launch
+
+    def counting_build(*args, **kwargs):
+        counts["builds"] += 1
+        return build(*args, **kwargs)
+
+    def counting_launch(self, *args, **kwargs):
+        counts["launches"] += 1
+        return launch(self, *args, **kwargs)
+
+    cpu.build_kernel, Kernel.launch = counting_build, counting_launch
+    gpuad._dask_test_counts = counts
+
+
+def read_counts():
+    import gpuad
+
+    return dict(gpuad._dask_test_counts)
+
+
+def test_a_notebook_cell_kernel_runs_on_worker_processes_and_compiles_once_per_worker(client):
+    cell = run_cell(ENERGY_CELL, "<cell-energy>")
+    kernel = cell["grad_energy"]
+    xs = np.linspace(-1.0, 2.0, 90)
+    w = np.array([0.7])
+    expected_dxs, expected_dw = np.zeros_like(xs), np.array([0.0])
+    kernel.launch(xs.shape[0], xs, expected_dxs, w, expected_dw)
+
+    client.run(count_builds_and_launches)
+    chunks = (10, 20, 5, 15, 25, 15)
+    out = gpuad.dask.map_blocks(kernel, da.from_array(xs, chunks=(chunks,)),
+                                da.zeros(90, chunks=(chunks,)), w, np.zeros(1),
+                                reduce={"dw": "sum"}, outputs=["dxs", "dw"])
+    dxs, dw = client.compute([out["dxs"], out["dw"]], sync=True)
+    np.testing.assert_array_equal(dxs, expected_dxs)
+    np.testing.assert_allclose(dw, expected_dw, rtol=1e-13)
+    counts = list(client.run(read_counts).values())
+    assert sum(c["launches"] for c in counts) == len(chunks)
+    assert all(c["builds"] == (c["launches"] > 0) for c in counts), counts  # once per worker process
+
+
+def test_a_tape_overflow_on_a_worker_reaches_the_client_as_tape_overflow(client):
+    result, arrays = overflow_case()
+    with pytest.raises(TapeOverflow, match=r"\b8\b"):
+        client.compute(result, sync=True)
