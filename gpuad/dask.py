@@ -5,18 +5,29 @@
     out = gpuad.dask.map_blocks(grad_kernel, x, dx, coeffs, dcoeffs, reduce={"dcoeffs": "sum"})
     dx, dcoeffs = dask.compute(out["dx"], out["dcoeffs"])
 
-`map_blocks(kernel, *args, n=None, reduce=None, outputs=None, split_every=None)`:
+`map_blocks(kernel, *args, n=None, depth=0, reduce=None, outputs=None, split_every=None)`:
 
 - `args` are the kernel's arguments. **Dask arrays** are split into chunks along their first axis
   (all of them the same way: the first Dask argument's chunks; other axes are one chunk), and each
   chunk runs one `kernel.launch(n, ...)` in whichever process Dask runs it. Inside the kernel
   `thread_index()` is the index **within the chunk**. Every other argument (numpy arrays,
   scalars) is **broadcast**: each chunk sees the whole value.
-- `n`: threads per chunk. None (default) launches one thread per element of the chunk; an int
+- `n`: threads per chunk. None (default) launches one thread per element the chunk owns; an int
   launches that many for every chunk; a callable gets the chunk's length and returns the count.
-- `chunk_offset`: pass this marker as an argument and each chunk's launch receives, in its
-  place, the global index (an int64) of the chunk's first element — for kernels that need to
-  know where their chunk lies in the whole array (`i + offset`).
+- Markers, passed as arguments, are replaced per chunk by an int64: `chunk_offset`, the global
+  index of the chunk's local element 0 (global index = chunk_offset + local index);
+  `owned_start` and `owned_stop`, the local indices of the chunk's first owned element and one
+  past its last (0 and the chunk length without halos).
+- **Halos** (`depth=d`, for stencils): each chunk also gets the d elements on either side of it
+  from its neighbours, as `dask.array.map_overlap` would, with boundary "none": no halo, and no
+  padding, beyond the array's ends, so bounds checks such as `i + 1 < u.shape[0]` see the
+  array's true ends. Threads run over the owned elements only: write the kernel as
+  `i = owned_start + thread_index(); if i < owned_stop: ...` (one launch over the whole array
+  passes 0 and its length). What a chunk's launch adds to the halo elements of a written array
+  (a stencil's shadow `du`) is added back to the chunks that own them, so the gradient of an
+  energy equals the single-launch gradient, contributions across chunk borders included. `d` must
+  cover the farthest neighbour a thread reads: a kernel that guards a read past the halo skips
+  it silently.
 - **Outputs**: every Dask argument the kernel may write comes back as a Dask array chunked like
   the inputs. Chunks are written in copies, so the arrays passed in are never changed.
 - **Shared shadows** (`reduce={"dc": "sum"}`): a broadcast array that every element adds into —
@@ -56,22 +67,28 @@ import numpy as np
 from gpuad.errors import LaunchError
 from gpuad.kernel import Kernel
 
-__all__ = ["map_blocks", "chunk_offset"]
+__all__ = ["map_blocks", "chunk_offset", "owned_start", "owned_stop"]
 
 REDUCTIONS = ("sum",)
 
 
-class _ChunkOffset:
-    """The marker `gpuad.dask.chunk_offset`: replaced per chunk by its first element's global index."""
+class _Marker:
+    """An argument `map_blocks` replaces, per chunk, by an int64 (see the module docstring)."""
+
+    def __init__(self, name: str):
+        self.name = name
 
     def __repr__(self) -> str:
-        return "gpuad.dask.chunk_offset"
+        return f"gpuad.dask.{self.name}"
 
     def __reduce__(self):
-        return "chunk_offset"  # one marker per process, compared by identity
+        return self.name  # one marker per process, compared by identity
 
 
-chunk_offset = _ChunkOffset()
+chunk_offset = _Marker("chunk_offset")
+owned_start = _Marker("owned_start")
+owned_stop = _Marker("owned_stop")
+MARKERS = {"offset": chunk_offset, "owned_start": owned_start, "owned_stop": owned_stop}
 
 
 # -- shipping a kernel to worker processes --------------------------------------------------
@@ -192,29 +209,50 @@ def _is_library(fn: types.FunctionType) -> bool:
 
 # -- one launch per chunk ------------------------------------------------------------------
 
-def _run_chunk(shipped: ShippedKernel, n, offset: int, roles: tuple, *args) -> tuple:
-    """Launch the kernel on one chunk; returns the written chunks, then the reduced shadows.
+def _run_chunk(shipped: ShippedKernel, n, place: tuple, roles: tuple, *args) -> dict:
+    """Launch the kernel on one chunk (its halos included); returns {(k, part): array}.
 
-    roles[k]: "chunk" (a Dask argument's chunk, read only), "out" (a chunk the kernel may write),
-    "reduce" (a shared shadow), "guard" (a broadcast array the kernel may write, which it must
-    not), "offset", or "value".
+    place: (global index of the chunk's local element 0, local index of its first owned element,
+    local index past its last). roles[k]: "chunk" (a Dask argument's chunk, read only), "out"
+    (a chunk the kernel may write), "reduce" (a shared shadow), "guard" (a broadcast array the
+    kernel may write, which it must not), a marker's name, or "value". Parts: "owned" (the owned
+    elements of an "out" chunk, or a shadow), "left" and "right" (what the launch added to the
+    halos of an "out" chunk, which belong to the neighbours).
     """
-    length = next((len(a) for a, role in zip(args, roles) if role in ("chunk", "out")), 0)
+    offset, lo, stop = place
+    markers = {"offset": offset, "owned_start": lo, "owned_stop": stop}
     launch_args = []
     for value, role in zip(args, roles):
-        if role == "out":
+        if role in ("out", "guard"):
             value = value.copy()  # a chunk may be a view of the caller's array
         elif role == "reduce":
             value = np.zeros_like(value)  # this chunk's contributions alone
-        elif role == "guard":
-            value = value.copy()
-        elif role == "offset":
-            value = np.int64(offset)
+        elif role in markers:
+            value = np.int64(markers[role])
         launch_args.append(value)
-    threads = length if n is None else (n(length) if callable(n) else n)
+    owned = stop - lo
+    threads = owned if n is None else (n(owned) if callable(n) else n)
     shipped.kernel.launch(int(threads), *launch_args)
     _refuse_broadcast_writes(shipped.kernel, args, launch_args, roles)
-    return tuple(a for a, role in zip(launch_args, roles) if role in ("out", "reduce"))
+    parts = {}
+    for k, (before, after, role) in enumerate(zip(args, launch_args, roles)):
+        if role == "reduce":
+            parts[k, "owned"] = after
+        elif role == "out":
+            parts[k, "owned"] = after[lo:stop]
+            parts[k, "left"] = after[:lo] - before[:lo]  # exact where the halo starts at zero
+            parts[k, "right"] = after[stop:] - before[stop:]
+    return parts
+
+
+def _add_halos(owned, start: int, pieces: list):
+    """`owned` (global elements from `start`) plus the neighbours' halo additions that fall in it."""
+    owned = owned.copy()
+    for delta, at in pieces:
+        lo, hi = max(start, at), min(start + len(owned), at + len(delta))
+        if lo < hi:
+            owned[lo - start:hi - start] += delta[lo - at:hi - at]
+    return owned
 
 
 def _refuse_broadcast_writes(kernel: Kernel, before, after, roles) -> None:
@@ -236,7 +274,7 @@ def _same_bytes(a, b) -> bool:
 
 # -- the Dask graph --------------------------------------------------------------------------
 
-def map_blocks(kernel: Kernel, *args, n: int | Callable[[int], int] | None = None,
+def map_blocks(kernel: Kernel, *args, n: int | Callable[[int], int] | None = None, depth: int = 0,
                reduce: dict[str, str] | None = None, outputs=None, split_every=None) -> dict:
     """Run `kernel` once per chunk of its Dask-array arguments (see the module docstring).
 
@@ -259,6 +297,9 @@ def map_blocks(kernel: Kernel, *args, n: int | Callable[[int], int] | None = Non
     if len(args) != len(names):
         raise LaunchError(f"kernel {kernel.name} takes {len(names)} arguments, got {len(args)}",
                           kernel._location())
+    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 0:
+        raise LaunchError(f"gpuad.dask.map_blocks: depth must be an int >= 0, got {depth!r}",
+                          kernel._location(), hint="depth: how many neighbours each side a thread reads")
     reduce = dict(reduce or {})
     _check_reduce(kernel, names, args, reduce)
     chunked = [k for k, a in enumerate(args) if isinstance(a, da.Array)]
@@ -271,42 +312,74 @@ def map_blocks(kernel: Kernel, *args, n: int | Callable[[int], int] | None = Non
     outputs = _check_outputs(kernel, names, roles, outputs)
 
     lengths = args[chunked[0]].chunks[0]
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    blocks = {k: args[k].to_delayed().ravel() for k in chunked}
+    bounds = _chunk_bounds(lengths, args[chunked[0]].shape[0], depth)
     broadcast = {k: dask.delayed(a) for k, a in enumerate(args)  # one graph key, not one per chunk
-                 if k not in blocks and isinstance(a, np.ndarray)}
+                 if k not in chunked and isinstance(a, np.ndarray)}
+    inputs = {k: _extended_blocks(args[k], bounds) for k in chunked}
     shipped = ShippedKernel(kernel)
     runs = []
-    for j, start in enumerate(starts):
-        chunk_args = [blocks[k][j] if k in blocks else broadcast.get(k, a) for k, a in enumerate(args)]
-        runs.append(dask.delayed(_run_chunk, pure=False)(shipped, n, int(start), roles, *chunk_args))
-    results = [k for k, role in enumerate(roles) if role in ("out", "reduce")]
+    for j, (left, start, stop, _) in enumerate(bounds):
+        chunk_args = [inputs[k][j] if k in inputs else broadcast.get(k, a) for k, a in enumerate(args)]
+        place = (left, start - left, stop - left)
+        runs.append(dask.delayed(_run_chunk, pure=False)(shipped, n, place, roles, *chunk_args))
     arrays = {}
-    for position, k in enumerate(results):
-        if names[k] not in outputs:
+    for k, name in enumerate(names):
+        if name not in outputs:
             continue
         value = args[k]
         if roles[k] == "out":
-            arrays[names[k]] = _chunked_output(f"{kernel.name}-{names[k]}", runs, position, lengths, value)
+            parts = [run[k, "owned"] for run in runs]
+            if depth:
+                parts = _halos_added(runs, k, bounds)
+            arrays[name] = _chunked_output(f"{kernel.name}-{name}", parts, lengths, value)
         else:
-            parts = [da.from_delayed(run[position], shape=value.shape, dtype=value.dtype) for run in runs]
+            parts = [da.from_delayed(run[k, "owned"], shape=value.shape, dtype=value.dtype) for run in runs]
             total = da.stack(parts).sum(axis=0, split_every=split_every, dtype=value.dtype)
-            arrays[names[k]] = (total + value).astype(value.dtype)  # the single launch adds into it
+            arrays[name] = (total + value).astype(value.dtype)  # the single launch adds into it
     return {name: arrays[name] for name in outputs}
 
 
-def _chunked_output(label: str, runs: list, position: int, lengths: tuple, value):
-    """The `position`th array each run returns, as the chunks of one Dask array (empty ones kept)."""
-    import operator
+def _chunk_bounds(lengths, size: int, depth: int) -> list[tuple[int, int, int, int]]:
+    """Per chunk, global indices: (halo start, owned start, owned stop, halo stop); boundary
+    "none": no halo beyond the array's ends."""
+    stops = np.cumsum(lengths).astype(int)
+    return [(max(0, stop - length - depth), stop - length, stop, min(size, stop + depth))
+            for stop, length in zip(stops.tolist(), lengths)]
 
+
+def _extended_blocks(array, bounds) -> list:
+    """One Delayed per chunk: its elements with its halos (the chunk itself without depth)."""
+    if all(left == start and stop == right for left, start, stop, right in bounds):
+        return list(array.to_delayed().ravel())
+    return [array[left:right].rechunk({0: -1}).to_delayed().ravel()[0] for left, _, _, right in bounds]
+
+
+def _halos_added(runs: list, k: int, bounds) -> list:
+    """Per chunk of argument k: its owned elements plus what the neighbours' launches added to them."""
+    import dask
+
+    parts = []
+    for j, (_, start, stop, _) in enumerate(bounds):
+        pieces = []
+        for i, (left, own_start, own_stop, right) in enumerate(bounds):
+            if i != j and left < stop and start < own_start:
+                pieces.append((runs[i][k, "left"], left))
+            if i != j and own_stop < stop and start < right:
+                pieces.append((runs[i][k, "right"], own_stop))
+        parts.append(dask.delayed(_add_halos, pure=False)(runs[j][k, "owned"], start, pieces))
+    return parts
+
+
+def _chunked_output(label: str, parts: list, lengths: tuple, value):
+    """Delayed arrays, one per chunk, as the chunks of one Dask array (empty chunks kept)."""
     import dask.array as da
     from dask.base import tokenize
     from dask.highlevelgraph import HighLevelGraph
 
-    name = f"gpuad-{label}-{tokenize([run.key for run in runs], position)}"
+    name = f"gpuad-{label}-{tokenize([part.key for part in parts])}"
     inner = (0,) * (value.ndim - 1)
-    layer = {(name, j, *inner): (operator.getitem, run.key, position) for j, run in enumerate(runs)}
-    graph = HighLevelGraph.from_collections(name, layer, dependencies=runs)
+    layer = {(name, j, *inner): (np.asarray, part.key) for j, part in enumerate(parts)}
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=parts)
     chunks = (tuple(lengths),) + tuple((size,) for size in value.shape[1:])
     return da.Array(graph, name, chunks, dtype=value.dtype)
 
@@ -318,8 +391,9 @@ def _role(value, name: str, written: bool, reduce: dict) -> str:
         return "reduce"
     if isinstance(value, da.Array):
         return "out" if written else "chunk"
-    if value is chunk_offset:
-        return "offset"
+    for role, marker in MARKERS.items():
+        if value is marker:
+            return role
     if isinstance(value, np.ndarray) and written:
         return "guard"
     return "value"
@@ -331,7 +405,7 @@ def _like(value):
 
     if isinstance(value, da.Array):
         return np.empty((0,) * value.ndim, dtype=value.dtype)
-    return np.int64(0) if value is chunk_offset else value
+    return np.int64(0) if any(value is marker for marker in MARKERS.values()) else value
 
 
 def _check_reduce(kernel: Kernel, names, args, reduce: dict) -> None:

@@ -103,6 +103,58 @@ def test_chunk_offset_gives_each_chunk_its_global_position():
     np.testing.assert_array_equal(out["out"].compute(scheduler="sync"), xs * np.arange(xs.shape[0]))
 
 
+def potential(v):
+    return 0.25 * v**4 - v * v
+
+
+def local_energy(u, i):  # notebook 04's chain: a double well plus a spring to the right neighbour
+    e = potential(u[i])
+    if i + 1 < u.shape[0]:
+        d = u[i + 1] - u[i]
+        e += d * d
+    return e
+
+
+@gpuad.kernel(target="cpu")
+def grad_chain(u, du, start, stop):
+    i = start + gpuad.thread_index()
+    if i < stop:
+        autodiff(Reverse, local_energy, Duplicated(u, du), Const(i))
+
+
+@gpuad.kernel(target="cpu")
+def laplacian(u, out, start, stop):
+    i = start + gpuad.thread_index()
+    if i < stop and i > 0 and i + 1 < u.shape[0]:
+        out[i] = u[i + 1] - 2.0 * u[i] + u[i - 1]
+
+
+def test_a_stencil_gradient_with_halos_equals_one_launch_across_chunk_borders():
+    size = sum(UNEQUAL)
+    x = np.linspace(0.0, 1.0, size)
+    u = np.sin(2 * np.pi * x) + 0.3 * np.cos(7 * x)
+    expected = np.zeros(size)
+    grad_chain.launch(size, u, expected, 0, size)
+    springs = 2 * np.diff(u)  # dE/du_i = u_i^3 - 2u_i - 2(u_{i+1} - u_i) + 2(u_i - u_{i-1})
+    np.testing.assert_allclose(expected, u**3 - 2 * u - np.append(springs, 0) + np.insert(springs, 0, 0),
+                               rtol=1e-12, atol=1e-12)
+
+    out = gpuad.dask.map_blocks(grad_chain, da.from_array(u, chunks=(UNEQUAL,)),
+                                da.zeros(size, chunks=(UNEQUAL,)), gpuad.dask.owned_start,
+                                gpuad.dask.owned_stop, depth=1, outputs="du")
+    assert out["du"].chunks == (UNEQUAL,)
+    # each border element's gradient adds its own term and its neighbour's: the order may differ
+    np.testing.assert_allclose(out["du"].compute(scheduler="threads"), expected, rtol=1e-14, atol=1e-15)
+
+    marked = np.full(size, 7.0)  # a plain output keeps what the kernel does not write, halos included
+    expected = marked.copy()
+    laplacian.launch(size, u, expected, 0, size)
+    out = gpuad.dask.map_blocks(laplacian, da.from_array(u, chunks=(UNEQUAL,)),
+                                da.from_array(marked, chunks=(UNEQUAL,)), gpuad.dask.owned_start,
+                                gpuad.dask.owned_stop, depth=2)
+    np.testing.assert_array_equal(out["out"].compute(scheduler="sync"), expected)
+
+
 OVERFLOW_CELL = """\
 import gpuad
 from gpuad import autodiff, Reverse, Active
@@ -227,5 +279,6 @@ def test_a_notebook_cell_kernel_runs_on_worker_processes_and_compiles_once_per_w
 
 def test_a_tape_overflow_on_a_worker_reaches_the_client_as_tape_overflow(client):
     result, arrays = overflow_case()
-    with pytest.raises(TapeOverflow, match=r"\b8\b"):
+    with pytest.raises(TapeOverflow, match=r"\b8\b") as info:
         client.compute(result, sync=True)
+    assert "<cell-overflow>:" in str(info.value)  # the loop's cell, not cloudpickle's "<dynamic-code>"
