@@ -94,6 +94,7 @@ MARKERS = {"offset": chunk_offset, "owned_start": owned_start, "owned_stop": own
 # -- shipping a kernel to worker processes --------------------------------------------------
 
 _kernels: dict[str, Kernel] = {}  # per process: the Kernel of each shipped function
+KEPT_KERNELS = 64  # a session re-defines kernels: the oldest are forgotten (recompiled if shipped again)
 _kernels_lock = threading.Lock()
 
 
@@ -120,9 +121,15 @@ class ShippedKernel:
         self.kernel = kernel
         with _kernels_lock:
             _kernels.setdefault(self.token, kernel)
+            _forget_oldest()
 
     def __reduce__(self):
         return (_revive, (self.token, self.payload, self.sources))
+
+
+def _forget_oldest() -> None:
+    while len(_kernels) > KEPT_KERNELS:
+        del _kernels[next(iter(_kernels))]
 
 
 def _revive(token: str, payload: bytes, sources: dict) -> ShippedKernel:
@@ -138,6 +145,7 @@ def _revive(token: str, payload: bytes, sources: dict) -> ShippedKernel:
             for fn, filename in files:
                 fn.__code__ = _in_file(fn.__code__, filename)
             kernel = _kernels[token] = Kernel(pyfunc, **options)
+            _forget_oldest()
     shipped.kernel = kernel
     return shipped
 
