@@ -38,6 +38,10 @@ class GpuadError(Exception):
             text += f"\n  hint: {hint}"
         super().__init__(text)
 
+    def __reduce__(self):
+        # Pickled whole (a Dask worker's error reaches the client with its location and hint).
+        return (rebuild_error, (type(self), self.message, self.location, self.hint, self.__dict__))
+
 
 class InterpretError(GpuadError):
     """A call in a kernel could not be resolved (stage 1)."""
@@ -81,3 +85,11 @@ class OutOfBounds(GpuadError, IndexError):
 
 class GpuadWarning(UserWarning):
     """Something gpuad can do but that is probably not what was meant (e.g. `Active` on an integer)."""
+
+
+def rebuild_error(cls, message: str, location: SourceLocation | None, hint: str, state: dict):
+    """Unpickle a GpuadError of any subclass, whatever its constructor takes."""
+    error = cls.__new__(cls)
+    GpuadError.__init__(error, message, location, hint)
+    error.__dict__.update(state)
+    return error
