@@ -40,6 +40,16 @@ def write_notebook(path: Path, sources: list[str] = (CELL,)) -> None:
                                 "nbformat": 4, "nbformat_minor": 5}))
 
 
+def open_notebook(p, url: str, panel: str, height: int):
+    """The system chromium showing the notebook at `url`, its kernel started: (browser, page)."""
+    browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+    page = browser.new_page(viewport={"width": 1400, "height": height})
+    page.goto(url)
+    page.wait_for_selector(f"{panel}.jp-Cell", timeout=60000)
+    page.wait_for_timeout(4000)  # the kernel starts
+    return browser, page
+
+
 def readme_cells() -> list[str]:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     return [block.strip("\n") for block in re.findall(r"```ipython\n(.*?)```", readme, re.S)]
@@ -50,11 +60,7 @@ def check_readme(base: str, token: str, screenshot: str) -> list[str]:
     url = f"{base}/lab/workspaces/readme/tree/readme_check.ipynb?reset&token={token}"
     panel = ".jp-NotebookPanel:not(.lm-mod-hidden) "
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1400})
-        page.goto(url)
-        page.wait_for_selector(f"{panel}.jp-Cell", timeout=60000)
-        page.wait_for_timeout(4000)  # the kernel starts
+        browser, page = open_notebook(p, url, panel, height=1400)
         for k in range(len(readme_cells())):
             page.locator(f"{panel}.jp-Cell .jp-InputArea-editor").nth(k).click()
             page.keyboard.press("Shift+Enter")
@@ -79,11 +85,7 @@ def check(frontend: str, base: str, token: str, screenshot: str) -> list[str]:
     else:
         url, panel = f"{base}/notebooks/widget_check.ipynb?token={token}", ""
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(url)
-        page.wait_for_selector(f"{panel}.jp-Cell", timeout=60000)
-        page.wait_for_timeout(4000)  # the kernel starts
+        browser, page = open_notebook(p, url, panel, height=1000)
         page.click(f"{panel}.jp-Cell .jp-InputArea-editor")
         page.keyboard.press("Shift+Enter")
         page.wait_for_selector(".widget-tab", timeout=90000)
