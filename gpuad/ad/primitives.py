@@ -8,6 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 
+# The per-launch status array (int64), written by generated code and read by the host
+# (`gpuad.targets.status`): [FLAG] error (TAPE_OVERFLOW or CHECKPOINT_OVERFLOW), [LINE] source
+# line, [CAPACITY] tape capacity, [NEEDED] entries (or iterations) needed; the cpu target keeps
+# its emulated [TID] thread index, [BLOCK] block size and [GRID] grid size there too.
+STATUS_SIZE = 8
+FLAG, LINE, CAPACITY, NEEDED, TID, BLOCK, GRID = range(7)
+TAPE_OVERFLOW, CHECKPOINT_OVERFLOW = 1, 2
+
 
 def atomic_add(array, index, value):
     """`array[index] += value`, atomically where other threads may touch it.
@@ -28,20 +36,20 @@ def report_tape_overflow(status, line, capacity, needed):
     `status` is an int64 array: [flag, line, capacity, needed, ...]; the first
     overflow gives line and capacity, `needed` is the largest of all threads
     (so the host's hint suffices for the whole launch). The host raises
-    `gpuad.errors.TapeOverflow` when status[0] != 0.
+    `gpuad.errors.TapeOverflow` when status[FLAG] != 0.
     """
-    report(status, 1, line, capacity, needed)
+    report(status, TAPE_OVERFLOW, line, capacity, needed)
 
 
 def report_checkpoint_overflow(status, line, capacity, needed):
     """Record that a checkpointed loop ran `needed` iterations, more than `capacity`**2."""
-    report(status, 2, line, capacity, needed)
+    report(status, CHECKPOINT_OVERFLOW, line, capacity, needed)
 
 
 def report(status, flag, line, capacity, needed):
-    if status[0] == 0:
-        status[0] = flag
-        status[1] = line
-        status[2] = capacity
-    if needed > status[3]:
-        status[3] = needed
+    if status[FLAG] == 0:
+        status[FLAG] = flag
+        status[LINE] = line
+        status[CAPACITY] = capacity
+    if needed > status[NEEDED]:
+        status[NEEDED] = needed

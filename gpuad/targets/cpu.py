@@ -27,27 +27,27 @@ from gpuad.targets import status as st
 # Thread-index emulation: these take the status array as the interpreter's
 # hidden parameter, which carries the emulated thread index (see status.py).
 def cpu_thread_index(_gpuad_status):
-    return _gpuad_status[4]
+    return _gpuad_status[st.TID]
 
 
 def cpu_grid(ndim, _gpuad_status):
-    return _gpuad_status[4]
+    return _gpuad_status[st.TID]
 
 
 def cpu_thread_idx_x(_gpuad_status):
-    return _gpuad_status[4] % _gpuad_status[5]
+    return _gpuad_status[st.TID] % _gpuad_status[st.BLOCK]
 
 
 def cpu_block_idx_x(_gpuad_status):
-    return _gpuad_status[4] // _gpuad_status[5]
+    return _gpuad_status[st.TID] // _gpuad_status[st.BLOCK]
 
 
 def cpu_block_dim_x(_gpuad_status):
-    return _gpuad_status[5]
+    return _gpuad_status[st.BLOCK]
 
 
 def cpu_grid_dim_x(_gpuad_status):
-    return _gpuad_status[6]
+    return _gpuad_status[st.GRID]
 
 
 def cpu_atomic_add(array, index, value):

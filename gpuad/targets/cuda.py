@@ -11,6 +11,7 @@ from numba import cuda
 
 from gpuad import api
 from gpuad.ad import primitives
+from gpuad.ad.primitives import CAPACITY, CHECKPOINT_OVERFLOW, FLAG, LINE, NEEDED, TAPE_OVERFLOW
 from gpuad.compiler import numba_adapter
 from gpuad.compiler.jobs import DeferredJob, JobRegistry
 from gpuad.compiler.llvm_text import merge_texts
@@ -26,18 +27,18 @@ def cuda_thread_index():
 
 def cuda_report(status, flag, line, capacity, needed):
     """`primitives.report` for many threads at once: atomics keep the largest need."""
-    if cuda.atomic.cas(status, 0, 0, flag) == 0:
-        status[1] = line
-        status[2] = capacity
-    cuda.atomic.max(status, 3, needed)
+    if cuda.atomic.cas(status, FLAG, 0, flag) == 0:
+        status[LINE] = line
+        status[CAPACITY] = capacity
+    cuda.atomic.max(status, NEEDED, needed)
 
 
 def cuda_report_tape_overflow(status, line, capacity, needed):
-    cuda_report(status, 1, line, capacity, needed)
+    cuda_report(status, TAPE_OVERFLOW, line, capacity, needed)
 
 
 def cuda_report_checkpoint_overflow(status, line, capacity, needed):
-    cuda_report(status, 2, line, capacity, needed)
+    cuda_report(status, CHECKPOINT_OVERFLOW, line, capacity, needed)
 
 
 def _install_overlays() -> None:

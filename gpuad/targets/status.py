@@ -1,10 +1,8 @@
 """The per-launch status array: how a kernel reports errors to the host.
 
-Layout (int64): [0] error flag (1: tape overflow, 2: checkpointed loop
-too long), [1] source line, [2] tape capacity, [3] entries (or iterations)
-needed, [4] emulated thread index (cpu), [5] block size (cpu),
-[6] grid size (cpu), [7] reserved. The generated derivative writes [0:4]
-when a bounded tape would overflow; the launcher raises `TapeOverflow`.
+Its layout is defined once, beside the primitives that write it (`gpuad.ad.primitives`). The
+generated derivative writes FLAG..NEEDED when a bounded tape would overflow; the launcher
+raises `TapeOverflow`.
 """
 from __future__ import annotations
 
@@ -12,11 +10,19 @@ import math
 
 import numpy as np
 
+from gpuad.ad.primitives import (  # noqa: F401 - the layout, under the names launchers use
+    BLOCK,
+    CAPACITY,
+    CHECKPOINT_OVERFLOW,
+    FLAG,
+    GRID,
+    LINE,
+    NEEDED,
+    TAPE_OVERFLOW,
+    TID,
+)
+from gpuad.ad.primitives import STATUS_SIZE as SIZE
 from gpuad.errors import SourceLocation, TapeOverflow
-
-SIZE = 8
-FLAG, LINE, CAPACITY, NEEDED, TID, BLOCK, GRID = range(7)
-TAPE_OVERFLOW, CHECKPOINT_OVERFLOW = 1, 2
 
 
 def new_status() -> np.ndarray:
