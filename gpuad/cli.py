@@ -8,6 +8,8 @@ import sys
 
 def link_diff(before: str, after: str, context: int = 2) -> list[str]:
     """Unified-diff hunks of the link that touch a marker (what the linker did there)."""
+    from gpuad.compiler.llvm_text import MARKER_SYMBOL
+
     lines = list(difflib.unified_diff(before.splitlines(), after.splitlines(),
                                       "ir_before_link", "ir_after_link", n=context, lineterm=""))
     hunks, current = [], []
@@ -17,7 +19,7 @@ def link_diff(before: str, after: str, context: int = 2) -> list[str]:
             current = []
         current.append(line)
     hunks.append(current)
-    return [line for hunk in hunks if any("deferred_codegen" in h for h in hunk) for line in hunk]
+    return [line for hunk in hunks if any(MARKER_SYMBOL in h for h in hunk) for line in hunk]
 
 
 def demo(args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import warnings
 
 from gpuad.compiler import numba_adapter
+from gpuad.compiler.llvm_text import MARKER_SYMBOL
 from gpuad.errors import EmissionError
 
 
@@ -20,7 +21,7 @@ LOCAL_ATOMIC = "Cannot do atomic on local memory"
 
 
 def emit_ptx(ir_text: str, *, arch: str = "sm_90", fastmath: bool = False) -> str:
-    if "gpuad.deferred_codegen" in ir_text:
+    if MARKER_SYMBOL in ir_text:
         raise EmissionError("a deferred-codegen marker reached emission; the module was not linked")
     with warnings.catch_warnings(record=True) as caught:  # the caller holds the compile lock
         warnings.simplefilter("always")

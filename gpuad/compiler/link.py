@@ -12,8 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable
 
-from gpuad.compiler.llvm_text import IRModule, function_pointer_type, merge_into
-from gpuad.compiler.numba_adapter import MARKER_SYMBOL
+from gpuad.compiler.llvm_text import MARKER_SYMBOL, IRModule, function_pointer_type, merge_into
 from gpuad.errors import LinkError
 
 MARKER_CALL = re.compile(

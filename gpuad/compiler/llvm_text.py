@@ -11,6 +11,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+# The deferred-codegen marker: `call i8* @"gpuad.deferred_codegen"(i64 ID)` in a lowered module,
+# replaced by the linker with a call of job ID's derivative (the one place this name is spelled).
+MARKER_SYMBOL = "gpuad.deferred_codegen"
+
 _SYMBOL = r'@(?:"(?P<q>[^"]+)"|(?P<b>[-\w.$]+))'
 _DEFINE = re.compile(r"^define\b.*?" + _SYMBOL + r"\(")
 _DECLARE = re.compile(r"^declare\b.*?" + _SYMBOL + r"\(")

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from llvmlite import ir
 
-MARKER_SYMBOL = "gpuad.deferred_codegen"
+from gpuad.compiler.llvm_text import MARKER_SYMBOL
+
 DEFAULT_CC = (9, 0)
 
 

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from difflib import SequenceMatcher
 from itertools import zip_longest
 
+from gpuad.compiler import llvm_text
 from gpuad.notebook.outline import FunctionSpan, llvm_outline
 
-MARKER_SYMBOL = '@"gpuad.deferred_codegen"'
+MARKER_SYMBOL = f'@"{llvm_text.MARKER_SYMBOL}"'
 
 # Marks, strongest first: a line carries at most one.
 MARKER = "marker"  # calls or declares the deferred-codegen marker
