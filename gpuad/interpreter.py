@@ -24,6 +24,7 @@ from typing import Any, Callable
 from gpuad import api
 from gpuad.ad.cache_key import derivative_key
 from gpuad.errors import AutodiffCallError, InterpretError, SourceLocation
+from gpuad.intrinsics import is_global_thread_index
 from gpuad.method_table import MethodTable, qualified_name
 from gpuad.record import OverlayRecord
 from gpuad.source import function_scope, function_source
@@ -364,8 +365,6 @@ class _CallRewriter(ast.NodeTransformer):
 
 def thread_id_names(tree: ast.FunctionDef, namespace: dict) -> set[str]:
     """Locals assigned once, from `cuda.grid(1)` or `gpuad.thread_index()`: the global thread id."""
-    from numba import cuda
-
     stores: dict[str, int] = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
@@ -379,9 +378,7 @@ def thread_id_names(tree: ast.FunctionDef, namespace: dict) -> set[str]:
             continue
         name, call = node.targets[0].id, node.value
         callee = static_value(call.func, namespace, locals_)
-        one_d_grid = (callee is cuda.grid and len(call.args) == 1 and not call.keywords
-                      and isinstance(call.args[0], ast.Constant) and call.args[0].value == 1)
-        if (one_d_grid or (callee is api.thread_index and not call.args)) and stores[name] == 1 \
+        if is_global_thread_index(callee, call.args, call.keywords) and stores[name] == 1 \
                 and name not in params:
             names.add(name)
     return names

@@ -241,12 +241,6 @@ class Kernel:
             raise local_memory.out_of_memory(self.name, frame, self.tape_capacity,
                                              cuda_target.resident_threads(), self._location()) from exc
 
-    def map_blocks(self, *args, **options) -> dict:
-        """This kernel over Dask arrays, one launch per chunk (`gpuad.dask.map_blocks`)."""
-        from gpuad.dask import map_blocks
-
-        return map_blocks(self, *args, **options)
-
     def _status_check(self, jobs: Callable[[], list]) -> Callable:
         """`on_status` for a launch; `jobs()` gives its JobFacts once the launch has run (the cpu
         target creates its jobs while numba compiles the kernel at its first launch)."""

@@ -284,15 +284,3 @@ def test_a_tape_overflow_on_a_worker_reaches_the_client_as_tape_overflow(client)
     assert "<cell-overflow>:" in str(info.value)  # the loop's cell, not cloudpickle's "<dynamic-code>"
     assert info.value.location.filename == "<cell-overflow>" and "tape_capacity" in info.value.hint
 
-
-def test_kernel_map_blocks_is_gpuad_dask_map_blocks():
-    kernel = gpuad.kernel(_double_for_method, target="cpu")
-    xs = np.linspace(0.0, 1.0, 10)
-    out = kernel.map_blocks(da.from_array(xs, chunks=4), da.zeros(10, chunks=4))
-    np.testing.assert_array_equal(out["out"].compute(), 2.0 * xs)
-
-
-def _double_for_method(xs, out):
-    i = gpuad.thread_index()
-    if i < xs.shape[0]:
-        out[i] = 2.0 * xs[i]

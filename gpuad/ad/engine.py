@@ -17,12 +17,13 @@ from gpuad.ad import ir, primitives
 from gpuad.ad.activity import analyse
 from gpuad.ad.cache_key import derivative_key
 from gpuad.ad.emit import Namespace, atom_text, emit_function, expr_text
-from gpuad.ad.normalize import cuda_intrinsics, normalize, unwrap
+from gpuad.ad.normalize import normalize, unwrap
 from gpuad.ad.ssa import rename
 from gpuad.ad.tuples import expand_tuples
 from gpuad.ad.typing import infer, is_float
 from gpuad.ad.views import resolve_views, view_text
 from gpuad.errors import LoweringError, SourceLocation, UnsupportedConstruct
+from gpuad.intrinsics import cuda_intrinsics
 
 _typing_cache: dict = {}
 _stub_cache: dict = {}

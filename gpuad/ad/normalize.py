@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ast
 import builtins
-import functools
 import inspect
 import linecache
 import types
@@ -22,6 +21,7 @@ from gpuad import api
 from gpuad.ad import ir
 from gpuad.ad.emit import Namespace
 from gpuad.errors import SourceLocation, UnsupportedConstruct
+from gpuad.intrinsics import cuda_intrinsics
 from gpuad.source import function_scope, function_source
 
 # On a loop's line, selects checkpointing (recompute) instead of taping every iteration.
@@ -75,20 +75,6 @@ REFUSED_EXPRS = {
     ast.Starred: ("*args", "pass arguments explicitly"),
     ast.Slice: ("slice", "use slices only to index arrays"),
 }
-
-
-@functools.cache
-def cuda_intrinsics() -> tuple[tuple, tuple, dict]:
-    """By identity: the thread-geometry owners (`cuda.threadIdx`...), the functions returning the
-    global thread index, and the CUDA calls a differentiated function may not make (with why)."""
-    from numba import cuda
-
-    owners = (cuda.threadIdx, cuda.blockIdx, cuda.blockDim, cuda.gridDim)
-    refused = {getattr(cuda.atomic, name): "atomic updates" for name in dir(cuda.atomic)
-               if not name.startswith("_")}
-    refused.update({cuda.local.array: "local arrays", cuda.shared.array: "shared memory",
-                    cuda.const.array_like: "constant memory", cuda.syncthreads: "barriers"})
-    return owners, (cuda.grid, api.thread_index), refused
 
 
 def unwrap(fn):
