@@ -9,12 +9,13 @@ download is not needed: the system chromium is used):
     python docs/check_frontends.py lab http://127.0.0.1:8899 abc shot.png
     python docs/check_frontends.py notebook http://127.0.0.1:8898 abc shot.png
     python docs/check_frontends.py readme http://127.0.0.1:8899 abc shot.png
+    python docs/check_frontends.py readme-notebook http://127.0.0.1:8898 abc shot.png
 
 It writes a notebook that displays `CompilationView(..., widget=True)`, runs
 the cell in the browser, and checks that every stage tab is there. `readme`
 instead makes a notebook of the README's ```ipython blocks (what a new user
 types: `%load_ext gpuad`, then a `%%gpukernel` cell), runs them in JupyterLab
-and checks that the compilation view and the passing gradcheck appear.
+(`readme-notebook`: in Notebook 7) and checks that the compilation view and the passing gradcheck appear.
 """
 from __future__ import annotations
 
@@ -55,10 +56,13 @@ def readme_cells() -> list[str]:
     return [block.strip("\n") for block in re.findall(r"```ipython\n(.*?)```", readme, re.S)]
 
 
-def check_readme(base: str, token: str, screenshot: str) -> list[str]:
-    """Run the README's notebook cells in JupyterLab; what a new user would miss."""
-    url = f"{base}/lab/workspaces/readme/tree/readme_check.ipynb?reset&token={token}"
-    panel = ".jp-NotebookPanel:not(.lm-mod-hidden) "
+def check_readme(frontend: str, base: str, token: str, screenshot: str) -> list[str]:
+    """Run the README's notebook cells in JupyterLab or Notebook 7; what a new user would miss."""
+    if frontend == "readme-notebook":
+        url, panel = f"{base}/notebooks/readme_check.ipynb?token={token}", ""
+    else:
+        url = f"{base}/lab/workspaces/readme/tree/readme_check.ipynb?reset&token={token}"
+        panel = ".jp-NotebookPanel:not(.lm-mod-hidden) "
     with sync_playwright() as p:
         browser, page = open_notebook(p, url, panel, height=1400)
         for k in range(len(readme_cells())):
@@ -97,9 +101,9 @@ def check(frontend: str, base: str, token: str, screenshot: str) -> list[str]:
 
 if __name__ == "__main__":
     frontend, base, token, shot = sys.argv[1:5]
-    if frontend == "readme":
+    if frontend.startswith("readme"):
         write_notebook(Path("readme_check.ipynb"), readme_cells())  # in the server's root directory
-        missing = check_readme(base, token, shot)
+        missing = check_readme(frontend, base, token, shot)
     else:
         write_notebook(Path("widget_check.ipynb"))
         missing = check(frontend, base, token, shot)

@@ -81,9 +81,9 @@ def check_call(fn, mode, activities, argtypes, where: SourceLocation | None = No
         if act is api.Active and isinstance(types.unliteral(ty), types.Integer | types.Boolean):
             # Integers are inactive (their derivative is None), as documented; but this is likely a
             # mistake, and storing the None into a float array is what fails next.
-            warnings.warn(GpuadWarning(f"{where}: Active argument {i} (`{code.co_varnames[i]}`) is an "
-                                       f"integer ({ty}): its derivative is None; pass it as Const(...), or "
-                                       "as float(...) to differentiate with respect to it"), stacklevel=3)
+            warn_at(where, f"Active argument {i} (`{code.co_varnames[i]}`) is an integer ({ty}): its "
+                    "derivative is None; pass it as Const(...), or as float(...) to differentiate with "
+                    "respect to it")
         if act is not api.Const and isinstance(ty, types.BaseTuple):
             raise AutodiffCallError(f"{act.__name__} tuple argument {i} (`{code.co_varnames[i]}`): tuples "
                                     "are not differentiated as arguments", where,
@@ -98,9 +98,13 @@ def check_call(fn, mode, activities, argtypes, where: SourceLocation | None = No
                 "(or float arrays)")
     if activities and all(act is api.Const for act in activities):
         # A Const array meant as Duplicated is the likely mistake: its gradient silently stays zero.
-        warnings.warn(GpuadWarning(f"{where}: every argument of {code.co_name} is Const: nothing is "
-                                   "differentiated and every derivative is zero; mark what to differentiate "
-                                   "as Active(x) or Duplicated(a, da)"), stacklevel=3)
+        warn_at(where, f"every argument of {code.co_name} is Const: nothing is differentiated and every "
+                "derivative is zero; mark what to differentiate as Active(x) or Duplicated(a, da)")
+
+
+def warn_at(where: SourceLocation, message: str) -> None:
+    """A GpuadWarning shown at the user's line (not at the gpuad frame that noticed it)."""
+    warnings.warn_explicit(GpuadWarning(f"{where}: {message}"), GpuadWarning, where.filename, where.line)
 
 
 def entry_name(fn, mode) -> str:

@@ -42,8 +42,9 @@ def user_location(text: str, fallback: SourceLocation) -> SourceLocation:
         for m in pattern.finditer(text):
             file = m.group("file").strip()
             if file == fallback.filename or fallback.filename.endswith(("/" + file, "\\" + file)):
-                return SourceLocation(fallback.filename, int(m.group("line")), _line_text(text, m),
-                                      fallback.function)
+                line = int(m.group("line"))
+                code = _line_text(text, m) or linecache.getline(fallback.filename, line).strip() or "kernel"
+                return SourceLocation(fallback.filename, line, code, fallback.function)
     if m := _UNDEFINED.search(text):
         lines = linecache.getlines(fallback.filename)
         for number in range(fallback.line, len(lines) + 1):
@@ -58,7 +59,7 @@ def _line_text(text: str, match: re.Match) -> str:
     for k, line in enumerate(lines[:12]):
         if line.strip().startswith("^") and k > 0:
             return lines[k - 1].strip()
-    return "kernel"
+    return ""
 
 
 def key_sentence(text: str) -> str:
