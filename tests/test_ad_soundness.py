@@ -243,13 +243,19 @@ INCREMENTS = {  # a[k] += e / -= e where e cannot write memory: the adjoint only
     "element into itself": "a[0] += a[0]\nreturn a[0] * x",
     "twice in a loop": "for k in range(3):\n    y[k % 2] += x * a[k]\nreturn y[0] + y[1] * x",
     "through an alias": "w = y\nw[1] += x * x\ny[1] -= a[0] * x\nreturn w[1] * y[0]",
+    "a helper's value": "y[0] += value_of(x, a)\ny[1] -= 2.0 * value_of(a[2], a)\nreturn y[0] * y[1]",
+    "written out": "y[0] = y[0] + x * a[1]\ny[1] = y[1] - value_of(x, a)\nreturn y[0] * y[1]",
 }
+
+
+def value_of(x, a):  # reads its array, writes nothing: `y[k] += value_of(...)` is an increment
+    return math.sin(x) * a[0] + x * x
 
 
 @pytest.mark.parametrize("name", INCREMENTS)
 def test_increment_adjoint_reads_the_shadow_without_zeroing_it(name):
     body = "".join(f"    {line}\n" for line in INCREMENTS[name].splitlines())
-    f = define(f"def f(x, a, y):\n{body}")
+    f = define(f"def f(x, a, y):\n{body}", value_of=value_of)
     from numba.core import types
 
     from gpuad.ad import differentiate

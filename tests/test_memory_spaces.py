@@ -197,11 +197,13 @@ SHARED_INCREMENTS = {
     "three elements, both signs": "y[i % 3] -= math.sin(x)\n    y[0] += x",
     "in a loop": "for k in range(3):\n        y[k] += x * k * x",
     "in branches": "if x > 20.0:\n        y[1] += x * x\n    else:\n        y[2] -= 3.0 * x",
+    "a helper's value, written out": "y[0] = y[0] + half_square(x)\n    y[1] -= half_square(2.0 * x)",
 }
 
 
 def shared_increment_kernel(body: str):
-    source = (f"def f(x, y, i):\n    {body}\n\n\n"
+    source = ("def half_square(x):\n    return 0.5 * x * x\n\n\n"
+              f"def f(x, y, i):\n    {body}\n\n\n"
               "def kernel(xs, dxs, y, dy):\n"
               "    i = cuda.grid(1)\n"
               "    if i < xs.shape[0]:\n"

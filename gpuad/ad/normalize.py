@@ -118,15 +118,56 @@ def loop_exits(node) -> tuple[bool, bool, bool]:
 
 
 def writes_nothing(stmts: list) -> bool:
-    """Statements that cannot write memory: no stores, and calls only of builtins (`math.sin`,
-    `min`), so `a[k] += <their value>` may read `a[k]` after them (an increment)."""
+    """Statements that cannot write memory: no stores, and calls only of functions that store
+    nothing (`math.sin`, a helper computing a value), so `a[k] += <their value>` may read `a[k]`
+    after them (an increment)."""
     for s in ir.walk(stmts):
         if not isinstance(s, ir.Assign):
             return False
         if isinstance(s.value, ir.AutodiffCall) or (
-                isinstance(s.value, ir.Call) and not isinstance(s.value.func, types.BuiltinFunctionType)):
+                isinstance(s.value, ir.Call) and may_write_memory(s.value.func)):
             return False
     return True
+
+
+def as_increment(node: ast.Assign) -> ast.AugAssign | None:
+    """`a[k] = a[k] + e` (or `- e`) as `a[k] += e`: the same reads in the same order when the
+    index is plain names and numbers (evaluated twice or once alike)."""
+    target, value = node.targets[0], node.value
+    if not (len(node.targets) == 1 and isinstance(target, ast.Subscript)
+            and isinstance(target.value, ast.Name) and isinstance(value, ast.BinOp)
+            and isinstance(value.op, ast.Add | ast.Sub) and isinstance(value.left, ast.Subscript)
+            and ast.unparse(value.left) == ast.unparse(target)):
+        return None
+    plain = (ast.Name, ast.Constant, ast.BinOp, ast.UnaryOp, ast.Tuple, ast.expr_context, ast.operator,
+             ast.unaryop)
+    if not all(isinstance(n, plain) for n in ast.walk(target.slice)):
+        return None
+    return ast.copy_location(ast.AugAssign(target, value.op, value.right), node)
+
+
+_normalizing: list = []  # the functions being normalised now (innermost last)
+
+
+def may_write_memory(func, seen: frozenset = frozenset()) -> bool:
+    """Could calling `func` write an array (an argument or a global)? A builtin (`math.sin`,
+    `min`) cannot; a plain function can if it stores into an array or calls one that may.
+    Anything gpuad cannot read, and recursion, may."""
+    if isinstance(func, types.BuiltinFunctionType):
+        return False
+    fn = unwrap(func)
+    if not isinstance(fn, types.FunctionType) or fn in seen or fn in _normalizing:
+        return True
+    try:
+        fir = normalize(fn)
+    except UnsupportedConstruct:
+        return True
+    for t in ir.walk(fir.body):
+        if isinstance(t, ir.Store) or isinstance(t, ir.Assign) and (
+                isinstance(t.value, ir.AutodiffCall)
+                or isinstance(t.value, ir.Call) and may_write_memory(t.value.func, seen | {fn})):
+            return True
+    return False
 
 
 @dataclass
@@ -245,6 +286,8 @@ class Normalizer:
         self.expr(node.value)  # calls may write arrays; refused constructs must be seen
 
     def stmt_Assign(self, node) -> None:
+        if (increment := as_increment(node)) is not None:  # `a[k] = a[k] + e`: `a[k] += e`
+            return self.stmt_AugAssign(increment)
         value = self.expr(node.value)
         for target in node.targets:
             self.assign(target, value, node, retarget=len(node.targets) == 1)
@@ -665,6 +708,10 @@ class Normalizer:
 def normalize(fn, namespace: Namespace | None = None, name: str | None = None) -> ir.FunctionIR:
     """Normalise `fn` (see module docstring); globals are bound in `namespace`."""
     ns = namespace if namespace is not None else Namespace()
-    fir = Normalizer(fn, ns, name).run()
+    _normalizing.append(unwrap(fn))
+    try:
+        fir = Normalizer(fn, ns, name).run()
+    finally:
+        _normalizing.pop()
     fir.globals = ns.objects
     return fir

@@ -13,8 +13,6 @@ collects the names the adjoint code reads, the second saves only those.
 """
 from __future__ import annotations
 
-import types as pytypes
-
 from numba.core import types
 
 from gpuad import api
@@ -38,11 +36,10 @@ from gpuad.ad.emit import (
 from gpuad.ad.engine import Prepared, Program, inert_call, type_of_atom
 from gpuad.ad.forward import rule_terms
 from gpuad.ad.ir import multi_assigned
-from gpuad.ad.normalize import normalize, unwrap
+from gpuad.ad.normalize import may_write_memory, unwrap
 from gpuad.ad.rules import DERIVATIVES, user_rule
 from gpuad.ad.tape import TapeUse
 from gpuad.ad.typing import is_float
-from gpuad.errors import GpuadError
 
 
 def assigned_names(fir: ir.FunctionIR) -> set:
@@ -464,27 +461,6 @@ def loop_state(s: ir.Loop, localtypes: dict) -> set:
     (those read before being assigned, and those whose overwritten values it saves and restores)."""
     return {n for t in ir.walk(s.body) if isinstance(t, ir.Assign) for n in ir.target_names(t.target)
             if not isinstance(localtypes.get(n), types.Array)}
-
-
-def may_write_memory(func, seen: frozenset = frozenset()) -> bool:
-    """Could calling `func` write an array (an argument or a global)? A builtin (`math.sin`,
-    `min`) cannot; a plain function can if it stores into an array or calls one that may.
-    Anything gpuad cannot read, and recursion, may."""
-    if isinstance(func, pytypes.BuiltinFunctionType):
-        return False
-    fn = unwrap(func)
-    if not isinstance(fn, pytypes.FunctionType) or fn in seen:
-        return True
-    try:
-        fir = normalize(fn)
-    except GpuadError:
-        return True
-    for t in ir.walk(fir.body):
-        if isinstance(t, ir.Store) or isinstance(t, ir.Assign) and (
-                isinstance(t.value, ir.AutodiffCall)
-                or isinstance(t.value, ir.Call) and may_write_memory(t.value.func, seen | {fn})):
-            return True
-    return False
 
 
 def source_name(name: str) -> str | None:
