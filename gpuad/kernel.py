@@ -110,7 +110,7 @@ class Kernel:
             return self._cuda[key]
         from gpuad.ad import DEFAULT_TAPE_CAPACITY
 
-        stored_as = disk_cache.kernel_key(self.pyfunc, argtypes, arch, fastmath, thread_ownership,
+        stored_as = disk_cache.kernel_key(key[-1], argtypes, arch, fastmath, thread_ownership,
                                           self.tape_capacity or DEFAULT_TAPE_CAPACITY)
         if stored_as is not None and (compiled := self._from_disk(stored_as)) is not None:
             self._cuda[key] = compiled

@@ -48,7 +48,9 @@ def define(source: str, filename: str | None = None, **extra):
 
 
 def key_of(scope, *parts):
-    return disk_cache.kernel_key(scope["grad"], *parts)
+    from gpuad.ad.cache_key import derivative_key
+
+    return disk_cache.kernel_key(derivative_key(scope["grad"]), *parts)
 
 
 ARGS = (np.ones(4), np.zeros(4))

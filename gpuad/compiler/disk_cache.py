@@ -65,16 +65,16 @@ def max_bytes() -> int:
 
 # ------------------------------------------------------------------ the key
 
-def kernel_key(pyfunc, *parts) -> str | None:
-    """The entry name of a kernel compiled with `parts` (types, arch, options), or None when it
+def kernel_key(derived: tuple, *parts) -> str | None:
+    """The entry name of a kernel whose `cache_key.derivative_key` is `derived` (the in-memory
+    cache computed it already), compiled with `parts` (types, arch, options); None when it
     cannot be named across processes."""
-    from gpuad.ad.cache_key import derivative_key
     from gpuad.method_table import CUDA
 
     if not enabled() or not rules_keyed_by_code() or not CUDA.only_builtin():
         return None
     try:
-        derived = stable(derivative_key(pyfunc))
+        derived = stable(derived)
     except NotStable:
         return None
     text = repr((toolchain(), derived, tuple(map(repr, parts))))
