@@ -64,6 +64,7 @@ from typing import Callable
 
 import numpy as np
 
+from gpuad.ad.cache_key import reached_functions
 from gpuad.errors import LaunchError
 from gpuad.kernel import Kernel
 
@@ -111,7 +112,7 @@ class ShippedKernel:
 
         options = {"target": kernel.target, "arch": kernel.arch, "fastmath": kernel.fastmath,
                    "tape_capacity": kernel.tape_capacity}
-        functions = _reachable_functions(kernel.pyfunc)
+        functions = reached_functions(kernel.pyfunc)  # the user's functions, shipped by value
         # cloudpickle renames the file of every function it ships by value to "<dynamic-code>";
         # gpuad finds a function's source, and names it in errors, by its file: ship the names.
         files = [(fn, fn.__code__.co_filename) for fn in functions]
@@ -177,42 +178,6 @@ def register_sources(sources: dict[str, list[str]]) -> None:
     for filename, lines in sources.items():
         if not os.path.exists(filename):
             linecache.cache[filename] = (sum(map(len, lines)), None, list(lines), filename)
-
-
-def _reachable_functions(root: Callable) -> list[types.FunctionType]:
-    """User functions reachable from `root` through the global names and closure cells its code
-    uses (nested code objects included); library functions are not followed."""
-    seen: dict[int, types.FunctionType] = {}
-    stack = [root]
-    while stack:
-        fn = stack.pop()
-        if not isinstance(fn, types.FunctionType) or id(fn) in seen or _is_library(fn):
-            continue
-        seen[id(fn)] = fn
-        cells = [c.cell_contents for c in fn.__closure__ or () if _filled(c)]
-        stack.extend(fn.__globals__[name] for name in _names(fn.__code__) if name in fn.__globals__)
-        stack.extend(getattr(v, "pyfunc", v) for v in cells)  # a Kernel in a cell: its function
-    return list(seen.values())
-
-
-def _names(code: types.CodeType) -> set[str]:
-    names = set(code.co_names)
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            names |= _names(const)
-    return names
-
-
-def _filled(cell) -> bool:
-    try:
-        return cell.cell_contents is not cell  # reading an empty cell raises
-    except ValueError:
-        return False
-
-
-def _is_library(fn: types.FunctionType) -> bool:
-    module = (fn.__module__ or "").split(".")[0]
-    return module in ("gpuad", "numba", "numpy", "math", "dask", "distributed")
 
 
 # -- one launch per chunk ------------------------------------------------------------------

@@ -76,7 +76,19 @@ class Ident:
 
 def derivative_key(fn) -> tuple:
     """Everything that changes a derivative of `fn`, as a hashable tuple (see the module docstring)."""
-    entries: list = []
+    return (rules_version(), tuple(entry for _, entry in reached(fn)))
+
+
+def reached_functions(fn) -> list:
+    """`fn` and every Python function of the user's that a derivative of it depends on (what
+    `derivative_key` keys by code; `gpuad.dask` ships them to workers)."""
+    return [f for f, _ in reached(fn)]
+
+
+def reached(fn) -> list[tuple]:
+    """(function, its key entry) for `fn` and the functions it reaches, depth first in reading
+    order (a deterministic key)."""
+    found: list = []
     seen: set[int] = set()
     pending = [fn]
     while pending:
@@ -85,10 +97,10 @@ def derivative_key(fn) -> tuple:
         if f is None or id(f) in seen:
             continue
         seen.add(id(f))
-        entry, reached = function_entry(f)
-        entries.append(entry)
-        pending.extend(reversed(reached))  # depth first, in reading order: a deterministic key
-    return (rules_version(), tuple(entries))
+        entry, values = function_entry(f)
+        found.append((f, entry))
+        pending.extend(reversed(values))
+    return found
 
 
 def followed(value, library_too: bool = False):
