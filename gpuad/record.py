@@ -9,6 +9,10 @@ import functools
 import json
 from dataclasses import asdict, dataclass, field
 
+# The JSON layout of `CompilationRecord.to_dict`; the version grows when a key changes meaning.
+RECORD_FORMAT = "gpuad.compilation"
+RECORD_VERSION = 1
+
 
 @dataclass(frozen=True)
 class OverlayRecord:
@@ -39,6 +43,8 @@ class JobRecord:
     parent: int | None = None  # the job whose module contains this job's marker
     # Arrays whose shadow this job updates without atomics (one thread per element).
     own_shadows: tuple[str, ...] = ()
+    # The Python source of the function this job differentiates ("" when inspect cannot find it).
+    source: str = ""
 
 
 @dataclass
@@ -74,7 +80,12 @@ class CompilationRecord:
         return [f for f in defined_functions(self.ir_after_link) if f not in before]
 
     def to_dict(self) -> dict:
-        data = asdict(self)
+        """The record as JSON-ready data: every field, plus what is derived from them.
+
+        `format` and `version` name the layout, for readers of saved notebooks
+        (the JupyterLab viewer renders `application/vnd.gpuad.compilation+json`).
+        """
+        data = {"format": RECORD_FORMAT, "version": RECORD_VERSION, **asdict(self)}
         data["adjoint_sources"] = {str(k): v for k, v in self.adjoint_sources.items()}
         data["linked_functions"] = self.linked_functions
         data["local_memory_bytes"] = self.local_memory_bytes
@@ -97,3 +108,15 @@ class CompilationRecord:
 
     def __repr__(self) -> str:
         return f"<CompilationRecord {self.summary()}>"
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict | None:
+        """Jupyter shows `kernel.compile(...)` as the compilation view (`gpuad.notebook.views`).
+
+        The text form stays this repr; without the notebook extra it is all there is.
+        """
+        try:
+            from gpuad.notebook.views import CompilationView
+        except ImportError:
+            return None
+        bundle = CompilationView(self, widget=False)._repr_mimebundle_(include, exclude)
+        return {**bundle, "text/plain": repr(self)}

@@ -8,6 +8,7 @@ from several call sites are one job, compiled once.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -64,7 +65,16 @@ class DeferredJob:
             call_sites=tuple(self.call_sites),
             parent=self.parent,
             own_shadows=tuple(sorted(self.derivative.own_arrays)) if self.derivative else (),
+            source=_source_of(self.site.function),
         )
+
+
+def _source_of(function) -> str:
+    """The function's source for the viewers' Source tab; "" when Python cannot find it."""
+    try:
+        return inspect.getsource(function)
+    except (OSError, TypeError):
+        return ""
 
 
 def primal_types(activities: tuple[type, ...], flat_types: tuple) -> tuple:

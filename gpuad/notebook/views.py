@@ -10,6 +10,7 @@ chosen stages as plain text; `gradcheck_text` is the gradcheck table as text.
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
@@ -21,6 +22,8 @@ from gpuad.notebook.outline import outline
 from gpuad.record import CompilationRecord, plural
 
 WIDGET_MIMETYPE = "application/vnd.jupyter.widget-view+json"
+# The record as JSON (`CompilationView.viewer_data`), drawn by the JupyterLab extension in extension/.
+COMPILATION_MIMETYPE = "application/vnd.gpuad.compilation+json"
 
 
 @dataclass(frozen=True)
@@ -171,12 +174,38 @@ class CompilationView:
         return render.panel(self.header_html() + "".join(sections))
 
     def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
-        bundle = {"text/plain": summary_line(self.record), "text/html": self.to_html()}
-        if self._widget_wanted or (self._widget_wanted is None and _kernel_can_show_widgets()):
+        """The summary (what nbval compares), the static HTML and the record as JSON.
+
+        The JupyterLab extension (`extension/`) draws the JSON, live and in a saved
+        notebook alike; without it, Jupyter shows the HTML. The ipywidgets view is
+        added only when asked for (`widget=True`): its model lives in the kernel,
+        so a reopened notebook would show "Error displaying widget: model not found"
+        in place of the other forms.
+        """
+        bundle = {"text/plain": summary_line(self.record), "text/html": self.to_html(),
+                  COMPILATION_MIMETYPE: self.viewer_data()}
+        if self._widget_wanted:
             view = self.widget()._repr_mimebundle_()
             if view and WIDGET_MIMETYPE in view:
                 bundle[WIDGET_MIMETYPE] = view[WIDGET_MIMETYPE]
         return bundle
+
+    def viewer_data(self) -> dict:
+        """What the extension's viewer draws: `record.to_dict()` plus what it derives.
+
+        `stages` (the tabs to show, in order), `symbols` (mangled name -> readable
+        Python name, for every mangled name in the IR and PTX), `call_sites` (as
+        `cell [3], line 5` or a short path) and `link_diff`
+        (the line alignment of IR before and after link, with the marker and the
+        linked functions marked) are computed here, once, in Python, so the viewer
+        needs no demangler or diff of its own.
+        """
+        data = self.record.to_dict()
+        data["stages"] = list(self.stages)
+        data["symbols"] = readable_symbols(self.record)
+        data["call_sites"] = readable_call_sites(self.record)
+        data["link_diff"] = diff_data(self.diff)
+        return data
 
     def __repr__(self) -> str:
         return summary_line(self.record)
@@ -278,15 +307,44 @@ def gradcheck_text(report) -> str:
     return f"{report!r}\n{tolerance}\n{table}"
 
 
-def _kernel_can_show_widgets() -> bool:
-    try:
-        import ipywidgets  # noqa: F401
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    shell = get_ipython()
-    # A terminal IPython has no kernel, so no front end could render the widget.
-    return shell is not None and getattr(shell, "kernel", None) is not None
+# Mangled numba names (`_ZN…`) as they appear in IR (`@"_ZN…"`, `@_ZN…`) and PTX (`.entry _ZN…`,
+# `_ZN…_param_0`).
+_MANGLED = re.compile(r"_ZN[A-Za-z0-9_$.]+")
+_PTX_PARAM = re.compile(r"(.+?)(_param_\d+)?")
+
+
+def readable_symbols(record: CompilationRecord) -> dict[str, str]:
+    """Each mangled name of the record's IR, PTX and jobs -> its readable Python name."""
+    found = set(_MANGLED.findall("\n".join((record.ir_before_link, record.ir_after_link, record.ptx))))
+    found.update(j.symbol for j in record.jobs if j.symbol)
+    names = {}
+    for symbol in sorted(found):
+        # A PTX parameter is its function's symbol and `_param_N`: keep the N readable.
+        base, param = _PTX_PARAM.fullmatch(symbol).groups()
+        short = short_symbol(base, limit=96)
+        if short.shortened:
+            names[symbol] = short.text + (param or "")
+    return names
+
+
+def readable_call_sites(record: CompilationRecord) -> dict[str, str]:
+    """Each `file:line` of the overlays and jobs -> where the reader wrote it (`cell [3], line 5`)."""
+    sites = {o.call_site for o in record.overlays} | {s for j in record.jobs for s in j.call_sites}
+    return {site: short_location(site).text for site in sorted(sites)}
+
+
+def diff_data(diff: IRDiff) -> dict:
+    """The link diff as the viewer needs it: difflib opcodes over the lines, and the marks.
+
+    Lines are not repeated: the viewer takes them from `ir_before_link` and
+    `ir_after_link`. Marks are keyed by 0-based line index (JSON keys are strings).
+    """
+    return {
+        "opcodes": [list(op) for op in diff.opcodes],
+        "before_marks": {str(k): v for k, v in diff.before_marks.items()},
+        "after_marks": {str(k): v for k, v in diff.after_marks.items()},
+        "linked_functions": list(diff.linked_functions),
+    }
 
 
 def _build_widget(view: CompilationView):

@@ -1,0 +1,369 @@
+/**
+ * The compilation viewer: a header (kernel, target, counts), the stage
+ * timings, and one tab per stage. Tab bodies are built when first opened,
+ * and function bodies when first unfolded, so a large module stays quick.
+ */
+import { codeBlock, Language, symbolElement, Symbols } from './code';
+import { sideBySide } from './diff';
+import { Compilation, formatSeconds, Job, plural, STAGE_TITLES } from './model';
+import { segments } from './outline';
+
+// Modules up to this many lines open every function; longer ones start folded.
+const UNFOLD_LIMIT = 400;
+const DIFF_CONTEXT = 3;
+
+export function renderCompilation(node: HTMLElement, data: Compilation): void {
+  node.textContent = '';
+  node.classList.add('gpuad-viewer');
+  const symbols: Symbols = data.symbols ?? {};
+  node.appendChild(header(data));
+  node.appendChild(timings(data.timings));
+  const keys = (data.stages ?? Object.keys(STAGE_TITLES)).filter(k => k in STAGE_TITLES);
+  if (keys.length === 0) {
+    return;
+  }
+  const bar = el('div', 'gpuad-tabbar');
+  bar.setAttribute('role', 'tablist');
+  const body = el('div', 'gpuad-tabbody');
+  node.appendChild(bar);
+  node.appendChild(body);
+  const built: { [key: string]: HTMLElement } = {};
+  const select = (key: string) => {
+    for (const button of Array.from(bar.children)) {
+      button.classList.toggle('gpuad-tab-active', (button as HTMLElement).dataset.stage === key);
+      button.setAttribute('aria-selected', String((button as HTMLElement).dataset.stage === key));
+    }
+    for (const panel of Object.values(built)) {
+      panel.hidden = true;
+    }
+    if (!built[key]) {
+      built[key] = el('div', `gpuad-panel gpuad-stage-${key}`);
+      built[key].appendChild(stageBody(key, data, symbols));
+      body.appendChild(built[key]);
+    }
+    built[key].hidden = false;
+  };
+  for (const key of keys) {
+    const button = el('button', 'gpuad-tab', STAGE_TITLES[key]);
+    button.dataset.stage = key;
+    button.setAttribute('role', 'tab');
+    button.addEventListener('click', () => select(key));
+    bar.appendChild(button);
+  }
+  const names = el('label', 'gpuad-mangled-toggle');
+  const box = document.createElement('input');
+  box.type = 'checkbox';
+  box.addEventListener('change', () => node.classList.toggle('gpuad-show-mangled', box.checked));
+  names.appendChild(box);
+  names.appendChild(document.createTextNode(' mangled names'));
+  bar.appendChild(names);
+  select(keys[0]);
+}
+
+function header(d: Compilation): HTMLElement {
+  const h = el('div', 'gpuad-header');
+  h.appendChild(el('b', '', 'gpuad kernel '));
+  h.appendChild(el('code', 'gpuad-kernel-name', d.kernel_name));
+  const ptxLines = d.ptx ? d.ptx.split('\n').length : 0;
+  const counts = [
+    plural(d.overlays.length, 'overlay'),
+    plural(d.jobs.length, 'deferred job'),
+    `${plural(d.linked_functions.length, 'function')} linked`,
+    d.ptx ? plural(ptxLines, 'PTX line') : 'no PTX'
+  ];
+  if (d.local_memory_bytes) {
+    counts.push(`${d.local_memory_bytes} B local memory per thread`);
+  }
+  h.appendChild(
+    el('span', 'gpuad-muted', ` [${d.target}, ${d.arch}] (${d.signature.join(', ')}) — ${counts.join(', ')}`)
+  );
+  return h;
+}
+
+function timings(t: { [stage: string]: number }): HTMLElement {
+  const strip = el('div', 'gpuad-timings');
+  const stages = Object.entries(t ?? {});
+  if (stages.length === 0) {
+    strip.textContent = 'No timings recorded.';
+    return strip;
+  }
+  for (const [stage, seconds] of stages) {
+    const item = el('span', 'gpuad-timing');
+    item.appendChild(el('span', 'gpuad-muted', stage + ' '));
+    item.appendChild(el('span', '', formatSeconds(seconds)));
+    strip.appendChild(item);
+  }
+  const total = el('span', 'gpuad-timing gpuad-timing-total');
+  total.appendChild(el('span', 'gpuad-muted', 'total '));
+  total.appendChild(el('b', '', formatSeconds(stages.reduce((s, [, v]) => s + v, 0))));
+  strip.appendChild(total);
+  return strip;
+}
+
+function stageBody(key: string, d: Compilation, symbols: Symbols): HTMLElement {
+  switch (key) {
+    case 'source':
+      return sources(d, symbols);
+    case 'overlays':
+      return overlays(d);
+    case 'jobs':
+      return jobs(d, symbols);
+    case 'derivatives':
+      return derivatives(d, symbols);
+    case 'ir-before':
+      return module(d.ir_before_link, 'llvm', symbols);
+    case 'ir-after':
+      return module(d.ir_after_link, 'llvm', symbols);
+    case 'diff':
+      return linkDiff(d, symbols);
+    case 'ptx':
+      return module(d.ptx, 'ptx', symbols);
+  }
+  return note(`unknown stage ${key}`);
+}
+
+/** The kernel and each function it differentiates. */
+function sources(d: Compilation, symbols: Symbols): HTMLElement {
+  const box = el('div', 'gpuad-scroll');
+  box.appendChild(fold(titleText('kernel ', d.kernel_name), true, () => python(d.source, symbols)));
+  const seen = new Set<string>();
+  for (const job of d.jobs) {
+    if (seen.has(job.function)) {
+      continue;
+    }
+    seen.add(job.function);
+    const title = titleText('differentiated ', job.function, ` (job ${job.id}: ${job.mode})`);
+    box.appendChild(
+      fold(title, true, () =>
+        job.source ? python(job.source, symbols) : note('Its source was not found (inspect.getsource failed).')
+      )
+    );
+  }
+  return box;
+}
+
+function derivatives(d: Compilation, symbols: Symbols): HTMLElement {
+  const ids = Object.keys(d.adjoint_sources ?? {}).sort((a, b) => Number(a) - Number(b));
+  if (ids.length === 0) {
+    return note('No derivative source was generated.');
+  }
+  const byId = new Map<string, Job>(d.jobs.map(j => [String(j.id), j]));
+  const box = el('div', 'gpuad-scroll');
+  for (const id of ids) {
+    const job = byId.get(id);
+    const title = titleText(`job ${id}`, job ? `: ${job.mode} of ` : '', job ? job.function : '');
+    box.appendChild(fold(title, true, () => python(d.adjoint_sources[id], symbols)));
+  }
+  return box;
+}
+
+function python(text: string, symbols: Symbols): HTMLElement {
+  return codeBlock(text.replace(/\n$/, '').split('\n'), 'python', symbols);
+}
+
+function overlays(d: Compilation): HTMLElement {
+  if (d.overlays.length === 0) {
+    return note('No call was overlaid: every call resolved to its original function.');
+  }
+  return table(
+    ['call site', 'original', 'replacement', 'function'],
+    d.overlays.map(o => [site(d, o.call_site), code(o.original), code(o.replacement), code(o.function)])
+  );
+}
+
+function jobs(d: Compilation, symbols: Symbols): HTMLElement {
+  if (d.jobs.length === 0) {
+    return note('No deferred jobs: the kernel makes no autodiff call.');
+  }
+  return table(
+    ['id', 'function', 'mode', 'activities', 'types', 'symbol', 'call sites', 'parent'],
+    d.jobs.map(j => [
+      text(String(j.id)),
+      code(j.function),
+      text(j.mode),
+      text(j.activities.join(', ')),
+      code(j.argument_types.join(', ')),
+      symbol(j.symbol, symbols),
+      listOf(j.call_sites.map(s => site(d, s))),
+      text(j.parent === null ? '' : String(j.parent))
+    ])
+  );
+}
+
+function module(textIn: string, lang: Language, symbols: Symbols): HTMLElement {
+  if (!textIn) {
+    return note('Not produced by this compilation.');
+  }
+  const lines = textIn.replace(/\n$/, '').split('\n');
+  const parts = segments(lines.join('\n'), lang as 'llvm' | 'ptx');
+  const unfold = lines.length <= UNFOLD_LIMIT;
+  const box = el('div', 'gpuad-scroll gpuad-module');
+  box.appendChild(
+    note(`${plural(lines.length, 'line')}, ${plural(parts.filter(p => p.name).length, 'function')}`)
+  );
+  for (const part of parts) {
+    const n = part.end - part.start;
+    const body = () => codeBlock(lines.slice(part.start, part.end), lang, symbols, part.start + 1);
+    if (part.name === null) {
+      box.appendChild(fold(titleText('module ', '', `lines ${part.start + 1}–${part.end}`), false, body));
+      continue;
+    }
+    const title = el('span', 'gpuad-fold-title');
+    title.appendChild(symbol(part.name, symbols));
+    title.appendChild(el('span', 'gpuad-muted', `  ${plural(n, 'line')}`));
+    box.appendChild(fold(title, unfold, body));
+  }
+  return box;
+}
+
+function linkDiff(d: Compilation, symbols: Symbols): HTMLElement {
+  if (!d.link_diff || !(d.ir_before_link || d.ir_after_link)) {
+    return note('No IR to compare.');
+  }
+  const diff = d.link_diff;
+  const before = d.ir_before_link.split('\n');
+  const after = d.ir_after_link.split('\n');
+  const box = el('div', 'gpuad-diffbox');
+  const summary = el('div', 'gpuad-note');
+  const removed = diff.opcodes.reduce((s, [t, i1, i2]) => s + (t === 'equal' ? 0 : i2 - i1), 0);
+  const added = diff.opcodes.reduce((s, [t, , , j1, j2]) => s + (t === 'equal' ? 0 : j2 - j1), 0);
+  summary.appendChild(el('span', '', `${removed} lines removed, ${added} added; functions linked: `));
+  diff.linked_functions.forEach((f, k) => {
+    if (k) {
+      summary.appendChild(document.createTextNode(', '));
+    }
+    summary.appendChild(symbol(f, symbols));
+  });
+  if (diff.linked_functions.length === 0) {
+    summary.appendChild(document.createTextNode('none'));
+  }
+  box.appendChild(summary);
+  const legend = el('div', 'gpuad-legend');
+  legend.appendChild(el('span', 'gpuad-mark-marker', 'deferred-codegen marker'));
+  legend.appendChild(el('span', 'gpuad-mark-linked', 'linked function'));
+  legend.appendChild(el('span', 'gpuad-mark-linkref', 'refers to a linked function'));
+  const all = el('label', '');
+  const box2 = document.createElement('input');
+  box2.type = 'checkbox';
+  all.appendChild(box2);
+  all.appendChild(document.createTextNode(' all lines'));
+  legend.appendChild(all);
+  box.appendChild(legend);
+  const heads = el('div', 'gpuad-diff-heads');
+  heads.appendChild(el('div', '', 'IR before link'));
+  heads.appendChild(el('div', '', 'IR after link'));
+  box.appendChild(heads);
+  let grid = sideBySide(before, after, diff, symbols, DIFF_CONTEXT);
+  box.appendChild(grid);
+  box2.addEventListener('change', () => {
+    const next = sideBySide(before, after, diff, symbols, box2.checked ? null : DIFF_CONTEXT);
+    box.replaceChild(next, grid);
+    grid = next;
+  });
+  return box;
+}
+
+// ------------------------------------------------------------------ DOM helpers
+
+function el(tag: string, cls: string, textContent?: string): HTMLElement {
+  const e = document.createElement(tag);
+  if (cls) {
+    e.className = cls;
+  }
+  if (textContent !== undefined) {
+    e.textContent = textContent;
+  }
+  return e;
+}
+
+function note(message: string): HTMLElement {
+  return el('div', 'gpuad-note', message);
+}
+
+function text(value: string): HTMLElement {
+  return el('span', '', value);
+}
+
+function code(value: string): HTMLElement {
+  return el('code', '', value);
+}
+
+function listOf(items: HTMLElement[]): HTMLElement {
+  const box = el('span', '');
+  items.forEach((item, k) => {
+    if (k) {
+      box.appendChild(document.createTextNode(', '));
+    }
+    box.appendChild(item);
+  });
+  return box;
+}
+
+/** A call site `file:line` as the reader knows it (`cell [3], line 5`), the full form on hover. */
+function site(d: Compilation, callSite: string): HTMLElement {
+  const short = d.call_sites?.[callSite] ?? callSite;
+  const c = el('code', 'gpuad-site', short);
+  c.title = callSite;
+  return c;
+}
+
+function symbol(mangled: string, symbols: Symbols): HTMLElement {
+  const readable = symbols[mangled];
+  if (readable === undefined) {
+    const c = el('code', 'gpuad-sym', mangled);
+    c.title = mangled;
+    return c;
+  }
+  const s = symbolElement(mangled, readable);
+  s.classList.add('gpuad-code-inline');
+  return s;
+}
+
+function titleText(prefix: string, name: string, suffix = ''): HTMLElement {
+  const t = el('span', 'gpuad-fold-title');
+  t.appendChild(el('span', 'gpuad-muted', prefix));
+  t.appendChild(el('code', '', name));
+  if (suffix) {
+    t.appendChild(el('span', 'gpuad-muted', suffix));
+  }
+  return t;
+}
+
+/** A foldable section whose body is built the first time it opens. */
+function fold(title: HTMLElement, open: boolean, body: () => HTMLElement): HTMLElement {
+  const details = document.createElement('details');
+  details.className = 'gpuad-fold';
+  const summary = document.createElement('summary');
+  summary.appendChild(title);
+  details.appendChild(summary);
+  let built = false;
+  const build = () => {
+    if (!built && details.open) {
+      built = true;
+      details.appendChild(body());
+    }
+  };
+  details.addEventListener('toggle', build);
+  details.open = open;
+  build();
+  return details;
+}
+
+function table(headers: string[], rows: HTMLElement[][]): HTMLElement {
+  const wrap = el('div', 'gpuad-scroll');
+  const t = el('table', 'gpuad-table');
+  const head = el('tr', '');
+  headers.forEach(h => head.appendChild(el('th', '', h)));
+  t.appendChild(head);
+  for (const row of rows) {
+    const tr = el('tr', '');
+    for (const cell of row) {
+      const td = el('td', '');
+      td.appendChild(cell);
+      tr.appendChild(td);
+    }
+    t.appendChild(tr);
+  }
+  wrap.appendChild(t);
+  return wrap;
+}
