@@ -5,7 +5,8 @@
     out = gpuad.dask.map_blocks(grad_kernel, x, dx, coeffs, dcoeffs, reduce={"dcoeffs": "sum"})
     dx, dcoeffs = dask.compute(out["dx"], out["dcoeffs"])
 
-`map_blocks(kernel, *args, n=None, depth=0, reduce=None, outputs=None, split_every=None)`:
+`map_blocks(kernel, *args, n=None, depth=0, reduce=None, outputs=None, split_every=None,
+depth_verified=False)`:
 
 - `args` are the kernel's arguments. **Dask arrays** are split into chunks along their first axis
   (all of them the same way: the first Dask argument's chunks; other axes are one chunk), and each
@@ -25,9 +26,21 @@
   `i = owned_start + thread_index(); if i < owned_stop: ...` (one launch over the whole array
   passes 0 and its length). What a chunk's launch adds to the halo elements of a written array
   (a stencil's shadow `du`) is added back to the chunks that own them, so the gradient of an
-  energy equals the single-launch gradient, contributions across chunk borders included. `d` must
-  cover the farthest neighbour a thread reads: a kernel that guards a read past the halo skips
-  it silently.
+  energy equals the single-launch gradient, contributions across chunk borders included.
+- **Depth is checked before anything runs** (`gpuad.halo`): the kernel's source and the functions
+  it reaches are read, and each index of a chunked array must be the thread's element
+  (`owned_start + thread_index()`) plus a constant k, which needs `depth >= |k|`; so does each
+  bound check against the element (`i + 2 < u.shape[0]`, `i > 0`). Too small a depth is a
+  LaunchError naming the file, line and array and saying `pass depth=K`. Refused too, as no
+  depth makes them right: the chunk-local index or length used as a value (`x = i * h`,
+  `1 / u.shape[0]`: use `chunk_offset + i`), a broadcast array indexed by the chunk-local
+  index, a fixed element of a chunk (`u[0]`), a plain assignment to another element than the
+  thread's own (halo writes are added to their owners: right for `+=` and shadows only), a
+  neighbour compared with `owned_stop`, and `n` together with `depth`. What the analysis cannot
+  follow (an index through a loop variable, a data-dependent gather `u[idx[i]]`) is refused
+  unless `depth` covers the whole array (every chunk then holds all of it, local indices are
+  global ones) or `depth_verified=True` says the user has checked the kernel: then nothing is
+  checked, and a wrong depth gives a wrong result: the user's responsibility.
 - **Outputs**: every Dask argument the kernel may write comes back as a Dask array chunked like
   the inputs. Chunks are written in copies, so the arrays passed in are never changed.
 - **Shared shadows** (`reduce={"dc": "sum"}`): a broadcast array that every element adds into —
@@ -248,7 +261,8 @@ def _same_bytes(a, b) -> bool:
 # -- the Dask graph --------------------------------------------------------------------------
 
 def map_blocks(kernel: Kernel, *args, n: int | Callable[[int], int] | None = None, depth: int = 0,
-               reduce: dict[str, str] | None = None, outputs=None, split_every=None) -> dict:
+               reduce: dict[str, str] | None = None, outputs=None, split_every=None,
+               depth_verified: bool = False) -> dict:
     """Run `kernel` once per chunk of its Dask-array arguments (see the module docstring).
 
     Returns {parameter name: lazy Dask array} for `outputs` (default: every Dask argument the
@@ -283,6 +297,8 @@ def map_blocks(kernel: Kernel, *args, n: int | Callable[[int], int] | None = Non
     writes = may_write(kernel.pyfunc, [_like(a) for a in args])
     roles = tuple(_role(a, names[k], writes[k], reduce) for k, a in enumerate(args))
     outputs = _check_outputs(kernel, names, roles, outputs)
+    if not depth_verified and depth < args[chunked[0]].shape[0]:
+        _check_neighbours(kernel, args, roles, depth, n)
 
     lengths = args[chunked[0]].chunks[0]
     bounds = _chunk_bounds(lengths, args[chunked[0]].shape[0], depth)
@@ -310,6 +326,28 @@ def map_blocks(kernel: Kernel, *args, n: int | Callable[[int], int] | None = Non
             total = da.stack(parts).sum(axis=0, split_every=split_every, dtype=value.dtype)
             arrays[name] = (total + value).astype(value.dtype)  # the single launch adds into it
     return {name: arrays[name] for name in outputs}
+
+
+def _check_neighbours(kernel: Kernel, args: list, roles: tuple, depth: int, n) -> None:
+    """Refuse what would make a chunk's launch differ from one launch: a neighbour farther than
+    `depth`, a chunk-local index or length used as a value (gpuad.halo), threads past the owned
+    elements when halos are there."""
+    from gpuad.halo import check_depth
+
+    if depth and n is not None:
+        raise LaunchError(
+            f"gpuad.dask.map_blocks: n={n!r} with depth={depth}: threads past a chunk's own elements "
+            "would run on its halo too, and what they add there would count twice", kernel._location(),
+            hint="leave n=None (one thread per owned element), or pass depth_verified=True if the kernel "
+                 "guards every thread with i < gpuad.dask.owned_stop (your responsibility)")
+    kinds = {"out": "chunk", "reduce": "whole", "guard": "whole"}
+    halo_roles = [kinds.get(role, "whole" if role == "value" and _is_array(a) else role)
+                  for a, role in zip(args, roles)]
+    check_depth(kernel.pyfunc, args, halo_roles, depth)
+
+
+def _is_array(value) -> bool:
+    return isinstance(value, np.ndarray) or hasattr(value, "__cuda_array_interface__")
 
 
 def _chunk_bounds(lengths, size: int, depth: int) -> list[tuple[int, int, int, int]]:

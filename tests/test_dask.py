@@ -8,6 +8,7 @@ import dask
 import dask.array as da
 import numpy as np
 import pytest
+from numba import cuda
 
 import gpuad
 import gpuad.dask
@@ -284,3 +285,215 @@ def test_a_tape_overflow_on_a_worker_reaches_the_client_as_tape_overflow(client)
     assert "<cell-overflow>:" in str(info.value)  # the loop's cell, not cloudpickle's "<dynamic-code>"
     assert info.value.location.filename == "<cell-overflow>" and "tape_capacity" in info.value.hint
 
+
+
+# -- depth is checked before anything runs (gpuad.halo) ---------------------------------------
+
+def reach(i):
+    return i + 2
+
+
+def second_neighbour_energy(u, i):  # a spring to the element two to the right
+    e = 0.5 * u[i] * u[i]
+    if i + 2 < u.shape[0]:
+        d = u[reach(i)] - u[i]
+        e += d * d * d
+    return e
+
+
+@gpuad.kernel(target="cpu")
+def grad_second(u, du, start, stop):
+    i = start + gpuad.thread_index()
+    if i < stop:
+        autodiff(Reverse, second_neighbour_energy, Duplicated(u, du), Const(i))
+
+
+def one_launch_and_chunks(kernel, u, *extra, depth, **options):
+    """(one launch's written array, the chunked run's) for kernel(u, out, start, stop, *extra)."""
+    size = u.shape[0]
+    expected = np.zeros(size)
+    kernel.launch(size, u, expected, 0, size, *(0 if e is gpuad.dask.chunk_offset else e for e in extra))
+    out = gpuad.dask.map_blocks(kernel, da.from_array(u, chunks=(UNEQUAL,)),
+                                da.zeros(size, chunks=(UNEQUAL,)), gpuad.dask.owned_start,
+                                gpuad.dask.owned_stop, *extra, depth=depth,
+                                outputs=kernel.pyfunc.__code__.co_varnames[1], **options)
+    return expected, next(iter(out.values())).compute(scheduler="sync")
+
+
+def line_of(fn, text: str) -> int:
+    import inspect
+
+    lines, first = inspect.getsourcelines(fn)
+    return first + next(k for k, line in enumerate(lines) if text in line)
+
+
+STENCIL_U = np.sin(np.linspace(0.0, 6.0, sum(UNEQUAL))) + 0.1
+
+
+def test_too_small_a_depth_for_a_two_neighbour_stencil_is_refused_where_it_reads():
+    # the old code ran this and returned a gradient missing the springs across chunk borders
+    with pytest.raises(LaunchError, match=r"reaches 2 element.*depth=1(.|\n)*pass depth=2") as info:
+        one_launch_and_chunks(grad_second, STENCIL_U, depth=1)
+    assert info.value.location.filename == __file__
+    assert info.value.location.line == line_of(second_neighbour_energy, "if i + 2 < u.shape[0]")
+    expected, chunked = one_launch_and_chunks(grad_second, STENCIL_U, depth=2)
+    np.testing.assert_allclose(chunked, expected, rtol=1e-14, atol=1e-15)
+    assert np.count_nonzero(expected) == expected.shape[0]
+
+
+def test_depth_zero_on_the_chain_stencil_asks_for_depth_one():
+    with pytest.raises(LaunchError, match=r"depth=0(.|\n)*pass depth=1"):
+        one_launch_and_chunks(grad_chain, STENCIL_U, depth=0)
+
+
+@gpuad.kernel(target="cpu")
+def pinned_left_end(u, out, start, stop):
+    i = start + gpuad.thread_index()
+    if i < stop:
+        if i == 0:  # a boundary condition: it reads no neighbour, but its test needs one
+            out[i] = 0.0
+        else:
+            out[i] = u[i] * 2.0
+
+
+def test_a_bound_check_alone_needs_the_depth_that_keeps_it_true_to_one_launch():
+    with pytest.raises(LaunchError, match=r"`i == 0`.*depth=0(.|\n)*pass depth=1"):
+        one_launch_and_chunks(pinned_left_end, STENCIL_U, depth=0)
+    expected, chunked = one_launch_and_chunks(pinned_left_end, STENCIL_U, depth=1)
+    np.testing.assert_array_equal(chunked, expected)
+    assert expected[0] == 0.0 and (expected[1:] != 0).all()
+
+
+@gpuad.kernel(target="cpu")
+def halo_without_owned_start(u, out, start, stop):
+    i = gpuad.thread_index()
+    if i > 0 and i + 1 < u.shape[0]:
+        out[i] = u[i + 1] - u[i - 1]
+
+
+@gpuad.kernel(target="cpu")
+def uses_local_index(u, out, start, stop):
+    i = start + gpuad.thread_index()
+    if i < stop:
+        out[i] = u[i] * i
+
+
+@gpuad.kernel(target="cpu")
+def uses_chunk_length(u, out, start, stop):
+    i = start + gpuad.thread_index()
+    if i < stop:
+        scale = 1.0 / u.shape[0]  # the chunk's length, not the array's
+        out[i] = u[i] * scale
+
+
+@gpuad.kernel(target="cpu")
+def broadcast_by_local_index(u, out, start, stop, w):
+    i = start + gpuad.thread_index()
+    if i < stop:
+        out[i] = u[i] * w[i]
+
+
+@gpuad.kernel(target="cpu")
+def assigns_a_neighbour(u, out, start, stop):
+    i = start + gpuad.thread_index()
+    if i + 1 < u.shape[0]:
+        out[i + 1] = u[i]
+
+
+@gpuad.kernel(target="cpu")
+def reads_the_first_element(u, out, start, stop):
+    i = start + gpuad.thread_index()
+    if i < stop:
+        out[i] = u[i] - u[0]
+
+
+@gpuad.kernel(target="cpu")
+def guards_a_neighbour_with_owned_stop(u, out, start, stop):
+    i = start + gpuad.thread_index()
+    if i + 1 < stop:
+        out[i] = u[i + 1]
+
+
+@gpuad.kernel(target="cpu")
+def wraps_around(u, out, start, stop):
+    i = start + gpuad.thread_index()
+    if i < stop:
+        out[i] = u[i] - u[i - 1]  # at i = 0, u[-1]: the array's last element in one launch
+
+
+@gpuad.kernel(target="cpu")
+def cuda_geometry(u, out, start, stop, w):
+    i = start + gpuad.thread_index()
+    j = cuda.threadIdx.x + cuda.blockIdx.x * cuda.blockDim.x
+    if i < stop:
+        out[i] = u[i] * w[j]
+
+
+@pytest.mark.parametrize("kernel, extra, message", [
+    (wraps_around, (), r"`u\[i - 1\]` can run at the array's first element(.|\n)*if i >= 1"),
+    (cuda_geometry, (STENCIL_U,), r"`w\[j\]` indexes the array 'w'"),
+    (halo_without_owned_start, (), r"thread_index\(\) alone(.|\n)*owned_start \+ gpuad.thread_index"),
+    (uses_local_index, (), r"`out\[i\] = u\[i\] \* i` stores a value that differs(.|\n)*chunk_offset"),
+    (uses_chunk_length, (), r"`1.0 / u.shape\[0\]` computes with the chunk-local index or length"),
+    (broadcast_by_local_index, (STENCIL_U * 3,), r"`w\[i\]` indexes the array 'w', which every chunk gets "
+                                                 r"whole(.|\n)*chunk_offset \+ i"),
+    (assigns_a_neighbour, (), r"`out\[i \+ 1\]` assigns to another element(.|\n)*\+="),
+    (reads_the_first_element, (), r"`u\[0\]` reads a fixed element"),
+    (guards_a_neighbour_with_owned_stop, (),
+     r"compares a neighbour's index with owned_stop(.|\n)*u.shape\[0\]"),
+])
+def test_what_would_make_a_chunk_differ_from_one_launch_is_refused(kernel, extra, message):
+    with pytest.raises(LaunchError, match=message) as info:
+        one_launch_and_chunks(kernel, STENCIL_U, *extra, depth=1)
+    assert info.value.location.filename == __file__
+    assert f"kernel {kernel.name}" in str(info.value)
+
+
+def test_the_refused_kernels_do_differ_when_the_check_is_waived():
+    # what the refusals above prevent: depth_verified=True runs them, and they are wrong
+    for kernel, extra in [(uses_local_index, ()), (wraps_around, ()),
+                          (broadcast_by_local_index, (STENCIL_U * 3,)), (reads_the_first_element, ()),
+                          (guards_a_neighbour_with_owned_stop, ())]:
+        expected, chunked = one_launch_and_chunks(kernel, STENCIL_U, *extra, depth=1, depth_verified=True)
+        assert not np.allclose(chunked, expected), kernel.name
+
+
+@gpuad.kernel(target="cpu")
+def window_sum(u, out, start, stop):
+    i = start + gpuad.thread_index()
+    if i >= 2 and i + 2 < u.shape[0]:
+        s = 0.0
+        for k in range(-2, 3):
+            s += u[i + k]
+        out[i] = s
+
+
+@gpuad.kernel(target="cpu")
+def gather(u, out, start, stop, index, offset):
+    i = start + gpuad.thread_index()
+    if i < stop:
+        out[i] = u[index[offset + i]]  # index: whole, read at the global position
+
+
+def test_an_index_through_a_loop_is_refused_unless_verified_or_the_depth_covers_the_array():
+    with pytest.raises(LaunchError, match=r"cannot tell how far `u\[i \+ k\]`(.|\n)*depth_verified=True"):
+        one_launch_and_chunks(window_sum, STENCIL_U, depth=2)
+    expected, chunked = one_launch_and_chunks(window_sum, STENCIL_U, depth=2, depth_verified=True)
+    np.testing.assert_allclose(chunked, expected, rtol=1e-14)
+    expected, chunked = one_launch_and_chunks(window_sum, STENCIL_U, depth=STENCIL_U.shape[0])
+    np.testing.assert_allclose(chunked, expected, rtol=1e-14)
+
+
+def test_a_data_dependent_gather_needs_the_whole_array():
+    index = np.random.default_rng(5).permutation(STENCIL_U.shape[0])
+    with pytest.raises(LaunchError, match=r"cannot tell how far `u\[index\[offset \+ i\]\]`"):
+        one_launch_and_chunks(gather, STENCIL_U, index, gpuad.dask.chunk_offset, depth=3)
+    expected, chunked = one_launch_and_chunks(gather, STENCIL_U, index, gpuad.dask.chunk_offset,
+                                              depth=STENCIL_U.shape[0])
+    np.testing.assert_array_equal(expected, STENCIL_U[index])
+    np.testing.assert_array_equal(chunked, expected)
+
+
+def test_a_thread_count_with_halos_is_refused():
+    with pytest.raises(LaunchError, match=r"n=64 with depth=1(.|\n)*owned_stop"):
+        one_launch_and_chunks(grad_chain, STENCIL_U, depth=1, n=64)
