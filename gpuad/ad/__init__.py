@@ -133,7 +133,7 @@ def differentiate(fn, mode: api.Mode, activities: tuple, argtypes: tuple, *,
 
     activities, argtypes = tuple(activities), tuple(argtypes)
     check_call(fn, mode, activities, argtypes, where)
-    prog = Program(tape_capacity)
+    prog = Program(tape_capacity, differentiate)  # nested autodiff recurses through it
     flags = tuple(a is api.Active or issubclass(a, api.Duplicated) for a in activities)
     prep = prog.prepare(fn, argtypes, flags)
     name = prog.unique(entry_name(fn, mode))

@@ -8,6 +8,7 @@ import dataclasses
 import math
 import types as pytypes
 from dataclasses import dataclass
+from typing import Callable
 
 import numba
 import numpy as np
@@ -61,10 +62,16 @@ def type_of_atom(atom, localtypes: dict, namespace: dict):
 
 
 class Program:
-    """The module being generated for one `differentiate` call."""
+    """The module being generated for one `differentiate` call.
 
-    def __init__(self, tape_capacity: int):
+    `differentiate` is stage 2's entry point, handed down by the caller (`gpuad.ad.differentiate`):
+    a nested `autodiff` in the function differentiates its inner function through it, so no pass
+    imports the entry point back (as GPUCompiler.jl's nested jobs recurse through the driver).
+    """
+
+    def __init__(self, tape_capacity: int, differentiate: Callable):
         self.tape_capacity = tape_capacity
+        self.differentiate = differentiate
         self.ns = Namespace()
         self.ns.bind("np", np)
         self.ns.bind("math", math)
@@ -123,7 +130,7 @@ class Program:
                 if is_thread_index(e, self.ns.objects):
                     return "0"  # an int, like the real value: numba's CPU typing knows no cuda.grid
                 if isinstance(e, ir.AutodiffCall):
-                    stub = autodiff_stub(e.mode, e.f, tuple(c for c, _, _ in e.wrappers),
+                    stub = autodiff_stub(self.differentiate, e.mode, e.f, tuple(c for c, _, _ in e.wrappers),
                                          tuple(len(a) for _, _, a in e.wrappers))
                     name = f"_adstub{len(stubs)}"
                     stubs[name] = stub
@@ -206,7 +213,7 @@ def inert_call(s: ir.Assign, active: set) -> bool:
             and user_rule(e.func) is None and not set(ir.target_names(s.target)) & active)
 
 
-def autodiff_stub(mode, f, classes: tuple, arities: tuple):
+def autodiff_stub(differentiate: Callable, mode, f, classes: tuple, arities: tuple):
     """A numba-typable stand-in for a nested `autodiff(mode, f, ...)` call (typing only).
 
     Typing it differentiates `f` for the argument types seen and returns the
@@ -224,8 +231,6 @@ def autodiff_stub(mode, f, classes: tuple, arities: tuple):
     stub = scope["stub"]
 
     def result_type(*argtys):
-        from gpuad.ad import differentiate
-
         primal, i = [], 0
         for arity in arities:
             primal.append(types.unliteral(argtys[i]))
