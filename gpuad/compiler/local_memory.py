@@ -136,10 +136,13 @@ def _estimate(kernel) -> int:
 
 def _literal_local_arrays(pyfunc) -> list[int]:
     """Element counts of `<...>.local.array(<int or tuple of ints>, ...)` calls in the kernel."""
-    from gpuad.interpreter import parse_function
+    from gpuad.errors import InterpretError
+    from gpuad.source import function_source  # not the interpreter's: it sits above the record
 
     counts = []
-    for node in ast.walk(parse_function(pyfunc).tree):
+    tree = function_source(pyfunc, InterpretError, "define kernels and the functions they call in a file or "
+                           "notebook cell, not with exec() or lambda").tree
+    for node in ast.walk(tree):
         if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args
                 and node.func.attr == "array" and isinstance(node.func.value, ast.Attribute)
                 and node.func.value.attr == "local"):

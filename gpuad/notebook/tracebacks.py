@@ -10,12 +10,11 @@ import os
 import sys
 import traceback
 
-import gpuad
 from gpuad import config
 from gpuad.errors import GpuadError
 
 # Frames from these packages are internals (and IPython running the cell); the user's code lives elsewhere.
-_INTERNAL = tuple(os.path.dirname(m.__file__) + os.sep for m in (gpuad,)) + (
+_INTERNAL = (os.path.dirname(config.__file__) + os.sep,) + (  # gpuad's own directory
     f"{os.sep}numba{os.sep}", f"{os.sep}numba_cuda{os.sep}", f"{os.sep}llvmlite{os.sep}",
     f"{os.sep}IPython{os.sep}")
 
