@@ -360,7 +360,9 @@ def run_suite(opts) -> int:
         failure = spawn("", "launch", opts, work / "launch.json")
         launch = ({"gpuad": None, "numba": None, "reason": failure} if failure is not None
                   else json.loads((work / "launch.json").read_text()))
-    report = write_report(out, details, measure_latency(), launch)
+    latency = (measure_latency() if not opts.skip_latency else
+               {"cold_s": None, "warm_s": None, "cpu_cold_s": None, "reason": "skipped (--skip-latency)"})
+    report = write_report(out, details, latency, launch)
     return 0 if all(entry["correct"] for entry in report["cases"]) else 1
 
 
@@ -440,6 +442,7 @@ def main(argv=None) -> int:
     parser.add_argument("--reps", type=int, default=15, help="timed batches per kernel (median)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--check-cpu", action="store_true", help="no GPU: tiny sizes, cpu target, simulator")
+    parser.add_argument("--skip-latency", action="store_true", help="leave out benchmarks/latency.py")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--mode", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--result", default=None, help=argparse.SUPPRESS)
