@@ -73,6 +73,7 @@ import linecache
 import os
 import threading
 import types
+import uuid
 from typing import Callable
 
 import numpy as np
@@ -255,6 +256,11 @@ def _refuse_broadcast_writes(kernel: Kernel, before, after, roles) -> None:
 
 
 def _same_bytes(a, b) -> bool:
+    if hasattr(a, "__cuda_array_interface__"):  # compared on the device: no host copy
+        import cupy
+
+        bits = [cupy.ascontiguousarray(x).reshape(-1).view(cupy.uint8) for x in (a, b)]
+        return bool(cupy.array_equal(*bits))
     return np.asarray(a).tobytes() == np.asarray(b).tobytes()
 
 
@@ -274,6 +280,8 @@ def map_blocks(kernel: Kernel, *args, n: int | Callable[[int], int] | None = Non
     except ModuleNotFoundError as exc:
         raise ModuleNotFoundError(f"gpuad.dask needs {exc.name}: pip install 'gpuad[dask]' "
                                   "(dask[array] and distributed)", name=exc.name) from exc
+
+    from dask.array.utils import meta_from_array
 
     from gpuad.targets.launch import may_write
 
@@ -302,8 +310,10 @@ def map_blocks(kernel: Kernel, *args, n: int | Callable[[int], int] | None = Non
 
     lengths = args[chunked[0]].chunks[0]
     bounds = _chunk_bounds(lengths, args[chunked[0]].shape[0], depth)
-    broadcast = {k: dask.delayed(a) for k, a in enumerate(args)  # one graph key, not one per chunk
-                 if k not in chunked and isinstance(a, np.ndarray)}
+    # one graph key per broadcast array, not one per chunk; named, not hashed (a CuPy array's
+    # hash would copy it to the host)
+    broadcast = {k: dask.delayed(a, name=f"gpuad-{names[k]}-{uuid.uuid4().hex}") for k, a in enumerate(args)
+                 if k not in chunked and _is_array(a)}
     inputs = {k: _extended_blocks(args[k], bounds) for k in chunked}
     shipped = ShippedKernel(kernel)
     runs = []
@@ -322,9 +332,13 @@ def map_blocks(kernel: Kernel, *args, n: int | Callable[[int], int] | None = Non
                 parts = _halos_added(runs, k, bounds)
             arrays[name] = _chunked_output(f"{kernel.name}-{name}", parts, lengths, value)
         else:
-            parts = [da.from_delayed(run[k, "owned"], shape=value.shape, dtype=value.dtype) for run in runs]
+            meta = meta_from_array(value, value.ndim)  # numpy or CuPy, as passed in
+            parts = [da.from_delayed(run[k, "owned"], shape=value.shape, dtype=value.dtype, meta=meta)
+                     for run in runs]
             total = da.stack(parts).sum(axis=0, split_every=split_every, dtype=value.dtype)
-            arrays[name] = (total + value).astype(value.dtype)  # the single launch adds into it
+            # the single launch adds into the array passed in
+            arrays[name] = total.map_blocks(_added_to, value, dtype=value.dtype, meta=meta,
+                                            name=f"gpuad-{kernel.name}-{name}-{uuid.uuid4().hex}")
     return {name: arrays[name] for name in outputs}
 
 
@@ -348,6 +362,15 @@ def _check_neighbours(kernel: Kernel, args: list, roles: tuple, depth: int, n) -
 
 def _is_array(value) -> bool:
     return isinstance(value, np.ndarray) or hasattr(value, "__cuda_array_interface__")
+
+
+def _added_to(total, start):
+    return (total + start).astype(start.dtype)
+
+
+def _as_chunk(part):
+    """A chunk as Dask holds it: CuPy arrays stay on their device, anything else is a numpy array."""
+    return part if hasattr(part, "__cuda_array_interface__") else np.asarray(part)
 
 
 def _chunk_bounds(lengths, size: int, depth: int) -> list[tuple[int, int, int, int]]:
@@ -389,10 +412,10 @@ def _chunked_output(label: str, parts: list, lengths: tuple, value):
 
     name = f"gpuad-{label}-{tokenize([part.key for part in parts])}"
     inner = (0,) * (value.ndim - 1)
-    layer = {(name, j, *inner): (np.asarray, part.key) for j, part in enumerate(parts)}
+    layer = {(name, j, *inner): (_as_chunk, part.key) for j, part in enumerate(parts)}
     graph = HighLevelGraph.from_collections(name, layer, dependencies=parts)
     chunks = (tuple(lengths),) + tuple((size,) for size in value.shape[1:])
-    return da.Array(graph, name, chunks, dtype=value.dtype)
+    return da.Array(graph, name, chunks, dtype=value.dtype, meta=value._meta)
 
 
 def _role(value, name: str, written: bool, reduce: dict) -> str:
@@ -405,7 +428,7 @@ def _role(value, name: str, written: bool, reduce: dict) -> str:
     for role, marker in MARKERS.items():
         if value is marker:
             return role
-    if isinstance(value, np.ndarray) and written:
+    if _is_array(value) and written:
         return "guard"
     return "value"
 
@@ -430,9 +453,9 @@ def _check_reduce(kernel: Kernel, names, args, reduce: dict) -> None:
             raise LaunchError(f"reduce={{{name!r}: {how!r}}}: gpuad.dask combines shared shadows by "
                               f"{' or '.join(map(repr, REDUCTIONS))} only", kernel._location())
         value = args[names.index(name)]
-        if isinstance(value, da.Array) or not isinstance(value, np.ndarray):
-            raise LaunchError(f"reduce={{{name!r}: ...}}: a shared shadow is a numpy array every chunk "
-                              f"adds into, got {type(value).__name__}", kernel._location(),
+        if isinstance(value, da.Array) or not _is_array(value):
+            raise LaunchError(f"reduce={{{name!r}: ...}}: a shared shadow is a numpy (or CuPy) array every "
+                              f"chunk adds into, got {type(value).__name__}", kernel._location(),
                               hint="pass it as a numpy array (np.zeros(shape)) that is not chunked")
 
 

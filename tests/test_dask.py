@@ -497,3 +497,40 @@ def test_a_data_dependent_gather_needs_the_whole_array():
 def test_a_thread_count_with_halos_is_refused():
     with pytest.raises(LaunchError, match=r"n=64 with depth=1(.|\n)*owned_stop"):
         one_launch_and_chunks(grad_chain, STENCIL_U, depth=1, n=64)
+
+
+# -- CuPy chunks on the cuda target (no host copies) ------------------------------------------
+
+@pytest.mark.gpu
+def test_cupy_chunks_run_on_the_cuda_target_and_stay_on_the_device():
+    cp = pytest.importorskip("cupy")
+    size = sum(UNEQUAL)
+    xs = np.linspace(-2.0, 3.0, size)
+    bump_cuda = gpuad.kernel(grad_bump.pyfunc, target="cuda")
+    expected = np.zeros(size)
+    bump_cuda.launch(size, xs, expected)
+    on_device = da.from_array(cp.asarray(xs), chunks=(UNEQUAL,), asarray=False, name="gpu-xs")
+    out = gpuad.dask.map_blocks(bump_cuda, on_device, da.zeros_like(on_device), outputs="dxs")
+    dxs = out["dxs"].compute(scheduler="sync")
+    assert isinstance(dxs, cp.ndarray) and isinstance(out["dxs"]._meta, cp.ndarray)
+    np.testing.assert_array_equal(cp.asnumpy(dxs), expected)
+
+    u = cp.asarray(STENCIL_U)  # a stencil with halos, and a shared shadow, on the device
+    chain_cuda = gpuad.kernel(grad_chain.pyfunc, target="cuda")
+    expected = np.zeros(size)
+    chain_cuda.launch(size, STENCIL_U, expected, 0, size)
+    du = gpuad.dask.map_blocks(chain_cuda, da.from_array(u, chunks=(UNEQUAL,), asarray=False, name="gpu-u"),
+                               da.zeros_like(on_device), gpuad.dask.owned_start, gpuad.dask.owned_stop,
+                               depth=1, outputs="du")["du"].compute(scheduler="threads")
+    assert isinstance(du, cp.ndarray)
+    np.testing.assert_allclose(cp.asnumpy(du), expected, rtol=1e-14, atol=1e-15)
+
+    horner_cuda = gpuad.kernel(grad_horner.pyfunc, target="cuda")
+    c, dc_start = np.array([0.5, -1.0, 2.0]), np.array([1.0, 0.0, -3.0])
+    expected_dc, expected_dxs = dc_start.copy(), np.zeros(size)
+    horner_cuda.launch(size, c, expected_dc, xs, expected_dxs, 3)
+    result = gpuad.dask.map_blocks(horner_cuda, cp.asarray(c), cp.asarray(dc_start), on_device,
+                                   da.zeros_like(on_device), 3, reduce={"dc": "sum"}, outputs=["dc"])
+    dc = result["dc"].compute(scheduler="threads")
+    assert isinstance(dc, cp.ndarray)
+    np.testing.assert_allclose(cp.asnumpy(dc), expected_dc, rtol=1e-13)
