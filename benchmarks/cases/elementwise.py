@@ -1,6 +1,7 @@
 """Elementwise gradient of sin(x)·x² + exp(−x), one element per thread: from a scalar `Active(x)`
-and through the array `Duplicated(x, dx)` (the thread's own element: gpuad drops the atomic). Written with `x ** 2`, as users do: on
-2026-11-30 gpuad's adjoint of `** 2` computes in float64 where numba's float32 primal does not."""
+and through the array `Duplicated(x, dx)` (the thread's own element: gpuad drops the atomic).
+Written with `x ** 2`, as users do: on 2026-11-30 gpuad's adjoint of `** 2` computes in float64
+where numba's float32 primal does not."""
 from __future__ import annotations
 
 import math
