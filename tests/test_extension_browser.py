@@ -1,0 +1,234 @@
+"""The compilation viewer in a real browser: JupyterLab 4 (and Notebook 7) open a saved notebook.
+
+No cell runs: the notebook's output is what `%%gpukernel` or a `CompilationView` saves,
+and the committed prebuilt extension (extension/labextension) must draw it. Needs
+JupyterLab, Playwright's Python package and a Chromium (Debian's `chromium` package
+is used as it is; Playwright's own browser download is not needed). Without them the
+tests are skipped, saying what is missing. In CI (.ci/run, Debian):
+
+    apt-get install -y chromium && .venv/bin/pip install playwright jupyterlab
+
+GPUAD_CHROMIUM names another Chromium binary; GPUAD_SCREENSHOT_DIR keeps the
+screenshots (docs/extension-jupyterlab.png is one of them).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILT = ROOT / "extension" / "labextension"
+TOKEN = "gpuad-test"
+TABS = ["Source", "Overlays", "Jobs", "Derivative source", "IR before link", "IR after link", "Link diff",
+        "PTX"]
+
+
+def chromium() -> str | None:
+    candidates = [os.environ.get("GPUAD_CHROMIUM"), shutil.which("chromium"),
+                  shutil.which("chromium-browser"), shutil.which("google-chrome")]
+    return next((c for c in candidates if c and Path(c).exists()), None)
+
+
+def missing() -> str | None:
+    for module, what in (("playwright", "pip install playwright"), ("jupyterlab", "pip install jupyterlab")):
+        if importlib.util.find_spec(module) is None:
+            return f"needs the {module} Python package ({what})"
+    if chromium() is None:
+        return "needs a Chromium binary (apt-get install chromium, or set GPUAD_CHROMIUM)"
+    return None
+
+
+pytestmark = pytest.mark.skipif(missing() is not None, reason=str(missing()))
+
+
+def saved_notebook(path: Path) -> dict:
+    """A notebook whose one output is a compilation's display bundle, as Jupyter saves it."""
+    os.environ["GPUAD_TARGET"] = "cpu"
+    from gpuad.examples import grad_f
+    from gpuad.notebook.views import CompilationView
+
+    xs = np.linspace(0.0, 1.0, 8)
+    bundle = CompilationView(grad_f.compile(xs, xs, xs))._repr_mimebundle_()
+    output = {"output_type": "display_data", "data": json.loads(json.dumps(bundle)), "metadata": {}}
+    cell = {"cell_type": "code", "execution_count": 1, "id": "c1", "metadata": {},
+            "source": "CompilationView(grad_f.compile(xs, xs, xs))", "outputs": [output]}
+    spec = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+    path.write_text(json.dumps({"cells": [cell], "metadata": {"kernelspec": spec}, "nbformat": 4,
+                                "nbformat_minor": 5}))
+    return bundle
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """JupyterLab on 127.0.0.1, its settings in a temporary directory, the committed bundle as extension."""
+    home = tmp_path_factory.mktemp("lab")
+    root = home / "notebooks"
+    root.mkdir()
+    bundle = saved_notebook(root / "saved.ipynb")
+    extensions = home / "labextensions"
+    extensions.mkdir()
+    (extensions / "gpuad-jupyterlab").symlink_to(BUILT, target_is_directory=True)
+    settings = home / "settings"
+    # No "get notified about Jupyter news?" toast over the screenshots.
+    notification = settings / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
+    notification.parent.mkdir(parents=True)
+    notification.write_text('{"fetchNews": "false"}')
+    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(home / "config"),
+           "JUPYTERLAB_SETTINGS_DIR": str(settings), "JUPYTERLAB_WORKSPACES_DIR": str(home / "workspaces"),
+           "JUPYTER_RUNTIME_DIR": str(home / "runtime")}
+    port = free_port()
+    log = home / "jupyterlab.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
+         f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={root}",
+         f"--LabApp.extra_labextensions_path={extensions}",
+         f"--JupyterNotebookApp.extra_labextensions_path={extensions}", "--allow-root"],
+        env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"))
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(base, process, log)
+        yield {"base": base, "bundle": bundle, "settings": settings}
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def wait_until_up(base: str, process: subprocess.Popen, log: Path, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"jupyter lab exited: {log.read_text()[-2000:]}")
+        try:
+            urllib.request.urlopen(f"{base}/api/status?token={TOKEN}", timeout=2)
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError("jupyter lab did not start")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+def screenshot_dir(tmp_path: Path) -> Path:
+    return Path(os.environ.get("GPUAD_SCREENSHOT_DIR", tmp_path))
+
+
+def open_viewer(browser, url: str):
+    page = browser.new_page(viewport={"width": 1300, "height": 1000})
+    page.goto(url)
+    page.wait_for_selector(".gpuad-viewer .gpuad-tab", timeout=90000)
+    return page
+
+
+def test_saved_notebook_shows_the_viewer_in_jupyterlab(server, browser, tmp_path):
+    page = open_viewer(browser, f"{server['base']}/lab/tree/saved.ipynb?token={TOKEN}")
+    viewer = page.locator(".gpuad-viewer")
+    assert viewer.count() == 1
+    assert page.locator("text=model not found").count() == 0
+    assert page.locator(".gpuad-tab").all_inner_texts() == TABS
+    assert "gpuad kernel" in viewer.locator(".gpuad-header").inner_text()
+    assert "total" in viewer.locator(".gpuad-timings").inner_text()
+
+    # Source: the kernel and the function it differentiates.
+    source = viewer.locator(".gpuad-stage-source").inner_text()
+    assert "def grad_f(" in source and "differentiated" in source and "def f(" in source
+
+    # IR after link: functions by readable name, the mangled one in the title.
+    viewer.locator(".gpuad-tab", has_text="IR after link").click()
+    titles = viewer.locator(".gpuad-stage-ir-after summary .gpuad-sym")
+    readable = titles.locator(".gpuad-sym-readable").all_inner_texts()
+    assert any("grad_f" in name and not name.startswith("_ZN") for name in readable), readable
+    assert all(t.startswith("_ZN") for t in titles.evaluate_all("els => els.map(e => e.title)"))
+
+    # Link diff: side by side, each half the cell, marker before and linked function after.
+    viewer.locator(".gpuad-tab", has_text="Link diff").click()
+    diff = viewer.locator(".gpuad-stage-diff")
+    marker = diff.locator(".gpuad-diff-before .gpuad-mark-marker")
+    assert marker.count() >= 1 and "gpuad.deferred_codegen" in marker.first.inner_text()
+    linked = diff.locator(".gpuad-diff-after .gpuad-mark-linked")
+    assert linked.count() >= 1 and linked.first.locator(".gpuad-text").inner_text().startswith("define")
+    assert "<dynamic>.reverse_f" in linked.first.inner_text()  # the linked function, by readable name
+    before, after = (diff.locator(f".gpuad-diff-{side}").bounding_box() for side in ("before", "after"))
+    output = page.locator(".jp-OutputArea-output").first.bounding_box()
+    assert before["x"] + before["width"] <= after["x"]
+    assert after["x"] + after["width"] <= output["x"] + output["width"] + 1
+    assert abs(before["y"] - after["y"]) < 1  # side by side, not one under the other
+    page.screenshot(path=str(screenshot_dir(tmp_path) / "extension-jupyterlab.png"), full_page=True)
+    # The two sides scroll together.
+    diff.locator("input[type=checkbox]").check()  # all lines: tall enough to scroll
+    scrolled = page.evaluate("""() => {
+        const [a, b] = document.querySelectorAll('.gpuad-stage-diff .gpuad-diff-pane');
+        a.scrollTop = 120;
+        return new Promise(r => setTimeout(() => r([a.scrollTop, b.scrollTop]), 300)); }""")
+    assert scrolled[0] > 0 and scrolled[0] == scrolled[1]
+
+    viewer.locator(".gpuad-tab", has_text="PTX").click()
+    height = viewer.locator(".gpuad-stage-ptx .gpuad-scroll").first.bounding_box()["height"]
+    assert height < 900  # bounded: the PTX scrolls inside its own box
+    page.close()
+
+
+def luminance(rgb: str) -> float:
+    channels = [int(c) / 255 for c in rgb[rgb.index("(") + 1:rgb.index(")")].split(",")[:3]]
+    linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def test_viewer_follows_the_dark_theme(server, browser, tmp_path):
+    themes = server["settings"] / "@jupyterlab" / "apputils-extension"
+    themes.mkdir(parents=True, exist_ok=True)
+    (themes / "themes.jupyterlab-settings").write_text('{"theme": "JupyterLab Dark"}')
+    try:
+        page = open_viewer(browser, f"{server['base']}/lab/tree/saved.ipynb?token={TOKEN}")
+        page.wait_for_function("document.body.dataset.jpThemeLight === 'false'", timeout=30000)
+        page.wait_for_timeout(500)
+        colours = page.evaluate("""() => {
+            const v = document.querySelector('.gpuad-viewer');
+            const area = v.closest('.jp-Notebook') || document.body;
+            return [getComputedStyle(v.querySelector('.gpuad-line .gpuad-text') || v).color,
+                    getComputedStyle(area).backgroundColor]; }""")
+        text, background = (luminance(c) for c in colours)
+        contrast = (max(text, background) + 0.05) / (min(text, background) + 0.05)
+        assert contrast >= 4.5, colours
+        page.screenshot(path=str(screenshot_dir(tmp_path) / "extension-jupyterlab-dark.png"), full_page=True)
+        page.close()
+    finally:
+        (themes / "themes.jupyterlab-settings").unlink()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("notebook") is None,
+                    reason="needs Notebook 7 (pip install notebook)")
+def test_saved_notebook_shows_the_viewer_in_notebook_7(server, browser, tmp_path):
+    page = open_viewer(browser, f"{server['base']}/notebooks/saved.ipynb?token={TOKEN}")
+    assert page.locator(".gpuad-tab").all_inner_texts() == TABS
+    page.locator(".gpuad-tab", has_text="Link diff").click()
+    assert page.locator(".gpuad-diff-before .gpuad-mark-marker").count() >= 1
+    page.screenshot(path=str(screenshot_dir(tmp_path) / "extension-notebook7.png"), full_page=True)
+    page.close()
