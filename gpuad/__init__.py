@@ -3,7 +3,10 @@
 See docs/design.md for the pipeline: interpret → differentiate → lower → link →
 emit → launch. Enzyme.jl's names, Python spelling.
 """
-from gpuad import config  # noqa: F401 - gpuad.config.verbose
+from gpuad import (
+    config,  # noqa: F401 - gpuad.config.verbose
+    host,  # noqa: F401 - installs autodiff's implementation outside kernels (api.def_host_impl)
+)
 from gpuad.api import (
     Active,
     Const,

@@ -7,6 +7,7 @@ syntactically and they never reach numba.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 
 @dataclass(frozen=True)
@@ -65,18 +66,28 @@ class DuplicatedNoNeed(Duplicated):
 ACTIVITIES = (Active, Const, Duplicated, DuplicatedNoNeed)
 
 
+# What `autodiff` does outside kernels, installed by the layer that compiles derivatives
+# (gpuad.host), as JAX's `core.Primitive.def_impl` installs a primitive's implementation:
+# this vocabulary, which every layer imports, imports nothing of gpuad's.
+_host_impl: Callable | None = None
+
+
+def def_host_impl(impl: Callable) -> Callable:
+    """Install `impl(mode, f, args)` as `autodiff` outside kernels (used as a decorator)."""
+    global _host_impl
+    _host_impl = impl
+    return impl
+
+
 def autodiff(mode, f, *args):
     """Differentiate `f` at `args` (Enzyme.jl's `autodiff`).
 
     Inside a gpuad kernel this call is replaced by the overlay interpreter;
     on the host it compiles the derivative for the cpu target and calls it.
     """
-    from gpuad.compiler.compile_lock import load_toolchain
-
-    load_toolchain()  # numba's first import, safe from Ctrl-C
-    from gpuad.host import host_autodiff
-
-    return host_autodiff(mode, f, args)
+    if _host_impl is None:  # `import gpuad` installs it; only a broken install gets here
+        raise RuntimeError("gpuad.host is not loaded: import gpuad before calling autodiff")
+    return _host_impl(mode, f, args)
 
 
 def autodiff_deferred(mode, f, *args):

@@ -1,32 +1,38 @@
-"""`autodiff` outside kernels: compile the derivative for the cpu target and call it."""
+"""`autodiff` outside kernels: compile the derivative for the cpu target and call it.
+
+Installed as `gpuad.api.autodiff`'s implementation (`api.def_host_impl`) when gpuad is imported;
+the compiler loads on the first call. A host `autodiff` is one job without a kernel: it enters
+the stage driver's pipeline at stage 2 (`gpuad.compiler.driver`).
+"""
 from __future__ import annotations
 
 from gpuad import api
 from gpuad.ad import DEFAULT_TAPE_CAPACITY
-from gpuad.compiler import numba_adapter
-from gpuad.compiler.compile_lock import compiling, first_call
+from gpuad.compiler import driver, numba_adapter
+from gpuad.compiler.compile_lock import compiling, first_call, load_toolchain
 from gpuad.errors import AutodiffCallError, LoweringError, SourceLocation
 from gpuad.interpreter import DeferredSite, is_plain_function
 from gpuad.targets import status as st
 
-_registry = None
-_registry_version = -1
+_pipeline = None
+_pipeline_version = -1
 
 
 def _jobs():
     # One cache of host jobs per process, like numba's dispatchers; a change
     # to the cpu method table starts a new one.
-    global _registry, _registry_version
+    global _pipeline, _pipeline_version
     from gpuad.method_table import CPU
+    from gpuad.targets import cpu  # its overlays import numba-cuda: loaded on first use
 
-    if _registry is None or _registry_version != CPU.version:
-        from gpuad.targets import cpu
-
-        _registry, _registry_version = cpu.new_registry()[1], CPU.version
-    return _registry
+    if _pipeline is None or _pipeline_version != CPU.version:
+        _pipeline, _pipeline_version = driver.Pipeline(cpu.CpuTarget()), CPU.version
+    return _pipeline.jobs
 
 
+@api.def_host_impl
 def host_autodiff(mode, f, args):
+    load_toolchain()  # numba's first import, safe from Ctrl-C
     if not isinstance(mode, api.Mode):
         raise AutodiffCallError(f"the first argument of autodiff must be a mode, got {mode!r}",
                                 hint="use gpuad.Reverse, ReverseWithPrimal, Forward or ForwardWithPrimal")

@@ -1,8 +1,9 @@
 """`@gpuad.kernel`: a Python kernel compiled through gpuad's pipeline.
 
 `kernel.compile(*args)` runs stages 1–5 for the CUDA target (no GPU needed)
-and returns the compilation record; launching runs stage 6 on the kernel's
-target. Compilations are cached per argument types, target and options.
+through the stage driver (`gpuad.compiler.driver`) and returns the compilation
+record; launching runs stage 6 on the kernel's target. A Kernel caches its
+compilations (per argument types, target and options) and launches them.
 """
 from __future__ import annotations
 
@@ -13,10 +14,8 @@ import time
 from typing import Any, Callable
 
 from gpuad.ad.cache_key import derivative_key
-from gpuad.compiler import disk_cache, numba_adapter
+from gpuad.compiler import disk_cache, driver, numba_adapter
 from gpuad.compiler.compile_lock import first_call, locked
-from gpuad.compiler.emit import emit_ptx, parse_arch
-from gpuad.compiler.link import JobModule, link_deferred
 from gpuad.compiler.numba_errors import numba_failure
 from gpuad.errors import GpuadError, LaunchError, SourceLocation
 from gpuad.record import CompilationRecord
@@ -117,48 +116,17 @@ class Kernel:
             return compiled
         log.debug("kernel %s: cuda compile cache miss (%s): interpret, differentiate, lower, link, emit",
                   self.name, arch)
-
-        timings: dict[str, float] = {}
-        start = time.perf_counter()
-        try:
-            lowered = cuda_target.lower_kernel(self.pyfunc, argtypes, cc=parse_arch(arch),
-                                               fastmath=fastmath, tape_capacity=self.tape_capacity,
-                                               thread_ownership=thread_ownership)
-        except GpuadError:
-            raise
-        except Exception as exc:
-            raise numba_failure(exc, self.name, self._location(), "cuda") from exc
-        timings.update(lowered.jobs.stage_seconds)
-        timings["interpret+lower"] = time.perf_counter() - start - sum(timings.values())
-        start = time.perf_counter()
-        jobs = lowered.jobs
-
-        def job_module(job_id: int) -> JobModule:
-            job = jobs.by_id(job_id)
-            return JobModule(job.ir_text, job.symbol)
-
-        linked = link_deferred(lowered.ir_text, job_module)
-        timings["link"] = time.perf_counter() - start
-        start = time.perf_counter()
-        ptx = emit_ptx(linked.ir_text, arch=arch, fastmath=fastmath)
-        timings["emit"] = time.perf_counter() - start
-        record = CompilationRecord(
-            kernel_name=self.name, target="cuda", arch=arch,
-            signature=tuple(str(t) for t in argtypes),
-            source=inspect.getsource(self.pyfunc),
-            overlays=list(lowered.interpreter.overlays),
-            jobs=[job.record() for job in jobs.jobs],
-            adjoint_sources={job.id: job.derivative.source for job in jobs.jobs},
-            ir_before_link=lowered.ir_text, ir_after_link=linked.ir_text, ptx=ptx,
-            timings=timings,
-        )
-        compiled = _Compiled(record, lowered.argtypes, lowered.symbol, [job.facts() for job in jobs.jobs])
+        target = cuda_target.CudaTarget(arch, fastmath, thread_ownership)
+        output = driver.compile(self.pyfunc, argtypes, target, self.tape_capacity)
+        record = target.record(output, self.pyfunc)
+        compiled = _Compiled(record, output.lowered.argtypes, output.lowered.symbol,
+                             [job.facts() for job in output.jobs.jobs])
         self._cuda[key] = compiled
         if stored_as is not None:
             disk_cache.store(stored_as, {"record": record, "argtypes": compiled.argtypes,
                                          "symbol": compiled.symbol, "jobs": compiled.jobs})
-        log.debug("kernel %s: compiled for %s in %.2f s (%s)", self.name, arch, sum(timings.values()),
-                  ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in timings.items()))
+        log.debug("kernel %s: compiled for %s in %.2f s (%s)", self.name, arch, sum(record.timings.values()),
+                  ", ".join(f"{stage} {seconds:.2f} s" for stage, seconds in record.timings.items()))
         return compiled
 
     def _from_disk(self, stored_as: str) -> _Compiled | None:
@@ -262,7 +230,7 @@ class Kernel:
         key = (argtypes, CPU.version, derivative_key(self.pyfunc))
         if key not in self._cpu:
             log.debug("kernel %s: cpu build cache miss", self.name)
-            self._cpu[key] = cpu.build_kernel(self.pyfunc, len(argtypes), self.tape_capacity)
+            self._cpu[key] = cpu.build_kernel(self.pyfunc, argtypes, self.tape_capacity)
         else:
             log.debug("kernel %s: cpu build cache hit", self.name)
         return self._cpu[key]

@@ -42,7 +42,9 @@ def test_linking_defines_exactly_the_job_function(record):
 
 def test_ptx_has_an_entry_and_the_record_the_stages(record):
     assert ".entry" in record.ptx and ".target sm_90" in record.ptx
-    assert {"interpret+lower", "differentiate", "compile_jobs", "link", "emit"} <= set(record.timings)
+    # The README's stage names, in its order; each stage of this kernel did some work.
+    assert list(record.timings) == ["interpret", "differentiate", "lower", "link", "emit"]
+    assert all(seconds > 0 for seconds in record.timings.values()), record.timings
     job = record.jobs[0]
     assert (job.function, job.mode, job.activities) == ("f", "Reverse", ("Active", "Active"))
     assert job.argument_types == ("float64", "float64")

@@ -51,7 +51,7 @@ def interrupts_deferred():
 
 
 def load_toolchain() -> None:
-    """Import numba, numba-cuda and gpuad's compiler, with Ctrl-C held until done.
+    """Import numba and numba-cuda, with Ctrl-C held until done.
 
     An import cut short by KeyboardInterrupt leaves half-initialised numba
     modules behind, and every later compile fails with misleading errors
@@ -59,19 +59,18 @@ def load_toolchain() -> None:
     these imports; they take about a second, so the interrupt only waits.
     Numba's typing and target contexts load their registries lazily, and an
     interrupted load loses registrations for good: they are loaded here too.
+    gpuad's own target modules (which import numba-cuda and install their overlays)
+    load inside the locked compile that needs them, where a Ctrl-C waits as well.
+    This module imports nothing of gpuad's: every layer below the driver uses it.
     """
     global _toolchain_loaded
     if _toolchain_loaded or _loading:
         return
-    _loading.append(True)  # the imports below reach back here
+    _loading.append(True)  # numba's imports may reach back here
     try:
         with interrupts_deferred():
             import numba.cuda  # noqa: F401
             from numba.core.registry import cpu_target
-
-            import gpuad.ad  # noqa: F401
-            import gpuad.targets.cpu  # noqa: F401
-            import gpuad.targets.cuda  # noqa: F401
 
             cpu_target.typing_context.refresh()
             cpu_target.target_context.refresh()

@@ -2,8 +2,9 @@
 
 A job is created when numba types an `autodiff_deferred` call site, because
 only then are the argument types known. The job runs stage 2 (generate the
-derivative's Python source) and hands the result to a target-specific
-`compile_job`, which makes it a separate compilation unit. Identical jobs
+derivative's Python source) and hands the result to `compile_job`, the
+driver's hook (`gpuad.compiler.driver.Pipeline.build_job`), which interprets
+and lowers it for the target as a separate compilation unit. Identical jobs
 from several call sites are one job, compiled once.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, Callable
 from gpuad.ad.cache_key import derivative_key
 from gpuad.compiler import numba_adapter
 from gpuad.compiler.compile_lock import locked
+from gpuad.compiler.stages import StageClock
 from gpuad.errors import AutodiffCallError, GpuadError, LoweringError
 from gpuad.interpreter import DeferredSite
 from gpuad.record import JobRecord
@@ -95,8 +97,8 @@ class JobRegistry:
 
     compile_job: Callable[[DeferredJob], None]
     tape_capacity: int | None = None
+    clock: StageClock = field(default_factory=StageClock)  # the compilation's, shared with the driver
     jobs: list[DeferredJob] = field(default_factory=list)
-    stage_seconds: dict[str, float] = field(default_factory=dict)
     _by_key: dict[tuple, DeferredJob] = field(default_factory=dict)
     _building: list[int] = field(default_factory=list)
 
@@ -138,30 +140,21 @@ class JobRegistry:
             del self._by_key[stale]
 
     def _build(self, job: DeferredJob) -> None:
-        import time
-
-        from gpuad.ad import differentiate
+        from gpuad.ad import differentiate  # looked up per call: tests interrupt it there
 
         self._building.append(job.id)
         try:
-            start = time.perf_counter()
             options = {"thread_ids": job.site.thread_ids, "exclusive": job.site.exclusive,
                        "private": job.site.private, "where": job.site.location}
             if self.tape_capacity is not None:
                 options["tape_capacity"] = self.tape_capacity
-            with numba_adapter.outside_enclosing_compilation():
+            with self.clock("differentiate") as span, numba_adapter.outside_enclosing_compilation():
                 job.derivative = differentiate(
                     job.site.function, job.site.mode, job.site.activities, job.primal_types, **options
                 )
-            seconds = time.perf_counter() - start
-            self._add_time("differentiate", seconds)
             log.debug("job %d: differentiated %s (%s) in %.2f s", job.id, job.site.function.__qualname__,
-                      job.site.mode.name, seconds)
-            start = time.perf_counter()
+                      job.site.mode.name, span.seconds)
             self.compile_job(job)
-            seconds = time.perf_counter() - start
-            self._add_time("compile_jobs", seconds)
-            log.debug("job %d: compiled by numba in %.2f s", job.id, seconds)
         except AutodiffCallError as exc:  # a malformed call: point at the call, not at the function
             raise AutodiffCallError(exc.message, job.site.location, exc.hint) from exc
         except GpuadError:
@@ -174,9 +167,6 @@ class JobRegistry:
             ) from exc
         finally:
             self._building.pop()
-
-    def _add_time(self, stage: str, seconds: float) -> None:
-        self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + seconds
 
     def by_id(self, job_id: int) -> DeferredJob:
         return self.jobs[job_id - 1]

@@ -16,7 +16,7 @@ import numpy as np
 
 from gpuad import api
 from gpuad.ad import primitives
-from gpuad.compiler import numba_adapter
+from gpuad.compiler import driver, numba_adapter
 from gpuad.compiler.jobs import DeferredJob, JobRegistry
 from gpuad.errors import OutOfBounds, SourceLocation
 from gpuad.interpreter import DeferredSite, Interpreter
@@ -94,21 +94,47 @@ def cpu_jit(pyfunc):
     return numba.njit(cache=False, error_model="numpy", boundscheck=True)(pyfunc)
 
 
-def new_registry(tape_capacity=None) -> tuple[Interpreter, JobRegistry]:
-    """An interpreter and job registry whose jobs become numba CPU functions."""
-    interp: Interpreter
+@dataclass
+class CpuTarget:
+    """The driver's hooks for the CPU (`gpuad.compiler.driver.Target`): numba CPU dispatchers,
+    compiled at their first call (a kernel's first launch, a host autodiff's first call), so the
+    jobs are built then; a deferred site calls its derivative directly, so nothing is linked."""
 
-    def compile_job(job: DeferredJob) -> None:
-        resolved = interp.resolve(job.derivative.function)
+    name = "cpu"
+    table = CPU
+    thread_ownership = True
+
+    def bind_function(self, resolved):
+        return cpu_jit(resolved.pyfunc)
+
+    def bind_site(self, site: DeferredSite, jobs: JobRegistry):
+        return _site_function(site, jobs)
+
+    def lower_job(self, job: DeferredJob, resolved) -> None:
         job.compiled = cpu_jit(resolved.pyfunc)
 
-    registry = JobRegistry(compile_job, tape_capacity)
+    def lower(self, resolved, argtypes: tuple):
+        """The kernel body's dispatcher, and how many arguments the launch passes it."""
+        return cpu_jit(resolved.pyfunc), len(argtypes)
 
-    def bind_site(site: DeferredSite):
-        return _site_function(site, registry)
+    def link(self, lowered, jobs: JobRegistry):
+        return lowered  # each site's stub calls its job's dispatcher (`_site_function`)
 
-    interp = Interpreter(CPU, lambda resolved: cpu_jit(resolved.pyfunc), bind_site)
-    return interp, registry
+    def emit(self, linked):
+        """The launch loop: every emulated thread runs the kernel body once."""
+        body, n_args = linked
+        params = ", ".join(f"a{i}" for i in range(n_args))
+        source = (
+            f"def run(n, block, grid, {params}, status):\n"
+            f"    status[{st.BLOCK}] = block\n"
+            f"    status[{st.GRID}] = grid\n"
+            f"    for tid in range(n):\n"
+            f"        status[{st.TID}] = tid\n"
+            f"        body({params}, status)\n"
+        )
+        namespace = {"body": body}
+        exec(source, namespace)  # noqa: S102
+        return cpu_jit(namespace["run"])
 
 
 def _site_function(site: DeferredSite, registry: JobRegistry):
@@ -255,19 +281,8 @@ def _python_site(site, registry, memo):
     return call
 
 
-def build_kernel(pyfunc, n_args: int, tape_capacity=None) -> CpuKernel:
-    interp, registry = new_registry(tape_capacity)
-    resolved = interp.resolve(pyfunc)
-    body = cpu_jit(resolved.pyfunc)
-    params = ", ".join(f"a{i}" for i in range(n_args))
-    source = (
-        f"def run(n, block, grid, {params}, status):\n"
-        f"    status[{st.BLOCK}] = block\n"
-        f"    status[{st.GRID}] = grid\n"
-        f"    for tid in range(n):\n"
-        f"        status[{st.TID}] = tid\n"
-        f"        body({params}, status)\n"
-    )
-    namespace = {"body": body}
-    exec(source, namespace)  # noqa: S102
-    return CpuKernel(cpu_jit(namespace["run"]), interp, registry, resolved.pyfunc, pyfunc.__name__)
+def build_kernel(pyfunc, argtypes: tuple, tape_capacity=None) -> CpuKernel:
+    """The kernel through the stage driver; numba compiles it (and builds its jobs) at its first launch."""
+    output = driver.compile(pyfunc, argtypes, CpuTarget(), tape_capacity)
+    return CpuKernel(output.emitted, output.pipeline.interpreter, output.jobs, output.resolved.pyfunc,
+                     pyfunc.__name__)

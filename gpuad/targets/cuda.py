@@ -1,10 +1,11 @@
-"""The cuda target: overlays for kernels on the GPU, and stages 3 and 6.
+"""The cuda target: overlays for kernels on the GPU, the driver's hooks for stages 3-5, and stage 6.
 
 Lowering runs without a GPU (numba-cuda and NVVM from PyPI wheels), so every
 user sees the IR and PTX; only launching needs a device.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 from numba import cuda
@@ -13,11 +14,15 @@ from gpuad import api
 from gpuad.ad import primitives
 from gpuad.ad.primitives import CAPACITY, CHECKPOINT_OVERFLOW, FLAG, LINE, NEEDED, TAPE_OVERFLOW
 from gpuad.compiler import numba_adapter
+from gpuad.compiler.emit import emit_ptx, parse_arch
 from gpuad.compiler.jobs import DeferredJob, JobRegistry
+from gpuad.compiler.link import JobModule, link_deferred
 from gpuad.compiler.llvm_text import merge_texts
-from gpuad.interpreter import DeferredSite, Interpreter
+from gpuad.interpreter import DeferredSite
 from gpuad.method_table import CUDA
+from gpuad.record import CompilationRecord
 from gpuad.targets import status as status_array
+from gpuad.targets.warp_atomics import warp_atomic_add
 
 
 def cuda_thread_index():
@@ -43,7 +48,7 @@ def cuda_report_checkpoint_overflow(status, line, capacity, needed):
 
 def _install_overlays() -> None:
     CUDA.add(api.thread_index, cuda_thread_index)
-    CUDA.add(primitives.atomic_add, cuda.atomic.add, spelled=(cuda, "atomic.add"))
+    CUDA.add(primitives.atomic_add, warp_atomic_add)
     CUDA.add(primitives.tape_alloc, cuda.local.array, spelled=(cuda, "local.array"))
     CUDA.add(primitives.report_tape_overflow, cuda_report_tape_overflow)
     CUDA.add(primitives.report_checkpoint_overflow, cuda_report_checkpoint_overflow)
@@ -60,44 +65,74 @@ class LoweredKernel:
     symbol: str
     ir_text: str
     argtypes: tuple
-    interpreter: Interpreter
-    jobs: JobRegistry
 
 
-def lower_kernel(pyfunc, argtypes: tuple, *, cc, fastmath=False, tape_capacity=None,
-                 thread_ownership=True) -> LoweredKernel:
-    """Interpret and lower a kernel for the GPU; jobs are created while numba types it.
+@dataclass
+class CudaTarget:
+    """The driver's hooks for the GPU (`gpuad.compiler.driver.Target`): numba-cuda lowers to
+    LLVM IR, gpuad's linker links the jobs' modules, NVVM emits PTX.
 
     `thread_ownership=False` keeps every shadow update atomic, for launches
     that break `ownership_holds`.
     """
-    interp: Interpreter
 
-    def compile_job(job: DeferredJob) -> None:
-        resolved = interp.resolve(job.derivative.function)
-        argtypes = tuple(_unliteral(t) for t in job.flat_types)
-        lowered = numba_adapter.lower_cuda(resolved.pyfunc, argtypes, kernel=False, cc=cc, fastmath=fastmath)
-        job.flat_types = argtypes
-        job.symbol, job.return_type = lowered.symbol, lowered.return_type
-        job.ir_text = merge_texts(lowered.modules).text()
+    arch: str = "sm_90"
+    fastmath: bool = False
+    thread_ownership: bool = True
+    name = "cuda"
+    table = CUDA
 
-    registry = JobRegistry(compile_job, tape_capacity)
+    @property
+    def cc(self) -> tuple[int, int]:
+        return parse_arch(self.arch)
 
-    def bind_site(site: DeferredSite):
+    def bind_function(self, resolved):
+        return numba_adapter.device_function(resolved.pyfunc)
+
+    def bind_site(self, site: DeferredSite, jobs: JobRegistry):
         def job_for_types(flat_types):
-            job = registry.job_for(site, flat_types)
+            job = jobs.job_for(site, flat_types)
             return job.id, job.return_type, job.flat_types
 
         return numba_adapter.deferred_call_intrinsic(job_for_types, f"autodiff_deferred_{site.id}")
 
-    def bind_function(resolved):
-        return numba_adapter.device_function(resolved.pyfunc)
+    def lower_job(self, job: DeferredJob, resolved) -> None:
+        argtypes = tuple(_unliteral(t) for t in job.flat_types)
+        lowered = numba_adapter.lower_cuda(resolved.pyfunc, argtypes, kernel=False, cc=self.cc,
+                                           fastmath=self.fastmath)
+        job.flat_types = argtypes
+        job.symbol, job.return_type = lowered.symbol, lowered.return_type
+        job.ir_text = merge_texts(lowered.modules).text()
 
-    interp = Interpreter(CUDA, bind_function, bind_site, thread_ownership=thread_ownership)
-    resolved = interp.resolve(pyfunc)
-    full_types = (*argtypes, status_array.status_type())
-    lowered = numba_adapter.lower_cuda(resolved.pyfunc, full_types, kernel=True, cc=cc, fastmath=fastmath)
-    return LoweredKernel(lowered.symbol, merge_texts(lowered.modules).text(), full_types, interp, registry)
+    def lower(self, resolved, argtypes: tuple) -> LoweredKernel:
+        full_types = (*argtypes, status_array.status_type())
+        lowered = numba_adapter.lower_cuda(resolved.pyfunc, full_types, kernel=True, cc=self.cc,
+                                           fastmath=self.fastmath)
+        return LoweredKernel(lowered.symbol, merge_texts(lowered.modules).text(), full_types)
+
+    def link(self, lowered: LoweredKernel, jobs: JobRegistry) -> str:
+        def job_module(job_id: int) -> JobModule:
+            job = jobs.by_id(job_id)
+            return JobModule(job.ir_text, job.symbol)
+
+        return link_deferred(lowered.ir_text, job_module).ir_text
+
+    def emit(self, linked: str) -> str:
+        return emit_ptx(linked, arch=self.arch, fastmath=self.fastmath)
+
+    def record(self, output, pyfunc) -> CompilationRecord:
+        """The compilation record of a kernel the driver compiled for this target."""
+        jobs = output.jobs.jobs
+        return CompilationRecord(
+            kernel_name=pyfunc.__name__, target="cuda", arch=self.arch,
+            signature=tuple(str(t) for t in output.lowered.argtypes[:-1]),
+            source=inspect.getsource(pyfunc),
+            overlays=list(output.pipeline.interpreter.overlays),
+            jobs=[job.record() for job in jobs],
+            adjoint_sources={job.id: job.derivative.source for job in jobs},
+            ir_before_link=output.lowered.ir_text, ir_after_link=output.linked, ptx=output.emitted,
+            timings=output.timings,
+        )
 
 
 def _unliteral(t):
