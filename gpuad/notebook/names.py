@@ -91,6 +91,38 @@ def short_symbol(symbol: str, limit: int = 48) -> Short:
     return Short(name + (ELLIPSIS if dropped else ""), symbol)
 
 
+# A numba symbol in IR or PTX text: the Itanium prefix and its [A-Za-z0-9_] body
+# (PTX parameter names append `_param_N` to the function's symbol).
+MANGLED = re.compile(r"_ZN\w+")
+_PTX_PARAM = re.compile(r"^(.*E)(_param_\d+)$")
+
+
+def readable_symbol(symbol: str) -> Short:
+    """The whole dotted Python name of a symbol (no ellipsis, nothing cut), the symbol as `.full`.
+
+    `_ZN5gpuad7targets4cuda17cuda_thread_indexB2v2B100cw51c…E5Array…` reads
+    `gpuad.targets.cuda.cuda_thread_index`; a PTX parameter keeps its
+    `_param_N`; names that are not mangled are returned as they are.
+    """
+    param = _PTX_PARAM.match(symbol)
+    base, suffix = (param.group(1), param.group(2)) if param else (symbol, "")
+    decoded = demangle(base)
+    if decoded is None:
+        return Short(symbol, symbol)
+    return Short(decoded[0] + suffix, symbol)
+
+
+def readable_labels(symbols: list[str]) -> list[str]:
+    """`readable_symbol` of each, made distinct: a name shared by several symbols gets ` #2`, ` #3`…"""
+    labels = [readable_symbol(s).text for s in symbols]
+    seen: dict[str, int] = {}
+    out = []
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+        out.append(label if labels.count(label) == 1 else f"{label} #{seen[label]}")
+    return out
+
+
 def split_call_site(call_site: str) -> tuple[str, int | None]:
     """("file", line) of a `"file:line"` call site; the line is None when absent."""
     filename, sep, line = call_site.rpartition(":")

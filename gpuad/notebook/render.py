@@ -1,19 +1,38 @@
 """Static HTML for each stage of a compilation record.
 
-Every function here returns a self-contained HTML fragment with inline
-styles and colours we set ourselves, so it reads the same in light and dark
-themes, survives JupyterLab's sanitizer, and needs no kernel. The widget
-(`views`) shows the same fragments in tabs.
+Every function here returns an HTML fragment that reads the same in
+JupyterLab, Notebook 7, nbconvert's HTML and a plain browser, without a
+kernel:
+
+- Layout is in inline styles on our own scoped classes (`gpuad-…`), which
+  front ends' CSS cannot override: explicit widths, `white-space: pre`,
+  left alignment. Code and diffs are blocks of lines, not tables, so
+  Jupyter's table rules (`table-layout: fixed`, right-aligned cells) never
+  apply to them.
+- Colours are JupyterLab's theme variables with light fallbacks
+  (`var(--jp-layout-color0, #ffffff)`), so the view follows light and dark
+  themes; diff and mark colours are translucent tints that read on either.
+  A sanitizer that drops `var(…)` colours (untrusted notebooks) drops
+  background and text colour together, leaving the theme's own.
+- Highlighted code uses the short elements and the one stylesheet of
+  `highlight` (a default compilation was 1.4 MB with a style per token).
+- Mangled numba symbols are shown by their Python names, the symbol in an
+  `<abbr title=…>` hover.
+
+The widget (`views`) shows the same fragments in tabs.
 """
 from __future__ import annotations
 
 import hashlib
 import html
+from dataclasses import dataclass
 
 from gpuad.notebook.highlight import (
     CODE_BACKGROUND,
     CODE_FONT,
     CODE_FOREGROUND,
+    MUTED,
+    STYLE_SHEET,
     code_block,
     highlight,
     highlight_lines,
@@ -25,50 +44,66 @@ from gpuad.notebook.irdiff import (
     Collapsed,
     DiffLine,
     IRDiff,
-    Row,
 )
-from gpuad.notebook.names import Short, short_location, short_symbol
+from gpuad.notebook.names import MANGLED, Short, readable_labels, readable_symbol, short_location
 from gpuad.notebook.outline import outline
 from gpuad.record import CompilationRecord
 
-PANEL_BACKGROUND = "#ffffff"
-PANEL_FOREGROUND = "#1f2328"
-MUTED = "#57606a"
-RULE = "#d0d7de"
-LINK = "#0969da"
-TABLE_FONT = "font-family: sans-serif; font-size: 12px"
+__all__ = ["MUTED", "code_block", "highlight"]  # re-exported for views
 
-DIFF_BACKGROUND = {"equal": CODE_BACKGROUND, "delete": "#ffebe9", "insert": "#e6ffec"}
+PANEL_BACKGROUND = "var(--jp-layout-color0, #ffffff)"
+PANEL_FOREGROUND = "var(--jp-content-font-color1, #1f2328)"
+HEADER_BACKGROUND = "var(--jp-layout-color2, #eaeef2)"
+RULE = "var(--jp-border-color2, #d0d7de)"
+LINK = "var(--jp-content-link-color, #0969da)"
+TABLE_FONT = "font-family: var(--jp-ui-font-family, sans-serif); font-size: 12px"
+
+# Translucent tints over the theme's background: readable in light and dark themes.
+# Written compactly: they repeat on every changed line.
+DIFF_BACKGROUND = {"equal": "", "delete": "background-color:rgba(255,80,80,.18)",
+                   "insert": "background-color:rgba(40,180,70,.18)"}
 DIFF_SIGN = {"equal": " ", "delete": "-", "insert": "+"}
+# An inset shadow, not a border, marks the line: it does not shift the code right.
 MARK_STYLE = {
-    MARKER: "background-color: #fff1b8; border-left: 4px solid #bf8700; font-weight: bold",
-    LINKED: "background-color: #f0ebff; border-left: 4px solid #8250df",
-    LINK_REF: "background-color: #ddf4ff; border-left: 4px solid #0969da; font-weight: bold",
+    MARKER: "background-color:rgba(255,190,0,.38);box-shadow:inset 4px 0 #bf8700;font-weight:bold",
+    LINKED: "background-color:rgba(130,80,223,.16);box-shadow:inset 4px 0 #8250df",
+    LINK_REF: "background-color:rgba(9,105,218,.2);box-shadow:inset 4px 0 #0969da;font-weight:bold",
 }
 MARK_TITLE = {
     MARKER: "deferred-codegen marker: replaced by the job's function at link time",
     LINKED: "function added by the deferred-codegen linker",
     LINK_REF: "refers to a function added by the linker",
 }
+COLLAPSED_STYLE = f"background-color: rgba(128, 128, 128, 0.14); color: {MUTED}; font-style: italic"
+
+# Line numbers of the diff: muted, and left out when code is selected and copied.
+VIEW_STYLE = STYLE_SHEET.replace(
+    "</style>", f".gpuad-view g-ln{{color: {MUTED}; user-select: none}}</style>")
 
 # Modules longer than this start with their functions folded.
 OPEN_MODULE_LINES = 300
+# Each function or diff is a box of at most this height with its own scrollbars.
+MODULE_HEIGHT = "30em"
+DIFF_HEIGHT = "40em"
 
 
 def panel(body: str) -> str:
-    """The outer box: our own background and text colour, whatever the theme."""
+    """The outer box: the theme's background and text colour, never wider than the output."""
     return (
         f'<div class="gpuad-view" style="background-color: {PANEL_BACKGROUND}; color: {PANEL_FOREGROUND}; '
-        f'border: 1px solid {RULE}; border-radius: 4px; padding: 8px; {TABLE_FONT}">{body}</div>'
+        f"border: 1px solid {RULE}; border-radius: 4px; padding: 8px; {TABLE_FONT}; text-align: left; "
+        f'max-width: 100%; box-sizing: border-box; overflow: hidden">{VIEW_STYLE}{body}</div>'
     )
 
 
-def section(title: str, body: str, *, opened: bool = False, css_class: str = "") -> str:
-    """A foldable `<details>` section."""
+def section(title: str, body: str, *, opened: bool = False, css_class: str = "", hover: str = "") -> str:
+    """A foldable `<details>` section; a long title ends in an ellipsis (`hover` shows in full)."""
     attrs = f' class="{css_class}"' if css_class else ""
+    tooltip = f' title="{html.escape(hover)}"' if hover else ""
     return (
         f"<details{attrs}{' open' if opened else ''} style=\"margin: 4px 0\">"
-        f'<summary style="cursor: pointer; font-weight: bold; padding: 2px 0">{html.escape(title)}</summary>'
+        f'<summary{tooltip} style="cursor: pointer; font-weight: bold; padding: 2px 0; white-space: nowrap; '
+        f'overflow: hidden; text-overflow: ellipsis">{html.escape(title)}</summary>'
         f'<div style="margin: 4px 0 4px 12px">{body}</div></details>'
     )
 
@@ -84,7 +119,9 @@ def table(header: list[str], rows: list[list[str | Short]], *,
     A `Short` cell shows its short text with the full text as a tooltip.
     """
     cell = f"border: 1px solid {RULE}; padding: 3px 6px; text-align: left; vertical-align: top"
-    head = "".join(f'<th style="{cell}; background-color: #eaeef2">{html.escape(h)}</th>' for h in header)
+    head = "".join(
+        f'<th style="{cell}; background-color: {HEADER_BACKGROUND}; color: {PANEL_FOREGROUND}">'
+        f"{html.escape(h)}</th>" for h in header)
 
     def td(k: int, value: str | Short) -> str:
         font = "; font-family: monospace; white-space: nowrap" if k in code_columns else ""
@@ -95,15 +132,37 @@ def table(header: list[str], rows: list[list[str | Short]], *,
 
     body = "".join("<tr>" + "".join(td(k, v) for k, v in enumerate(row)) + "</tr>" for row in rows)
     # Unwrapped code columns may make the table wider than the output: scroll it, not the page.
+    # table-layout: auto and width: auto undo front ends' fixed layouts.
     return (
-        f'<div style="overflow-x: auto"><table style="border-collapse: collapse; color: {PANEL_FOREGROUND}; '
-        f'background-color: {PANEL_BACKGROUND}; {TABLE_FONT}"><thead><tr>{head}</tr></thead>'
-        f"<tbody>{body}</tbody></table></div>"
+        f'<div style="overflow-x: auto"><table class="gpuad-table" style="border-collapse: collapse; '
+        f"table-layout: auto; width: auto; color: {PANEL_FOREGROUND}; background-color: {PANEL_BACKGROUND}; "
+        f'{TABLE_FONT}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
     )
 
 
+def readable_code(line_html: str) -> str:
+    """Highlighted code with each mangled symbol shown by its Python name, the symbol on hover."""
+    def one(match) -> str:
+        name = readable_symbol(match.group(0))
+        return f'<abbr title="{name.full}">{html.escape(name.text, quote=False)}</abbr>'
+
+    return MANGLED.sub(one, line_html)
+
+
 def render_source(record: CompilationRecord) -> str:
-    return highlight(record.source, "python")
+    """The kernel, then each function it differentiates (open: they are what the derivatives come from)."""
+    kernel = highlight(record.source, "python", max_height="none")
+    seen, parts = set(), []
+    for job in record.jobs:
+        source = getattr(job, "source", "")
+        if source and source not in seen:
+            seen.add(source)
+            parts.append(section(f"differentiated: {job.function} (job {job.id})",
+                                 highlight(source, "python", max_height="none"), opened=True,
+                                 css_class="gpuad-differentiated"))
+    if not parts:
+        return kernel
+    return section(f"kernel {record.kernel_name}", kernel, opened=True) + "".join(parts)
 
 
 def render_overlays(record: CompilationRecord) -> str:
@@ -119,7 +178,7 @@ def render_jobs(record: CompilationRecord) -> str:
         return note("No deferred jobs: the kernel makes no autodiff call.")
     rows = [
         [str(j.id), j.function, j.mode, ", ".join(j.activities), ", ".join(j.argument_types),
-         short_symbol(j.symbol)]
+         readable_symbol(j.symbol)]
         for j in record.jobs
     ]
     header = ["id", "function", "mode", "activities", "types", "symbol"]
@@ -127,6 +186,7 @@ def render_jobs(record: CompilationRecord) -> str:
 
 
 def render_derivatives(record: CompilationRecord) -> str:
+    """Each job's generated source in full: no inner scroll box hides the reverse sweep."""
     if not record.adjoint_sources:
         return note("No derivative source was generated.")
     jobs = {j.id: j for j in record.jobs}
@@ -134,61 +194,125 @@ def render_derivatives(record: CompilationRecord) -> str:
     for job_id, source in sorted(record.adjoint_sources.items()):
         job = jobs.get(job_id)
         title = f"job {job_id}" + (f": {job.mode} of {job.function}" if job else "")
-        parts.append(section(title, highlight(source, "python"), opened=True))
+        parts.append(section(title, highlight(source, "python", max_height="none"), opened=True))
     return "".join(parts)
 
 
 def render_module(text: str, language: str) -> str:
-    """A module folded by function: one `<details>` per definition."""
+    """A module folded by function: one `<details>` per definition, each a bounded scroll box."""
     if not text:
         return note("Not produced by this compilation.")
-    lines = highlight_lines(text, language)
+    lines = [readable_code(line) for line in highlight_lines(text, language)]
     shape = outline(text, language)
     small = shape.line_count <= OPEN_MODULE_LINES
+    labels = dict(zip(shape.names, readable_labels(shape.names), strict=True))
     parts = []
     for fn, start, end in shape.segments():
-        block = code_block("\n".join(lines[start:end]), max_height="none")
+        block = code_block("\n".join(lines[start:end]), max_height=MODULE_HEIGHT)
         if fn is None:
             if any(line.strip() for line in text.splitlines()[start:end]):
                 parts.append(section(f"lines {start + 1}–{end}: module-level", block, opened=small))
             continue
-        parts.append(section(f"{fn.name}  ({fn.length} lines, from line {fn.start + 1})", block,
-                             opened=small, css_class="gpuad-function"))
+        parts.append(section(f"{labels[fn.name]}  ({fn.length} lines, from line {fn.start + 1})", block,
+                             opened=small, css_class="gpuad-function", hover=fn.name))
     return "".join(parts)
 
 
 def render_diff(diff: IRDiff, layout: str = "unified", context: int = 3) -> str:
-    """The link diff as a table, marker and linked lines highlighted.
+    """The link diff as blocks of lines, marker and linked lines highlighted.
 
-    The unified layout has two number columns (old, new), like `git diff`
-    views; side by side, each side has its own. The summary above the table
-    links to the first line of each linked function.
+    Unified: old and new line numbers in front of each line, like `git diff`
+    views. Side by side: two halves of the output's width that scroll
+    vertically together (one scroll box) and horizontally each on its own.
+    The summary above links to the first line of each linked function.
     """
     if layout not in ("unified", "side-by-side"):
         raise ValueError(f"diff layout must be 'unified' or 'side-by-side', not {layout!r}")
-    before_html = highlight_lines("\n".join(diff.before), "llvm")
-    after_html = highlight_lines("\n".join(diff.after), "llvm")
+    before_html = [readable_code(line) for line in highlight_lines("\n".join(diff.before), "llvm")]
+    after_html = [readable_code(line) for line in highlight_lines("\n".join(diff.after), "llvm")]
     anchors = {span.start + 1: linked_anchor(diff, span.name) for span in diff.linked_spans}
-    rows = []
+    width = len(str(max(len(diff.before), len(diff.after), 1)))
+    box = (f"overflow: auto; max-height: {DIFF_HEIGHT}; background-color: {CODE_BACKGROUND}; "
+           f"color: {CODE_FOREGROUND}; border: 1px solid {RULE}")
     if layout == "unified":
+        lines, previous = [], ""
         for item in diff.unified(context):
-            rows.append(_collapsed_row(item, columns=3) if isinstance(item, Collapsed)
-                        else _unified_row(item, before_html if item.tag == "delete" else after_html, anchors))
+            if isinstance(item, Collapsed):
+                lines.append(_collapsed_line(item, "both"))
+                previous = ""
+                continue
+            highlighted = before_html if item.tag == "delete" else after_html
+            lines.append(_diff_line(item, highlighted, [item.old, item.new], width, _row_id(item, anchors),
+                                    titled=item.mark != previous))
+            previous = item.mark
+        body = f'<div class="gpuad-diff gpuad-diff-unified" style="{box}">{_lines_block(lines)}</div>'
     else:
-        for item in diff.side_by_side(context):
-            rows.append(_collapsed_row(item, columns=4) if isinstance(item, Collapsed)
-                        else _side_by_side_row(item, before_html, after_html, anchors))
-    legend = _diff_legend(diff)
-    return (
-        f"{legend}<div style=\"overflow: auto; max-height: 40em\">"
-        f'<table class="gpuad-diff" style="border-collapse: collapse; width: 100%; '
-        f'background-color: {CODE_BACKGROUND}; color: {CODE_FOREGROUND}; {CODE_FONT}">'
-        f"{''.join(rows)}</table></div>"
-    )
+        rows = diff.side_by_side(context)
+        halves = [_side(rows, side, html_lines, anchors, width)
+                  for side, html_lines in (("old", before_html), ("new", after_html))]
+        body = (f'<div class="gpuad-diff gpuad-diff-side-by-side" style="{box}; overflow-x: hidden">'
+                '<div style="display: flex; width: 100%; align-items: flex-start">'
+                f'{"".join(halves)}</div></div>')
+    return _diff_legend(diff) + body
+
+
+@dataclass(frozen=True)
+class _Line:
+    """One line of a diff side: its classes, inline style, tooltip, id and content."""
+
+    css: str
+    content: str
+    style: str = ""
+    title: str = ""
+    ident: str = ""
+
+    def joins(self, previous: _Line) -> bool:
+        """Whether this line can share `previous`'s element (same look, nothing of its own)."""
+        return (self.css, self.style) == (previous.css, previous.style) and not (self.title or self.ident)
+
+
+def _lines_block(lines: list[_Line]) -> str:
+    """The lines, each run of alike lines one element (one `<div>` a line made diffs 5x their text).
+
+    As wide as the longest line (so tints reach its end when scrolled), at least the box's width.
+    """
+    runs: list[list[_Line]] = []
+    for line in lines:
+        if runs and line.joins(runs[-1][0]):
+            runs[-1].append(line)
+        else:
+            runs.append([line])
+    parts = []
+    for run in runs:
+        first = run[0]
+        attrs = (f'{first.ident} class="{first.css}"' + (f' style="{first.style}"' if first.style else "")
+                 + (f' title="{html.escape(first.title)}"' if first.title else ""))
+        parts.append(f"<div{attrs}>" + "\n".join(line.content for line in run) + "</div>")
+    return (f'<div class="gpuad-diff-lines" style="display: inline-block; min-width: 100%; '
+            f"vertical-align: top; white-space: pre; text-align: left; {CODE_FONT}; padding: 2px 0\">"
+            f"{''.join(parts)}</div>")
+
+
+def _side(rows: list, side: str, html_lines: list[str], anchors: dict[int, str], width: int) -> str:
+    lines, previous = [], ""
+    for row in rows:
+        line = None if isinstance(row, Collapsed) else row.before if side == "old" else row.after
+        if isinstance(row, Collapsed):
+            lines.append(_collapsed_line(row, side))
+        elif line is None:
+            lines.append(_Line("gpuad-diff-absent", " "))  # keeps the two sides' rows aligned
+        else:
+            ident = _row_id(row.after, anchors) if side == "new" else ""
+            lines.append(_diff_line(line, html_lines, [line.number], width, ident,
+                                    titled=line.mark != previous))
+        previous = line.mark if line is not None else ""
+    rule = f"; border-right: 1px solid {RULE}" if side == "old" else ""
+    return (f'<div class="gpuad-diff-{side}-side" style="flex: 1 1 0; width: 50%; min-width: 0; '
+            f'overflow-x: auto{rule}">{_lines_block(lines)}</div>')
 
 
 def linked_anchor(diff: IRDiff, name: str) -> str:
-    """The id of the row that starts linked function `name` (stable for the same module)."""
+    """The id of the line that starts linked function `name` (stable for the same module)."""
     digest = hashlib.sha1(name.encode(), usedforsecurity=False)
     digest.update("\n".join(diff.after).encode())
     return f"gpuad-linked-{digest.hexdigest()[:12]}"
@@ -197,52 +321,54 @@ def linked_anchor(diff: IRDiff, name: str) -> str:
 def _diff_legend(diff: IRDiff) -> str:
     labels = ((MARKER, "marker"), (LINKED, "linked function"), (LINK_REF, "reference to linked function"))
     swatch = "".join(
-        f'<span style="{MARK_STYLE[m]}; padding: 0 6px; margin-right: 8px">{label}</span>'
+        f'<span style="{MARK_STYLE[m]}; padding: 0 6px 0 10px; margin-right: 8px">{label}</span>'
         for m, label in labels
     )
     return (
-        f'<p style="margin: 4px 0">{diff.deleted} lines removed, {diff.inserted} added; '
-        f"functions linked: {_linked_links(diff)}</p>"
+        f'<p class="gpuad-diff-summary" style="margin: 4px 0">{diff.deleted} lines removed, '
+        f"{diff.inserted} added; functions linked: {_linked_links(diff)}</p>"
         f'<p style="margin: 4px 0">{swatch}</p>'
     )
 
 
 def _linked_links(diff: IRDiff) -> str:
-    """Each linked function's short name, linking to its definition in the table below."""
+    """Each linked function's Python name, linking to its definition in the diff below."""
     if not diff.linked_functions:
         return "none"
     links = []
-    for name in diff.linked_functions:
-        short, span = short_symbol(name), diff.linked_span(name)
+    labels = readable_labels(list(diff.linked_functions))
+    for name, label in zip(diff.linked_functions, labels, strict=True):
+        span = diff.linked_span(name)
         where = f"new lines {span.start + 1}–{span.end}" if span else ""
         title = html.escape(f"{name}\njump to its definition ({where})" if where else name)
         links.append(
             f'<a class="gpuad-linked-link" href="#{linked_anchor(diff, name)}" title="{title}" '
             f'style="color: {LINK}; text-decoration: none; white-space: nowrap">'
-            f'↓ <span style="font-family: monospace">{html.escape(short.text)}</span></a>'
+            f'↓ <span style="font-family: monospace">{html.escape(label)}</span></a>'
             + (f' <span style="color: {MUTED}">({where})</span>' if where else "")
         )
     return ", ".join(links)
 
 
-def _number_cell(number: int | None, side: str) -> str:
-    # width: 1% keeps number columns as narrow as their digits (tables share
-    # spare width out otherwise); the background is ours so dark themes don't
-    # repaint the gutter.
-    return (f'<td class="gpuad-diff-{side}-number" style="color: {MUTED}; text-align: right; '
-            f'padding: 0 4px; white-space: pre; width: 1%; background-color: {CODE_BACKGROUND}">'
-            f'{"" if number is None else number}</td>')
+def _numbers(numbers: list[int | None], width: int) -> str:
+    text = " ".join("".rjust(width) if n is None else str(n).rjust(width) for n in numbers)
+    return f"<g-ln>{text} </g-ln>"
 
 
-def _code_cell(line: DiffLine, highlighted: list[str]) -> str:
-    style = f"background-color: {DIFF_BACKGROUND[line.tag]}; white-space: pre; padding: 0 6px"
-    css, title = f"gpuad-diff-{line.tag}", ""
+def _diff_line(line: DiffLine, highlighted: list[str], numbers: list[int | None], width: int,
+               ident: str = "", *, titled: bool = True) -> _Line:
+    """One line: its numbers, its sign and its code, tinted by change and mark.
+
+    A mark's explanation is a tooltip on the first line of each marked run
+    (a linked function's every line would repeat it).
+    """
+    css, style, title = f"gpuad-diff-{line.tag}", DIFF_BACKGROUND[line.tag], ""
     if line.mark:
-        style += "; " + MARK_STYLE[line.mark]
         css += f" gpuad-mark-{line.mark}"
-        title = f' title="{html.escape(MARK_TITLE[line.mark])}"'
-    code = f"{DIFF_SIGN[line.tag]} {highlighted[line.number - 1]}"
-    return f'<td class="{css}" style="{style}"{title}>{code}</td>'
+        style = MARK_STYLE[line.mark]
+        title = MARK_TITLE[line.mark] if titled else ""
+    code = f"{_numbers(numbers, width)}{DIFF_SIGN[line.tag]} {highlighted[line.number - 1]}"
+    return _Line(css, code, style, title, ident)
 
 
 def _row_id(after: DiffLine | None, anchors: dict[int, str]) -> str:
@@ -251,31 +377,12 @@ def _row_id(after: DiffLine | None, anchors: dict[int, str]) -> str:
     return ""
 
 
-def _unified_row(line: DiffLine, highlighted: list[str], anchors: dict[int, str]) -> str:
-    return (f"<tr{_row_id(line, anchors)}>{_number_cell(line.old, 'old')}{_number_cell(line.new, 'new')}"
-            f"{_code_cell(line, highlighted)}</tr>")
-
-
-def _side_by_side_row(row: Row, before_html: list[str], after_html: list[str],
-                      anchors: dict[int, str]) -> str:
-    cells = []
-    for line, highlighted, side in ((row.before, before_html, "old"), (row.after, after_html, "new")):
-        if line is None:
-            blank = f"background-color: {CODE_BACKGROUND}"
-            cells.append(f'<td style="{blank}"></td><td style="{blank}"></td>')
-        else:
-            cells.append(_number_cell(line.number, side) + _code_cell(line, highlighted))
-    return f"<tr{_row_id(row.after, anchors)}>{''.join(cells)}</tr>"
-
-
-def _collapsed_row(item: Collapsed, *, columns: int) -> str:
+def _collapsed_line(item: Collapsed, side: str) -> _Line:
     last = item.count - 1
-    return (
-        f'<tr><td colspan="{columns}" class="gpuad-diff-collapsed" style="background-color: #eaeef2; '
-        f'color: {MUTED}; font-style: italic; padding: 1px 8px">⋯ {item.count} unchanged lines '
-        f"(old {item.before_start}–{item.before_start + last}, "
-        f"new {item.after_start}–{item.after_start + last}) ⋯</td></tr>"
-    )
+    old = f"old {item.before_start}–{item.before_start + last}"
+    new = f"new {item.after_start}–{item.after_start + last}"
+    where = {"both": f"{old}, {new}", "old": old, "new": new}[side]
+    return _Line("gpuad-diff-collapsed", f"  ⋯ {item.count} unchanged lines ({where}) ⋯", COLLAPSED_STYLE)
 
 
 def render_timings(timings: dict[str, float]) -> str:
@@ -283,21 +390,22 @@ def render_timings(timings: dict[str, float]) -> str:
     if not timings:
         return note("No timings recorded.")
     slowest = max(timings.values()) or 1.0
+    cell = "padding: 1px 8px 1px 0; text-align: left; border: none; background-color: transparent"
     rows = []
     for stage, seconds in timings.items():
         width = max(0.5, 100.0 * seconds / slowest)
         rows.append(
-            f'<tr><td style="padding: 1px 8px 1px 0">{html.escape(stage)}</td>'
-            f'<td style="width: 60%"><div class="gpuad-bar" style="background-color: #4c8bf5; '
+            f'<tr><td style="{cell}; white-space: nowrap">{html.escape(stage)}</td>'
+            f'<td style="{cell}; width: 60%"><div class="gpuad-bar" style="background-color: #4c8bf5; '
             f'width: {width:.1f}%; height: 0.9em"></div></td>'
-            f'<td style="padding: 1px 0 1px 8px; text-align: right; font-family: monospace">'
+            f'<td style="{cell}; text-align: right; font-family: monospace; white-space: nowrap">'
             f"{format_seconds(seconds)}</td></tr>"
         )
-    total = (f'<tr><td style="padding-top: 4px; font-weight: bold">total</td><td></td>'
-             f'<td style="text-align: right; font-family: monospace; font-weight: bold">'
+    total = (f'<tr><td style="{cell}; padding-top: 4px; font-weight: bold">total</td><td style="{cell}"></td>'
+             f'<td style="{cell}; text-align: right; font-family: monospace; font-weight: bold">'
              f"{format_seconds(sum(timings.values()))}</td></tr>")
-    return (f'<table style="border-collapse: collapse; width: 100%; {TABLE_FONT}">'
-            f'{"".join(rows)}{total}</table>')
+    return (f'<table class="gpuad-table" style="border-collapse: collapse; table-layout: auto; width: 100%; '
+            f'{TABLE_FONT}">{"".join(rows)}{total}</table>')
 
 
 def format_seconds(seconds: float) -> str:
@@ -307,4 +415,3 @@ def format_seconds(seconds: float) -> str:
 def escape_pre(text: str) -> str:
     """Plain text in a code block (no highlighting)."""
     return code_block(html.escape(text, quote=False))
-

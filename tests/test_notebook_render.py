@@ -1,0 +1,248 @@
+"""The static HTML of a compilation (gpuad/notebook/render.py, highlight.py): layout that Jupyter's
+CSS cannot break, readable names, bounded boxes, theme colours, size."""
+from __future__ import annotations
+
+import html as htmllib
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from gpuad.notebook.highlight import STYLE_SHEET, highlight, highlight_lines
+from gpuad.notebook.sample import ADJOINT_SYMBOL, KERNEL_SYMBOL, sample_record
+from gpuad.notebook.views import CompilationView
+
+THREAD_INDEX = ("_ZN5gpuad7targets4cuda17cuda_thread_indexB2v2B100cw51cXTLSUwv1sDUaKthqaNgoKmjgOR3W3C"
+                "wAkMXLaJtQYkOIgxJU0gCqOkEJoHkbttqdSBL3UrBWEdBHRauQC7YhbWaAA_3d_3dE5ArrayIxLi1E1C7mutable7alignedE")
+
+
+@dataclass(frozen=True)
+class Line:
+    """One line of a rendered diff side, its run's element attributes kept."""
+
+    css: str
+    style: str
+    title: str  # only on the first line of its run
+    ident: str
+    numbers: tuple[str, ...]
+    text: str  # the code after the numbers, tags removed, entities decoded
+
+
+def plain(fragment: str) -> str:
+    return htmllib.unescape(re.sub(r"<[^>]+>", "", fragment))
+
+
+def diff_lines(block: str) -> list[Line]:
+    """The lines of one `gpuad-diff-lines` block, runs expanded."""
+    lines = []
+    for attrs, content in re.findall(r"<div((?: [a-z]+=\"[^\"]*\")*)>((?:(?!<div).)*?)</div>", block, re.S):
+        found = dict(re.findall(r' ([a-z]+)="([^"]*)"', attrs))
+        if "gpuad-diff-lines" in found.get("class", ""):
+            continue
+        for k, line in enumerate(content.split("\n")):
+            numbers = re.match(r"<g-ln>(.*?)</g-ln>", line)
+            lines.append(Line(found.get("class", ""), found.get("style", ""),
+                              found.get("title", "") if k == 0 else "", found.get("id", "") if k == 0 else "",
+                              tuple(numbers.group(1).split()) if numbers else (),
+                              plain(line[numbers.end():] if numbers else line)))
+    return lines
+
+
+def sides(diff: str) -> dict[str, list[Line]]:
+    """{"old": lines, "new": lines} of a side-by-side diff; {"unified": lines} otherwise."""
+    halves = re.split(r'<div class="gpuad-diff-(old|new)-side"', diff)
+    if len(halves) == 1:
+        return {"unified": diff_lines(diff.split('class="gpuad-diff ')[1])}
+    return {halves[1]: diff_lines(halves[2]), halves[3]: diff_lines(halves[4])}
+
+
+def line_with(lines: list[Line], text: str) -> Line:
+    return next(line for line in lines if text in line.text)
+
+
+@pytest.fixture
+def view():
+    return CompilationView(sample_record(), widget=False)
+
+
+# ------------------------------------------------------------------ the link diff: layout and marks
+
+def test_diff_is_lines_in_a_pre_block_not_a_table_so_jupyter_table_css_cannot_squeeze_it(view):
+    for layout in ("unified", "side-by-side"):
+        diff = view.stage_html("diff", diff_layout=layout)
+        assert "<table" not in diff and "<td" not in diff
+        blocks = re.findall(r'<div class="gpuad-diff-lines" style="([^"]*)"', diff)
+        assert blocks and all("white-space: pre" in s and "text-align: left" in s for s in blocks)
+
+
+def test_side_by_side_halves_share_the_width_and_scroll_sideways_each():
+    diff = CompilationView(sample_record(), diff_layout="side-by-side").stage_html("diff")
+    for side in ("old", "new"):
+        style = re.search(rf'class="gpuad-diff-{side}-side" style="([^"]*)"', diff).group(1)
+        assert "width: 50%" in style and "min-width: 0" in style and "overflow-x: auto" in style
+    assert re.search(r'class="gpuad-diff gpuad-diff-side-by-side" style="[^"]*overflow-x: hidden', diff)
+    assert "display: flex" in diff
+    halves = sides(diff)
+    assert len(halves["old"]) == len(halves["new"])  # rows line up: one scroll box moves both
+
+
+def test_diff_marks_the_marker_before_and_the_linked_function_after(view):
+    lines = sides(view.stage_html("diff"))["unified"]
+    marker = line_with(lines, '@"gpuad.deferred_codegen"(i64 1)')
+    assert "gpuad-diff-delete" in marker.css and "gpuad-mark-marker" in marker.css
+    assert "rgba(255,190,0" in marker.style and marker.title.startswith("deferred-codegen marker")
+    replacement = line_with(lines, 'bitcast i32 ({double, double}*, double, double)* @"<dynamic>.reverse_f"')
+    assert "gpuad-diff-insert" in replacement.css and "gpuad-mark-link-ref" in replacement.css
+    definition = line_with(lines, 'define linkonce_odr i32 @"<dynamic>.reverse_f"')
+    assert "gpuad-mark-linked" in definition.css and definition.title.startswith("function added")
+    body = lines[lines.index(definition) + 1]
+    assert "gpuad-mark-linked" in body.css and body.title == ""  # the explanation is not repeated
+    assert any(re.fullmatch(r"  ⋯ \d+ unchanged lines \(old 1–\d+, new 1–\d+\) ⋯", x.text) for x in lines)
+
+
+def test_side_by_side_puts_the_replacement_beside_the_marker():
+    halves = sides(CompilationView(sample_record(), diff_layout="side-by-side").stage_html("diff"))
+    k = next(i for i, x in enumerate(halves["old"]) if "gpuad-mark-marker" in x.css and "(i64 1)" in x.text)
+    assert halves["old"][k].numbers == ("23",) and halves["new"][k].numbers == ("23",)
+    assert "gpuad-mark-link-ref" in halves["new"][k].css
+    assert any("unchanged lines (old" in x.text for x in halves["old"])
+    assert any("unchanged lines (new" in x.text for x in halves["new"])
+
+
+def _shifted_record():
+    """The sample with four declarations added near the top, so old and new numbers differ."""
+    record = sample_record()
+    lines = record.ir_after_link.splitlines(True)
+    extra = [f'declare double @"__nv_extra{k}"(double)\n' for k in range(4)]
+    record.ir_after_link = "".join(lines[:4] + extra + lines[4:])
+    return record
+
+
+def test_unified_diff_numbers_old_and_new_lines():
+    lines = sides(CompilationView(_shifted_record()).stage_html("diff"))["unified"]
+    assert line_with(lines, '@"gpuad.deferred_codegen"(i64 1)').numbers == ("23",)
+    assert line_with(lines, '%"w" = load double').numbers == ("22", "26")
+    assert line_with(lines, '@"__nv_extra0"').numbers == ("5",)
+    # Numbers are right-aligned in fixed columns: a new-only number sits after the old column's blanks.
+    raw = CompilationView(_shifted_record()).stage_html("diff")
+    assert "<g-ln>    5 </g-ln>" in raw and "<g-ln>22 26 </g-ln>" in raw
+
+
+def test_diff_summary_links_to_the_linked_functions_definition():
+    for layout in ("unified", "side-by-side"):
+        diff = CompilationView(sample_record(), diff_layout=layout).stage_html("diff")
+        summary = diff.split('class="gpuad-diff ')[0]
+        link = re.search(r'<a class="gpuad-linked-link" href="#([^"]+)" title="([^"]+)"[^>]*>(.*?)</a>',
+                         summary)
+        anchor, title, text = link.groups()
+        assert ADJOINT_SYMBOL in title and "&lt;dynamic&gt;.reverse_f" in text
+        assert ADJOINT_SYMBOL not in re.sub(r'title="[^"]*"', "", summary)
+        assert diff.count(f'id="{anchor}"') == 1
+        lines = sides(diff)["unified" if layout == "unified" else "new"]
+        target = next(x for x in lines if x.ident == anchor)
+        assert target.text.lstrip("+ ").startswith('define linkonce_odr i32 @"<dynamic>.reverse_f"')
+
+
+def test_diff_tab_keeps_the_jump_to_the_linked_function():
+    diff = CompilationView(sample_record()).widget().browsers["diff"]
+    for layout in ("unified", "side-by-side"):
+        diff.layout.value = layout
+        anchor = re.search(r'href="#(gpuad-linked-[^"]+)"', diff.body.value).group(1)
+        assert f'<div id="{anchor}"' in diff.body.value
+
+
+# ------------------------------------------------------------------ names
+
+def test_module_sections_are_titled_by_python_name_with_the_symbol_on_hover(view):
+    after = view.stage_html("ir-after")
+    titles = re.findall(r'<summary title="([^"]*)" style="([^"]*)">([^<]*)</summary>', after)
+    assert [(full, htmllib.unescape(text).split("  (")[0]) for full, _, text in titles] == [
+        (KERNEL_SYMBOL, "cudapy.__main__.grad_f"), (ADJOINT_SYMBOL, "<dynamic>.reverse_f")]
+    assert all("text-overflow: ellipsis" in style and "overflow: hidden" in style for _, style, _ in titles)
+    assert f">{KERNEL_SYMBOL}" not in after
+
+
+def test_mangled_symbols_in_code_read_as_python_names_with_the_symbol_as_abbr_title():
+    record = sample_record()
+    record.ptx += (f"\n.visible .func {THREAD_INDEX}(\n\t.param .b64 {THREAD_INDEX}_param_0\n)\n{{\n"
+                   f"\tld.param.u64 %rd1, [{THREAD_INDEX}_param_0];\n\tret;\n}}\n")
+    ptx = CompilationView(record).stage_html("ptx")
+    assert f'<abbr title="{THREAD_INDEX}_param_0">gpuad.targets.cuda.cuda_thread_index_param_0</abbr>' in ptx
+    assert "gpuad.targets.cuda.cuda_thread_index  (" in ptx  # the function's section title
+    assert not re.search(r">[^<]*_ZN", ptx)  # no mangled symbol left in the text a reader sees
+
+
+def test_jobs_table_symbol_is_the_python_name_with_the_symbol_as_tooltip(view):
+    cell = re.search(r'<td [^>]*title="([^"]+)">([^<]*)</td>', view.stage_html("jobs"))
+    assert cell.groups() == (ADJOINT_SYMBOL, "&lt;dynamic&gt;.reverse_f")
+
+
+# ------------------------------------------------------------------ bounded boxes, derivative source
+
+def test_each_function_is_a_bounded_box_with_its_own_scrollbars(view):
+    for key in ("ir-before", "ir-after", "ptx"):
+        blocks = re.findall(r'<pre class="gpuad-code" style="([^"]*)"', view.stage_html(key))
+        assert blocks and all("max-height: 30em" in s and "overflow: auto" in s for s in blocks), key
+
+
+def test_derivative_source_is_shown_whole_not_in_an_inner_scroll_box(view):
+    derivatives = view.stage_html("derivatives")
+    assert "max-height: none" in derivatives and "max-height: 32em" not in derivatives
+
+
+def test_source_shows_the_differentiated_functions_too():
+    record = sample_record()
+    record.jobs[0].__dict__["source"] = "def f(x, y):\n    return sin(x) * y\n"
+    source = CompilationView(record).stage_html("source")
+    assert "differentiated: " in source and plain(source).count("def f(x, y):") == 1
+
+
+# ------------------------------------------------------------------ theme colours
+
+_COLOUR = re.compile(r"(?<![-\w])(color|background-color|background)\s*:\s*([^;\"}]+)")
+
+
+def literal_colours(fragment: str) -> list[str]:
+    """Text and background colours that do not follow the theme (not a var(), not a translucent tint)."""
+    fixed = []
+    for prop, value in _COLOUR.findall(fragment):
+        value = value.strip()
+        if value.startswith(("var(", "rgba(", "transparent", "inherit")):
+            continue
+        if prop == "background-color" and value.startswith("#") and "gpuad-bar" in fragment:
+            continue
+        fixed.append(f"{prop}: {value}")
+    return fixed
+
+
+def test_view_colours_follow_the_jupyterlab_theme(view):
+    page = view.to_html()
+    bar = re.compile(r'class="gpuad-bar" style="background-color: #[0-9a-f]+;')  # the timing bars' fill
+    assert literal_colours(bar.sub("", page)) == []
+    assert "var(--jp-layout-color0, #ffffff)" in page and "var(--jp-content-font-color1, #1f2328)" in page
+
+
+def test_highlighting_is_one_scoped_stylesheet_of_theme_variables():
+    assert STYLE_SHEET.count("<style>") == 1 and all(
+        rule.startswith(".gpuad-view ") for rule in STYLE_SHEET[7:-8].split("}") if rule)
+    assert "var(--jp-mirror-editor-keyword-color" in STYLE_SHEET
+    line = highlight_lines('define i32 @"f"(double %x) {', "llvm")[0]
+    assert line == '<g-k>define</g-k> i32 <g-v>@"f"</g-v>(double <g-v>%x</g-v>) {'
+    assert "style=" not in highlight("def f(x):\n    return x\n", "python").split(">", 1)[1]
+
+
+# ------------------------------------------------------------------ size
+
+def test_a_real_compilations_html_is_within_three_times_its_text(monkeypatch):
+    """A default %%gpukernel cell saved 1.4 MB of HTML (8.6x its IR, PTX and sources); the bound is 3x."""
+    monkeypatch.setenv("GPUAD_TARGET", "cpu")
+    from gpuad.examples import grad_f
+
+    xs = np.linspace(0.0, 1.0, 8)
+    record = grad_f.compile(xs, xs, xs)
+    content = sum(len(t) for t in (record.source, record.ir_before_link, record.ir_after_link, record.ptx,
+                                   *record.adjoint_sources.values()))
+    page = CompilationView(record, widget=False).to_html()
+    assert len(page.encode()) <= 3 * content, (len(page.encode()), content)
+    assert len(page.encode()) < 300_000
