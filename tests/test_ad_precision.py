@@ -27,6 +27,12 @@ def rational(x, y):
     return x * x * x / (x * x + y * y) + math.sqrt(y * y + x)
 
 
+def powers(x, y):
+    # integer exponents: the rule folds to `2 * x ** 1`, whose int multiplier must not promote
+    # (a negative exponent is float64 in numba's primal already)
+    return x ** 2 * y + y ** 3 + math.tanh(x) * y ** 1 + x ** 0
+
+
 def smooth(x, y):
     t = math.tanh(x * y)
     if t > y:
@@ -94,7 +100,7 @@ def test_float32_taped_loop_has_no_float64_instruction():
     assert f64_instructions(horner_forward, V, V, V, V, 4) == []
 
 
-@pytest.mark.parametrize("f", [rational, smooth])
+@pytest.mark.parametrize("f", [rational, smooth, powers])
 def test_float32_scalar_gradients_add_no_float64_instruction(f):
     primal, reverse, forward = scalar_kernels(f)
     base = f64_instructions(primal, V, V, V)
@@ -118,3 +124,20 @@ def test_float32_tape_and_results():
     ((_, dx64, _),) = autodiff(Reverse, horner, Duplicated(c64, dc64), Active(0.3), Const(4))
     assert dx == pytest.approx(dx64, rel=1e-6)
     np.testing.assert_allclose(dc, dc64, rtol=1e-6)
+
+
+def test_rule_templates_fold_constant_arguments():
+    import ast
+
+    from gpuad.ad import ir
+    from gpuad.ad.emit import Namespace, fill_template
+    from gpuad.ad.rules import _POW_DX, TEMPLATE_GLOBALS
+
+    def partial(exponent, float32):
+        values = {"x": ir.Var("x"), "y": ir.Const(exponent), "out": ir.Var("out")}
+        return ast.unparse(fill_template(_POW_DX, values, Namespace(), TEMPLATE_GLOBALS, float32))
+
+    assert partial(2, True) == "np.float32(2) * x ** 1"
+    assert partial(2, False) == "2 * x ** 1"
+    assert partial(0, True) == "np.float32(0.0)"
+    assert partial(-2, False) == "-2 * x ** (-2 - 1.0)"  # mixed int/float: left to numba

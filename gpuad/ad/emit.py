@@ -10,6 +10,7 @@ forward part of every derivative).
 from __future__ import annotations
 
 import math
+import operator
 from contextlib import contextmanager
 
 from gpuad.ad import ir
@@ -187,6 +188,23 @@ def fill_template(template: str, values: dict, namespace: Namespace, globals_: d
                 return float32_node(node)
             return node
 
+        def visit_BinOp(self, node):
+            # With constant arguments a rule folds to constants (`x ** 2`: `2 * x ** 1`); an int
+            # multiplier of a float32 value would promote it to float64, an exponent would not.
+            node = fold_constants(self.generic_visit(node))
+            if float32 and isinstance(node, ast.BinOp):
+                if _is_int(node.left):
+                    node.left = float32_node(node.left)
+                if _is_int(node.right) and not isinstance(node.op, ast.Pow):
+                    node.right = float32_node(node.right)
+            return node
+
+        def visit_Compare(self, node):
+            return fold_constants(self.generic_visit(node))
+
+        def visit_IfExp(self, node):
+            return fold_constants(self.generic_visit(node))
+
         def visit_Attribute(self, node):  # math.inf, math.pi: float constants too
             root = node.value.id if isinstance(node.value, ast.Name) else None
             if float32 and isinstance(getattr(globals_.get(root), node.attr, None), float):
@@ -204,6 +222,35 @@ def fill_template(template: str, values: dict, namespace: Namespace, globals_: d
             return node
 
     return Substitute().visit(tree)
+
+
+_FOLDABLE = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Eq: operator.eq,
+             ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt,
+             ast.GtE: operator.ge}
+
+
+def _is_int(node: ast.expr) -> bool:
+    return isinstance(node, ast.Constant) and type(node.value) is int
+
+
+def _number(node: ast.expr) -> bool:
+    return isinstance(node, ast.Constant) and type(node.value) in (int, float)
+
+
+def fold_constants(node: ast.expr) -> ast.expr:
+    """`2 - 1` -> `1`, `2 == 0` -> `False`, `a if True else b` -> `a`: what a rule template
+    becomes when an argument is a constant. Only exact int/float operations with no error
+    (+, -, * and comparisons) fold; anything else is left for numba."""
+    if isinstance(node, ast.BinOp) and _number(node.left) and _number(node.right):
+        op = _FOLDABLE.get(type(node.op))
+        if op is not None and type(node.left.value) is type(node.right.value):
+            return ast.Constant(op(node.left.value, node.right.value))
+    if (isinstance(node, ast.Compare) and len(node.ops) == 1 and _number(node.left)
+            and _number(node.comparators[0]) and type(node.ops[0]) in _FOLDABLE):
+        return ast.Constant(_FOLDABLE[type(node.ops[0])](node.left.value, node.comparators[0].value))
+    if isinstance(node, ast.IfExp) and isinstance(node.test, ast.Constant) and type(node.test.value) is bool:
+        return node.body if node.test.value else node.orelse
+    return node
 
 
 def float32_node(value: ast.expr) -> ast.expr:
