@@ -157,8 +157,8 @@ class _Report:
         return base64.b64encode(buffer.getvalue()).decode("ascii")
 
     def _table_html(self) -> str:
-        cell = "border: 1px solid #d0d7de; padding: 2px 6px; text-align: right"
-        header = "".join(f'<th style="{cell}; background-color: #eaeef2">{h}</th>' for h in
+        cell = CELL_STYLE
+        header = "".join(f'<th style="{cell}; {HEADER_STYLE}">{h}</th>' for h in
                          ("argument", "AD", "FD", "step", "max abs err", "max rel err", "points", "result"))
         rows = []
         for c in self.checks:
@@ -167,20 +167,30 @@ class _Report:
             values = [html.escape(c.name), f"{c.ad:.8g}", f"{c.fd:.8g}", f"{c.step:.3g}",
                       f"{c.max_abs_error:.3g}", f"{c.max_rel_error:.3g}", str(c.points), verdict]
             rows.append("<tr>" + "".join(f'<td style="{cell}">{v}</td>' for v in values) + "</tr>")
-        return (f'<table style="border-collapse: collapse; font-size: 12px">'
+        return (f'<table style="{TABLE_STYLE}">'
                 f"<thead><tr>{header}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
 
     def _repr_html_(self) -> str:
         colour = "#1a7f37" if self.passed else "#cf222e"
         return (
-            '<div class="gpuad-gradcheck" style="background-color: #ffffff; color: #1f2328; '
-            'border: 1px solid #d0d7de; border-radius: 4px; padding: 8px; font-family: sans-serif">'
+            f'<div class="gpuad-gradcheck" style="background-color: {BACKGROUND}; color: {FOREGROUND}; '
+            f'border: 1px solid {RULE}; border-radius: 4px; padding: 8px; font-family: sans-serif">'
             f'<p style="margin: 0 0 6px 0; color: {colour}; font-weight: bold">{html.escape(repr(self))}</p>'
             f"{self._table_html()}"
             '<img style="margin-top: 6px; max-width: 100%" '
             f'src="data:image/png;base64,{self._png_base64()}"/>'
             "</div>"
         )
+
+
+# The theme's colours (light fallbacks outside JupyterLab): the header was white on light grey in
+# JupyterLab's dark theme, whose text colour it inherited.
+BACKGROUND = "var(--jp-layout-color0, #ffffff)"
+FOREGROUND = "var(--jp-content-font-color1, #1f2328)"
+RULE = "var(--jp-border-color2, #d0d7de)"
+CELL_STYLE = f"border: 1px solid {RULE}; padding: 2px 6px; text-align: right; color: {FOREGROUND}"
+HEADER_STYLE = "background-color: var(--jp-layout-color2, #eaeef2)"
+TABLE_STYLE = "border-collapse: collapse; table-layout: auto; width: auto; font-size: 12px"
 
 
 def _new_figure():
@@ -192,6 +202,19 @@ def _new_figure():
     figure = Figure(figsize=(7, 5), layout="constrained")
     top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=(2, 1))
     return figure, top, bottom
+
+
+def _plot_derivatives(axis, x, ad, fd, ad_label: str, *, ad_line: bool = True) -> None:
+    """FD under AD: FD as larger hollow circles, AD as a line or small filled dots drawn above them.
+
+    Where they agree the AD dots sit inside the FD rings, so both stay visible
+    (FD drawn last used to hide AD completely).
+    """
+    style = {"linestyle": "-", "linewidth": 1.5} if ad_line else {"linestyle": "none", "marker": "o",
+                                                                    "markersize": 3}
+    axis.plot(x, ad, color="tab:blue", zorder=3, label=ad_label, **style)
+    axis.plot(x, fd, "o", color="tab:orange", markersize=7, markerfacecolor="none", markeredgewidth=1.2,
+              linestyle="none", zorder=2, label="central FD")
 
 
 def _plot_errors(axis, x, ad, fd, rtol, atol, xlabel: str) -> None:
@@ -237,8 +260,7 @@ class GradcheckReport(_Report):
             ad[k], fd[k] = self._derivatives_at(point, index, dtype)
         figure, top, bottom = _new_figure()
         name = self.names[index]
-        top.plot(xs, ad, "-", color="tab:blue", label="AD")
-        top.plot(xs, fd, "o", color="tab:orange", markersize=3, markerfacecolor="none", label="central FD")
+        _plot_derivatives(top, xs, ad, fd, "AD")
         top.axvline(x0, color="0.6", linewidth=1, linestyle=":")
         top.set_ylabel(f"∂f/∂{name}")
         top.set_title(f"gradcheck {self.title}: sweep of {name}")
@@ -329,8 +351,7 @@ class KernelGradcheckReport(_Report):
         xs = data.inputs if x == "input" else data.points.astype(float)
         order = np.argsort(xs, kind="stable")
         figure, top, bottom = _new_figure()
-        top.plot(xs[order], data.ad[order], ".", color="tab:blue", markersize=4, label="AD (kernel)")
-        top.plot(xs[order], data.fd[order], "x", color="tab:orange", markersize=3, label="central FD")
+        _plot_derivatives(top, xs[order], data.ad[order], data.fd[order], "AD (kernel)", ad_line=False)
         top.set_ylabel(f"∂primal/∂{name}")
         top.set_title(f"gradcheck {self.title}: {len(data.points)} points")
         top.legend(loc="best", fontsize="small")
@@ -550,14 +571,14 @@ class JacobianReport(_Report):
         return "\n".join(lines)
 
     def _table_html(self) -> str:
-        cell = "border: 1px solid #d0d7de; padding: 2px 6px; text-align: right"
+        cell = CELL_STYLE
         worst = "" if self.worst is None else "∂y[{}]/∂x[{}]".format(*self.worst)
         items = (("shape", "{}×{}".format(*self.shape)), ("max abs err", f"{self.max_abs_error:.3g}"),
                  ("max rel err", f"{self.max_rel_error:.3g}"), ("worst entry", worst),
                  ("failing entries", f"{self.failures}/{self.ad.size}"))
-        header = "".join(f'<th style="{cell}; background-color: #eaeef2">{k}</th>' for k, _ in items)
+        header = "".join(f'<th style="{cell}; {HEADER_STYLE}">{k}</th>' for k, _ in items)
         row = "".join(f'<td style="{cell}">{html.escape(v)}</td>' for _, v in items)
-        return (f'<table style="border-collapse: collapse; font-size: 12px">'
+        return (f'<table style="{TABLE_STYLE}">'
                 f"<thead><tr>{header}</tr></thead><tbody><tr>{row}</tr></tbody></table>")
 
     def figure(self):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import re
 
 import numpy as np
 import pytest
@@ -312,3 +313,30 @@ def test_jacobian_figure_when_ad_and_fd_agree_exactly(monkeypatch):
     report = gc.jacobian_check(linear, np.array([0.5, 0.25]), out_size=2)
     assert report.passed and report.max_abs_error == 0.0
     assert len([axis for axis in report.figure().axes if axis.get_images()]) == 3
+
+
+def _ad_and_fd(axis):
+    lines = {line.get_label(): line for line in axis.get_lines()}
+    return next(v for k, v in lines.items() if k.startswith("AD")), lines["central FD"]
+
+
+@pytest.mark.parametrize("which", ["host", "kernel"])
+def test_ad_is_drawn_above_fd_and_unlike_it_so_neither_hides_the_other(which, correct_ad):
+    if which == "host":
+        figure = gc.gradcheck(f, 0.7, 2.0).figure(arg="x")
+    else:
+        figure = gc.gradcheck_kernel(GradientKernel(), 50, *_arrays(), primal=f, max_points=10).figure()
+    ad, fd = _ad_and_fd(figure.axes[0])
+    assert ad.get_zorder() > fd.get_zorder()
+    assert fd.get_markerfacecolor() == "none" and fd.get_linestyle() == "None"
+    # AD is a line or filled dots smaller than the FD rings: it shows inside them.
+    assert ad.get_linestyle() == "-" or (ad.get_markersize() < fd.get_markersize()
+                                          and ad.get_markerfacecolor() != "none")
+
+
+def test_report_html_takes_the_themes_colours_so_the_header_reads_in_dark_mode(correct_ad):
+    page = gc.gradcheck(f, 0.7, 2.0)._repr_html_()
+    header = re.search(r'<th style="([^"]*)"', page).group(1)
+    assert "background-color: var(--jp-layout-color2" in header
+    assert "color: var(--jp-content-font-color1" in header
+    assert "background-color: #ffffff" not in page and "color: #1f2328" not in page

@@ -152,6 +152,15 @@ def test_diff_tab_keeps_the_jump_to_the_linked_function():
         assert f'<div id="{anchor}"' in diff.body.value
 
 
+def test_diff_summary_counts_are_pluralised():
+    record = sample_record()
+    after = record.ir_before_link.splitlines()
+    marker = next(k for k, line in enumerate(after) if "gpuad.deferred_codegen" in line and "call" in line)
+    record.ir_after_link = "\n".join(after[:marker] + after[marker + 1:])
+    diff = CompilationView(record).stage_html("diff")
+    assert "1 line removed, 0 added" in diff
+
+
 # ------------------------------------------------------------------ names
 
 def test_module_sections_are_titled_by_python_name_with_the_symbol_on_hover(view):

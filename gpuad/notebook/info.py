@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from importlib import metadata
 
 DISTRIBUTIONS = ("gpuad", "numba", "numba-cuda", "llvmlite", "numpy")
+BACKGROUND = "var(--jp-layout-color0, #ffffff)"
+FOREGROUND = "var(--jp-content-font-color1, #1f2328)"
 
 
 @dataclass
@@ -39,14 +41,18 @@ class EnvironmentInfo:
         return str(self)
 
     def _repr_html_(self) -> str:
+        # The theme's colours (light fallbacks outside JupyterLab), set on every cell: a fixed
+        # light background under a theme's text colour was dark-on-black in the dark theme.
+        colours = f"background-color: {BACKGROUND}; color: {FOREGROUND}; border: none"
         cells = "".join(
-            f'<tr><th style="text-align: left; padding: 2px 12px 2px 0">{html.escape(label)}</th>'
-            f'<td style="font-family: monospace; padding: 2px 0">{html.escape(value)}</td></tr>'
+            f'<tr><th style="{colours}; text-align: left; padding: 2px 12px 2px 0">{html.escape(label)}</th>'
+            f'<td style="{colours}; text-align: left; font-family: monospace; padding: 2px 0">'
+            f"{html.escape(value)}</td></tr>"
             for label, value in self.rows()
         )
         return (
-            '<table style="background-color: #ffffff; color: #1f2328; border-collapse: collapse; '
-            f'font-size: 12px">{cells}</table>'
+            f'<table class="gpuad-info" style="{colours}; border-collapse: collapse; table-layout: auto; '
+            f'width: auto; font-size: 12px">{cells}</table>'
         )
 
 

@@ -47,7 +47,7 @@ from gpuad.notebook.irdiff import (
 )
 from gpuad.notebook.names import MANGLED, Short, readable_labels, readable_symbol, short_location
 from gpuad.notebook.outline import outline
-from gpuad.record import CompilationRecord
+from gpuad.record import CompilationRecord, plural
 
 __all__ = ["MUTED", "code_block", "highlight"]  # re-exported for views
 
@@ -325,7 +325,7 @@ def _diff_legend(diff: IRDiff) -> str:
         for m, label in labels
     )
     return (
-        f'<p class="gpuad-diff-summary" style="margin: 4px 0">{diff.deleted} lines removed, '
+        f'<p class="gpuad-diff-summary" style="margin: 4px 0">{plural(diff.deleted, "line")} removed, '
         f"{diff.inserted} added; functions linked: {_linked_links(diff)}</p>"
         f'<p style="margin: 4px 0">{swatch}</p>'
     )
