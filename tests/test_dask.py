@@ -534,3 +534,28 @@ def test_cupy_chunks_run_on_the_cuda_target_and_stay_on_the_device():
     dc = result["dc"].compute(scheduler="threads")
     assert isinstance(dc, cp.ndarray)
     np.testing.assert_allclose(cp.asnumpy(dc), expected_dc, rtol=1e-13)
+
+
+# -- benchmarks/dask_scaling.py's smoke mode ----------------------------------------------------
+
+def test_the_scaling_benchmark_runs_on_cpu_workers_and_checks_its_gradients(tmp_path, capsys):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    pytest.importorskip("distributed")
+    path = Path(__file__).parent.parent / "benchmarks" / "dask_scaling.py"
+    spec = importlib.util.spec_from_file_location("dask_scaling", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    smoke = ["--cpu", "--size", "300", "--chunks", "3", "--reps", "1", "--out", str(tmp_path)]
+    assert module.main(smoke) == 0
+    (written,) = tmp_path.glob("dask-scaling-cpu-*.json")
+    report = json.loads(written.read_text())
+    assert report["target"] == "cpu" and report["size"] == 300 and report["unit"] == "workers"
+    assert [row["name"] for row in report["cases"]] == ["elementwise", "stencil"]
+    for row in report["cases"]:
+        assert row["correct"] and row["deviation"] < 1e-12
+        assert set(row["ms"]) == {"1", "2"} and all(ms > 0 for ms in row["ms"].values())
+        assert row["efficiency"] == pytest.approx(row["speedup"] / 2)
+    assert "WRONG" not in capsys.readouterr().out
