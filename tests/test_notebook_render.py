@@ -187,6 +187,23 @@ def test_jobs_table_symbol_is_the_python_name_with_the_symbol_as_tooltip(view):
     assert cell.groups() == (ADJOINT_SYMBOL, "&lt;dynamic&gt;.reverse_f")
 
 
+def test_widget_picker_offers_python_names_and_shows_the_symbol_as_tooltip():
+    browser = CompilationView(sample_record()).widget().browsers["ir-after"]
+    labels = [label for label, _ in browser.picker.options]
+    assert labels[1:] == ["cudapy.__main__.grad_f", "<dynamic>.reverse_f"]
+    browser.picker.value = ADJOINT_SYMBOL
+    assert browser.picker.tooltip == ADJOINT_SYMBOL
+    shown = plain(browser.body.value)
+    assert "<dynamic>.reverse_f" in shown and ADJOINT_SYMBOL not in shown
+
+
+def test_widget_tabs_are_as_wide_as_their_labels():
+    box = CompilationView(sample_record()).widget()
+    assert "gpuad-widget" in box._dom_classes
+    header = box.children[0].value
+    assert ".gpuad-widget .lm-TabBar-tab" in header and "flex: 0 0 auto" in header
+
+
 # ------------------------------------------------------------------ bounded boxes, derivative source
 
 def test_each_function_is_a_bounded_box_with_its_own_scrollbars(view):

@@ -192,7 +192,9 @@ def test_widget_has_one_tab_per_stage():
 
 def test_function_picker_and_search_in_the_ir_tab():
     browser = CompilationView(sample_record()).widget().browsers["ir-after"]
-    assert list(browser.picker.options) == ["(whole module)", KERNEL_SYMBOL, ADJOINT_SYMBOL]
+    assert list(browser.picker.options) == [("(whole module)", "(whole module)"),
+                                            ("cudapy.__main__.grad_f", KERNEL_SYMBOL),
+                                            ("<dynamic>.reverse_f", ADJOINT_SYMBOL)]
     browser.picker.value = ADJOINT_SYMBOL
     assert "__nv_cos" in browser.body.value and "llvm.nvvm.read.ptx.sreg.tid.x" not in browser.body.value
     browser.search.value = "fmul"

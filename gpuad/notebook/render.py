@@ -149,6 +149,19 @@ def readable_code(line_html: str) -> str:
     return MANGLED.sub(one, line_html)
 
 
+def readable_highlight(text: str, language: str, *, max_height: str = MODULE_HEIGHT) -> str:
+    """`highlight`, mangled symbols shown by their Python names (IR and PTX)."""
+    if not text:
+        return highlight(text, language, max_height=max_height)
+    lines = (readable_code(line) for line in highlight_lines(text, language))
+    return code_block("\n".join(lines), max_height=max_height)
+
+
+# ipywidgets gives every tab 144 px and cuts longer labels ("Derivative sour"): size tabs to their labels.
+WIDGET_STYLE = ("<style>.gpuad-widget .lm-TabBar-tab, .gpuad-widget .p-TabBar-tab "
+                "{flex: 0 0 auto !important; max-width: none !important}</style>")
+
+
 def render_source(record: CompilationRecord) -> str:
     """The kernel, then each function it differentiates (open: they are what the derivatives come from)."""
     kernel = highlight(record.source, "python", max_height="none")

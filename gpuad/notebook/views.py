@@ -17,7 +17,7 @@ from functools import cached_property
 
 from gpuad.notebook import render
 from gpuad.notebook.irdiff import LINK_REF, LINKED, MARKER, Collapsed, IRDiff, diff_ir
-from gpuad.notebook.names import short_location, short_symbol
+from gpuad.notebook.names import readable_labels, short_location, short_symbol
 from gpuad.notebook.outline import outline
 from gpuad.record import CompilationRecord, plural
 
@@ -364,7 +364,8 @@ def _build_widget(view: CompilationView):
         else:
             children.append(widgets.HTML(render.panel(view.stage_html(key))))
     tabs = widgets.Tab(children=children, titles=[_TITLES[k] for k in view.stages])
-    box = widgets.VBox([widgets.HTML(view.header_html()), tabs])
+    box = widgets.VBox([widgets.HTML(render.WIDGET_STYLE + view.header_html()), tabs])
+    box.add_class("gpuad-widget")
     box.browsers = browsers  # kept for tests and for programmatic navigation
     box.tabs = tabs
     return box
@@ -381,7 +382,10 @@ class ModuleBrowser:
         self.text, self.language = text, language
         self.lines = text.splitlines()
         self.outline = outline(text, language)
-        self.picker = widgets.Dropdown(options=[self.WHOLE_MODULE, *self.outline.names],
+        # Python names to pick from; the value stays the symbol, which the tooltip shows.
+        labels = readable_labels(self.outline.names)
+        self.picker = widgets.Dropdown(options=[(self.WHOLE_MODULE, self.WHOLE_MODULE),
+                                                *zip(labels, self.outline.names)],
                                        description="function", layout=widgets.Layout(width="60%"))
         self.search = widgets.Text(placeholder="search (substring)", description="find",
                                    continuous_update=False)
@@ -393,13 +397,14 @@ class ModuleBrowser:
 
     def refresh(self) -> None:
         span = self.outline.function(self.picker.value)
+        self.picker.tooltip = span.name if span else None  # the mangled symbol, on hover
         start, end = (span.start, span.end) if span else (0, len(self.lines))
         query = self.search.value.strip()
         if query:
             self.body.value = render.panel(self._matches(query, start, end))
         elif span:
-            self.body.value = render.panel(render.highlight("\n".join(self.lines[start:end]), self.language,
-                                                            max_height="40em"))
+            self.body.value = render.panel(render.readable_highlight("\n".join(self.lines[start:end]),
+                                                                     self.language, max_height="40em"))
         else:
             self.body.value = render.panel(render.render_module(self.text, self.language))
 
