@@ -3,10 +3,11 @@
     python3 benchmarks/dask_scaling.py [--size N] [--chunks C] [--reps R] [--gpus 1,2] [--out DIR]
     python3 benchmarks/dask_scaling.py --cpu [--out DIR]   # smoke: LocalCluster, cpu target, tiny
 
-On GPUs (needs cupy, dask[array], distributed and dask-cuda): for each GPU count, a
-`dask_cuda.LocalCUDACluster` with one worker per GPU holds the array as CuPy chunks (the same C
-chunks for every count, spread over the workers), and `gpuad.dask.map_blocks` runs two gradients
-on them with the cuda target, no host copies:
+On GPUs (needs cupy, dask[array] and distributed; dask-cuda if installed): for each GPU count, a
+`dask_cuda.LocalCUDACluster` with one worker per GPU (without dask-cuda, or with --cluster pinned,
+the same made with distributed alone: one worker process per GPU, pinned by CUDA_VISIBLE_DEVICES)
+holds the array as CuPy chunks (the same C chunks for every count, spread over the workers), and
+`gpuad.dask.map_blocks` runs two gradients on them with the cuda target, no host copies:
 
 - elementwise: d/dx of sin(x) x^2 at every element;
 - stencil: the gradient of notebook 04's chain energy (a double well per element, a spring to the
@@ -172,6 +173,7 @@ def _array_module(target: str):
 
 
 def cuda_clusters():
+    """dask-cuda's LocalCUDACluster: one worker per GPU."""
     from dask_cuda import LocalCUDACluster
 
     def factory(gpus: int):
@@ -180,7 +182,24 @@ def cuda_clusters():
     return factory
 
 
+def pinned_clusters():
+    """What LocalCUDACluster does, with distributed alone (no dask-cuda): one worker process per
+    GPU, each seeing its own GPU first through CUDA_VISIBLE_DEVICES."""
+    from distributed import Nanny, Scheduler, SpecCluster
+
+    def factory(gpus: int):
+        def visible(k: int) -> str:
+            return ",".join(str((k + j) % gpus) for j in range(gpus))
+
+        workers = {k: {"cls": Nanny, "options": {"nthreads": 1, "env": {"CUDA_VISIBLE_DEVICES": visible(k)},
+                                                 "silence_logs": logging.ERROR}} for k in range(gpus)}
+        scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0"}}
+        return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.ERROR)
+    return factory
+
+
 def cpu_clusters():
+    """distributed's LocalCluster: worker processes."""
     from distributed import LocalCluster
 
     def factory(workers: int):
@@ -243,6 +262,23 @@ def print_table(report: dict) -> None:
               f"{'' if row['correct'] else '  WRONG'}")
 
 
+def pick_cluster(choice: str, cpu: bool):
+    """(the cluster's name, a factory: worker count -> cluster)."""
+    if choice == "auto":
+        choice = "local" if cpu else "dask-cuda"
+        if not cpu:
+            try:
+                import dask_cuda  # noqa: F401
+            except ModuleNotFoundError:
+                choice = "pinned"
+    factories = {"dask-cuda": ("dask_cuda.LocalCUDACluster", cuda_clusters),
+                 "pinned": ("distributed.SpecCluster, one Nanny per GPU (CUDA_VISIBLE_DEVICES)",
+                            pinned_clusters),
+                 "local": ("distributed.LocalCluster", cpu_clusters)}
+    name, make = factories[choice]
+    return name, make()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cpu", action="store_true", help="smoke run: cpu target, worker processes, tiny")
@@ -251,22 +287,26 @@ def main(argv=None) -> int:
     parser.add_argument("--reps", type=int, default=None, help="timed runs (default 10; --cpu: 2)")
     parser.add_argument("--gpus", default="1,2",
                         help="worker counts to compare (GPUs, or processes with --cpu)")
+    parser.add_argument("--cluster", choices=["auto", "dask-cuda", "pinned", "local"], default="auto",
+                        help="auto: dask-cuda's LocalCUDACluster if installed, else 'pinned' (distributed "
+                             "alone, one worker per GPU); --cpu: LocalCluster")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     target = "cpu" if args.cpu else "cuda"
     size = args.size or (4096 if args.cpu else 1 << 30)
     reps = args.reps or (2 if args.cpu else 10)
     try:
-        factory = cpu_clusters() if args.cpu else cuda_clusters()
+        cluster, factory = pick_cluster(args.cluster, args.cpu)
     except ModuleNotFoundError as exc:
         print(f"dask_scaling needs {exc.name}: pip install 'dask[array]' distributed"
-              f"{'' if args.cpu else ' dask-cuda cupy-cuda12x'}", file=sys.stderr)
+              f"{'' if args.cpu else ' (dask-cuda) cupy-cuda12x'}", file=sys.stderr)
         return 2
     counts = [int(k) for k in args.gpus.split(",")]
     runs = {k: run_on(factory, k, size, args.chunks, reps, target) for k in counts}
     date = datetime.date.today().isoformat()
     report = {"device": device_name(target), "date": date, "target": target,
-              "unit": "workers" if args.cpu else "GPUs", "size": size, "chunks": args.chunks, "reps": reps,
+              "unit": "workers" if args.cpu else "GPUs", "cluster": cluster, "size": size,
+              "chunks": args.chunks, "reps": reps,
               "cases": summarize(runs), "versions": versions()}
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"dask-scaling-{'cpu-' if args.cpu else ''}{date}.json"

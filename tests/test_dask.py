@@ -559,3 +559,10 @@ def test_the_scaling_benchmark_runs_on_cpu_workers_and_checks_its_gradients(tmp_
         assert set(row["ms"]) == {"1", "2"} and all(ms > 0 for ms in row["ms"].values())
         assert row["efficiency"] == pytest.approx(row["speedup"] / 2)
     assert "WRONG" not in capsys.readouterr().out
+    assert report["cluster"] == "distributed.LocalCluster"
+
+    # the GPU machine's fallback without dask-cuda: one pinned worker process per device
+    assert module.main(smoke + ["--cluster", "pinned", "--gpus", "2"]) == 0
+    report = json.loads(written.read_text())
+    assert report["cluster"].startswith("distributed.SpecCluster") and set(report["cases"][0]["ms"]) == {"2"}
+    assert all(row["correct"] for row in report["cases"])
