@@ -156,8 +156,8 @@ def _argument_value(analysis: Analysis, name: str, value, role: str):
 
     if role == "chunk":
         return Arr(name, True, value.ndim)
-    if role == "whole":
-        return Arr(name, False, np.ndim(value))
+    if role == "whole":  # numpy, CuPy or numba device arrays: ndim without a host copy
+        return Arr(name, False, getattr(value, "ndim", 0))
     if role == "owned_start":
         return Lin((("start", 1),)) if analysis.depth else Lin()  # 0 in every chunk without halos
     if role in ("owned_stop", "offset"):
