@@ -61,8 +61,8 @@ def main() -> None:
             opening = f'<details class="gpuad-stage-{stage}"'
             overview = overview.replace(opening, opening + " open")
         screenshot(overview, DOCS / "compilation.png", (1400, 780), work)
-        # The link diff: where the marker was and what the linker added.
-        screenshot(CompilationView(record, show="diff").to_html(), DOCS / "link-diff.png", (1400, 640), work)
+    # docs/link-diff.png is taken inside JupyterLab, whose CSS is what the static view must withstand:
+    # `python docs/check_frontends.py static http://127.0.0.1:8899 TOKEN shot.png` (shot-page.png).
     report = gpuad.gradcheck_kernel(grad_f, n, xs, ys, dxs, primal=f, wrt="xs", out="dxs")
     report.savefig(DOCS / "gradcheck.png", dpi=110)
     print(f"wrote docs/gradcheck.png ({report!r})")
