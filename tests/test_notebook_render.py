@@ -76,6 +76,12 @@ def test_diff_is_lines_in_a_pre_block_not_a_table_so_jupyter_table_css_cannot_sq
         assert blocks and all("white-space: pre" in s and "text-align: left" in s for s in blocks)
 
 
+def test_code_font_is_literal_so_a_sanitizer_keeps_the_columns_aligned(view):
+    fonts = set(re.findall(r"font-family: ([^;\"]*)", view.stage_html("diff")))
+    code = {f for f in fonts if "monospace" in f}
+    assert code and not any("var(" in f for f in code)
+
+
 def test_side_by_side_halves_share_the_width_and_scroll_sideways_each():
     diff = CompilationView(sample_record(), diff_layout="side-by-side").stage_html("diff")
     for side in ("old", "new"):

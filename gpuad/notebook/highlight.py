@@ -24,7 +24,9 @@ from pygments.token import Comment, Error, Keyword, Name, Number, Operator, Stri
 CODE_BACKGROUND = "var(--jp-cell-editor-background, #f6f8fa)"
 CODE_FOREGROUND = "var(--jp-content-font-color1, #1f2328)"
 MUTED = "var(--jp-content-font-color2, #57606a)"
-CODE_FONT = "font-family: var(--jp-code-font-family, monospace); font-size: 12px; line-height: 1.35"
+# JupyterLab's code fonts spelled out: a sanitizer drops a var() font (untrusted notebooks), and a
+# proportional fallback font misaligns the diff's columns.
+CODE_FONT = "font-family: menlo, consolas, 'DejaVu Sans Mono', monospace; font-size: 12px; line-height: 1.35"
 
 # Token kind -> (element, CSS). Most specific first: a token takes the first kind it is a subtype of.
 # Kinds not listed (punctuation, plain names, whitespace) are left as text in the code's colour.
