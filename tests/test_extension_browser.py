@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -104,7 +105,7 @@ def server(tmp_path_factory):
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until_up(base, process, log)
-        yield {"base": base, "bundle": bundle, "settings": settings}
+        yield {"base": base, "bundle": bundle, "settings": settings, "root": root}
     finally:
         process.terminate()
         try:
@@ -232,3 +233,53 @@ def test_saved_notebook_shows_the_viewer_in_notebook_7(server, browser, tmp_path
     assert page.locator(".gpuad-diff-before .gpuad-mark-marker").count() >= 1
     page.screenshot(path=str(screenshot_dir(tmp_path) / "extension-notebook7.png"), full_page=True)
     page.close()
+
+
+LIVE_CELLS = [
+    "import os\nos.environ['GPUAD_TARGET'] = 'cpu'\n%load_ext gpuad\nimport math\nimport numpy as np\n"
+    "import gpuad\nfrom gpuad import autodiff, Reverse, Active\n"
+    "xs = np.linspace(-2.0, 2.0, 64)\nys = np.full(64, 1.5)\ndxs = np.zeros(64)",
+    '%%gpukernel --args "xs, ys, dxs"\n\ndef g(x, y):\n    return math.exp(-x * x) * y\n\n'
+    "@gpuad.kernel\ndef grad_g(xs, ys, dxs):\n    i = gpuad.thread_index()\n    if i < xs.shape[0]:\n"
+    "        (dx, dy), = autodiff(Reverse, g, Active(xs[i]), Active(ys[i]))\n        dxs[i] = dx",
+]
+
+
+def test_live_gpukernel_cell_draws_the_viewer_and_still_does_after_save_and_reopen(server, browser):
+    # The saved-notebook bug: a widget output read "Error displaying widget: model not found" when
+    # the notebook was reopened. The kernel is the test run's Python (the python3 kernelspec).
+    cells = [{"cell_type": "code", "execution_count": None, "id": f"c{k}", "metadata": {}, "outputs": [],
+              "source": source} for k, source in enumerate(LIVE_CELLS)]
+    spec = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+    (server["root"] / "live.ipynb").write_text(json.dumps(
+        {"cells": cells, "metadata": {"kernelspec": spec}, "nbformat": 4, "nbformat_minor": 5}))
+    page = browser.new_page(viewport={"width": 1300, "height": 1000})
+    url = f"{server['base']}/lab/tree/live.ipynb?token={TOKEN}"
+    page.goto(url)
+    panel = ".jp-NotebookPanel:not(.lm-mod-hidden) "
+    page.wait_for_selector(f"{panel}.jp-Cell", timeout=60000)
+    page.wait_for_selector("text=| Idle", timeout=90000)  # the kernel is up: no request is lost
+    for k in range(len(LIVE_CELLS)):
+        page.locator(f"{panel}.jp-Cell .jp-InputArea-editor").nth(k).click()
+        page.keyboard.press("Shift+Enter")
+        prompt = page.locator(f"{panel}.jp-Cell .jp-InputPrompt").nth(k)
+        prompt.filter(has_text=re.compile(r"\[\d+\]")).wait_for(timeout=240000)
+    try:
+        page.wait_for_selector(f"{panel}.gpuad-viewer .gpuad-tab", timeout=180000)
+    except Exception:
+        outputs = page.locator(f"{panel}.jp-OutputArea").all_inner_texts()
+        page.screenshot(path="/tmp/live_fail.png")
+        raise AssertionError(f"no viewer; the outputs say: {outputs}") from None
+    assert "grad_g" in page.locator(f"{panel}.gpuad-viewer .gpuad-header").inner_text()
+    assert "differentiated" in page.locator(f"{panel}.gpuad-stage-source").inner_text()
+    page.keyboard.press("Control+s")
+    page.wait_for_timeout(2000)
+    page.close()
+
+    saved = json.loads((server["root"] / "live.ipynb").read_text())
+    outputs = [o for cell in saved["cells"] for o in cell["outputs"] if "data" in o]
+    assert any("application/vnd.gpuad.compilation+json" in o["data"] for o in outputs)
+    reopened = open_viewer(browser, url)
+    assert reopened.locator(".gpuad-tab").all_inner_texts() == TABS
+    assert reopened.locator("text=model not found").count() == 0
+    reopened.close()
