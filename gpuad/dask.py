@@ -39,8 +39,9 @@ depth_verified=False)`:
   neighbour compared with `owned_stop`, and `n` together with `depth`. What the analysis cannot
   follow (an index through a loop variable, a data-dependent gather `u[idx[i]]`) is refused
   unless `depth` covers the whole array (every chunk then holds all of it, local indices are
-  global ones) or `depth_verified=True` says the user has checked the kernel: then nothing is
-  checked, and a wrong depth gives a wrong result: the user's responsibility.
+  global ones; the thread's element, `owned_stop` and plain assignments are still checked) or
+  `depth_verified=True` says the user has checked the kernel: then nothing is checked, and a
+  wrong depth gives a wrong result: the user's responsibility.
 - **Outputs**: every Dask argument the kernel may write comes back as a Dask array chunked like
   the inputs. Chunks are written in copies, so the arrays passed in are never changed.
 - **Shared shadows** (`reduce={"dc": "sum"}`): a broadcast array that every element adds into —
@@ -305,8 +306,8 @@ def map_blocks(kernel: Kernel, *args, n: int | Callable[[int], int] | None = Non
     writes = may_write(kernel.pyfunc, [_like(a) for a in args])
     roles = tuple(_role(a, names[k], writes[k], reduce) for k, a in enumerate(args))
     outputs = _check_outputs(kernel, names, roles, outputs)
-    if not depth_verified and depth < args[chunked[0]].shape[0]:
-        _check_neighbours(kernel, args, roles, depth, n)
+    if not depth_verified:
+        _check_neighbours(kernel, args, roles, depth, n, whole=depth >= args[chunked[0]].shape[0])
 
     lengths = args[chunked[0]].chunks[0]
     bounds = _chunk_bounds(lengths, args[chunked[0]].shape[0], depth)
@@ -342,7 +343,7 @@ def map_blocks(kernel: Kernel, *args, n: int | Callable[[int], int] | None = Non
     return {name: arrays[name] for name in outputs}
 
 
-def _check_neighbours(kernel: Kernel, args: list, roles: tuple, depth: int, n) -> None:
+def _check_neighbours(kernel: Kernel, args: list, roles: tuple, depth: int, n, whole: bool) -> None:
     """Refuse what would make a chunk's launch differ from one launch: a neighbour farther than
     `depth`, a chunk-local index or length used as a value (gpuad.halo), threads past the owned
     elements when halos are there."""
@@ -357,7 +358,7 @@ def _check_neighbours(kernel: Kernel, args: list, roles: tuple, depth: int, n) -
     kinds = {"out": "chunk", "reduce": "whole", "guard": "whole"}
     halo_roles = [kinds.get(role, "whole" if role == "value" and _is_array(a) else role)
                   for a, role in zip(args, roles)]
-    check_depth(kernel.pyfunc, args, halo_roles, depth)
+    check_depth(kernel.pyfunc, args, halo_roles, depth, whole)
 
 
 def _is_array(value) -> bool:

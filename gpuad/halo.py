@@ -18,8 +18,11 @@ symbols: the thread index, `owned_start`, `owned_stop`, `chunk_offset` and the c
   added back to their owners, which is right for `+=` and for shadows only).
 
 What the analysis cannot follow (an index through a loop variable, a data-dependent gather, a
-statement it does not know) is refused as unanalysable: `depth >= length` (every chunk holds the
-whole array) or `depth_verified=True` (the user's word) lift it.
+statement it does not know) is refused as unanalysable. `depth >= length` puts the whole array in
+every chunk: local indices are then global ones and any index that is the same in every chunk is
+right; still refused are the thread's range (`thread_index()` without `owned_start`), neighbours
+compared with `owned_stop` and plain assignments to others' elements. `depth_verified=True` (the
+user's word) skips the analysis.
 """
 from __future__ import annotations
 
@@ -106,6 +109,7 @@ class Unanalysable(Exception):
 class Analysis:
     kernel: object
     depth: int
+    whole: bool = False  # the halos cover the array: every chunk holds all of it, local index = global
     needs: list = field(default_factory=list)
     stack: list = field(default_factory=list)
     lower: list = field(default_factory=lambda: [0])  # proven: element >= max(lower), by the guards around
@@ -116,6 +120,8 @@ class Analysis:
 
     def consistent(self, v) -> bool:
         if isinstance(v, Lin):
+            if self.whole:  # the element is its global index, chunk_offset is 0
+                return v.terms in ((), self.elem)
             return v.terms in ((), tuple(sorted(self.elem + (("offset", 1),))))
         if isinstance(v, Tup):
             return all(self.consistent(x) for x in v.items)
@@ -123,17 +129,23 @@ class Analysis:
             return not v.array.chunked
         return isinstance(v, (Same, Arr, Static))
 
+    def length(self, array: Arr):
+        """A chunked array's length along axis 0: the chunk's, or the array's when halos cover it."""
+        return SAME if self.whole or not array.chunked else Lin((("len", 1),))
+
     def refuse(self, where: SourceLocation, message: str, hint: str):
         raise LaunchError(f"gpuad.dask.map_blocks, kernel {self.kernel.__name__}: {message}", where, hint)
 
 
-def check_depth(kernel_fn, args: list, roles: list[str], depth: int) -> int:
+def check_depth(kernel_fn, args: list, roles: list[str], depth: int, whole: bool = False) -> int:
     """The depth the kernel needs (refusing with a LaunchError what no depth makes right).
 
     args: the kernel's arguments as map_blocks got them (Dask arrays, markers, values);
     roles[k]: "chunk" (a Dask argument), "whole" (a numpy array), a marker's name, or "value".
+    whole: the depth covers the array, so any index that is the same in every chunk is right;
+    what still differs is the thread's range (thread_index() alone) and owned_stop.
     """
-    analysis = Analysis(kernel_fn, depth)
+    analysis = Analysis(kernel_fn, depth, whole)
     names = kernel_fn.__code__.co_varnames[:kernel_fn.__code__.co_argcount]
     bindings = {name: _argument_value(analysis, name, value, role)
                 for name, value, role in zip(names, args, roles)}
@@ -142,7 +154,9 @@ def check_depth(kernel_fn, args: list, roles: list[str], depth: int) -> int:
     except Unanalysable as exc:
         analysis.refuse(exc.where, f"cannot tell how far `{exc.what}` reaches from the thread's element",
                         "index chunked arrays as u[i + k] with i = gpuad.dask.owned_start + "
-                        "gpuad.thread_index() and k a constant; " + UNCHECKED_HINT)
+                        "gpuad.thread_index() and k a constant; " + (
+                            "if you have checked the kernel yourself, pass depth_verified=True (your "
+                            "responsibility)" if whole else UNCHECKED_HINT))
     worst = max(analysis.needs, key=lambda need: need.depth, default=None)
     if worst is not None and worst.depth > depth:
         analysis.refuse(worst.where, f"{worst.what} reaches {worst.depth} element(s) from the thread's own, "
@@ -160,6 +174,8 @@ def _argument_value(analysis: Analysis, name: str, value, role: str):
         return Arr(name, False, getattr(value, "ndim", 0))
     if role == "owned_start":
         return Lin((("start", 1),)) if analysis.depth else Lin()  # 0 in every chunk without halos
+    if role == "offset" and analysis.whole:
+        return Lin()  # every chunk starts at the array's element 0
     if role in ("owned_stop", "offset"):
         return Lin(((role.replace("owned_", ""), 1),))
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
@@ -318,7 +334,7 @@ class _Body:
         if isinstance(value, Tup) and len(value.items) == count:
             return list(value.items)
         if isinstance(value, Shape):
-            axis0 = Lin((("len", 1),)) if value.array.chunked else SAME
+            axis0 = self.a.length(value.array)
             return [axis0] + [SAME] * (count - 1)
         if isinstance(value, (Same, Differs)):
             return [value] * count
@@ -388,7 +404,7 @@ class _Body:
             if not (isinstance(index, Lin) and not index.terms):
                 raise Unanalysable(self.where(node), ast.unparse(node))
             axis = index.const % max(base.array.ndim, 1)
-            return Lin((("len", 1),)) if base.array.chunked and axis == 0 else SAME
+            return self.a.length(base.array) if axis == 0 else SAME
         if isinstance(base, Tup) and isinstance(index, Lin) and not index.terms:
             return base.items[index.const]
         if self.a.consistent(base) and self.a.consistent(index):
@@ -469,6 +485,9 @@ class _Body:
     def compare(self, left, op, right, node):
         if self.a.consistent(left) and self.a.consistent(right):
             return
+        for side in (left, right):
+            if isinstance(side, Lin):
+                self.not_thread_index_alone(dict(side.terms), node)
         if not (isinstance(left, Lin) and isinstance(right, Lin)) or type(op) not in _FLIP:
             raise Unanalysable(self.where(node), ast.unparse(node))
         diff = left + right.scaled(-1)
@@ -505,13 +524,15 @@ class _Body:
         items = list(index.items) if isinstance(index, Tup) else [index]
         first, others = items[0], items[1:]
         text = ast.unparse(node)[:60]
-        for item in (items if not array.chunked else others):
+        if self.a.whole and array.chunked:
+            self.whole_access(array, first, node, kind)
+        for item in (items if not array.chunked or self.a.whole else others):
             if not self.a.consistent(item):
                 self.a.refuse(self.where(node), f"`{text}` indexes {self.array_name(array)}, which every "
                               "chunk gets whole, with the chunk-local index",
                               "index it with gpuad.dask.chunk_offset + i (the global position), or pass "
                               "it as a Dask array chunked like the others")
-        if not array.chunked:
+        if not array.chunked or self.a.whole:
             return
         if not isinstance(first, Lin):
             raise Unanalysable(self.where(node), text)
@@ -535,6 +556,17 @@ class _Body:
             self.a.refuse(self.where(node), f"`{text}` assigns to another element than the thread's own "
                           f"in {self.array_name(array)}; what a chunk writes into its halo is added to "
                           "the owner's value, which is right for += only",
+                          "write each thread's own element, or accumulate with +=")
+
+    def whole_access(self, array: Arr, first, node, kind: str):
+        """With the whole array in every chunk any index the same everywhere is right; a plain
+        assignment still has to be to the thread's own element (the others' are added back)."""
+        if isinstance(first, Lin):
+            self.not_thread_index_alone(dict(first.terms), node)
+        if kind == "assign" and first != Lin(self.a.elem):
+            self.a.refuse(self.where(node), f"`{ast.unparse(node)[:60]}` assigns to an element that may not "
+                          f"be the thread's own in {self.array_name(array)}; what a chunk writes to "
+                          "others' elements is added to the owner's value, which is right for += only",
                           "write each thread's own element, or accumulate with +=")
 
     def not_thread_index_alone(self, terms: dict, node):
@@ -572,7 +604,7 @@ class _Body:
             raise Unanalysable(self.where(node), "a call with *args or **kwargs")
         if callee is len and len(node.args) == 1:
             value = self.expr(node.args[0])
-            return Lin((("len", 1),)) if isinstance(value, Arr) and value.chunked else SAME
+            return self.a.length(value) if isinstance(value, Arr) else SAME
         from gpuad.ad.cache_key import followed
 
         user = followed(callee) if callee is not None else None

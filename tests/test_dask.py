@@ -497,6 +497,35 @@ def test_a_data_dependent_gather_needs_the_whole_array():
 def test_a_thread_count_with_halos_is_refused():
     with pytest.raises(LaunchError, match=r"n=64 with depth=1(.|\n)*owned_stop"):
         one_launch_and_chunks(grad_chain, STENCIL_U, depth=1, n=64)
+    size = STENCIL_U.shape[0]  # halos covering the array: every chunk would add every element's term
+    with pytest.raises(LaunchError, match=rf"n={size} with depth={size}"):
+        one_launch_and_chunks(grad_chain, STENCIL_U, depth=size, n=size)
+
+
+@gpuad.kernel(target="cpu")
+def chain_without_owned_start(u, du, start, stop):
+    i = gpuad.thread_index()
+    if i < u.shape[0]:
+        autodiff(Reverse, local_energy, Duplicated(u, du), Const(i))
+
+
+@gpuad.kernel(target="cpu")
+def assigns_through_a_gather(u, out, start, stop, index):
+    i = start + gpuad.thread_index()
+    if i < stop:
+        out[index[i]] = u[i]
+
+
+def test_halos_covering_the_array_still_need_the_threads_own_element():
+    size = STENCIL_U.shape[0]
+    with pytest.raises(LaunchError, match=r"thread_index\(\) alone"):
+        one_launch_and_chunks(chain_without_owned_start, STENCIL_U, depth=size)
+    index = np.random.default_rng(2).permutation(size)
+    with pytest.raises(LaunchError, match=r"`out\[index\[i\]\]` assigns to an element that may not be the "
+                                          r"thread's own(.|\n)*\+="):
+        one_launch_and_chunks(assigns_through_a_gather, STENCIL_U, index, depth=size)
+    expected, chunked = one_launch_and_chunks(grad_chain, STENCIL_U, depth=size)
+    np.testing.assert_allclose(chunked, expected, rtol=1e-14, atol=1e-15)
 
 
 # -- CuPy chunks on the cuda target (no host copies) ------------------------------------------
