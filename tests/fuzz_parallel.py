@@ -13,6 +13,9 @@ A failing job stops its test at the first failure (hypothesis then shrinks it un
 so more rounds with fewer examples find more distinct failures. Aim (issue 9): >= 10,000 programs
 on the cuda target (`--tests both_in_cuda_kernel` on the GPU machine) and >= 2,000 per mode on the
 cpu (`--tests reverse_engine,forward_engine,reverse_host,forward_host,modes_agree_engine`).
+Shadows that many threads add into (shared coefficients, accumulators, stencil neighbours; the
+`shared_shadow` feature): `--tests shared_in_cuda_kernel` on the GPU machine, `shared_in_kernel` on
+the cpu target. Any test_random_program_<name> of tests/test_random_programs.py can be named.
 Not collected by pytest (the name does not start with test_).
 """
 from __future__ import annotations
@@ -85,7 +88,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="first hypothesis seed")
     parser.add_argument("--tests", default=",".join(CPU_TESTS),
                         help="comma-separated test names without test_random_program_ "
-                             "(both_in_cuda_kernel for the GPU)")
+                             "(both_in_cuda_kernel, shared_in_cuda_kernel for the GPU)")
     parser.add_argument("--features", default=None, help="GPUAD_FUZZ_FEATURES for every process")
     parser.add_argument("--no-shrink", action="store_true", help="report failures unshrunk (faster)")
     parser.add_argument("--timeout", type=float, default=None,

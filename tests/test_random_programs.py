@@ -31,6 +31,10 @@ Features (what users write, issue 9's classes), each switchable so that a failur
                   with inputs that are exactly 0.0
   globals         module globals read by the function (a float, a tuple of floats, an int bound)
   chained         `lo < h(a, v0) < hi` with a helper that writes `a` (evaluated once)
+  shared_shadow   the shared-shadow kernel tests (`*_shared_in_*kernel`, see "shadows many threads add
+                  into" below): programs `prog(x, y, a, m, n, c, g2, fld, acc, k)` whose arrays c, g2,
+                  fld, acc are one object shared by every thread of a launch, indexed by constants, loop
+                  variables and the thread index k; every other test's programs are unaffected
 
 GPUAD_FUZZ_FEATURES chooses the features: unset = DEFAULT_FEATURES (all but PENDING_FEATURES, the
 ones whose engine bugs are not fixed yet; see the notes beside PENDING_FEATURES), "all", "none",
@@ -76,6 +80,7 @@ SETTINGS = settings(max_examples=EXAMPLES, deadline=None, database=None, phases=
 FEW = settings(SETTINGS, max_examples=max(3, EXAMPLES // 100))
 N_ARRAY = 4
 ROWS = 3  # m is ROWS x N_ARRAY
+N_COEF, GRID, N_ACC = 5, (2, 3), 3  # shared arrays of shared-shadow programs (c, g2, acc)
 VIEW_LEN = 3  # every view has at least 3 elements; views are indexed below 3
 N_INPUTS = 2 + N_ARRAY + ROWS * N_ARRAY  # x, y, a, m flattened
 CHECKPOINT = "  # gpuad: checkpoint"
@@ -85,7 +90,7 @@ CHECKPOINT_CAPACITY = 5
 
 ALL_FEATURES = ("alias", "matrix", "slice", "view_in_loop", "cond_array", "helper_array", "helper_tuple",
                 "helper_returns_tuple", "rebind_loopvar", "rebind_param", "rebind_array", "rebind_name",
-                "engine_names", "singular", "globals", "chained")
+                "engine_names", "singular", "globals", "chained", "shared_shadow")
 # Features whose programs the engine still gets wrong go here, each with its hand-reduced program
 # pinned where it gets fixed. None today: helper_tuple, rebind_name and rebind_array waited for the
 # engine fixes pinned in tests/test_ad_views.py::test_found_programs and tests/test_ad_soundness.py
@@ -144,6 +149,12 @@ class Names:
     helpers: dict = field(default_factory=lambda: {"rd": "h_rd", "wr": "h", "tup": "inner", "pair": "h_pair",
                                                    "tup2": "h_swap", "side": "h_side"})
     helper_params: tuple = ("b", "u", "p")
+    # shared-shadow programs only: arrays shared by every thread, and the thread's index
+    coef: str = "c"  # N_COEF coefficients, read
+    grid: str = "g2"  # a 2-D GRID of parameters, read
+    field: str = "fld"  # one element per thread, read at the thread's own element and its neighbours
+    acc: str = "acc"  # N_ACC accumulators, only incremented (`acc[k] += e`), never read
+    tid: str = "k"  # an int: the thread index
 
     @staticmethod
     def engine(draw) -> Names:
@@ -155,6 +166,7 @@ class Names:
 
         x, y, a, m, n = take(5)
         names = Names(x, y, a, m, n, take(4), take(2), take(3), take(3), next(it))
+        names.coef, names.grid, names.field, names.acc, names.tid = take(5)
         names.helper_params = draw(st.sampled_from([("d_u", "_ret", "status"), ("b", "u_b", "_t0"),
                                                     ("d_b", "u", "np")]))
         return names
@@ -182,9 +194,11 @@ COND = "COND("  # a branch decision inside a statement: `(...)` plain, `_t(...)`
 class Gen:
     """Draws one program; `render(traced)` renders it plain or with every branch decision traced."""
 
-    def __init__(self, draw, features=FEATURES):
+    def __init__(self, draw, features=FEATURES, shared: bool = False):
         self.draw = draw
         self.f = features
+        self.shared = shared  # a shared-shadow program: parameters c, g2, fld, acc, k
+        self.shared_tail = ""  # a read of a shared array in the return (every thread adds into one)
         self.names = Names.engine(draw) if "engine_names" in features else Names()
         self.loop_vars: list[str] = []
         self.counter = itertools.count()
@@ -219,7 +233,11 @@ class Gen:
             options.append("param")
         if self.globals:
             options.append("global")
+        if self.shared:
+            options += ["shared", "shared"]
         kind = self.choice(options)
+        if kind == "shared":
+            return self.shared_read()
         if kind == "var":
             return self.choice(nm.floats)
         if kind == "const":
@@ -290,7 +308,11 @@ class Gen:
             kinds += ["view_store", "view_store"]
         if "rebind_name" in self.f:
             kinds.append("self_assign")
+        if self.shared:
+            kinds += ["shared_add", "shared_add"] + (["shared_helper"] if "helper_array" in self.f else [])
         kind = self.choice(kinds)
+        if kind.startswith("shared_"):
+            return getattr(self, f"stmt_{kind}")()
         if kind in FEATURE_KINDS:
             return getattr(self, f"stmt_{kind}")(depth, in_loop)
         v = self.choice(self.names.floats)
@@ -487,7 +509,60 @@ class Gen:
             body = [f"{self.choice(nm.floats)} = {self.bounded()}"]
         return ("if", cond, body, None, "writes")  # the condition writes an array
 
+    # - shared shadows (shared programs only) -
+
+    def shared_index(self, length: int) -> str:
+        """An index below `length` into a shared array: the same for all threads (a warp agrees on the
+        element: combined atomics), per warp, or per thread (lanes disagree: one atomic per lane)."""
+        k = self.names.tid
+        options = [str(self.draw(st.integers(0, length - 1))), f"{k} % {length}", f"({k} + 1) % {length}",
+                   f"({k} // 32) % {length}", f"({k} // 4) % {length}"]
+        if self.loop_vars:
+            i = self.choice(self.loop_vars)
+            options += [f"{i} % {length}", f"({k} + {i}) % {length}"]
+        return self.choice(options)
+
+    def field_index(self) -> str:
+        """An index into fld (one element per thread): the thread's own element (gpuad may drop the
+        atomics for it), its neighbours (stencil: the gradient scatters into them), the same element
+        in the next warp, or one element for all."""
+        k, fld = self.names.tid, self.names.field
+        size = f"{fld}.shape[0]"
+        options = [k, k, f"({k} + 1) % {size}", f"({k} + {size} - 1) % {size}", f"({k} + 32) % {size}", "0"]
+        if self.loop_vars:
+            options.append(f"({k} + {self.choice(self.loop_vars)}) % {size}")
+        return self.choice(options)
+
+    def shared_read(self) -> str:
+        nm = self.names
+        kind = self.choice(["coef", "coef", "grid", "field"])
+        if kind == "coef":
+            return f"{nm.coef}[{self.shared_index(N_COEF)}]"
+        if kind == "grid":
+            return f"{nm.grid}[{self.shared_index(GRID[0])}, {self.shared_index(GRID[1])}]"
+        return f"{nm.field}[{self.field_index()}]"
+
+    def stmt_shared_add(self):
+        """`acc[j] += e`: an increment of a shared accumulator (its adjoint only reads d_acc[j]; `e`
+        calls only builtins). The accumulators are never read, so the gradient does not depend on the
+        order in which threads increment them."""
+        op = self.choice(["+=", "-="])
+        return Writes(f"{self.names.acc}[{self.shared_index(N_ACC)}] {op} 0.2 * {self.bounded()}")
+
+    def stmt_shared_helper(self):
+        """A helper reading a shared array (the helper's derivative adds into the shared shadow)."""
+        nm = self.names
+        sources = [nm.coef, f"{nm.grid}[{self.shared_index(GRID[0])}]"]
+        if "slice" in self.f:
+            sources += [f"{nm.coef}[1:]", f"{nm.coef}[{self.shared_index(3)}:]"]
+        v = self.choice(nm.floats)
+        self.helpers_used.add("rd")
+        return New(f"{v} = 0.5 * {v} + 0.3 * math.tanh({nm.helpers['rd']}({self.choice(sources)}, "
+                   f"{self.expr(1)}))")
+
     def program(self):
+        if self.shared:
+            self.shared_tail = self.shared_read()
         stmts = self.block(0, False)
         # gpuad refuses a checkpointed loop that may read memory written after it (the reverse
         # sweep would recompute with the new values): checkpoint only loops no write follows
@@ -563,7 +638,10 @@ def helper_sources(gen: Gen) -> list[str]:
 def render(gen: Gen, stmts, name: str, traced: bool) -> tuple[str, str]:
     """(module source: globals, helpers and the function; the function's own source)"""
     nm = gen.names
-    lines = [f"def {name}({nm.x}, {nm.y}, {nm.a}, {nm.m}, {nm.n}):"]
+    params = [nm.x, nm.y, nm.a, nm.m, nm.n]
+    if gen.shared:
+        params += [nm.coef, nm.grid, nm.field, nm.acc, nm.tid]
+    lines = [f"def {name}({', '.join(params)}):"]
     v0, v1, v2, v3 = nm.floats
     lines += [f"    {v0} = {nm.x}", f"    {v1} = {nm.y}", f"    {v2} = math.sin({nm.x} * {nm.y})",
               f"    {v3} = 0.25"]
@@ -603,7 +681,8 @@ def render(gen: Gen, stmts, name: str, traced: bool) -> tuple[str, str]:
     for s in stmts:
         emit(s, 1)
     last = nm.a if gen.array_rebound else f"{nm.a}[1]"
-    lines.append(f"    return {v0} * 0.7 + {v1} * {v2} - {v3} + {last} * 0.5")
+    tail = f" + {gen.shared_tail} * 0.3" if gen.shared else ""
+    lines.append(f"    return {v0} * 0.7 + {v1} * {v2} - {v3} + {last} * 0.5{tail}")
     function = "\n".join(lines) + "\n"
     header = "".join(f"{k} = {v}\n" for k, v in gen.globals.items())
     helpers = helper_sources(gen)
@@ -615,8 +694,8 @@ _serial = itertools.count()
 
 
 @st.composite
-def programs(draw, features=None):
-    gen = Gen(draw, FEATURES if features is None else features)
+def programs(draw, features=None, shared=False):
+    gen = Gen(draw, FEATURES if features is None else features, shared=shared)
     return make_program(gen, gen.program())
 
 
@@ -1119,3 +1198,290 @@ def test_random_program_both_in_kernel(progs):
 def test_random_program_both_in_cuda_kernel(progs):
     """PER_KERNEL programs per example (GPUAD_HYPOTHESIS_EXAMPLES * PER_KERNEL programs in all)."""
     check_kernel_batch("both_in_cuda_kernel", progs, "cuda")
+
+
+# --- shadows many threads add into: arrays shared by every thread of a launch -------------------
+#
+# Each thread differentiates `prog(x, y, a, m, n, c, g2, fld, acc, k)` with its own x, y, rows a, m
+# and n, and with c, g2, fld, acc one array object shared by all threads (k the thread index): the
+# reverse sweep adds every thread's gradient into the same shadows dc, dg2, dfld (atomics that a
+# warp combines when all 32 lanes name one element, gpuad/targets/warp_atomics.py, or per lane
+# otherwise), and acc is only incremented, so its shadow is only read. Around the call: divergent
+# guards (partial warps), thread counts that are not multiples of 32, the thread index passed as
+# `i` (gpuad may prove `fld[k]` the thread's own element and drop the atomic), `Const(i)` or read
+# from an array (no proof).
+#
+# Expected: each active thread's gradient from the host `gpuad.autodiff` (float64, shared shadows
+# starting at zero), summed in float64 and added to the shared shadows' initial values. Tolerance
+# per element: 1e-9 * (1 + sum over threads of |that thread's contribution|). Summing T terms in any
+# order errs by at most T * eps * sum|g_t| (2.2e-13 * sum|g_t| at T = 1000), and one thread's
+# gradient on the device differs from the host's by a few ulps (FMA contraction, libdevice)
+# through these well-conditioned programs, far below 1e-9; a lost, doubled or misdirected
+# contribution of one thread changes the element by |g_t|. The accumulators' shadows must come back
+# exactly as seeded. A few threads' host gradients are checked against finite differences along a
+# random direction. The primal `acc[k] += e` is not atomic in numba-cuda, so acc's value is checked
+# on the cpu target only (threads run one after the other there).
+
+SHARED_THREADS_CPU = (1, 5, 33, 40)
+SHARED_THREADS_CUDA = (1, 31, 33, 64, 100, 257, 1000)
+# the condition around the autodiff call: kernel text (`{j}` the program) and which threads pass it
+SHARED_GUARDS = {
+    "all": (None, lambda t, x: True),
+    "even": ("i % 2 == 0", lambda t, x: t % 2 == 0),
+    "positive": ("x{j}[i] > 0.0", lambda t, x: x[t] > 0.0),  # data-dependent: ragged warps
+    "lanes": ("i % 32 < 19", lambda t, x: t % 32 < 19),  # every warp partial
+    "warps": ("(i // 32) % 2 == 0", lambda t, x: (t // 32) % 2 == 0),  # whole warps off
+    "late": ("i >= 3", lambda t, x: t >= 3),
+}
+SHARED_TIDS = ("i", "Const(i)", "k{j}[i]")  # how the thread index reaches the program
+SHARED_ARRAY_NAMES = ("x", "y", "a", "da", "m", "dm", "n", "c", "dc", "g", "dg", "f", "df", "s", "ds", "k",
+                      "gx", "gy", "pr")
+SHADOWS = (("c", "dc"), ("g2", "dg2"), ("fld", "dfld"))  # shared arrays threads add gradients into
+
+
+@dataclass
+class SharedSite:
+    prog: Program
+    guard: str
+    with_primal: bool
+    tid: str
+    owner: int  # the site whose shared arrays this call uses (itself, or the first site of the kernel)
+
+
+@st.composite
+def shared_sites(draw, count: int, thread_counts) -> tuple[list[SharedSite], int]:
+    """(count programs with their call sites, the number of threads of the launch)"""
+    sites = [SharedSite(draw(programs(shared=True)), draw(st.sampled_from(sorted(SHARED_GUARDS))),
+                        draw(st.booleans()), draw(st.sampled_from(SHARED_TIDS)),
+                        # several calls adding into one shadow: gpuad may not then drop the atomics
+                        # of one call's `fld[k]` (another call adds into that element too)
+                        draw(st.sampled_from([j, j, 0]))) for j in range(count)]
+    return sites, draw(st.sampled_from(thread_counts))
+
+
+def shared_kernel_source(sites) -> tuple[str, str]:
+    params = [f"{a}{j}" for j in range(len(sites)) for a in SHARED_ARRAY_NAMES]
+    lines = [f"def shared({', '.join(params)}):", "    i = gpuad.thread_index()", "    if i < gx0.shape[0]:"]
+    for j, site in enumerate(sites):
+        pad = "        "
+        condition = SHARED_GUARDS[site.guard][0]
+        if condition:
+            lines.append(f"{pad}if {condition.format(j=j)}:")
+            pad += "    "
+        mode, result = ("ReverseWithPrimal", ", p_i") if site.with_primal else ("Reverse", ",")
+        o = site.owner
+        lines += [
+            f"{pad}(g_x, g_y, _u0, _u1, _u2, _u3, _u4, _u5, _u6, _u7){result} = autodiff({mode}, "
+            f"{site.prog.fn.__name__}, Active(x{j}[i]), Active(y{j}[i]), Duplicated(a{j}[i], da{j}[i]), "
+            f"Duplicated(m{j}[i], dm{j}[i]), n{j}[i], Duplicated(c{o}, dc{o}), Duplicated(g{o}, dg{o}), "
+            f"Duplicated(f{o}, df{o}), Duplicated(s{o}, ds{o}), {site.tid.format(j=j)})",
+            f"{pad}gx{j}[i] = g_x", f"{pad}gy{j}[i] = g_y"]
+        if site.with_primal:
+            lines.append(f"{pad}pr{j}[i] = p_i")
+    return "shared", "\n".join(lines) + "\n"
+
+
+def shared_inputs(seed: int, threads: int) -> dict:
+    """One program's arrays: per-thread x, y, rows of a and m, n and seeds; the shared arrays and
+    their shadows' initial values (nonzero: reverse mode adds into them)."""
+    rng = np.random.default_rng(seed)
+    u, t = rng.uniform, threads
+    arr = {"x": u(-1, 1, t), "y": u(-1, 1, t), "a": u(-1, 1, (t, N_ARRAY)), "m": u(-1, 1, (t, ROWS, N_ARRAY)),
+           "n": rng.integers(0, 5, t).astype(np.int64), "sa": u(-1, 1, (t, N_ARRAY)),
+           "sm": u(-1, 1, (t, ROWS, N_ARRAY)), "c": u(-1, 1, N_COEF), "g2": u(-1, 1, GRID),
+           "fld": u(-1, 1, t), "acc": u(-1, 1, N_ACC), "dc": u(-1, 1, N_COEF), "dg2": u(-1, 1, GRID),
+           "dfld": u(-1, 1, t), "dacc": u(-1, 1, N_ACC), "k": np.arange(t, dtype=np.int64)}
+    arr["x"][np.arange(t) % 4 == 0] = 0.0  # where `singular` puts its exact zeros
+    arr["y"][np.arange(t) % 4 == 1] = 0.0
+    arr["kernel"] = [arr["x"], arr["y"], arr["a"].copy(), arr["sa"].copy(), arr["m"].copy(), arr["sm"].copy(),
+                     arr["n"], arr["c"].copy(), arr["dc"].copy(), arr["g2"].copy(), arr["dg2"].copy(),
+                     arr["fld"].copy(), arr["dfld"].copy(), arr["acc"].copy(), arr["dacc"].copy(), arr["k"],
+                     np.full(t, np.nan), np.full(t, np.nan), np.full(t, np.nan)]
+    return arr
+
+
+def shared_on_host(prog, arr: dict, t: int) -> dict:
+    """Thread t's derivatives by the host `gpuad.autodiff`, its shared shadows starting at zero:
+    {gx, gy, pr, a, da, m, dm, acc (after), dc, dg2, dfld, dacc (its gradient contributions)}."""
+    r = {"a": arr["a"][t].copy(), "da": arr["sa"][t].copy(), "m": arr["m"][t].copy(),
+         "dm": arr["sm"][t].copy(), "acc": arr["acc"].copy(), "dc": np.zeros(N_COEF), "dg2": np.zeros(GRID),
+         "dfld": np.zeros_like(arr["fld"]), "dacc": arr["dacc"].copy()}
+    x, y = float(arr["x"][t]), float(arr["y"][t])
+    derivs, r["pr"] = autodiff(ReverseWithPrimal, prog.fn, Active(x), Active(y), Duplicated(r["a"], r["da"]),
+                               Duplicated(r["m"], r["dm"]), int(arr["n"][t]),
+                               Duplicated(arr["c"].copy(), r["dc"]), Duplicated(arr["g2"].copy(), r["dg2"]),
+                               Duplicated(arr["fld"].copy(), r["dfld"]), Duplicated(r["acc"], r["dacc"]), t)
+    r["gx"], r["gy"] = derivs[:2]
+    assert derivs[2:] == (None,) * 8
+    return r
+
+
+def shared_fd_agrees(prog, arr: dict, t: int, ref: dict, rng) -> None:
+    """<thread t's host gradient, v> against central differences of L = value + <seeds, arrays after>
+    along a random direction v of every float input; skipped where the path changes or Python raises."""
+    base = [np.array([arr["x"][t]]), np.array([arr["y"][t]]), arr["a"][t], arr["m"][t], arr["c"], arr["g2"],
+            arr["fld"], arr["acc"]]
+    sizes = [b.size for b in base]
+    cuts = np.cumsum(sizes)[:-1]
+    x0 = np.concatenate([b.ravel() for b in base])
+    v = rng.uniform(-1, 1, x0.size)
+    grad = np.concatenate([[ref["gx"], ref["gy"]], ref["da"], ref["dm"].ravel(), ref["dc"],
+                           ref["dg2"].ravel(), ref["dfld"], ref["dacc"]])
+    seeds = (arr["sa"][t], arr["sm"][t], arr["dacc"])
+    path = []
+
+    def loss(s):
+        x, y, a, m, c, g2, fld, acc = [p.reshape(b.shape) for p, b in zip(np.split(x0 + s * v, cuts), base)]
+        prog._trace.clear()
+        try:
+            value = prog.traced(float(x[0]), float(y[0]), a, m, int(arr["n"][t]), c, g2, fld, acc, t)
+        except PRIMAL_ERRORS:
+            raise _PathChanged from None
+        if path and tuple(prog._trace) != path[0]:
+            raise _PathChanged
+        path.append(tuple(prog._trace))
+        return np.array([value + sum(float(np.dot(sd.ravel(), after.ravel()))
+                                     for sd, after in zip(seeds, (a, m, acc)))])
+
+    try:
+        loss(0.0)
+        d, usable = corpus.trusted_derivative(loss, 1e-3)
+    except _PathChanged:
+        return
+    if usable:
+        scale = 1.0 + float(np.abs(grad) @ np.abs(v))
+        assert abs(float(grad @ v) - d[0]) <= 1e-6 * scale, \
+            f"thread {t}: host gradient . v = {float(grad @ v)!r}, finite differences {d[0]!r}\n{prog.source}"
+
+
+def close(got, expected, tol, what: str) -> None:
+    bad = ~(np.abs(np.asarray(got) - expected) <= tol)  # NaN fails
+    assert not np.any(bad), f"{what}: got {np.asarray(got)[bad]}, expected {np.asarray(expected)[bad]} " \
+                            f"(tolerance {np.broadcast_to(tol, np.shape(expected))[bad]})"
+
+
+@dataclass
+class SharedTotals:
+    """What the active threads of every site using one set of shared arrays added into them."""
+    shadows: dict  # shadow name -> (sum of the threads' contributions, sum of their magnitudes)
+    acc_delta: np.ndarray  # the threads' increments of acc
+    active: int = 0  # threads that called autodiff
+
+    @staticmethod
+    def of(arr: dict) -> SharedTotals:
+        sums = {name: (np.zeros_like(arr[name]), np.zeros_like(arr[name])) for _, name in SHADOWS}
+        return SharedTotals(sums, np.zeros(N_ACC))
+
+
+def check_site_threads(site: SharedSite, arr: dict, threads: int, totals: SharedTotals) -> None:
+    """Each thread's own results against the host's; its shared-shadow contributions into `totals`."""
+    prog = site.prog
+    _, _, a, da, m, dm, *_, gx, gy, pr = arr["kernel"]
+    holds = SHARED_GUARDS[site.guard][1]
+    active = [t for t in range(threads) if holds(t, arr["x"])]
+    totals.active += len(active)
+    for t in range(threads):
+        where = f"thread {t} of {threads}, guard {site.guard}, thread index {site.tid}\n{prog.source}"
+        if t not in active:  # untouched
+            assert np.isnan(gx[t]) and np.isnan(gy[t]) and np.isnan(pr[t]), where
+            for got, initial in ((a[t], arr["a"][t]), (da[t], arr["sa"][t]), (m[t], arr["m"][t]),
+                                 (dm[t], arr["sm"][t])):
+                np.testing.assert_array_equal(got, initial, err_msg=f"inactive, {where}")
+            continue
+        ref = shared_on_host(prog, arr, t)
+        got = np.concatenate([[gx[t], gy[t]], da[t], dm[t].ravel()])
+        expected = np.concatenate([[ref["gx"], ref["gy"]], ref["da"], ref["dm"].ravel()])
+        close(got, expected, 1e-9 * (1 + np.abs(expected)), f"gradient, {where}")
+        if site.with_primal:
+            close(pr[t], ref["pr"], 1e-9 * (1 + abs(ref["pr"])), f"primal, {where}")
+        close(a[t], ref["a"], 1e-12 * (1 + np.abs(ref["a"])), f"a after, {where}")
+        close(m[t], ref["m"], 1e-12 * (1 + np.abs(ref["m"])), f"m after, {where}")
+        np.testing.assert_array_equal(ref["dacc"], arr["dacc"], err_msg=f"host changed d_acc, {where}")
+        for _, name in SHADOWS:
+            totals.shadows[name][0][...] += ref[name]
+            totals.shadows[name][1][...] += np.abs(ref[name])
+        totals.acc_delta += ref["acc"] - arr["acc"]
+        if t in (active[0], active[-1]):
+            shared_fd_agrees(prog, arr, t, ref, np.random.default_rng(t))
+
+
+def check_shared_arrays(arr: dict, totals: SharedTotals, target: str, where: str) -> None:
+    """The shared arrays of `arr` (its kernel arguments) after every site using them ran."""
+    _, _, _, _, _, _, _, c, dc, g2, dg2, fld, dfld, acc, dacc, *_ = arr["kernel"]
+    where = f"{totals.active} calls over all threads\n{where}"
+    for (_, shadow), got in zip(SHADOWS, (dc, dg2, dfld)):
+        total, magnitude = totals.shadows[shadow]
+        close(got, arr[shadow] + total, 1e-9 * (1 + magnitude), f"shared shadow {shadow}, {where}")
+    np.testing.assert_array_equal(dacc, arr["dacc"], err_msg=f"d_acc (only read by increments), {where}")
+    for name, got in (("c", c), ("g2", g2), ("fld", fld)):
+        np.testing.assert_array_equal(got, arr[name], err_msg=f"{name} (never written), {where}")
+    if target == "cpu":  # on cuda the primal `acc[j] += e` of many threads races (not atomic)
+        close(acc, arr["acc"] + totals.acc_delta, 1e-12 * (1 + totals.active), f"acc after, {where}")
+
+
+def check_shared_launch(sites, launches, threads: int, target: str) -> None:
+    totals = {j: SharedTotals.of(launches[j]) for j in {s.owner for s in sites}}
+    for site, arr in zip(sites, launches):
+        check_site_threads(site, arr, threads, totals[site.owner])
+    for j, total in totals.items():
+        users = [s for s in sites if s.owner == j]
+        where = "\n".join(f"# guard {s.guard}, thread index {s.tid}\n{s.prog.source}" for s in users)
+        check_shared_arrays(launches[j], total, target, where)
+
+
+def shared_launches(sites, threads: int) -> list[dict]:
+    """Every site's arrays; a site using another's shared arrays gets their initial values."""
+    launches = [shared_inputs(int(s.prog.fn.__name__.removeprefix("prog_")), threads) for s in sites]
+    for site, arr in zip(sites, launches):
+        for name in ("c", "g2", "fld", "acc", "dc", "dg2", "dfld", "dacc"):
+            arr[name] = launches[site.owner][name]
+    return launches
+
+
+def check_shared_kernel(test_name: str, sites, threads: int, target: str) -> None:
+    import gpuad
+
+    try:
+        name, source = shared_kernel_source(sites)
+        namespace = {"gpuad": gpuad, "autodiff": autodiff, "Reverse": Reverse,
+                     "ReverseWithPrimal": ReverseWithPrimal, "Active": Active, "Const": Const,
+                     "Duplicated": Duplicated}
+        namespace.update({s.prog.fn.__name__: s.prog.fn for s in sites})
+        corpus.exec_source(source, f"<random-program shared kernel {next(_serial)}>", namespace)
+        launches = shared_launches(sites, threads)
+        kernel = gpuad.kernel(namespace[name], target=target, tape_capacity=KERNEL_TAPE_CAPACITY)
+        kernel.launch(threads, *[a for arr in launches for a in arr["kernel"]])
+        check_shared_launch(sites, launches, threads, target)
+        if passes := os.environ.get("GPUAD_FUZZ_PASSES"):
+            with open(passes, "a") as out:
+                out.write(f"{len(sites)}\n")
+    except Exception:
+        if directory := os.environ.get("GPUAD_FUZZ_FAILURES"):
+            os.makedirs(directory, exist_ok=True)
+            with open(os.path.join(directory, f"{test_name}-{os.getpid()}.txt"), "w") as out:
+                out.write(f"# features: {','.join(sorted(FEATURES))}\n# threads: {threads}\n"
+                          + "\n".join(s.prog.source for s in sites)
+                          + f"\n# kernel\n{shared_kernel_source(sites)[1]}"
+                          + f"\n# error\n{traceback.format_exc()}")
+        raise
+
+
+needs_shared = pytest.mark.skipif("shared_shadow" not in FEATURES,
+                                  reason="GPUAD_FUZZ_FEATURES leaves out shared_shadow")
+
+
+# CI: two cpu kernels of one program each (~10 s each: one kernel and one host compile)
+@needs_shared
+@settings(SETTINGS, max_examples=max(2, EXAMPLES // 10))
+@given(shared_sites(1, SHARED_THREADS_CPU))
+def test_random_program_shared_in_kernel(sites_threads):
+    check_shared_kernel("shared_in_kernel", *sites_threads, "cpu")
+
+
+@pytest.mark.gpu
+@needs_shared
+@SETTINGS
+@given(shared_sites(PER_KERNEL, SHARED_THREADS_CUDA))
+def test_random_program_shared_in_cuda_kernel(sites_threads):
+    """PER_KERNEL programs per example, each with its own shared arrays and guard."""
+    check_shared_kernel("shared_in_cuda_kernel", *sites_threads, "cuda")
