@@ -210,17 +210,19 @@ class _Body:
         self.a.stack.append(self.fn)
         try:
             joined = {name: self.params.get(name, SAME) for name in self.mutable}
-            for _ in range(len(self.mutable) + 2):
+            for _ in range(2 * len(self.mutable) + 2):  # each name changes at most twice
                 self.env, self.stored, self.returns = dict(self.params), {}, []
                 self.env.update(joined)
-                self.a_needs_mark = len(self.a.needs)
+                mark = len(self.a.needs)
                 for stmt in self.tree.body:
                     self.stmt(stmt)
                 new = {name: self.join([joined[name], *self.stored.get(name, [])]) for name in self.mutable}
-                if new == joined:
+                if new == joined:  # the walk just done used the final values: its checks stand
                     break
-                del self.a.needs[self.a_needs_mark:]
+                del self.a.needs[mark:]
                 joined = new
+            else:
+                raise Unanalysable(self.where(self.tree), f"the names assigned again in {self.fn.__name__}")
             return self.join(self.returns) if self.returns else SAME
         finally:
             self.a.stack.pop()
