@@ -595,3 +595,48 @@ def test_the_scaling_benchmark_runs_on_cpu_workers_and_checks_its_gradients(tmp_
     report = json.loads(written.read_text())
     assert report["cluster"].startswith("distributed.SpecCluster") and set(report["cases"][0]["ms"]) == {"2"}
     assert all(row["correct"] for row in report["cases"])
+
+
+# -- every bound check form, at every depth: refused, or equal to one launch ---------------------
+
+GUARDED_CELL = """\
+import gpuad
+from gpuad import autodiff, Reverse, Duplicated, Const
+
+def energy(u, i):
+    e = 0.5 * u[i] * u[i]
+    if {guard}:
+        d = u[i + ({k})] - u[i]
+        e += d * d * d
+    return e
+
+@gpuad.kernel(target="cpu")
+def grad(u, du, start, stop):
+    i = start + gpuad.thread_index()
+    if i < stop:
+        autodiff(Reverse, energy, Duplicated(u, du), Const(i))
+"""
+
+
+@pytest.mark.parametrize("k, guard, needed", [
+    (2, "i + 2 < u.shape[0]", 2),
+    (2, "i < u.shape[0] - 2", 2),
+    (2, "i + 2 <= u.shape[0] - 1", 2),
+    (2, "u.shape[0] > i + 2", 2),
+    (1, "i + 2 < u.shape[0]", 2),  # a stricter check than the read: the check's own reach counts
+    (-2, "i - 2 >= 0", 2),
+    (-2, "i >= 2", 2),
+    (-2, "i > 1", 2),
+    (-1, "0 < i", 1),
+    (-3, "i >= 3 and i + 1 < u.shape[0]", 3),
+    (3, "i + 3 < u.shape[0] and not i == 0", 3),
+])
+def test_a_neighbour_behind_any_bound_check_is_refused_below_its_depth_and_exact_from_it(k, guard, needed):
+    cell = run_cell(GUARDED_CELL.format(guard=guard, k=k), f"<cell-guard-{k}-{guard}>")
+    for depth in range(needed + 2):
+        if depth < needed:
+            with pytest.raises(LaunchError, match=rf"pass depth={needed}\b"):
+                one_launch_and_chunks(cell["grad"], STENCIL_U, depth=depth)
+        else:
+            expected, chunked = one_launch_and_chunks(cell["grad"], STENCIL_U, depth=depth)
+            np.testing.assert_allclose(chunked, expected, rtol=1e-13, atol=1e-14)
