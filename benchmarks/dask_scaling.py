@@ -241,7 +241,8 @@ def versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     found = {}
-    for package in ("gpuad", "dask", "distributed", "dask-cuda", "cupy-cuda12x", "numba", "numba-cuda"):
+    for package in ("gpuad", "dask", "distributed", "dask-cuda", "cupy-cuda12x", "cupy-cuda13x", "numba",
+                    "numba-cuda"):
         try:
             found[package] = version(package)
         except PackageNotFoundError:
