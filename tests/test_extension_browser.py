@@ -235,6 +235,14 @@ def test_saved_notebook_shows_the_viewer_in_notebook_7(server, browser, tmp_path
     page.close()
 
 
+def shut_down_kernels(base: str) -> None:
+    sessions = json.load(urllib.request.urlopen(f"{base}/api/sessions?token={TOKEN}", timeout=10))
+    for session in sessions:
+        request = urllib.request.Request(f"{base}/api/sessions/{session['id']}?token={TOKEN}",
+                                         method="DELETE")
+        urllib.request.urlopen(request, timeout=30)
+
+
 LIVE_CELLS = [
     "import os\nos.environ['GPUAD_TARGET'] = 'cpu'\n%load_ext gpuad\nimport math\nimport numpy as np\n"
     "import gpuad\nfrom gpuad import autodiff, Reverse, Active\n"
@@ -253,8 +261,9 @@ def test_live_gpukernel_cell_draws_the_viewer_and_still_does_after_save_and_reop
     spec = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
     (server["root"] / "live.ipynb").write_text(json.dumps(
         {"cells": cells, "metadata": {"kernelspec": spec}, "nbformat": 4, "nbformat_minor": 5}))
+    shut_down_kernels(server["base"])  # the earlier tests' kernels: this one needs the CPU
     page = browser.new_page(viewport={"width": 1300, "height": 1000})
-    url = f"{server['base']}/lab/tree/live.ipynb?token={TOKEN}"
+    url = f"{server['base']}/lab/workspaces/live/tree/live.ipynb?reset&token={TOKEN}"
     page.goto(url)
     panel = ".jp-NotebookPanel:not(.lm-mod-hidden) "
     page.wait_for_selector(f"{panel}.jp-Cell", timeout=60000)
@@ -263,7 +272,11 @@ def test_live_gpukernel_cell_draws_the_viewer_and_still_does_after_save_and_reop
         page.locator(f"{panel}.jp-Cell .jp-InputArea-editor").nth(k).click()
         page.keyboard.press("Shift+Enter")
         prompt = page.locator(f"{panel}.jp-Cell .jp-InputPrompt").nth(k)
-        prompt.filter(has_text=re.compile(r"\[\d+\]")).wait_for(timeout=240000)
+        try:
+            prompt.filter(has_text=re.compile(r"\[\d+\]")).wait_for(timeout=300000)
+        except Exception:
+            page.screenshot(path="/tmp/live_fail.png")
+            raise
     try:
         page.wait_for_selector(f"{panel}.gpuad-viewer .gpuad-tab", timeout=180000)
     except Exception:
