@@ -193,6 +193,7 @@ def test_saved_notebook_shows_the_viewer_in_jupyterlab(server, browser, tmp_path
     viewer.locator(".gpuad-tab", has_text="PTX").click()
     height = viewer.locator(".gpuad-stage-ptx .gpuad-scroll").first.bounding_box()["height"]
     assert height < 900  # bounded: the PTX scrolls inside its own box
+    page.screenshot(path=str(screenshot_dir(tmp_path) / "extension-jupyterlab-ptx.png"), full_page=True)
     page.close()
 
 
