@@ -7,11 +7,14 @@ compilations (per argument types, target and options) and launches them.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import logging
 import time
 from typing import Any, Callable
+
+import numpy as np
 
 from gpuad.ad.cache_key import derivative_key
 from gpuad.compiler import disk_cache, driver, numba_adapter
@@ -19,7 +22,7 @@ from gpuad.compiler.compile_lock import first_call, locked
 from gpuad.compiler.numba_errors import numba_failure
 from gpuad.errors import GpuadError, LaunchError, SourceLocation
 from gpuad.record import CompilationRecord
-from gpuad.targets import check_target, default_target
+from gpuad.targets import check_target, default_target, dispatch
 from gpuad.targets import launch as launch_checks
 from gpuad.targets import status as st
 
@@ -28,6 +31,8 @@ DEFAULT_BLOCK = 256
 # Generated code that can fail calls these primitives; only such kernels make
 # the host wait for the status array after a launch.
 FAILURE_REPORTS = ("report_tape_overflow", "report_checkpoint_overflow")
+# When the host reads a launch's status: at once, or at the next launch / kernel.check().
+CHECK_MODES = ("blocking", "deferred")
 
 
 @dataclasses.dataclass
@@ -37,17 +42,39 @@ class _Compiled:
     symbol: str
     jobs: list = dataclasses.field(default_factory=list)  # JobFacts: error reports, atomics
     device_kernel: Any = None  # loaded PTX, once launched on a GPU
+    on_status: Any = None  # with the device kernel: raises for a launch's status
+    report: Any = None  # with the device kernel: (status, earlier) -> the error, for deferred reads
 
     @property
     def drops_atomics(self) -> bool:
         return any(job.own_arrays for job in self.jobs)
 
 
+@dataclasses.dataclass
+class _Plan:
+    """What launches with one argument signature share, while `watch` holds (`targets/dispatch.py`)."""
+
+    watch: dispatch.KeyWatch
+    argtypes: tuple
+    writes: list  # per argument, whether the kernel may write it (`launch.may_write`)
+    host_arrays: int  # numpy arguments: grouped (and checked for overlaps) at every launch
+    shadows: bool  # Duplicated pairs of parameters: their shapes are checked at every launch
+    arch: str = ""
+    compiled: _Compiled | None = None  # cuda
+    all_atomic: _Compiled | None = None  # cuda, for launches that break thread ownership
+    cpu_kernel: Any = None
+
+
 class Kernel:
     """A GPU kernel whose body may call `autodiff` (API: the README; stages: docs/design.md)."""
 
     def __init__(self, pyfunc: Callable, *, target: str | None = None, arch: str = "sm_90",
-                 fastmath: bool = False, tape_capacity: int | None = None):
+                 fastmath: bool = False, tape_capacity: int | None = None, check: str = "blocking"):
+        if check not in CHECK_MODES:
+            raise LaunchError(f"gpuad.kernel(check={check!r}): check is one of {', '.join(CHECK_MODES)}",
+                              hint="'blocking' waits for the status after each launch of a kernel that can "
+                              "overflow; 'deferred' reads it at the next launch or kernel.check()")
+        self.check_mode = check
         self.pyfunc = pyfunc
         self.name = pyfunc.__name__
         self.target = check_target(target) if target else None
@@ -56,6 +83,8 @@ class Kernel:
         self.tape_capacity = tape_capacity
         self._cuda: dict[tuple, _Compiled] = {}
         self._cpu: dict[tuple, Any] = {}
+        self._plans = dispatch.BoundedCache()
+        self._pending = st.Pending(self.name)
         self.__doc__ = pyfunc.__doc__
         self.__wrapped__ = pyfunc
 
@@ -71,7 +100,8 @@ class Kernel:
     # -- compilation -------------------------------------------------------
 
     def argument_types(self, args) -> tuple:
-        n_params = len(inspect.signature(self.pyfunc).parameters)
+        n_params = self.pyfunc.__code__.co_argcount if _plain_parameters(self.pyfunc) else \
+            len(inspect.signature(self.pyfunc).parameters)
         if len(args) != n_params:
             raise LaunchError(f"kernel {self.name} takes {n_params} arguments, got {len(args)}",
                               self._location())
@@ -103,7 +133,8 @@ class Kernel:
         from gpuad.method_table import CUDA
         from gpuad.targets import cuda as cuda_target  # installs its overlays first
 
-        key = (argtypes, arch, fastmath, CUDA.version, thread_ownership, derivative_key(self.pyfunc))
+        key = (argtypes, arch, fastmath, CUDA.version, thread_ownership, self.tape_capacity,
+               derivative_key(self.pyfunc))
         if key in self._cuda:
             log.debug("kernel %s: cuda compile cache hit (%s)", self.name, arch)
             return self._cuda[key]
@@ -154,52 +185,97 @@ class Kernel:
             return
         self._launch(*config, args, n_threads=int(n))
 
+    def check(self) -> None:
+        """Wait for this kernel's launches whose status is unread (`check="deferred"`) and raise
+        the first error one of them reported; nothing to do for blocking launches."""
+        self._pending.check(wait=True)
+
     def _launch(self, griddim, blockdim, args, n_threads=None) -> None:
+        if len(self._pending):  # an earlier launch's error is raised before this one runs
+            self._pending.check(keep=st.Pending.LIMIT - 1)
+        target = self.target or default_target()
+        plan = self._plan(args, target)
+        if plan.shadows:
+            launch_checks.check_shadows(self.pyfunc, args)
+        groups = launch_checks.host_array_groups(self.pyfunc, args, plan.writes) if plan.host_arrays else ()
+        if target == "cpu":
+            grid, block = _as_int(griddim), _as_int(blockdim)
+            n_threads = grid * block if n_threads is None else n_threads
+            self._launch_cpu(plan, n_threads, block, args, groups)
+        else:
+            self._launch_cuda(plan, griddim, blockdim, args, groups)
+
+    def _plan(self, args, target: str) -> _Plan:
+        """The launch's plan for these arguments' signature, made again when anything the
+        compiled kernel depends on changed (`dispatch.KeyWatch`)."""
+        signature = dispatch.signature(args)
+        if signature is None:  # other argument kinds: typed at every launch, exact all the same
+            signature = (self.argument_types(args), tuple(map(type, args)))
+        key = (signature, target, self.arch, self.fastmath, self.tape_capacity)
+        plan = self._plans.get(key)
+        if plan is not None and plan.watch.holds():
+            return plan
+        return self._plans.put(key, self._new_plan(args, target))
+
+    def _new_plan(self, args, target: str) -> _Plan:
+        """Everything a launch checks and looks up that depends on argument types only."""
+        from gpuad.compiler import local_memory  # a frame over CUDA's limit fails on both targets
+        from gpuad.method_table import CPU, CUDA
+        from gpuad.targets import cpu, cuda  # noqa: F401 - their overlays, installed before the watch
+
+        watch = dispatch.KeyWatch(self.pyfunc, (CUDA, CPU))  # before compiling (see KeyWatch)
+        log.debug("kernel %s: new launch plan (%s target)", self.name, target)
         argtypes = self.argument_types(args)
         launch_checks.check_shadows(self.pyfunc, args)
         writes = launch_checks.may_write(self.pyfunc, args)
-        groups = launch_checks.host_array_groups(self.pyfunc, args, writes)
-        from gpuad.compiler import local_memory  # a frame over CUDA's limit fails on both targets
+        host_arrays = sum(isinstance(a, np.ndarray) for a in args)
+        if host_arrays:
+            launch_checks.host_array_groups(self.pyfunc, args, writes)  # overlaps: before compiling
         local_memory.check_launch(self, argtypes)
-        if (self.target or default_target()) == "cpu":
-            grid, block = _as_int(griddim), _as_int(blockdim)
-            n_threads = grid * block if n_threads is None else n_threads
-            self._launch_cpu(argtypes, n_threads, block, args, groups, writes)
+        plan = _Plan(watch, argtypes, writes, host_arrays, bool(launch_checks.shadow_pairs(self.pyfunc)))
+        if target == "cpu":
+            with self._numba_errors():
+                plan.cpu_kernel = self._cpu_kernel(argtypes)
         else:
-            self._launch_cuda(argtypes, griddim, blockdim, args, groups, writes)
+            plan.arch = self._device_arch()
+            plan.compiled = self._compile_cuda(argtypes, plan.arch, self.fastmath)
+        return plan
 
-    def _launch_cpu(self, argtypes, n_threads: int, block: int, args, groups, writes) -> None:
+    def _launch_cpu(self, plan: _Plan, n_threads: int, block: int, args, groups) -> None:
+        """The cpu target runs synchronously and copies results back: it reads the status at
+        once, whatever `check` says."""
+        cpu_kernel = plan.cpu_kernel
+        with self._numba_errors(), first_call(cpu_kernel.run):  # numba compiles it on its first launch
+            def facts():
+                return [job.facts() for job in cpu_kernel.jobs.jobs]
+
+            cpu_kernel.launch(n_threads, block, args, self._status_check(facts), list(groups), plan.writes)
+
+    @contextlib.contextmanager
+    def _numba_errors(self):
+        """numba's own errors on the cpu target (typing errors happen at the first call) as gpuad's."""
         try:
-            cpu_kernel = self._cpu_kernel(argtypes)
-            with first_call(cpu_kernel.run):  # numba compiles the kernel on its first launch
-                def facts():
-                    return [job.facts() for job in cpu_kernel.jobs.jobs]
-
-                cpu_kernel.launch(n_threads, block, args, self._status_check(facts),
-                                  groups, writes)
+            yield
         except GpuadError:
             raise
-        except Exception as exc:  # numba's typing errors happen at the first call
+        except Exception as exc:
             if type(exc).__module__.split(".")[0] != "numba":
                 raise
             raise numba_failure(exc, self.name, self._location(), "cpu") from exc
 
-    def _launch_cuda(self, argtypes, griddim, blockdim, args, groups, writes) -> None:
+    def _launch_cuda(self, plan: _Plan, griddim, blockdim, args, groups) -> None:
         from gpuad.targets import cuda as cuda_target
 
-        compiled = self._compile_cuda(argtypes, self._device_arch(), self.fastmath)
+        compiled = plan.compiled
         if compiled.drops_atomics and not cuda_target.ownership_holds(griddim, blockdim, args):
             # A 2-D grid or aliased arrays: the variant that keeps every atomic.
-            compiled = self._compile_cuda(argtypes, self._device_arch(), self.fastmath, False)
-        if compiled.device_kernel is None:
-            can_fail = any(report in src for src in compiled.record.adjoint_sources.values()
-                           for report in FAILURE_REPORTS)
-            compiled.device_kernel = cuda_target.load_ptx(
-                compiled.record.ptx, compiled.symbol, compiled.argtypes, checks_status=can_fail
-            )
+            if plan.all_atomic is None:
+                plan.all_atomic = self._compile_cuda(plan.argtypes, plan.arch, self.fastmath, False)
+            compiled = plan.all_atomic
+        device_kernel = compiled.device_kernel or self._load(compiled)
         try:
-            cuda_target.launch(compiled.device_kernel, griddim, blockdim, args,
-                               self._status_check(lambda: compiled.jobs), groups, writes)
+            flight = cuda_target.launch(device_kernel, griddim, blockdim, args, compiled.on_status, groups,
+                                        plan.writes, defer=self.check_mode == "deferred")
         except Exception as exc:
             if "CUDA_ERROR_OUT_OF_MEMORY" not in str(exc) or not compiled.record.local_memory_bytes:
                 raise
@@ -208,13 +284,33 @@ class Kernel:
             frame = compiled.record.local_memory_bytes
             raise local_memory.out_of_memory(self.name, frame, self.tape_capacity,
                                              cuda_target.resident_threads(), self._location()) from exc
+        if flight is not None:
+            self._pending.add(flight, compiled.report)
+
+    def _load(self, compiled: _Compiled):
+        """Load the PTX on the current GPU, once; with how the launch reads its status."""
+        from gpuad.targets import cuda as cuda_target
+
+        can_fail = any(report in src for src in compiled.record.adjoint_sources.values()
+                       for report in FAILURE_REPORTS)
+        capacity = self._capacity()
+        compiled.on_status = self._status_check(lambda: compiled.jobs)
+        compiled.report = lambda status, earlier: st.status_error(status, self.name, compiled.jobs,
+                                                                  capacity, earlier)
+        compiled.device_kernel = cuda_target.load_ptx(
+            compiled.record.ptx, compiled.symbol, compiled.argtypes, checks_status=can_fail
+        )
+        return compiled.device_kernel
+
+    def _capacity(self) -> int:
+        from gpuad.ad import DEFAULT_TAPE_CAPACITY
+
+        return self.tape_capacity or DEFAULT_TAPE_CAPACITY
 
     def _status_check(self, jobs: Callable[[], list]) -> Callable:
         """`on_status` for a launch; `jobs()` gives its JobFacts once the launch has run (the cpu
         target creates its jobs while numba compiles the kernel at its first launch)."""
-        from gpuad.ad import DEFAULT_TAPE_CAPACITY
-
-        capacity = self.tape_capacity or DEFAULT_TAPE_CAPACITY
+        capacity = self._capacity()
         return lambda status: st.raise_for_status(status, self.name, jobs(), capacity)
 
     def _device_arch(self) -> str:
@@ -227,7 +323,7 @@ class Kernel:
         from gpuad.targets import cpu
 
         # derivative_key: the code and globals of the kernel, of what it calls and differentiates, the rules
-        key = (argtypes, CPU.version, derivative_key(self.pyfunc))
+        key = (argtypes, CPU.version, self.tape_capacity, derivative_key(self.pyfunc))
         if key not in self._cpu:
             log.debug("kernel %s: cpu build cache miss", self.name)
             self._cpu[key] = cpu.build_kernel(self.pyfunc, argtypes, self.tape_capacity)
@@ -238,6 +334,12 @@ class Kernel:
     def _location(self) -> SourceLocation:
         code = self.pyfunc.__code__
         return SourceLocation(code.co_filename, code.co_firstlineno, "kernel", self.name)
+
+
+def _plain_parameters(pyfunc) -> bool:
+    """Only positional-or-keyword parameters: co_argcount counts them all."""
+    code = pyfunc.__code__
+    return not (code.co_kwonlyargcount or code.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS))
 
 
 def _as_int(dim) -> int:

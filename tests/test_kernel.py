@@ -503,5 +503,7 @@ def test_the_gpuad_logger_reports_stages_and_cache_hits_at_debug(caplog):
     assert any("cpu build cache miss" in m for m in first), first
     assert any("differentiated orbit (Reverse)" in m for m in first), first
     assert any("compiled by numba" in m for m in first), first
-    assert any("cpu build cache hit" in m for m in again) and not any("differentiated" in m for m in again)
+    assert any("new launch plan" in m for m in first), first
+    # The repeated launch takes its plan: no build, no cache lookup (tests/test_launch_dispatch.py)
+    assert not any("differentiated" in m or "launch plan" in m or "cache miss" in m for m in again), again
     assert all(r.levelno == logging.DEBUG for r in caplog.records)

@@ -340,7 +340,7 @@ def test_out_of_memory_at_launch_names_the_local_frame(monkeypatch, f, translate
 
     refusal = RuntimeError("CUDA_ERROR_OUT_OF_MEMORY: The API call failed")
 
-    def launch(*args):
+    def launch(*args, **kwargs):
         raise refusal
 
     monkeypatch.setattr(gpuad.Kernel, "_device_arch", lambda self: "sm_90")
@@ -350,7 +350,7 @@ def test_out_of_memory_at_launch_names_the_local_frame(monkeypatch, f, translate
     k = gpuad.kernel(f, target="cuda")
     args = (np.ones(4), np.zeros(4))
     with pytest.raises(Exception) as info:
-        k._launch_cuda(k.argument_types(args), (1, 1, 1), (4, 1, 1), args, (), None)
+        k._launch((1, 1, 1), (4, 1, 1), args)
     if translated:  # the frame (16 KiB of scratch) times the resident threads, and what to do
         assert isinstance(info.value, LocalMemoryExceeded)
         assert "ran out of memory launching kernel with_local_array" in str(info.value)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -230,49 +231,129 @@ def device_compute_capability() -> tuple[int, int]:
 class PtxKernel:
     """A kernel loaded from PTX that gpuad produced, launched with numba's ABI.
 
-    The status array stays on the device between launches. Only kernels
-    that can report an error (a bounded tape) wait for it after a launch;
-    the others are asynchronous, like numba-cuda's own launches.
+    A kernel that can report an error (a bounded tape) gets its own status
+    slot per launch, in mapped host memory (`StatusSlots`): launches in flight
+    never share one, so the host reads each launch's report whenever it waits
+    for it. The others get one device array of zeros they never write, and are
+    asynchronous, like numba-cuda's own launches.
     """
 
     def __init__(self, ptx: str, symbol: str, argtypes: tuple, status_size: int, checks_status: bool):
+        from cuda.core import LaunchConfig, launch
         from numba.cuda.cudadrv import devices, driver
+        from numba.cuda.dispatcher import _Kernel
 
         ctx = devices.get_context()
         linker = driver._Linker(cc=device_compute_capability())
         linker.add_ptx(ptx.encode())
         self._module = ctx.create_module_image(linker.complete())
         self._function = self._module.get_function(symbol)
-        self.argtypes = argtypes
+        self._cu_kernel = self._function.kernel
+        self.argtypes = argtypes[:-1]  # the status array is packed here (`_status_args`)
         self.checks_status = checks_status
+        self._stream = driver._to_core_stream(0)  # the default stream, as numba-cuda's launch config makes it
+        self._prepare = _Kernel._prepare_args
+        self._launch, self._config_type = launch, LaunchConfig
+        self._configs: dict = {}
         if checks_status:
-            # Mapped host memory: the kernel writes it over the bus (only when
-            # a tape overflows), the host resets and reads it without copies.
-            self._status = cuda_modules().mapped_array(status_size, dtype=np.int64)
-            self._status[:] = 0
+            self._slots = StatusSlots(status_size)
         else:
-            self._status = cuda_modules().to_device(np.zeros(status_size, dtype=np.int64))
+            self._zeros = cuda_modules().to_device(np.zeros(status_size, dtype=np.int64))
+            self._zeros_args = _status_args(_device_pointer(self._zeros), status_size)
 
-    def __call__(self, griddim, blockdim, args, on_status):
-        """Launch; `on_status(host_status)` runs before results are copied back."""
-        from cuda.core import LaunchConfig, launch
-        from numba.cuda.cudadrv import driver
-        from numba.cuda.dispatcher import _Kernel
+    def __call__(self, griddim, blockdim, args, on_status, defer: bool = False):
+        """Launch; `on_status(host_status)` runs before results are copied back.
 
-        # The default stream in cuda.core's form, as numba-cuda's launch config makes it.
-        stream = driver._to_core_stream(0)
-        if self.checks_status:
-            self._status[:] = 0  # the last launch has finished: it was waited for
+        With `defer`, a launch that copies nothing back returns its `InFlight` instead of
+        waiting for it (the caller reads its status later); otherwise it returns None.
+        """
+        stream = self._stream
         writebacks, kernelargs = [], []
-        for ty, value in zip(self.argtypes, (*args, self._status)):
-            _Kernel._prepare_args(_ArgPacker, ty, value, stream, writebacks, kernelargs)
-        config = LaunchConfig(grid=griddim, block=blockdim, shmem_size=0)
-        launch(stream, config, self._function.kernel, *kernelargs)
-        if self.checks_status:
-            stream.sync()
-            on_status(np.array(self._status))
+        for ty, value in zip(self.argtypes, args):
+            self._prepare(_ArgPacker, ty, value, stream, writebacks, kernelargs)
+        slot = self._slots.take() if self.checks_status else None
+        kernelargs.extend(slot.args if slot is not None else self._zeros_args)
+        config = self._configs.get((griddim, blockdim))
+        if config is None:
+            config = self._configs.setdefault((griddim, blockdim),
+                                              self._config_type(grid=griddim, block=blockdim, shmem_size=0))
+        try:
+            self._launch(stream, config, self._cu_kernel, *kernelargs)
+        except BaseException:
+            if slot is not None:
+                self._slots.give_back(slot)
+            raise
+        if slot is None:
+            for writeback in writebacks:
+                writeback()
+            return None
+        from gpuad.targets.status import InFlight
+
+        slot.event.record(0)  # numba-cuda's handle of the same (legacy default) stream
+        flight = InFlight(slot.host, slot.event, lambda: self._slots.give_back(slot))
+        if defer and not writebacks:
+            return flight
+        on_status(flight.read())  # waits for the kernel; may raise before anything is copied back
         for writeback in writebacks:
             writeback()
+        return None
+
+
+@dataclass
+class _Slot:
+    host: np.ndarray  # the slot's row, as the host sees it
+    args: tuple  # the status argument as the kernel takes it
+    event: object = None  # recorded behind the slot's launch (numba-cuda's Event: query, synchronize)
+
+
+class StatusSlots:
+    """Status arrays in mapped host memory, handed out one per launch and given back once read.
+
+    Allocated in chunks of `CHUNK` (pinned allocations are slow and page-sized), each slot with
+    an event to record behind its launch. A slot is zeroed when handed out: by then no kernel
+    writes it (its last launch was read).
+    """
+
+    CHUNK = 64
+
+    def __init__(self, size: int):
+        import threading
+
+        self.size = size
+        self._free: list[_Slot] = []
+        self._chunks: list = []  # keeps the mapped memory alive
+        self._lock = threading.Lock()
+
+    def take(self) -> _Slot:
+        with self._lock:
+            if not self._free:
+                self._grow()
+            slot = self._free.pop()
+        slot.host[:] = 0
+        return slot
+
+    def give_back(self, slot: _Slot) -> None:
+        with self._lock:
+            self._free.append(slot)
+
+    def _grow(self) -> None:
+        chunk = cuda_modules().mapped_array((self.CHUNK, self.size), dtype=np.int64)
+        self._chunks.append(chunk)
+        host, base = chunk.view(np.ndarray), _device_pointer(chunk)
+        row_bytes = self.size * np.dtype(np.int64).itemsize
+        cuda = cuda_modules()
+        self._free.extend(_Slot(host[k], _status_args(base + k * row_bytes, self.size),
+                                cuda.event(timing=False)) for k in reversed(range(self.CHUNK)))
+
+
+def _device_pointer(array) -> int:
+    return int(array.__cuda_array_interface__["data"][0])
+
+
+def _status_args(pointer: int, size: int) -> tuple:
+    """An int64 C array of `size` at `pointer` in numba's kernel ABI (as `_Kernel._prepare_args`
+    packs an array: meminfo, parent, size, itemsize, data, shape, strides)."""
+    return (0, 0, size, 8, pointer, size, 8)
 
 
 class _ArgPacker:
@@ -313,7 +394,7 @@ def memory_span(value) -> tuple[str, int, int] | None:
     if 0 in shape:
         return None
     strides = interface.get("strides") or tuple(
-        itemsize * int(np.prod(shape[k + 1:], dtype=np.int64)) for k in range(len(shape)))
+        itemsize * math.prod(shape[k + 1:]) for k in range(len(shape)))
     low = start + sum(s * (n - 1) for s, n in zip(strides, shape) if s < 0)
     high = start + sum(s * (n - 1) for s, n in zip(strides, shape) if s > 0) + itemsize
     return space, low, high

@@ -163,13 +163,17 @@ def _is_1d(dim) -> bool:
 
 
 def launch(kernel: numba_adapter.PtxKernel, griddim, blockdim, args, on_status,
-           groups=(), writes=None) -> None:
+           groups=(), writes=None, defer: bool = False):
     """Run on the current GPU; `on_status(status)` may raise before write-back.
 
     `groups` (`launch.host_array_groups`) are positions of numpy arguments
     sharing one buffer: each group is copied to the device once, and copied
     back only if the kernel may write it (`writes`) and the array is writeable.
+    With `defer`, a launch of a kernel that checks its status and copies
+    nothing back returns its `status.InFlight` unread; otherwise None.
     """
+    if not groups:  # device arrays and scalars only: nothing to copy
+        return kernel(griddim, blockdim, args, on_status, defer)
     writes = [True] * len(args) if writes is None else writes
     device_args, write_back = list(args), []
     for group in groups:
@@ -182,9 +186,10 @@ def launch(kernel: numba_adapter.PtxKernel, griddim, blockdim, args, on_status,
             device_args[k] = copy
         if targets and any(writes[k] for k in targets):
             write_back.append((args[targets[0]], copy))
-    kernel(griddim, blockdim, tuple(device_args), on_status)
+    flight = kernel(griddim, blockdim, tuple(device_args), on_status, defer and not write_back)
     for original, copy in write_back:
         copy.copy_to_host(original)
+    return flight
 
 
 def resident_threads() -> int | None:

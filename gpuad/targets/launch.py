@@ -66,8 +66,34 @@ def _dims(pyfunc, what: str, dim, limits) -> tuple[int, int, int]:
     return values
 
 
+# Checked configurations of plain ints (bools and numpy ints are checked every time): the
+# repeated-launch path looks them up.
+_CHECKED: dict = {}
+_CHECKED_LIMIT = 1024
+
+
+def _remember(key, value):
+    if len(_CHECKED) >= _CHECKED_LIMIT:
+        _CHECKED.clear()
+    _CHECKED[key] = value
+    return value
+
+
+def _plain(value) -> bool:
+    """An int (not a bool, not a numpy int) or a tuple of them: a cache key that means one config."""
+    return type(value) is int or (type(value) is tuple and all(type(v) is int for v in value))
+
+
 def launch_config(pyfunc, config) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
     """`kernel[config]`: (blocks, threads), checked."""
+    if type(config) is tuple and len(config) == 2 and _plain(config[0]) and _plain(config[1]):
+        key = ("config", config)
+        found = _CHECKED.get(key)
+        return found if found is not None else _remember(key, _launch_config(pyfunc, config))
+    return _launch_config(pyfunc, config)
+
+
+def _launch_config(pyfunc, config) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
     if not (isinstance(config, tuple) and len(config) == 2):
         raise LaunchError(
             f"kernel {pyfunc.__name__}: the launch configuration {config!r} must be [blocks, threads]",
@@ -80,6 +106,14 @@ def launch_config(pyfunc, config) -> tuple[tuple[int, int, int], tuple[int, int,
 
 def threads_config(pyfunc, n, block) -> tuple[tuple[int, int, int], tuple[int, int, int]] | None:
     """`launch(n, block=...)`: (grid, block) for n threads, or None for n = 0 (nothing runs)."""
+    if type(n) is int and type(block) is int and n > 0:
+        key = ("threads", n, block)
+        found = _CHECKED.get(key)
+        return found if found is not None else _remember(key, _threads_config(pyfunc, n, block))
+    return _threads_config(pyfunc, n, block)
+
+
+def _threads_config(pyfunc, n, block) -> tuple[tuple[int, int, int], tuple[int, int, int]] | None:
     if not (_is_int(n) and 0 <= n <= MAX_THREADS):
         got = f"an array of shape {n.shape}" if hasattr(n, "shape") else repr(n)
         raise LaunchError(
@@ -318,16 +352,19 @@ def host_array_groups(pyfunc, args, writes: list[bool]) -> list[list[int]]:
     """
     from gpuad.compiler.numba_adapter import memory_span
 
+    host = [k for k, value in enumerate(args) if isinstance(value, np.ndarray)]
+    if len(host) < 2:  # nothing to share or overlap
+        return [host] if host else []
     groups: dict[tuple, list[int]] = {}
     spans = []
-    for k, value in enumerate(args):
-        if not isinstance(value, np.ndarray):
-            continue
-        face = value.__array_interface__
-        key = (face["data"][0], value.shape, value.strides, value.dtype.str)
+    for k in host:
+        value = args[k]
+        start = value.__array_interface__["data"][0]
+        key = (start, value.shape, value.strides, value.dtype.str)
         groups.setdefault(key, []).append(k)
-        span = memory_span(value)
-        if span is not None:
+        if value.flags.contiguous and value.size:  # C order: its bytes from the start on
+            spans.append((start, start + value.nbytes, k, key))
+        elif (span := memory_span(value)) is not None:
             spans.append((span[1], span[2], k, key))
     spans.sort()
     for i, (_, high, k, key) in enumerate(spans):

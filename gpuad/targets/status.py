@@ -6,7 +6,14 @@ raises `TapeOverflow`.
 """
 from __future__ import annotations
 
+import atexit
+import collections
 import math
+import threading
+import warnings
+import weakref
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 
@@ -36,33 +43,47 @@ def status_type():
 
 
 def raise_for_status(status: np.ndarray, kernel_name: str, jobs, tape_capacity: int) -> None:
-    """Raise for an error the launch reported; `jobs` are the launch's `JobFacts`.
+    """Raise for an error the launch reported; `jobs` are the launch's `JobFacts`."""
+    error = status_error(status, kernel_name, jobs, tape_capacity)
+    if error is not None:
+        raise error
+
+
+def status_error(status: np.ndarray, kernel_name: str, jobs, tape_capacity: int,
+                 earlier: str = "") -> TapeOverflow | None:
+    """The error a launch reported, or None.
 
     `tape_capacity` is the kernel's setting, in loop iterations; the status
     counts tape entries (a loop may tape several values per iteration).
+    `earlier` names a launch whose status was read after it returned
+    (`check="deferred"`): its results in device arrays are not valid.
     """
     if status[FLAG] == 0:
-        return
+        return None
+    outcome = ("no result was written back" if not earlier else
+               "its results in device arrays are not valid (check='deferred' read this status after "
+               "the launch returned)")
+    prefix = f"{earlier}: " if earlier else ""
     if status[FLAG] == TAPE_OVERFLOW:
         line, needed, holds = int(status[LINE]), int(status[NEEDED]), int(status[CAPACITY])
         enough = -(-tape_capacity * needed // max(holds, 1))
         filename, function = _loop_owner(jobs, line)
-        raise TapeOverflow(
-            f"a loop in kernel {kernel_name} needed {needed} tape entries per thread but the tape "
-            f"holds {holds} (tape_capacity={tape_capacity} iterations); no result was written back",
+        return TapeOverflow(
+            f"{prefix}a loop in kernel {kernel_name} needed {needed} tape entries per thread but the tape "
+            f"holds {holds} (tape_capacity={tape_capacity} iterations); {outcome}",
             SourceLocation(filename, line, "loop", function),
             hint=f"raise the capacity: gpuad.kernel(tape_capacity={enough})",
         )
     if status[FLAG] == CHECKPOINT_OVERFLOW:
         line, ran, segment = int(status[LINE]), int(status[NEEDED]), int(status[CAPACITY])
         filename, function = _loop_owner(jobs, line)
-        raise TapeOverflow(
-            f"a checkpointed loop in kernel {kernel_name} ran {ran} iterations but tape_capacity="
-            f"{segment} checkpoints at most {segment}*{segment} = {segment * segment}; no result was "
-            "written back", SourceLocation(filename, line, "loop", function),
+        return TapeOverflow(
+            f"{prefix}a checkpointed loop in kernel {kernel_name} ran {ran} iterations but tape_capacity="
+            f"{segment} checkpoints at most {segment}*{segment} = {segment * segment}; {outcome}",
+            SourceLocation(filename, line, "loop", function),
             hint=f"raise the capacity: gpuad.kernel(tape_capacity={math.isqrt(ran - 1) + 1})",
         )
-    raise TapeOverflow(f"kernel {kernel_name} reported error code {status[FLAG]}")
+    return TapeOverflow(f"{prefix}kernel {kernel_name} reported error code {status[FLAG]}; {outcome}")
 
 
 def _loop_owner(jobs, line: int) -> tuple[str, str]:
@@ -71,3 +92,102 @@ def _loop_owner(jobs, line: int) -> tuple[str, str]:
         if f"_overflow(status, {line}," in job.source:
             return job.filename, job.function
     return "<unknown>", ""
+
+
+# -- launches in flight: one status slot each -------------------------------------------------
+
+@dataclass
+class InFlight:
+    """A launch whose status is not read yet: its own status slot and an event recorded after it.
+
+    A slot is written only by its launch and reset only when it is handed out again, which is
+    after this launch's status was read; so launches in flight never share one (the host
+    cannot reset a slot a running kernel may still write).
+    """
+
+    status: np.ndarray  # host view of the slot (mapped memory: the kernel writes it over the bus)
+    event: Any  # recorded after the launch: `query()` (ended?) and `synchronize()`, as numba-cuda's
+    release: Callable[[], None]  # gives the slot back
+
+    def done(self) -> bool:
+        return bool(self.event.query())
+
+    def read(self) -> np.ndarray:
+        """Wait for the launch, copy its status and give the slot back."""
+        self.event.synchronize()
+        status = np.array(self.status)
+        self.release()
+        return status
+
+
+class Pending:
+    """A kernel's launches with `check="deferred"` whose status is not read yet, oldest first.
+
+    `check()` reads those that have ended (all of them with `wait=True`) and raises the first
+    error any of them reported, saying which launch it was and how many later ones failed too.
+    A read status is gone, so an error is raised exactly once; statuses still in flight stay.
+    """
+
+    LIMIT = 1024  # launches in flight at most: beyond, a launch first waits for the oldest
+
+    def __init__(self, kernel_name: str):
+        self.kernel_name = kernel_name
+        self._launches: collections.deque = collections.deque()
+        self._lock = threading.Lock()
+        self.launched = 0  # deferred launches so far (numbers them in messages)
+
+    def __len__(self) -> int:
+        return len(self._launches)
+
+    def add(self, flight: InFlight, report: Callable[[np.ndarray, str], Exception | None]) -> None:
+        """`report(status, earlier)` is the launch's error for its status, or None."""
+        with self._lock:
+            self.launched += 1
+            self._launches.append((self.launched, flight, report))
+        if self.launched == 1:
+            _watch_at_exit(self)
+
+    def check(self, wait: bool = False, keep: int | None = None) -> None:
+        """Read the ended launches' statuses (all with `wait`; with `keep`, wait until at most
+        `keep` remain in flight) and raise the first error."""
+        errors = []
+        with self._lock:
+            while self._launches:
+                number, flight, report = self._launches[0]
+                must = wait or (keep is not None and len(self._launches) > keep)
+                if not (must or flight.done()):
+                    break
+                self._launches.popleft()
+                error = report(flight.read(), f"launch {number} of kernel {self.kernel_name} "
+                                              "(an earlier launch, check='deferred')")
+                if error is not None:
+                    errors.append((number, error))
+        if errors:
+            (_, first), later = errors[0], [n for n, _ in errors[1:]]
+            if later:
+                first.add_note(f"later launches of kernel {self.kernel_name} reported errors too: "
+                               f"{', '.join(map(str, later))}")
+            raise first
+
+
+_unchecked: weakref.WeakSet = weakref.WeakSet()
+
+
+def _watch_at_exit(pending: Pending) -> None:
+    if not _unchecked:  # registered after numba-cuda's handlers, so it runs before them
+        atexit.unregister(_warn_unchecked)
+        atexit.register(_warn_unchecked)
+    _unchecked.add(pending)
+
+
+def _warn_unchecked() -> None:
+    """At exit, deferred statuses nobody read: an error among them is a warning, never lost."""
+    from gpuad.errors import GpuadWarning
+
+    for pending in list(_unchecked):
+        try:
+            pending.check(wait=True)
+        except TapeOverflow as error:
+            warnings.warn(f"at exit, unchecked: {error}", GpuadWarning, stacklevel=1)
+        except Exception:  # noqa: BLE001 - the device may be gone at exit
+            pass
