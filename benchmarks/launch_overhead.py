@@ -131,9 +131,8 @@ def measure_gpu(launches: int) -> dict:
         row["ratio"] = row["gpuad_blocking_us"] / row["numba_us"]
         row["ratio_deferred"] = row["gpuad_deferred_us"] / row["numba_us"]
         cases.append(row)
-    return {"device": cuda.get_current_device().name.decode()
-            if isinstance(cuda.get_current_device().name, bytes) else str(cuda.get_current_device().name),
-            "cases": cases}
+    name = cuda.get_current_device().name
+    return {"device": name.decode() if isinstance(name, bytes) else str(name), "cases": cases}
 
 
 def stub_device() -> None:
