@@ -239,14 +239,17 @@ def test_deferred_on_gpu():
 
 
 def test_statuses_nobody_read_are_a_warning_at_exit():
+    import gc
+
     pending = st.Pending("forgotten")
     status = st.new_status()
     status[st.FLAG] = 99
     pending.add(st.InFlight(status, FakeEvent(), lambda: None),
                 lambda status, earlier: st.status_error(status, "forgotten", [], 8, earlier))
+    del pending  # its kernel was dropped: the launch is still read at exit
+    gc.collect()
     with pytest.warns(gpuad.errors.GpuadWarning, match="at exit, unchecked: launch 1 of kernel forgotten"):
         st._warn_unchecked()
-    assert len(pending) == 0
 
 
 @pytest.mark.gpu

@@ -11,7 +11,6 @@ import collections
 import math
 import threading
 import warnings
-import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -170,7 +169,9 @@ class Pending:
             raise first
 
 
-_unchecked: weakref.WeakSet = weakref.WeakSet()
+# Every Pending that ever deferred a launch, held strongly: a kernel dropped with launches unread
+# still has them read (and any error warned) at exit.
+_unchecked: set = set()
 
 
 def _watch_at_exit(pending: Pending) -> None:
