@@ -276,7 +276,8 @@ class _CallRewriter(ast.NodeTransformer):
         callee = static_value(node.func, self.namespace, self.locals)
         overlay = self.interp.table.lookup(callee) if callee is not _UNRESOLVED else None
         if overlay is not None:
-            self.record(node, callee, qualified_name(overlay.replacement))
+            if overlay.listed:
+                self.record(node, callee, qualified_name(overlay.replacement))
             callee = overlay.replacement
         elif callee is not _UNRESOLVED:
             callee = python_of_device_function(callee, self.location(node))

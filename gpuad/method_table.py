@@ -23,6 +23,9 @@ class Overlay:
     # numba types some stubs (`cuda.local.array`) only when reached as an
     # attribute of their module: (module, "local.array") spells it so.
     spelled: tuple[Any, str] | None = None
+    # Listed in the compilation record's overlays; not for arithmetic helpers of generated code
+    # (`guarded_mul`), which appear at every update and lower to one instruction.
+    listed: bool = True
 
 
 class MethodTable:
@@ -51,8 +54,8 @@ class MethodTable:
                    for now, then in zip((self._overlays, self._attributes), self._builtin))
 
     def add(self, original: Any, replacement: Any, *, needs_context: bool = False,
-            spelled: tuple[Any, str] | None = None) -> None:
-        self._overlays[id(original)] = Overlay(original, replacement, needs_context, spelled)
+            spelled: tuple[Any, str] | None = None, listed: bool = True) -> None:
+        self._overlays[id(original)] = Overlay(original, replacement, needs_context, spelled, listed)
         self.version += 1
 
     def add_attribute(self, owner: Any, attr: str, replacement: Any, *, needs_context: bool = False) -> None:

@@ -119,3 +119,25 @@ def test_forward_over_reverse_where_a_const_parameter_becomes_active():
     h = 1e-4
     g = [autodiff(Reverse, spiral, Active(0.3 + k * h), Active(0.7), 25)[0][0] for k in (-2, -1, 1, 2)]
     assert t == pytest.approx((8 * (g[2] - g[1]) - (g[3] - g[0])) / (12 * h), rel=1e-8)
+
+
+def scaled_sine(x, y):
+    return y * math.sin(x)
+
+
+def scaled_sine_dx(x, y):
+    (dx, _), = autodiff(Reverse, scaled_sine, Active(x), Active(y))
+    return dx  # y * cos(x)
+
+
+@pytest.mark.parametrize("y", [0.0, -0.0, 0.5])
+@pytest.mark.parametrize("jit", [False, True])
+def test_forward_over_reverse_where_an_inner_adjoint_is_zero(y, jit):
+    """At y == 0 the inner adjoint of sin(x) is exactly zero, its derivative is not (parameters
+    often start at zero): d/dy (y cos x) = cos x. A zero-guard `if` in the inner derivative
+    dropped it (0.0)."""
+    x = 0.3
+    d = differentiate(scaled_sine_dx, Forward, (Duplicated, Duplicated), (types.float64,) * 2)
+    fn = jit_derivative(d) if jit else d.function
+    (d_dy,) = fn(x, 0.0, y, 1.0, status())
+    assert d_dy == pytest.approx(math.cos(x), rel=1e-15)

@@ -23,7 +23,7 @@ import pytest
 
 import gpuad
 from gpuad import Active, Const, Duplicated, Forward, ForwardWithPrimal, Reverse, ReverseWithPrimal, autodiff
-from gpuad.ad.primitives import atomic_add
+from gpuad.ad.primitives import atomic_add, guarded_mul
 from gpuad.ad.rules import DERIVATIVES
 
 INF, NAN = math.inf, math.nan
@@ -281,6 +281,10 @@ def radians(x):
     return math.radians(x)
 
 
+def guarded_product(a, b):
+    return guarded_mul(a, b)
+
+
 # ------------------------------------------------------------------ the table
 @dataclass(frozen=True)
 class Case:
@@ -403,6 +407,10 @@ CASES = [
       ((-2.0, 3.0), (-1.0, 0.0)), ((INF, 1.0), (1.0, 0.0))),
     C(math.degrees, degrees, (0.0, 180.0 / math.pi), (INF, 180.0 / math.pi)),
     C(math.radians, radians, (0.0, math.pi / 180.0), (-INF, math.pi / 180.0)),
+    # the zero-guarded product of generated code (forward over reverse differentiates it): each
+    # factor's partial is the other, and a zero factor still passes on the other's infinity
+    C(guarded_mul, guarded_product, ((2.0, 3.0), (3.0, 2.0)), ((0.0, 3.0), (3.0, 0.0)),
+      ((0.0, INF), (INF, 0.0)), ((-1.5, 0.0), (0.0, -1.5)), ((INF, 2.0), (2.0, INF))),
 ]
 
 NOT_USER_FACING = {atomic_add}  # appears only in generated code

@@ -291,6 +291,17 @@ def scaled(factor: str, partial: ast.expr) -> tuple[str, str]:
     return "+", ast.unparse(ast.BinOp(ast.Name(factor), ast.Mult(), partial))
 
 
+def guarded_term(factor: str, partial: ast.expr) -> tuple[str, str]:
+    """(`+`|`-`, text) of `factor * partial` where a zero factor adds nothing (no 0 * inf NaN):
+    `guarded_mul(factor, partial)` (`gpuad.ad.primitives`), plain for a number partial."""
+    if is_number(partial):
+        return scaled(factor, partial)
+    sign = "+"
+    if isinstance(partial, ast.UnaryOp) and isinstance(partial.op, ast.USub):
+        sign, partial = "-", partial.operand
+    return sign, f"guarded_mul({factor}, {ast.unparse(partial)})"
+
+
 def names_read(line: str) -> set:
     """Names a generated line reads (to know which values the reverse sweep needs)."""
     tree = ast.parse(line.strip() if not line.strip().endswith(":") else line.strip() + " pass")

@@ -14,11 +14,10 @@ from gpuad.ad.emit import (
     cast_text,
     expr_text,
     fill_template,
+    guarded_term,
     index_text,
-    is_number,
     loop_header,
     render,
-    scaled,
     store_text,
     target_text,
     zero_text,
@@ -142,10 +141,7 @@ class TangentSweep:
         zero = zero_text(self.prep.types[out])
         terms = []
         for ta, partial in rule_terms(self, s, out, self.t):
-            sign, text = scaled(ta, partial)
-            if not is_number(partial):  # a zero tangent contributes nothing, even times an infinite partial
-                text = f"({text} if {ta} != {zero} else {zero})"
-            terms.append((sign, text))
+            terms.append(guarded_term(ta, partial))  # a zero tangent contributes nothing
         if not terms:
             return zero
         first_sign, first = terms[0]

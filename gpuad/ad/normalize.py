@@ -27,9 +27,9 @@ from gpuad.source import function_scope, function_source
 # On a loop's line, selects checkpointing (recompute) instead of taping every iteration.
 CHECKPOINT_COMMENT = "# gpuad: checkpoint"
 # Names the generated code uses itself; user locals with these names are renamed.
-RESERVED = {"status", "np", "math", "builtins", "atomic_add", "tape_alloc", "report_tape_overflow",
-            "report_checkpoint_overflow", "None", "bool", "int", "float", "min", "max", "abs", "len",
-            "range", "Const", "Active", "Duplicated", "DuplicatedNoNeed"}
+RESERVED = {"status", "np", "math", "builtins", "atomic_add", "guarded_mul", "tape_alloc",
+            "report_tape_overflow", "report_checkpoint_overflow", "None", "bool", "int", "float", "min",
+            "max", "abs", "len", "range", "Const", "Active", "Duplicated", "DuplicatedNoNeed"}
 # Prefixes of generated names (temporaries, shadows `d_x`, tangents `t_x`, the functions generated
 # for callees, entry functions). A user local starting with one of them, or with the escape `u_`
 # itself, becomes `u_<name>`: an injective renaming, so no user name can meet a generated one.

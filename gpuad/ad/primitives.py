@@ -25,6 +25,20 @@ def atomic_add(array, index, value):
     array[index] += value
 
 
+def guarded_mul(factor, partial):
+    """`factor * partial`, where a zero factor (an adjoint or tangent) contributes nothing, even
+    times an infinite partial (`1.0 / x` unused, `sqrt(q)` on the branch not taken at q == 0): no
+    0 * inf NaN, and reverse agrees with forward.
+
+    A call rather than an `if` around the update: numba then sees straight-line code, whose
+    compile time grows linearly with its length (each `if` adds blocks that its SSA and
+    liveness passes revisit for every variable), and forward mode differentiates the product by
+    its rule (`gpuad.ad.rules`), where an `if` on the factor would drop the factor's own tangent
+    at a zero factor.
+    """
+    return factor * partial if factor != 0 else factor
+
+
 def tape_alloc(n, dtype):
     """A per-thread scratch array of `n` elements (`n` an int literal in the source)."""
     return np.zeros(n, dtype)

@@ -21,14 +21,13 @@ from gpuad.ad.emit import (
     atom_text,
     cast_text,
     expr_text,
+    guarded_term,
     index_text,
-    is_number,
     loop_header,
     names_read,
     one_text,
     primal_code,
     render,
-    scaled,
     store_text,
     target_text,
     zero_text,
@@ -180,14 +179,11 @@ class AdjointSweep:
             index = index_text(e.index)
             index = f"({index})" if len(e.index) > 1 else index
             return [self.adj(f"atomic_add({shadow}, {index}, d_{out})")]
-        lines, guard = [], False
+        lines = []
         for da, partial in rule_terms(self, s, out, self.d):
-            sign, text = scaled(f"d_{out}", partial)
+            sign, text = guarded_term(f"d_{out}", partial)  # a zero adjoint adds nothing
             lines.append(self.adj(f"{da} {sign}= {text}"))
-            guard |= not is_number(partial)
-        # A zero adjoint adds nothing, even where a partial is infinite (`1.0 / x` unused, `sqrt(q)`
-        # on the branch not taken at q == 0): no 0 * inf NaN, and reverse agrees with forward.
-        return [(f"if d_{out} != {zero_text(self.types[out])}:", lines)] if guard else lines
+        return lines
 
     def store(self, s: ir.Store) -> tuple[list, list, TapeUse]:
         fwd = [store_text(s)]

@@ -38,7 +38,7 @@ import math
 import operator
 from dataclasses import dataclass
 
-from gpuad.ad.primitives import atomic_add
+from gpuad.ad.primitives import atomic_add, guarded_mul
 
 
 @dataclass(frozen=True)
@@ -151,6 +151,9 @@ DERIVATIVES: dict = {
     math.isfinite: D("x", None),
     # primitives appearing in generated code (higher order): linear in the value
     atomic_add: D("array, index, value", None, None, None),
+    # the zero-guarded product of every adjoint and tangent update (each factor's term is
+    # guarded by its own tangent, so the zero factor's tangent still counts)
+    guarded_mul: D("factor, partial", "partial", "factor"),
 }
 
 # How normalised operators map onto the table above.

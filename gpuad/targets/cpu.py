@@ -16,7 +16,7 @@ import numpy as np
 
 from gpuad import api
 from gpuad.ad import primitives
-from gpuad.compiler import driver, numba_adapter
+from gpuad.compiler import driver, numba_adapter, numba_intrinsics
 from gpuad.compiler.jobs import DeferredJob, JobRegistry
 from gpuad.errors import OutOfBounds, SourceLocation
 from gpuad.interpreter import DeferredSite, Interpreter
@@ -76,6 +76,7 @@ def _install_overlays() -> None:
     CPU.add(primitives.atomic_add, cpu_atomic_add)
     CPU.add(cuda.local.array, cpu_local_array)
     CPU.add(primitives.tape_alloc, cpu_local_array)
+    CPU.add(primitives.guarded_mul, numba_intrinsics.cpu_guarded_mul(), listed=False)
 
 
 _install_overlays()

@@ -13,7 +13,7 @@ from numba import cuda
 from gpuad import api
 from gpuad.ad import primitives
 from gpuad.ad.primitives import CAPACITY, CHECKPOINT_OVERFLOW, FLAG, LINE, NEEDED, TAPE_OVERFLOW
-from gpuad.compiler import numba_adapter
+from gpuad.compiler import numba_adapter, numba_intrinsics
 from gpuad.compiler.emit import emit_ptx, parse_arch
 from gpuad.compiler.jobs import DeferredJob, JobRegistry
 from gpuad.compiler.link import JobModule, link_deferred
@@ -50,6 +50,7 @@ def _install_overlays() -> None:
     CUDA.add(api.thread_index, cuda_thread_index)
     CUDA.add(primitives.atomic_add, warp_atomic_add)
     CUDA.add(primitives.tape_alloc, cuda.local.array, spelled=(cuda, "local.array"))
+    CUDA.add(primitives.guarded_mul, numba_intrinsics.cuda_guarded_mul(), listed=False)
     CUDA.add(primitives.report_tape_overflow, cuda_report_tape_overflow)
     CUDA.add(primitives.report_checkpoint_overflow, cuda_report_checkpoint_overflow)
     CUDA.mark_builtin()
