@@ -286,3 +286,26 @@ def test_threads_launching_one_kernel_each_get_their_own_status_on_gpu():
         t.join()
     for name, results in outcomes.items():
         assert set(results) == ({"overflow"} if name.startswith("bad") else {"ok"}), (name, results)
+
+
+def test_real_slots_are_numpy_views_of_mapped_memory(monkeypatch):
+    """StatusSlots._grow over a mapped array (numba's MappedNDArray, an ndarray subclass): each
+    slot's host row must be a plain numpy view. The mapped array's own `.view(np.ndarray)` took
+    np.ndarray for a dtype (an object array), and zeroing a slot then failed on the GPU."""
+    from types import SimpleNamespace
+
+    from numba.cuda.cudadrv.devicearray import MappedNDArray
+
+    def mapped_array(shape, dtype):
+        return np.ndarray.view(np.full(shape, 7, dtype=dtype), type=MappedNDArray)
+
+    fake_cuda = SimpleNamespace(mapped_array=mapped_array, event=lambda timing=False: FakeEvent([]))
+    monkeypatch.setattr(numba_adapter, "cuda_modules", lambda: fake_cuda)
+    monkeypatch.setattr(numba_adapter, "_device_pointer", lambda array: 4096)
+    slots = numba_adapter.StatusSlots(8)
+    first, second = slots.take(), slots.take()
+    assert type(first.host) is np.ndarray and first.host.dtype == np.int64
+    assert not first.host.any()  # zeroed when handed out
+    first.host[2] = 5  # the kernel's write, seen through the chunk's memory
+    assert np.ndarray.view(slots._chunks[0], np.ndarray)[0, 2] == 5  # row 0 is handed out first
+    assert second.args[4] != first.args[4]  # different rows, different device pointers

@@ -339,7 +339,9 @@ class StatusSlots:
     def _grow(self) -> None:
         chunk = cuda_modules().mapped_array((self.CHUNK, self.size), dtype=np.int64)
         self._chunks.append(chunk)
-        host, base = chunk.view(np.ndarray), _device_pointer(chunk)
+        # numpy's view, not the mapped array's own `.view(dtype)` (that one takes np.ndarray for
+        # a dtype: an object array, which a device assignment cannot type)
+        host, base = np.ndarray.view(chunk, np.ndarray), _device_pointer(chunk)
         row_bytes = self.size * np.dtype(np.int64).itemsize
         cuda = cuda_modules()
         self._free.extend(_Slot(host[k], _status_args(base + k * row_bytes, self.size),
