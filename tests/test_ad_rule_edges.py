@@ -281,6 +281,14 @@ def radians(x):
     return math.radians(x)
 
 
+def to_float64(x):
+    return np.float64(x)
+
+
+def to_float32(x):
+    return np.float32(x)
+
+
 def guarded_product(a, b):
     return guarded_mul(a, b)
 
@@ -359,6 +367,8 @@ CASES = [
       ((NAN, 1.0), (NAN, NAN))),
     C(max, relu, (0.0, 0.5), (-0.0, 0.5), (1.0, 1.0), (-1.0, 0.0), (INF, 1.0)),
     C(float, to_float, (0.0, 1.0), (INF, 1.0)),
+    C(np.float64, to_float64, (0.0, 1.0), (-2.5, 1.0), (INF, 1.0)),
+    C(np.float32, to_float32, (0.0, 1.0), (-2.5, 1.0), (INF, 1.0)),
     # piecewise-constant functions contribute nothing: x - floor(x) has derivative 1
     *(C(rule, f, (2.5, 1.0), (-2.5, 1.0), (2.0, 1.0), (0.0, 1.0))
       for rule, f in [(int, frac_int), (round, frac_round), (math.floor, frac_floor), (math.ceil, frac_ceil),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 
 import corpus
 import numpy as np
@@ -245,6 +246,10 @@ INCREMENTS = {  # a[k] += e / -= e where e cannot write memory: the adjoint only
     "through an alias": "w = y\nw[1] += x * x\ny[1] -= a[0] * x\nreturn w[1] * y[0]",
     "a helper's value": "y[0] += value_of(x, a)\ny[1] -= 2.0 * value_of(a[2], a)\nreturn y[0] * y[1]",
     "written out": "y[0] = y[0] + x * a[1]\ny[1] = y[1] - value_of(x, a)\nreturn y[0] * y[1]",
+    # conversions and numpy ufuncs compute values, they write nothing (the random programs found
+    # `acc[0] += 0.2 * math.atan(float(k) * 0.3)` taken for a general store: racy on the GPU)
+    "conversions": "for k in range(2):\n    y[k] += float(k + 1) * x * np.float64(a[k])\nreturn y[0] * y[1]",
+    "a ufunc's value": "for k in range(2):\n    y[k] -= np.sqrt(float(k + 2)) * x * a[k]\nreturn y[0] * y[1]",
 }
 
 
@@ -255,14 +260,14 @@ def value_of(x, a):  # reads its array, writes nothing: `y[k] += value_of(...)` 
 @pytest.mark.parametrize("name", INCREMENTS)
 def test_increment_adjoint_reads_the_shadow_without_zeroing_it(name):
     body = "".join(f"    {line}\n" for line in INCREMENTS[name].splitlines())
-    f = define(f"def f(x, a, y):\n{body}", value_of=value_of)
+    f = define(f"def f(x, a, y):\n{body}", value_of=value_of, np=np)
     from numba.core import types
 
     from gpuad.ad import differentiate
 
     vec = types.float64[::1]
     d = differentiate(f, Reverse, (Active, Duplicated, Duplicated), (types.float64, vec, vec))
-    assert "d_y[0] = 0.0" not in d.source and "d_y[1] = 0.0" not in d.source
+    assert not re.search(r"d_y\[[^]]*\] = ", d.source)  # the shadow is read, never zeroed
     a0, y0, x = np.array([0.7, -0.4, 1.3]), np.array([0.2, 0.5]), 0.6
     # L = value + <seed, y after>: every partial against central differences
     seed = np.array([0.3, -0.8])

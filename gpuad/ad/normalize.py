@@ -149,11 +149,20 @@ def as_increment(node: ast.Assign) -> ast.AugAssign | None:
 _normalizing: list = []  # the functions being normalised now (innermost last)
 
 
+def computes_a_value(func) -> bool:
+    """Conversions (`float(k)`, `np.float32(x)`) and numpy ufuncs called without `out=` (gpuad
+    places keywords for Python callees only) return a value and write nothing."""
+    import numpy as np
+
+    return (func in (float, int, bool, complex) or isinstance(func, np.ufunc)
+            or isinstance(func, type) and issubclass(func, np.generic))
+
+
 def may_write_memory(func, seen: frozenset = frozenset()) -> bool:
     """Could calling `func` write an array (an argument or a global)? A builtin (`math.sin`,
     `min`) cannot; a plain function can if it stores into an array or calls one that may.
     Anything gpuad cannot read, and recursion, may."""
-    if isinstance(func, types.BuiltinFunctionType):
+    if isinstance(func, types.BuiltinFunctionType) or computes_a_value(func):
         return False
     fn = unwrap(func)
     if not isinstance(fn, types.FunctionType) or fn in seen or fn in _normalizing:

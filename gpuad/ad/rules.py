@@ -38,6 +38,8 @@ import math
 import operator
 from dataclasses import dataclass
 
+import numpy as np
+
 from gpuad.ad.primitives import atomic_add, guarded_mul
 
 
@@ -107,6 +109,9 @@ DERIVATIVES: dict = {
     min: D("x, y", _PICKED.format(a="x"), _PICKED.format(a="y")),
     max: D("x, y", _PICKED.format(a="x"), _PICKED.format(a="y")),
     float: D("x", "1.0"),
+    # numpy's float conversions (float32 code: `np.float32(x)`): the identity, rounding aside
+    np.float32: D("x", "1.0"),
+    np.float64: D("x", "1.0"),
     int: D("x", None),
     round: D("x", None),
     # math
