@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 # The JSON layout of `CompilationRecord.to_dict`; the version grows when a key changes meaning.
@@ -110,13 +111,23 @@ class CompilationRecord:
         return f"<CompilationRecord {self.summary()}>"
 
     def _repr_mimebundle_(self, include=None, exclude=None) -> dict | None:
-        """Jupyter shows `kernel.compile(...)` as the compilation view (`gpuad.notebook.views`).
+        """Jupyter shows `kernel.compile(...)` as the compilation view, through the display that a
+        higher layer installed (`def_display`; `gpuad.notebook.display` when gpuad is imported).
 
-        The text form stays this repr; without the notebook extra it is all there is.
+        The record is data: it does not import its display. The text form stays this repr;
+        without a display (or without the notebook extra) it is all there is.
         """
-        try:
-            from gpuad.notebook.views import CompilationView
-        except ImportError:
-            return None
-        bundle = CompilationView(self, widget=False)._repr_mimebundle_(include, exclude)
-        return {**bundle, "text/plain": repr(self)}
+        bundle = _display(self, include, exclude) if _display is not None else None
+        return None if bundle is None else {**bundle, "text/plain": repr(self)}
+
+
+# The rich display of a record: (record, include, exclude) -> MIME bundle or None. Installed from
+# above, as gpuad.host installs api.autodiff's host implementation (api.def_host_impl).
+_display: Callable[[CompilationRecord, object, object], dict | None] | None = None
+
+
+def def_display(display: Callable[[CompilationRecord, object, object], dict | None]) -> Callable:
+    """Install `display(record, include, exclude)` as every record's rich display (a decorator)."""
+    global _display
+    _display = display
+    return display

@@ -61,6 +61,15 @@ def test_every_display_bundle_carries_the_record_json_next_to_html_and_text():
     assert record_bundle[COMPILATION_MIMETYPE] == view_bundle[COMPILATION_MIMETYPE]
 
 
+def test_the_record_displays_through_the_display_installed_from_above(monkeypatch):
+    from gpuad import record as record_module
+    from gpuad.notebook import display
+
+    assert record_module._display is display.compilation_bundle  # installed by `import gpuad`
+    monkeypatch.setattr(record_module, "_display", None)
+    assert sample_record()._repr_mimebundle_() is None  # no display: the repr is the text form
+
+
 def test_a_widget_view_is_only_in_the_bundle_when_asked_for():
     assert WIDGET_MIMETYPE not in CompilationView(sample_record())._repr_mimebundle_()
     bundle = CompilationView(sample_record(), widget=True)._repr_mimebundle_()
