@@ -123,8 +123,29 @@ def ci_test_command() -> str:
     return commands[0]
 
 
+def ci_commands() -> list[str]:
+    """Every command of .ci/run after its set-up (`set`, `cd`), comments left out."""
+    lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    return [line for line in lines if line and not line.startswith(("#", "set ", "cd "))]
+
+
 def test_quick_start_test_command_is_what_ci_runs():
     assert ci_test_command() in bash_lines()
+    # Chromium for the browser tests included: the README's block is .ci/run's commands, in order.
+    commands = ci_commands()
+    assert any("chromium" in c for c in commands)
+    block = next(body for body in blocks("bash") if ci_test_command() in body)
+    lines = [line.strip() for line in block.splitlines() if line.strip() and not line.strip().startswith("#")]
+    end = lines.index(ci_test_command()) + 1
+    assert lines[end - len(commands):end] == commands
+
+
+def test_the_dev_extra_installs_what_the_browser_tests_drive():
+    tomllib = pytest.importorskip("tomllib")
+    with open(ROOT / "pyproject.toml", "rb") as file:
+        extras = tomllib.load(file)["project"]["optional-dependencies"]
+    assert "gpuad[browser]" in extras["dev"]
+    assert {"playwright", "jupyterlab", "notebook"} <= set(optional_dependencies()["browser"])
 
 
 def optional_dependencies() -> dict[str, list[str]]:
