@@ -28,9 +28,6 @@ from gpuad.targets import status as st
 
 log = logging.getLogger("gpuad")  # stages and cache hits at DEBUG
 DEFAULT_BLOCK = 256
-# Generated code that can fail calls these primitives; only such kernels make
-# the host wait for the status array after a launch.
-FAILURE_REPORTS = ("report_tape_overflow", "report_checkpoint_overflow")
 # When the host reads a launch's status: at once, or at the next launch / kernel.check().
 CHECK_MODES = ("blocking", "deferred")
 
@@ -291,8 +288,7 @@ class Kernel:
         """Load the PTX on the current GPU, once; with how the launch reads its status."""
         from gpuad.targets import cuda as cuda_target
 
-        can_fail = any(report in src for src in compiled.record.adjoint_sources.values()
-                       for report in FAILURE_REPORTS)
+        can_fail = any(job.can_fail for job in compiled.jobs)
         capacity = self._capacity()
         compiled.on_status = self._status_check(lambda: compiled.jobs)
         compiled.report = lambda status, earlier: st.status_error(status, self.name, compiled.jobs,

@@ -53,6 +53,11 @@ class Derivative:
     argtypes: tuple
     filename: str
     own_arrays: frozenset = frozenset()  # Duplicated arrays whose shadow is updated without atomics
+    # The code can report a failure through `status` (a tape or checkpoint overflow): only then
+    # does a launch read the status back.
+    can_fail: bool = False
+    # The lines its own overflow reports name (the loops' lines), to say whose loop overflowed.
+    overflow_lines: frozenset = frozenset()
 
 
 def check_call(fn, mode, activities, argtypes, where: SourceLocation | None = None) -> None:
@@ -153,7 +158,8 @@ def differentiate(fn, mode: api.Mode, activities: tuple, argtypes: tuple, *,
     scope = dict(namespace)
     exec(compile(source, filename, "exec"), scope)
     return Derivative(name, source, namespace, scope[name], mode, activities, argtypes, filename,
-                      prep.own_arrays if mode.reverse else frozenset())
+                      prep.own_arrays if mode.reverse else frozenset(), prog.can_fail,
+                      frozenset(prog.overflow_lines))
 
 
 

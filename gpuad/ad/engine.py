@@ -82,6 +82,8 @@ class Program:
         self.generated: dict = {}
         self.in_progress: list = []
         self.used_names: set = set()
+        self.can_fail = False  # some generated code reports a failure through `status`
+        self.overflow_lines: set = set()  # the loop lines the entry's own overflow reports name
 
     def enter_callee(self, fn, site, caller) -> None:
         """Start generating a callee's derivative; calling back into one in progress is recursion."""

@@ -197,6 +197,9 @@ class TangentSweep:
         classes = tuple(c for c, _, _ in e.wrappers)
         primal_types = tuple(type_of_atom(atoms[0], self.prep.types, ns) for _, _, atoms in e.wrappers)
         deriv = differentiate(e.f, e.mode, classes, primal_types, tape_capacity=self.prog.tape_capacity)
+        # Its tangent keeps the inner adjoint's overflow reports (they name the inner function's
+        # lines, not this job's: not added to overflow_lines).
+        self.prog.can_fail |= deriv.can_fail
         flat = [a for _, _, atoms in e.wrappers for a in atoms]
         argtypes = tuple(type_of_atom(a, self.prep.types, ns) for a in flat) + (STATUS_TYPE,)
         flags = tuple(self.t(a) is not None for a in flat) + (False,)

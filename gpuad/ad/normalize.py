@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from gpuad import api
 from gpuad.ad import ir
 from gpuad.ad.emit import Namespace
+from gpuad.ad.naming import ESCAPE, GENERATED_PREFIXES
 from gpuad.errors import SourceLocation, UnsupportedConstruct
 from gpuad.intrinsics import cuda_intrinsics
 from gpuad.source import function_scope, function_source
@@ -30,10 +31,9 @@ CHECKPOINT_COMMENT = "# gpuad: checkpoint"
 RESERVED = {"status", "np", "math", "builtins", "atomic_add", "guarded_mul", "tape_alloc",
             "report_tape_overflow", "report_checkpoint_overflow", "None", "bool", "int", "float", "min",
             "max", "abs", "len", "range", "Const", "Active", "Duplicated", "DuplicatedNoNeed"}
-# Prefixes of generated names (temporaries, shadows `d_x`, tangents `t_x`, the functions generated
-# for callees, entry functions). A user local starting with one of them, or with the escape `u_`
-# itself, becomes `u_<name>`: an injective renaming, so no user name can meet a generated one.
-GENERATED_PREFIXES = ("_", "u_", "d_", "t_", "aug_", "rev_", "tan_", "reverse_", "forward_")
+# A user local starting with a prefix of generated names (`gpuad.ad.naming`: temporaries, shadows
+# `d_x`, tangents `t_x`, the functions generated for callees, entry functions), or with the escape
+# `u_` itself, becomes `u_<name>`: an injective renaming, so no user name can meet a generated one.
 LOCAL_ATTRS = ("shape", "size", "ndim")
 BINOPS = {
     ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.FloorDiv: "//",
@@ -225,7 +225,7 @@ class Normalizer:
 
     def local(self, name: str) -> str:
         if name.startswith(GENERATED_PREFIXES) or name in RESERVED:
-            return "u_" + name
+            return ESCAPE + name
         return name
 
     def temp(self, prefix: str = "_t") -> str:

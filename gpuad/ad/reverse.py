@@ -609,12 +609,16 @@ def reverse_entry(prog: Program, mode, prep: Prepared, activities, argtypes, nam
     for line, trips, most in sweep.checkpoints:
         report = f"report_checkpoint_overflow(status, {line}, {prog.tape_capacity}, {trips})"
         body.append((f"if {trips} > {most}:", [report, result(zero_derivs)]))
+        prog.can_fail = True
+        prog.overflow_lines.add(line)
     if sweep.dynamic_line is not None:
         for sp, cap, used in (("_spf", "_capf", use.floats), ("_spi", "_capi", use.ints)):
             if not used:
                 continue
             report = f"report_tape_overflow(status, {sweep.dynamic_line}, {cap}, {sp})"
             body.append((f"if {sp} > {cap}:", [report, result(zero_derivs)]))
+            prog.can_fail = True
+            prog.overflow_lines.add(sweep.dynamic_line)
     body += ["# reverse sweep: adjoints, from the last statement back to the first"]
     body += adjoint_inits(prep)
     if fir.ret is not None and fir.ret in prep.active:

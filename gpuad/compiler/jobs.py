@@ -27,11 +27,13 @@ log = logging.getLogger("gpuad")
 
 @dataclass(frozen=True)
 class JobFacts:
-    """What a launch needs of a compiled job: its derivative's source (which lines can report an
-    overflow), the arrays it updates without atomics, and the function it differentiates. Plain
-    data, so a compiled kernel can be kept on disk (`gpuad.compiler.disk_cache`)."""
+    """What a launch needs of a compiled job: whether it can report a failure through the status
+    array and which loop lines its overflow reports name, the arrays it updates without atomics,
+    and the function it differentiates. Plain data, so a compiled kernel can be kept on disk
+    (`gpuad.compiler.disk_cache`)."""
 
-    source: str
+    can_fail: bool
+    overflow_lines: frozenset
     own_arrays: frozenset
     filename: str
     function: str
@@ -53,7 +55,8 @@ class DeferredJob:
 
     def facts(self) -> JobFacts:
         code = self.site.function.__code__
-        return JobFacts(self.derivative.source, frozenset(self.derivative.own_arrays), code.co_filename,
+        d = self.derivative
+        return JobFacts(d.can_fail, d.overflow_lines, frozenset(d.own_arrays), code.co_filename,
                         code.co_name)
 
     def record(self) -> JobRecord:

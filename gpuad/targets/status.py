@@ -88,7 +88,7 @@ def status_error(status: np.ndarray, kernel_name: str, jobs, tape_capacity: int,
 def _loop_owner(jobs, line: int) -> tuple[str, str]:
     """File and name of the differentiated function whose loop at `line` overflowed."""
     for job in jobs:
-        if f"_overflow(status, {line}," in job.source:
+        if line in job.overflow_lines:
             return job.filename, job.function
     return "<unknown>", ""
 
