@@ -130,8 +130,8 @@ def test_rule_templates_fold_constant_arguments():
     import ast
 
     from gpuad.ad import ir
-    from gpuad.ad.emit import Namespace, fill_template
-    from gpuad.ad.rules import _POW_DX, TEMPLATE_GLOBALS
+    from gpuad.ad.emit import Namespace
+    from gpuad.ad.rules import _POW_DX, TEMPLATE_GLOBALS, fill_template
 
     def partial(exponent, float32):
         values = {"x": ir.Var("x"), "y": ir.Const(exponent), "out": ir.Var("out")}

@@ -6,14 +6,16 @@ tangent for forward modes), plus the namespace that source runs in.
 
 Modules, one job each: `normalize` (AST → three-address statements), `typing`
 (numba type inference of locals), `tuples` (scalarise tuples), `activity`
-(which values carry derivatives), `rules` (derivative rules as data, user
-rules), `forward` / `reverse` (the two sweeps), `tape` (per-thread tape),
-`emit` (source rendering and namespace), `primitives` (target-specific
-operations the compiler overlays), `engine` (one job's shared state).
+(which values carry derivatives), `rules` (derivative rules as data, their
+lookup and templates, user rules), `forward` / `reverse` (the two sweeps),
+`tape` (per-thread tape), `checkpoint` (checkpointed loops), `emit` (source
+rendering and namespace), `naming` (the legend of generated names),
+`primitives` (target-specific operations the compiler overlays), `engine`
+(one job's shared state).
 
 Entry calling convention (what the compiler spine calls): flattened arguments
 (`Active(x)` → x, `Const(y)` → y, `Duplicated(a, da)` → a, da) followed by one
-`status` int64 array of length 4. Reverse returns `(derivs,)` (or
+`status` int64 array (its layout: `gpuad.ad.primitives`). Reverse returns `(derivs,)` (or
 `(derivs, primal)`), `derivs` holding the derivative of each `Active` argument
 and None for the others; forward returns `(df,)` (or `(df, primal)`).
 """

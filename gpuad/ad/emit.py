@@ -5,12 +5,12 @@ name, by identity, renaming on clashes so that callees from different modules
 can share one generated module. `Writer` collects indented lines. The
 `*_text` helpers render atoms, expressions and targets; `primal_code` renders
 a statement list unchanged (used to type the normalised function and as the
-forward part of every derivative).
+forward part of every derivative). Rule templates are filled in `gpuad.ad.rules`.
 """
 from __future__ import annotations
 
+import ast
 import math
-import operator
 from contextlib import contextmanager
 
 from gpuad.ad import ir
@@ -130,6 +130,13 @@ def loop_header(loop: ir.Loop) -> str:
     return f"for {loop.var} in {range_text(loop)}:"
 
 
+def index_text_of(s: ir.Loop, k: str) -> str:
+    """The loop variable's value in iteration `k` (an expression text)."""
+    start, step = atom_text(s.start), atom_text(s.step)
+    index = k if step == "1" else f"({k}) * {step}" if " " in k else f"{k} * {step}"
+    return index if start == "0" else f"{start} + {index}"
+
+
 def store_text(s: ir.Store, array: str | None = None, value: str | None = None) -> str:
     """`a[i] = v` or, for an increment, `a[i] += v`; `array` / `value` replace the store's own."""
     value = atom_text(s.value) if value is None else value
@@ -165,141 +172,6 @@ def emit_function(fir: ir.FunctionIR, expr=expr_text) -> str:
         if fir.ret is not None:
             w.line(f"return {target_text(fir.ret)}")
     return w.text() + "\n"
-
-
-# ------------------------------------------------------------- templates
-import ast  # noqa: E402
-
-
-def fill_template(template: str, values: dict, namespace: Namespace, globals_: dict,
-                  float32: bool = False) -> ast.expr:
-    """Parse a rule expression and substitute its names.
-
-    `values` maps parameter names (and `out`) to atoms; other names are
-    globals of the rules module, bound in `namespace` by identity. With
-    `float32`, float literals become `np.float32(...)`: a float64 literal would
-    make numba promote the adjoint (and all it touches) to float64.
-    """
-    tree = ast.parse(template, mode="eval").body
-
-    class Substitute(ast.NodeTransformer):
-        def visit_Constant(self, node):
-            if float32 and isinstance(node.value, float):
-                return float32_node(node)
-            return node
-
-        def visit_BinOp(self, node):
-            # With constant arguments a rule folds to constants (`x ** 2`: `2 * x ** 1`); an int
-            # multiplier of a float32 value would promote it to float64, an exponent would not.
-            node = fold_constants(self.generic_visit(node))
-            if float32 and isinstance(node, ast.BinOp):
-                if _is_int(node.left):
-                    node.left = float32_node(node.left)
-                if _is_int(node.right) and not isinstance(node.op, ast.Pow):
-                    node.right = float32_node(node.right)
-            return node
-
-        def visit_Compare(self, node):
-            return fold_constants(self.generic_visit(node))
-
-        def visit_IfExp(self, node):
-            return fold_constants(self.generic_visit(node))
-
-        def visit_Attribute(self, node):  # math.inf, math.pi: float constants too
-            root = node.value.id if isinstance(node.value, ast.Name) else None
-            if float32 and isinstance(getattr(globals_.get(root), node.attr, None), float):
-                return float32_node(self.generic_visit(node))
-            return self.generic_visit(node)
-
-        def visit_Name(self, node):
-            if node.id in values:
-                a = values[node.id]
-                if isinstance(a, ir.Const):
-                    return ast.Constant(a.value)
-                return ast.Name(a.name, ast.Load())
-            if node.id in globals_:
-                return ast.Name(namespace.bind(node.id, globals_[node.id]), ast.Load())
-            return node
-
-    return Substitute().visit(tree)
-
-
-_FOLDABLE = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Eq: operator.eq,
-             ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt,
-             ast.GtE: operator.ge}
-
-
-def _is_int(node: ast.expr) -> bool:
-    return isinstance(node, ast.Constant) and type(node.value) is int
-
-
-def _number(node: ast.expr) -> bool:
-    return isinstance(node, ast.Constant) and type(node.value) in (int, float)
-
-
-def fold_constants(node: ast.expr) -> ast.expr:
-    """`2 - 1` -> `1`, `2 == 0` -> `False`, `a if True else b` -> `a`: what a rule template
-    becomes when an argument is a constant. Only exact int/float operations with no error
-    (+, -, * and comparisons) fold; anything else is left for numba."""
-    if isinstance(node, ast.BinOp) and _number(node.left) and _number(node.right):
-        op = _FOLDABLE.get(type(node.op))
-        if op is not None and type(node.left.value) is type(node.right.value):
-            return ast.Constant(op(node.left.value, node.right.value))
-    if (isinstance(node, ast.Compare) and len(node.ops) == 1 and _number(node.left)
-            and _number(node.comparators[0]) and type(node.ops[0]) in _FOLDABLE):
-        return ast.Constant(_FOLDABLE[type(node.ops[0])](node.left.value, node.comparators[0].value))
-    if isinstance(node, ast.IfExp) and isinstance(node.test, ast.Constant) and type(node.test.value) is bool:
-        return node.body if node.test.value else node.orelse
-    return node
-
-
-def float32_node(value: ast.expr) -> ast.expr:
-    return ast.Call(ast.Attribute(ast.Name("np", ast.Load()), "float32", ast.Load()), [value], [])
-
-
-def typed_literal(node: ast.expr) -> ast.expr:
-    """The literal inside `np.float32(...)` (what `float32_node` wraps), else `node`."""
-    if isinstance(node, ast.Call) and ast.unparse(node.func) == "np.float32" and len(node.args) == 1:
-        return node.args[0]
-    return node
-
-
-def is_number(node: ast.expr) -> bool:
-    """A partial that is a finite constant (`3.0`, `-np.float32(0.5)`): times a zero seed it stays 0."""
-    node = typed_literal(node)
-    if isinstance(node, ast.UnaryOp):
-        return is_number(node.operand)
-    return (isinstance(node, ast.Constant) and isinstance(node.value, int | float)
-            and math.isfinite(node.value))
-
-
-def is_const(node: ast.expr, value: float) -> bool:
-    node = typed_literal(node)
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-        return is_const(node.operand, -value)
-    return isinstance(node, ast.Constant) and node.value == value
-
-
-def scaled(factor: str, partial: ast.expr) -> tuple[str, str]:
-    """(`+`|`-`, text) of `factor * partial`, simplified when the partial is ±1."""
-    if is_const(partial, 1.0):
-        return "+", factor
-    if is_const(partial, -1.0):
-        return "-", factor
-    if isinstance(partial, ast.UnaryOp) and isinstance(partial.op, ast.USub):
-        return "-", ast.unparse(ast.BinOp(ast.Name(factor), ast.Mult(), partial.operand))
-    return "+", ast.unparse(ast.BinOp(ast.Name(factor), ast.Mult(), partial))
-
-
-def guarded_term(factor: str, partial: ast.expr) -> tuple[str, str]:
-    """(`+`|`-`, text) of `factor * partial` where a zero factor adds nothing (no 0 * inf NaN):
-    `guarded_mul(factor, partial)` (`gpuad.ad.primitives`), plain for a number partial."""
-    if is_number(partial):
-        return scaled(factor, partial)
-    sign = "+"
-    if isinstance(partial, ast.UnaryOp) and isinstance(partial.op, ast.USub):
-        sign, partial = "-", partial.operand
-    return sign, f"guarded_mul({factor}, {ast.unparse(partial)})"
 
 
 def names_read(line: str) -> set:

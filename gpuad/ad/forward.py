@@ -13,8 +13,6 @@ from gpuad.ad.emit import (
     atom_text,
     cast_text,
     expr_text,
-    fill_template,
-    guarded_term,
     index_text,
     loop_header,
     render,
@@ -24,44 +22,11 @@ from gpuad.ad.emit import (
 )
 from gpuad.ad.engine import Prepared, Program, inert_call, type_of_atom
 from gpuad.ad.normalize import unwrap
-from gpuad.ad.rules import BINARY, DERIVATIVES, TEMPLATE_GLOBALS, UNARY, user_rule
+from gpuad.ad.rules import DERIVATIVES, guarded_term, rule_terms, user_rule
 from gpuad.ad.typing import is_float
 from gpuad.errors import UnsupportedConstruct
 
 STATUS_TYPE = types.Array(types.int64, 1, "C")
-
-
-def rule_key(e):
-    if isinstance(e, ir.BinOp):
-        return BINARY.get(e.op)
-    if isinstance(e, ir.UnaryOp):
-        return UNARY.get(e.op)
-    if isinstance(e, ir.Call):
-        return e.func
-    return None
-
-
-def rule_terms(sweep, s: ir.Assign, out: str, shadow_of) -> list[tuple[str, str]]:
-    """(shadow, partial derivative) for each argument of `s`'s primitive that has both.
-
-    Both sweeps use this one lookup of the rules table; `shadow_of` gives an
-    argument's tangent (forward) or adjoint (reverse) name, or None.
-    """
-    e = s.value
-    d = DERIVATIVES.get(rule_key(e))
-    args = ir.atoms_of(e)
-    if d is None or len(d.params) != len(args):
-        sweep.refuse(s, expr_text(e), f"no derivative rule for `{expr_text(e)}`",
-                     "add an entry to gpuad.ad.rules.DERIVATIVES or register gpuad.rule(f)")
-    values = dict(zip(d.params, args))
-    values["out"] = ir.Var(out)
-    float32 = types.unliteral(sweep.prep.types.get(out, types.float64)) == types.float32
-    terms = []
-    for a, partial in zip(args, d.partials):
-        shadow = shadow_of(a)
-        if shadow is not None and partial is not None:
-            terms.append((shadow, fill_template(partial, values, sweep.prog.ns, TEMPLATE_GLOBALS, float32)))
-    return terms
 
 
 class TangentSweep:

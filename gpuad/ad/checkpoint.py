@@ -1,0 +1,189 @@
+"""Checkpointed loops (`# gpuad: checkpoint`): recompute segments instead of taping every iteration.
+
+A loop marked on its line is run without taping, snapshotting its state (`loop_state`) on the
+tape every K = tape_capacity iterations. The reverse sweep takes the segments last to first:
+restore the segment's snapshot, run its iterations again while taping, then reverse them. What
+a recomputation must redo exactly is checked first (`check_checkpointable`): no stores, no
+calls gpuad differentiates, no inner loops with run-time trip counts, and no later write into
+memory the loop reads (`later_write`). Beside the tape (`gpuad.ad.tape`), which it uses.
+"""
+from __future__ import annotations
+
+from numba.core import types
+
+from gpuad.ad import ir, tape
+from gpuad.ad.emit import expr_text, index_text_of, loop_header, primal_code
+from gpuad.ad.engine import inert_call
+from gpuad.ad.normalize import may_write_memory
+from gpuad.ad.rules import DERIVATIVES, user_rule
+from gpuad.ad.tape import TapeUse
+
+
+def checkpointed_loop(sweep, s: ir.Loop) -> tuple[list, list, TapeUse]:
+    """A loop run without taping, snapshotting its state every K iterations.
+
+    K = tape_capacity. The reverse sweep takes the segments last to first:
+    restore the segment's snapshot, run its (at most K) iterations again
+    while taping, then reverse them. The tape holds K snapshots and one
+    segment, so the loop may run K * K iterations; more is reported as an
+    overflow before the reverse sweep reads anything.
+    """
+    check_checkpointable(sweep, s)
+    k = sweep.prog.tape_capacity
+    (fv, rv, uv), (fb, rb, ub) = sweep.loop_parts(s)
+    # The reverse sweep runs the body again: what it reads must be restored by then, like
+    # what adjoints read (values the code after the loop overwrites are saved).
+    sweep.reads |= loop_reads(s)
+    snap_f, snap_r, snap_use = [], [], TapeUse()
+    for name in sorted(loop_state(s, sweep.types)):
+        if name not in sweep.fir.params:
+            sweep.preinit.add(name)
+        code, u = tape.push(name, sweep.types[name])
+        snap_f += code
+        snap_r = tape.pop(name, sweep.types[name]) + snap_r
+        snap_use = snap_use + u
+    sweep.uses_tape = True
+    n, g, m, j, r = (f"{v}{s.ident}" for v in ("_n", "_g", "_m", "_j", "_r"))
+    sweep.types[n] = types.int64
+    sweep.preinit.add(n)  # the overflow check after the forward sweep reads it on every path
+    exit_ = [(f"if {s.exit_flag}:", ["break"])] if s.exit_flag else []
+    body = [(f"if {n} % {k} == 0:", snap_f), f"{n} += 1"] + primal_code(s.body) + exit_
+    fr, rr, ur = sweep.record(n)
+    fwd = fv + [f"{n} = 0", (loop_header(s), body)] + fr
+
+    def at(i: str) -> list:  # the loop variable of iteration i of the segment
+        return [sweep.adj(f"{s.var} = {index_text_of(s, f'{g} * {k} + {i}')}")] if s.var else []
+
+    segment = snap_r + [f"{m} = min({k}, {n} - {g} * {k})",
+                        (f"for {j} in range({m}):", at(j) + fb),
+                        (f"for {r} in range({m} - 1, -1, -1):", at(r) + rb)]
+    rev = rr + [(f"for {g} in range(({n} + {k - 1}) // {k} - 1, -1, -1):", segment)] + rv
+    sweep.checkpoints.append((s.line, n, k * k))
+    return fwd, rev, uv + snap_use * k + ub * k + ur
+
+def check_checkpointable(sweep, s: ir.Loop) -> None:
+    """Recomputing must redo exactly what the first run did, and tape no more than a segment."""
+    if sweep.depth > 0 or sweep.split:
+        sweep.refuse(s, "# gpuad: checkpoint", "only loops of the differentiated function itself, "
+                    "outside other loops, can be checkpointed", "move the comment to the outer loop")
+    for t in ir.walk(s.body):
+        if isinstance(t, ir.Store):
+            sweep.refuse(t, f"{t.array}[...] = ...", "a checkpointed loop cannot write arrays: running "
+                        "it again would see the values it wrote", "drop the checkpoint comment")
+        elif isinstance(t, ir.Loop) and t.trips is None:
+            sweep.refuse(t, "loop", "a checkpointed loop cannot contain loops with run-time trip counts",
+                        "drop the checkpoint comment, or give the inner loop constant bounds")
+        elif isinstance(t, ir.Assign) and isinstance(t.value, ir.AutodiffCall | ir.Call) and not (
+                isinstance(t.value, ir.Call) and (t.value.func in DERIVATIVES or user_rule(t.value.func)
+                                                  or inert_call(t, sweep.active))):
+            sweep.refuse(t, expr_text(t.value), "a checkpointed loop cannot call functions gpuad "
+                        "differentiates", "inline the call, or drop the checkpoint comment")
+    write = later_write(sweep, s)
+    if write is not None:
+        line, what = write
+        sweep.refuse(s, "# gpuad: checkpoint", f"line {line}, after the checkpointed loop, {what}: "
+                    "memory the loop may read, and the reverse sweep runs the loop again and would read "
+                    "the new values", "drop the checkpoint comment, or write only arrays the loop cannot "
+                    "read (and only before the loop)")
+
+def later_write(sweep, s: ir.Loop) -> tuple[int, str] | None:
+    """(line, what it does) of a write, after checkpointed loop `s`, into memory the loop reads.
+
+    After `s` run the statements that follow it in its block and in the blocks around it
+    (not the other branch of an enclosing `if`); were `s` inside a loop, everything outside
+    `s` would, as the next iteration runs the statements before `s` after it. A write is a
+    store, or passing the array to a function that may write memory (`may_write_memory`).
+    Arrays bound from one another (`w = a`, `row = m[1]`, a choice, a call's result) are one
+    memory; arrays from parameters or globals may be one memory if their
+    dtypes agree (a caller may pass one buffer twice).
+    """
+    def following(stmts):
+        for k, t in enumerate(stmts):
+            if t is s:
+                return stmts[k + 1:]
+            for branch in (t.body, t.orelse) if isinstance(t, ir.If) else ():
+                if (rest := following(branch)) is not None:
+                    return rest + stmts[k + 1:]
+        return None
+
+    parent: dict = {}
+
+    def find(key):
+        while parent.get(key, key) != key:
+            key = parent[key]
+        return key
+
+    def memory(atom):  # the memory an array-holding atom refers to, else None
+        if isinstance(atom, ir.Global):
+            dtype = getattr(sweep.prog.ns.objects.get(atom.name), "dtype", None)
+            return find(("outside", str(dtype))) if dtype is not None else None
+        if not isinstance(atom, ir.Var):
+            return None
+        ty = sweep.types.get(atom.name)
+        arrays = [t for t in (ty if isinstance(ty, types.BaseTuple) else [ty])
+                  if isinstance(t, types.Array)]
+        for t in arrays if atom.name in sweep.fir.params else ():
+            parent[find(atom.name)] = find(("outside", str(t.dtype)))
+        return find(atom.name) if arrays else None
+
+    for t in ir.walk(sweep.fir.body):  # one memory for arrays bound from one another
+        if isinstance(t, ir.Assign) and not isinstance(t.value, ir.Attr):
+            atoms = [ir.Var(n) for n in ir.target_names(t.target)] + ir.atoms_of(t.value)
+            arrays = [m for a in atoms if (m := memory(a)) is not None]
+            for m in arrays[1:]:
+                parent[find(m)] = find(arrays[0])
+    read = {memory(a) for t in ir.walk(s.body) if isinstance(t, ir.Assign)
+            and not isinstance(t.value, ir.Attr) for a in ir.atoms_of(t.value)} - {None}
+    rest = following(sweep.fir.body)
+    inside = {id(u) for u in ir.walk([s])}
+    outside = (u for u in ir.walk(sweep.fir.body) if id(u) not in inside)
+    for t in ir.walk(rest) if rest is not None else outside:
+        if isinstance(t, ir.Store):
+            written = [ir.Var(t.array)]
+        elif isinstance(t, ir.Assign) and (isinstance(t.value, ir.AutodiffCall) or isinstance(
+                t.value, ir.Call) and may_write_memory(t.value.func)):
+            written = ir.atoms_of(t.value)
+        else:
+            continue
+        for a in written:
+            if (m := memory(a)) is not None and m in {find(r) for r in read}:
+                named = [source_name(k) for k in [a.name, *parent] if isinstance(k, str)
+                         and source_name(k) and find(k) == m]  # a temporary view: its array's name
+                name = f"`{named[0]}`" if named else "an array"
+                if isinstance(t, ir.Store):
+                    return t.line, f"writes {name}"
+                callee = getattr(t.value, "name", "autodiff")
+                return t.line, f"passes {name} to `{callee}`, which may write it"
+    return None
+
+
+def loop_state(s: ir.Loop, localtypes: dict) -> set:
+    """The scalars a loop's body assigns: a segment's recomputation must start from their values
+    (those read before being assigned, and those whose overwritten values it saves and restores)."""
+    return {n for t in ir.walk(s.body) if isinstance(t, ir.Assign) for n in ir.target_names(t.target)
+            if not isinstance(localtypes.get(n), types.Array)}
+
+
+def source_name(name: str) -> str | None:
+    """The user's name behind an engine name (`_v3_x`, `_w0_x`, `u__k`), None for a temporary."""
+    if name.startswith(("_v", "_w")) and "_" in name[2:]:
+        return name[2:].split("_", 1)[1]
+    if name.startswith("u_"):
+        return name[2:]
+    return None if name.startswith("_") else name
+
+
+def loop_reads(s: ir.Loop) -> set:
+    """Every variable a loop's body (and its nested loops' bounds) reads."""
+    names = set()
+    for t in ir.walk(s.body):
+        if isinstance(t, ir.Assign):
+            atoms = ir.atoms_of(t.value)
+        elif isinstance(t, ir.Store):
+            atoms = [*ir.index_atoms(t.index), t.value]
+        elif isinstance(t, ir.If):
+            atoms = [t.test]
+        else:
+            atoms = [t.start, t.stop, t.step]
+        names.update(a.name for a in atoms if isinstance(a, ir.Var))
+    return names
