@@ -22,7 +22,7 @@ from gpuad.compiler.compile_lock import first_call, locked
 from gpuad.compiler.numba_errors import numba_failure
 from gpuad.errors import GpuadError, LaunchError, SourceLocation
 from gpuad.record import CompilationRecord
-from gpuad.targets import check_target, default_target, dispatch
+from gpuad.targets import block_shadows, check_target, default_target, dispatch
 from gpuad.targets import launch as launch_checks
 from gpuad.targets import status as st
 
@@ -59,6 +59,8 @@ class _Plan:
     arch: str = ""
     compiled: _Compiled | None = None  # cuda
     all_atomic: _Compiled | None = None  # cuda, for launches that break thread ownership
+    block_shadows: tuple = ()  # cuda: parameters whose shadows blocks may reduce (`block_shadows.py`)
+    block_reduced: _Compiled | None = None  # cuda, the variant with those block copies
     cpu_kernel: Any = None
 
 
@@ -126,25 +128,25 @@ class Kernel:
         return dataclasses.replace(compiled.record, target=target)
 
     @locked
-    def _compile_cuda(self, argtypes, arch, fastmath, thread_ownership=True) -> _Compiled:
+    def _compile_cuda(self, argtypes, arch, fastmath, thread_ownership=True, block_copies=()) -> _Compiled:
         from gpuad.method_table import CUDA
         from gpuad.targets import cuda as cuda_target  # installs its overlays first
 
         key = (argtypes, arch, fastmath, CUDA.version, thread_ownership, self.tape_capacity,
-               derivative_key(self.pyfunc))
+               block_copies, derivative_key(self.pyfunc))
         if key in self._cuda:
             log.debug("kernel %s: cuda compile cache hit (%s)", self.name, arch)
             return self._cuda[key]
         from gpuad.ad import DEFAULT_TAPE_CAPACITY
 
         stored_as = disk_cache.kernel_key(key[-1], argtypes, arch, fastmath, thread_ownership,
-                                          self.tape_capacity or DEFAULT_TAPE_CAPACITY)
+                                          self.tape_capacity or DEFAULT_TAPE_CAPACITY, *block_copies)
         if stored_as is not None and (compiled := self._from_disk(stored_as)) is not None:
             self._cuda[key] = compiled
             return compiled
         log.debug("kernel %s: cuda compile cache miss (%s): interpret, differentiate, lower, link, emit",
                   self.name, arch)
-        target = cuda_target.CudaTarget(arch, fastmath, thread_ownership)
+        target = cuda_target.CudaTarget(arch, fastmath, thread_ownership, block_copies)
         output = driver.compile(self.pyfunc, argtypes, target, self.tape_capacity)
         record = target.record(output, self.pyfunc)
         compiled = _Compiled(record, output.lowered.argtypes, output.lowered.symbol,
@@ -236,6 +238,8 @@ class Kernel:
         else:
             plan.arch = self._device_arch()
             plan.compiled = self._compile_cuda(argtypes, plan.arch, self.fastmath)
+            plan.block_shadows = block_shadows.eligible_types(block_shadows.reducible_shadows(self.pyfunc),
+                                                              argtypes)
         return plan
 
     def _launch_cpu(self, plan: _Plan, n_threads: int, block: int, args, groups) -> None:
@@ -263,16 +267,23 @@ class Kernel:
     def _launch_cuda(self, plan: _Plan, griddim, blockdim, args, groups) -> None:
         from gpuad.targets import cuda as cuda_target
 
-        compiled = plan.compiled
+        compiled, shared_bytes = plan.compiled, 0
         if compiled.drops_atomics and not cuda_target.ownership_holds(griddim, blockdim, args):
             # A 2-D grid or aliased arrays: the variant that keeps every atomic.
             if plan.all_atomic is None:
                 plan.all_atomic = self._compile_cuda(plan.argtypes, plan.arch, self.fastmath, False)
             compiled = plan.all_atomic
+        elif shared_bytes := block_shadows.launch_bytes(plan.block_shadows, args):
+            # Shared shadows small enough for a copy per block: reduced there before global atomics.
+            if plan.block_reduced is None:
+                plan.block_reduced = self._compile_cuda(plan.argtypes, plan.arch, self.fastmath,
+                                                        block_copies=plan.block_shadows)
+            compiled = plan.block_reduced
         device_kernel = compiled.device_kernel or self._load(compiled)
         try:
             flight = cuda_target.launch(device_kernel, griddim, blockdim, args, compiled.on_status, groups,
-                                        plan.writes, defer=self.check_mode == "deferred")
+                                        plan.writes, defer=self.check_mode == "deferred",
+                                        shared_bytes=shared_bytes)
         except Exception as exc:
             if "CUDA_ERROR_OUT_OF_MEMORY" not in str(exc) or not compiled.record.local_memory_bytes:
                 raise

@@ -261,7 +261,7 @@ class PtxKernel:
             self._zeros = cuda_modules().to_device(np.zeros(status_size, dtype=np.int64))
             self._zeros_args = _status_args(_device_pointer(self._zeros), status_size)
 
-    def __call__(self, griddim, blockdim, args, on_status, defer: bool = False):
+    def __call__(self, griddim, blockdim, args, on_status, defer: bool = False, shared_bytes: int = 0):
         """Launch; `on_status(host_status)` runs before results are copied back.
 
         With `defer`, a launch that copies nothing back returns its `InFlight` instead of
@@ -273,10 +273,10 @@ class PtxKernel:
             self._prepare(_ArgPacker, ty, value, stream, writebacks, kernelargs)
         slot = self._slots.take() if self.checks_status else None
         kernelargs.extend(slot.args if slot is not None else self._zeros_args)
-        config = self._configs.get((griddim, blockdim))
+        config = self._configs.get((griddim, blockdim, shared_bytes))
         if config is None:
-            config = self._configs.setdefault((griddim, blockdim),
-                                              self._config_type(grid=griddim, block=blockdim, shmem_size=0))
+            config = self._configs.setdefault((griddim, blockdim, shared_bytes), self._config_type(
+                grid=griddim, block=blockdim, shmem_size=shared_bytes))
         try:
             self._launch(stream, config, self._cu_kernel, *kernelargs)
         except BaseException:

@@ -21,6 +21,7 @@ from gpuad.compiler.llvm_text import merge_texts
 from gpuad.interpreter import DeferredSite
 from gpuad.method_table import CUDA
 from gpuad.record import CompilationRecord
+from gpuad.targets import block_shadows
 from gpuad.targets import status as status_array
 from gpuad.targets.warp_atomics import warp_atomic_add
 
@@ -74,12 +75,14 @@ class CudaTarget:
     LLVM IR, gpuad's linker links the jobs' modules, NVVM emits PTX.
 
     `thread_ownership=False` keeps every shadow update atomic, for launches
-    that break `ownership_holds`.
+    that break `ownership_holds`. `block_shadows`: parameter positions whose shadows each block
+    accumulates in shared memory first (`block_shadows.py`).
     """
 
     arch: str = "sm_90"
     fastmath: bool = False
     thread_ownership: bool = True
+    block_shadows: tuple = ()
     name = "cuda"
     table = CUDA
 
@@ -107,7 +110,13 @@ class CudaTarget:
 
     def lower(self, resolved, argtypes: tuple) -> LoweredKernel:
         full_types = (*argtypes, status_array.status_type())
-        lowered = numba_adapter.lower_cuda(resolved.pyfunc, full_types, kernel=True, cc=self.cc,
+        kernel = resolved.pyfunc
+        if self.block_shadows:
+            params = list(inspect.signature(kernel).parameters)
+            dtype = argtypes[self.block_shadows[0]].dtype
+            kernel = block_shadows.wrap_kernel(numba_adapter.device_function(kernel), params,
+                                               self.block_shadows, dtype)
+        lowered = numba_adapter.lower_cuda(kernel, full_types, kernel=True, cc=self.cc,
                                            fastmath=self.fastmath)
         return LoweredKernel(lowered.symbol, merge_texts(lowered.modules).text(), full_types)
 
@@ -164,17 +173,18 @@ def _is_1d(dim) -> bool:
 
 
 def launch(kernel: numba_adapter.PtxKernel, griddim, blockdim, args, on_status,
-           groups=(), writes=None, defer: bool = False):
+           groups=(), writes=None, defer: bool = False, shared_bytes: int = 0):
     """Run on the current GPU; `on_status(status)` may raise before write-back.
 
     `groups` (`launch.host_array_groups`) are positions of numpy arguments
     sharing one buffer: each group is copied to the device once, and copied
     back only if the kernel may write it (`writes`) and the array is writeable.
     With `defer`, a launch of a kernel that checks its status and copies
-    nothing back returns its `status.InFlight` unread; otherwise None.
+    nothing back returns its `status.InFlight` unread; otherwise None. `shared_bytes`: dynamic
+    shared memory per block (`block_shadows`).
     """
     if not groups:  # device arrays and scalars only: nothing to copy
-        return kernel(griddim, blockdim, args, on_status, defer)
+        return kernel(griddim, blockdim, args, on_status, defer, shared_bytes)
     writes = [True] * len(args) if writes is None else writes
     device_args, write_back = list(args), []
     for group in groups:
@@ -187,7 +197,7 @@ def launch(kernel: numba_adapter.PtxKernel, griddim, blockdim, args, on_status,
             device_args[k] = copy
         if targets and any(writes[k] for k in targets):
             write_back.append((args[targets[0]], copy))
-    flight = kernel(griddim, blockdim, tuple(device_args), on_status, defer and not write_back)
+    flight = kernel(griddim, blockdim, tuple(device_args), on_status, defer and not write_back, shared_bytes)
     for original, copy in write_back:
         copy.copy_to_host(original)
     return flight
