@@ -9,16 +9,17 @@ that prints a deterministic verdict, renders as a table with a plot, and
 saves its figure. `jacobian_check(f, x, out_size=m)` does the same for the
 Jacobian of an array-to-array `f(x, y)`, drawn as heat maps.
 
+This module is the numerics and the reports (data); their display (the HTML table, the plots)
+is `gpuad.notebook.gradcheck_view`, which `gpuad.notebook.display` installs here (`def_view`)
+when gpuad is imported: the reports never import it.
+
 Step size: `h = eps · max(1, |x|)` with `eps = cbrt(machine epsilon of x's
 dtype)` unless given — the step that balances the truncation error (h²) of
 a central difference against its rounding error (ε/h).
 """
 from __future__ import annotations
 
-import base64
-import html
 import inspect
-import io
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -76,7 +77,7 @@ def _tolerances(dtype: np.dtype, rtol: float | None, atol: float | None) -> tupl
     return (default_rtol if rtol is None else rtol), (default_atol if atol is None else atol)
 
 
-def _errors(ad: np.ndarray, fd: np.ndarray, rtol: float, atol: float):
+def errors(ad: np.ndarray, fd: np.ndarray, rtol: float, atol: float):
     """Absolute error, relative error (to |fd|) and the isclose verdict, elementwise."""
     ad, fd = np.asarray(ad, dtype=np.float64), np.asarray(fd, dtype=np.float64)
     absolute = np.abs(ad - fd)
@@ -104,8 +105,21 @@ class ArgumentCheck:
     worst_point: int | None = None  # kernel only: index of the largest error
 
 
-class _Report:
-    """Verdict, table, figure and rich display shared by both reports."""
+# The display of the reports: an object with `html(report)` and `figure(report, *args, **kwargs)`.
+# Installed from above (`gpuad.notebook.display`), as gpuad.host installs api.autodiff's host
+# implementation: the reports are data and do not import their view.
+_view = None
+
+
+def def_view(view):
+    """Install `view` as every report's display (`_repr_html_`, `figure`, `savefig`)."""
+    global _view
+    _view = view
+    return view
+
+
+class Report:
+    """Verdict and details shared by the reports; HTML and figures come from the installed view."""
 
     title: str
     checks: list[ArgumentCheck]
@@ -145,93 +159,36 @@ class _Report:
         return "\n".join(lines)
 
     def figure(self, *args, **kwargs):
-        raise NotImplementedError
+        """The report as a matplotlib figure (the view's; each report's arguments are its own)."""
+        return _installed_view().figure(self, *args, **kwargs)
 
     def savefig(self, path, **kwargs) -> None:
         """Save the default figure; the format follows the suffix (.png, .svg, .pdf)."""
         self.figure().savefig(path, bbox_inches="tight", **kwargs)
 
-    def _png_base64(self) -> str:
-        buffer = io.BytesIO()
-        self.figure().savefig(buffer, format="png", dpi=96, bbox_inches="tight")
-        return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-    def _table_html(self) -> str:
-        cell = CELL_STYLE
-        header = "".join(f'<th style="{cell}; {HEADER_STYLE}">{h}</th>' for h in
-                         ("argument", "AD", "FD", "step", "max abs err", "max rel err", "points", "result"))
-        rows = []
-        for c in self.checks:
-            verdict = ('<span style="color: #1a7f37; font-weight: bold">ok</span>' if c.passed else
-                       f'<span style="color: #cf222e; font-weight: bold">FAIL {c.failures}/{c.points}</span>')
-            values = [html.escape(c.name), f"{c.ad:.8g}", f"{c.fd:.8g}", f"{c.step:.3g}",
-                      f"{c.max_abs_error:.3g}", f"{c.max_rel_error:.3g}", str(c.points), verdict]
-            rows.append("<tr>" + "".join(f'<td style="{cell}">{v}</td>' for v in values) + "</tr>")
-        return (f'<table style="{TABLE_STYLE}">'
-                f"<thead><tr>{header}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
-
-    def _repr_html_(self) -> str:
-        colour = "#1a7f37" if self.passed else "#cf222e"
-        return (
-            f'<div class="gpuad-gradcheck" style="background-color: {BACKGROUND}; color: {FOREGROUND}; '
-            f'border: 1px solid {RULE}; border-radius: 4px; padding: 8px; font-family: sans-serif">'
-            f'<p style="margin: 0 0 6px 0; color: {colour}; font-weight: bold">{html.escape(repr(self))}</p>'
-            f"{self._table_html()}"
-            '<img style="margin-top: 6px; max-width: 100%" '
-            f'src="data:image/png;base64,{self._png_base64()}"/>'
-            "</div>"
-        )
+    def _repr_html_(self) -> str | None:
+        return _installed_view().html(self)
 
 
-# The theme's colours (light fallbacks outside JupyterLab): the header was white on light grey in
-# JupyterLab's dark theme, whose text colour it inherited.
-BACKGROUND = "var(--jp-layout-color0, #ffffff)"
-FOREGROUND = "var(--jp-content-font-color1, #1f2328)"
-RULE = "var(--jp-border-color2, #d0d7de)"
-CELL_STYLE = f"border: 1px solid {RULE}; padding: 2px 6px; text-align: right; color: {FOREGROUND}"
-HEADER_STYLE = "background-color: var(--jp-layout-color2, #eaeef2)"
-TABLE_STYLE = "border-collapse: collapse; table-layout: auto; width: auto; font-size: 12px"
+def _installed_view():
+    if _view is None:  # `import gpuad` installs it; only a partial import of the package lacks it
+        raise RuntimeError("no display is installed for gradcheck reports: import gpuad first")
+    return _view
 
 
-def _new_figure():
-    # A bare Figure (no pyplot): no global state, no GUI backend, nothing left open.
-    from gpuad.notebook.extras import require
+@dataclass(frozen=True)
+class Sweep:
+    """AD and FD derivatives of a host function along one argument (`GradcheckReport.sweep`)."""
 
-    Figure = require("matplotlib.figure", "savefig and gradient plots").Figure
-
-    figure = Figure(figsize=(7, 5), layout="constrained")
-    top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=(2, 1))
-    return figure, top, bottom
-
-
-def _plot_derivatives(axis, x, ad, fd, ad_label: str, *, ad_line: bool = True) -> None:
-    """FD under AD: FD as larger hollow circles, AD as a line or small filled dots drawn above them.
-
-    Where they agree the AD dots sit inside the FD rings, so both stay visible
-    (FD drawn last used to hide AD completely).
-    """
-    style = {"linestyle": "-", "linewidth": 1.5} if ad_line else {"linestyle": "none", "marker": "o",
-                                                                    "markersize": 3}
-    axis.plot(x, ad, color="tab:blue", zorder=3, label=ad_label, **style)
-    axis.plot(x, fd, "o", color="tab:orange", markersize=7, markerfacecolor="none", markeredgewidth=1.2,
-              linestyle="none", zorder=2, label="central FD")
-
-
-def _plot_errors(axis, x, ad, fd, rtol, atol, xlabel: str) -> None:
-    absolute, _, _ = _errors(ad, fd, rtol, atol)
-    shown = np.where(absolute > 0, absolute, np.nan)  # log scale: exact agreement has no height
-    axis.semilogy(x, shown, ".", color="tab:red", markersize=3, label="|AD − FD|")
-    axis.semilogy(x, atol + rtol * np.abs(np.asarray(fd, dtype=float)), "--", color="0.5", linewidth=1,
-                  label="tolerance")
-    if not np.any(absolute > 0):
-        axis.text(0.5, 0.5, "AD and FD agree exactly", transform=axis.transAxes, ha="center")
-    axis.set_xlabel(xlabel)
-    axis.set_ylabel("error")
-    axis.legend(loc="best", fontsize="small")
+    name: str
+    x0: float  # the checked point
+    xs: np.ndarray
+    ad: np.ndarray
+    fd: np.ndarray
 
 
 @dataclass(repr=False)
-class GradcheckReport(_Report):
+class GradcheckReport(Report):
     """AD against central differences for a host function at one point."""
 
     function: Callable
@@ -246,8 +203,9 @@ class GradcheckReport(_Report):
     def title(self) -> str:
         return f"of {getattr(self.function, '__qualname__', repr(self.function))}"
 
-    def figure(self, arg: int | str = 0, lo: float | None = None, hi: float | None = None, num: int = 101):
-        """AD and FD derivative over a 1-D sweep of one argument, the error on a log scale beneath."""
+    def sweep(self, arg: int | str = 0, lo: float | None = None, hi: float | None = None,
+              num: int = 101) -> Sweep:
+        """AD and FD derivatives over a 1-D sweep of one float argument (default: x0 ± max(1, |x0|))."""
         index = self._float_index(arg)
         x0, dtype = float(self.args[index]), _dtype_of(self.args[index])
         half = max(1.0, abs(x0))
@@ -258,15 +216,7 @@ class GradcheckReport(_Report):
             kind = type(self.args[index]) if isinstance(self.args[index], np.floating) else float
             point[index] = kind(x)
             ad[k], fd[k] = self._derivatives_at(point, index, dtype)
-        figure, top, bottom = _new_figure()
-        name = self.names[index]
-        _plot_derivatives(top, xs, ad, fd, "AD")
-        top.axvline(x0, color="0.6", linewidth=1, linestyle=":")
-        top.set_ylabel(f"∂f/∂{name}")
-        top.set_title(f"gradcheck {self.title}: sweep of {name}")
-        top.legend(loc="best", fontsize="small")
-        _plot_errors(bottom, xs, ad, fd, self.rtol, self.atol, name)
-        return figure
+        return Sweep(self.names[index], x0, xs, ad, fd)
 
     def _derivatives_at(self, point: list, index: int, dtype: np.dtype) -> tuple[float, float]:
         try:
@@ -312,7 +262,7 @@ def gradcheck(f: Callable, *args, rtol: float | None = None, atol: float | None 
         h = step_size(args[k], _dtype_of(args[k]), eps)
         fd = central_difference(f, args, k, h)
         ad = float(ad_all[k])
-        absolute, relative, ok = _errors(np.array([ad]), np.array([fd]), rtol, atol)
+        absolute, relative, ok = errors(np.array([ad]), np.array([fd]), rtol, atol)
         checks.append(ArgumentCheck(names[k], ad, fd, h, float(absolute[0]), float(relative[0]), bool(ok[0]),
                                     failures=int(not ok[0])))
     return GradcheckReport(f, tuple(args), checks, rtol, atol, eps, names)
@@ -331,7 +281,7 @@ class PointData:
 
 
 @dataclass(repr=False)
-class KernelGradcheckReport(_Report):
+class KernelGradcheckReport(Report):
     """A gradient kernel's output against central differences of its primal, per point."""
 
     kernel_name: str
@@ -344,20 +294,6 @@ class KernelGradcheckReport(_Report):
     def title(self) -> str:
         return f"of kernel {self.kernel_name}"
 
-    def figure(self, arg: int | str = 0, x: str = "input"):
-        """AD (what the kernel wrote) and FD per checked point; `x` is "input" or "index"."""
-        name = self.checks[arg].name if isinstance(arg, int) else arg
-        data = self.data[name]
-        xs = data.inputs if x == "input" else data.points.astype(float)
-        order = np.argsort(xs, kind="stable")
-        figure, top, bottom = _new_figure()
-        _plot_derivatives(top, xs[order], data.ad[order], data.fd[order], "AD (kernel)", ad_line=False)
-        top.set_ylabel(f"∂primal/∂{name}")
-        top.set_title(f"gradcheck {self.title}: {len(data.points)} points")
-        top.legend(loc="best", fontsize="small")
-        _plot_errors(bottom, xs[order], data.ad[order], data.fd[order], self.rtol, self.atol,
-                     name if x == "input" else "point")
-        return figure
 
 
 def _to_host(array) -> np.ndarray:
@@ -444,7 +380,7 @@ def _check_kernel_argument(primal, host, input_positions, slot, gradient, points
         h = step_size(point_args[slot], np.dtype(inputs_dtype), eps)
         fd[k] = central_difference(primal, point_args, slot, h)
     ad = np.asarray(gradient[points], dtype=np.float64)
-    absolute, relative, ok = _errors(ad, fd, rtol, atol)
+    absolute, relative, ok = errors(ad, fd, rtol, atol)
     worst = int(np.nanargmax(np.where(np.isfinite(absolute), absolute, np.inf))) if len(points) else 0
     x = host[input_positions[slot]]
     check = ArgumentCheck(
@@ -494,7 +430,7 @@ def _fd_jacobian(f: Callable, x: np.ndarray, out_size: int,
 
 
 @dataclass(repr=False)
-class JacobianReport(_Report):
+class JacobianReport(Report):
     """A reverse-mode Jacobian against central differences of an array-to-array function."""
 
     function: Callable
@@ -517,16 +453,16 @@ class JacobianReport(_Report):
 
     @property
     def absolute_error(self) -> np.ndarray:
-        return _errors(self.ad, self.fd, self.rtol, self.atol)[0]
+        return errors(self.ad, self.fd, self.rtol, self.atol)[0]
 
     @property
     def relative_error(self) -> np.ndarray:
-        return _errors(self.ad, self.fd, self.rtol, self.atol)[1]
+        return errors(self.ad, self.fd, self.rtol, self.atol)[1]
 
     @property
     def ok(self) -> np.ndarray:
         """Elementwise verdict, numpy.isclose(AD, FD, rtol, atol)."""
-        return _errors(self.ad, self.fd, self.rtol, self.atol)[2]
+        return errors(self.ad, self.fd, self.rtol, self.atol)[2]
 
     @property
     def passed(self) -> bool:
@@ -569,62 +505,6 @@ class JacobianReport(_Report):
             lines.append(f"  worst entry ∂y[{j}]/∂x[{i}]: AD {self.ad[j, i]:.10g}, FD {self.fd[j, i]:.10g} "
                          f"(h={self.steps[i]:.3g})")
         return "\n".join(lines)
-
-    def _table_html(self) -> str:
-        cell = CELL_STYLE
-        worst = "" if self.worst is None else "∂y[{}]/∂x[{}]".format(*self.worst)
-        items = (("shape", "{}×{}".format(*self.shape)), ("max abs err", f"{self.max_abs_error:.3g}"),
-                 ("max rel err", f"{self.max_rel_error:.3g}"), ("worst entry", worst),
-                 ("failing entries", f"{self.failures}/{self.ad.size}"))
-        header = "".join(f'<th style="{cell}; {HEADER_STYLE}">{k}</th>' for k, _ in items)
-        row = "".join(f'<td style="{cell}">{html.escape(v)}</td>' for _, v in items)
-        return (f'<table style="{TABLE_STYLE}">'
-                f"<thead><tr>{header}</tr></thead><tbody><tr>{row}</tr></tbody></table>")
-
-    def figure(self):
-        """Heat maps side by side: AD Jacobian, FD Jacobian (shared colour scale), |AD − FD| (log scale)."""
-        from gpuad.notebook.extras import missing_extra_refused
-
-        with missing_extra_refused("Jacobian heat maps"):
-            from matplotlib import colormaps
-            from matplotlib.colors import LogNorm
-            from matplotlib.figure import Figure
-            from matplotlib.ticker import MaxNLocator
-
-        figure = Figure(figsize=(13, 4), layout="constrained")
-        axes = figure.subplots(1, 3)
-        finite = np.concatenate([self.ad[np.isfinite(self.ad)], self.fd[np.isfinite(self.fd)]])
-        limit = float(np.max(np.abs(finite), initial=0.0)) or 1.0
-        for axis, values, title in ((axes[0], self.ad, "AD Jacobian (reverse)"),
-                                    (axes[1], self.fd, "FD Jacobian (central)")):
-            image = axis.imshow(values, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto",
-                                interpolation="nearest")
-            figure.colorbar(image, ax=axis, label="∂y[j]/∂x[i]")
-            axis.set_title(title)
-        absolute = self.absolute_error
-        shown = np.ma.masked_where(~(np.isfinite(absolute) & (absolute > 0)), absolute)
-        cmap = colormaps["viridis"].with_extremes(bad="0.85")
-        if shown.count():
-            low, high = float(shown.min()), float(shown.max())
-            norm = LogNorm(vmin=low if low < high else high / 10, vmax=high)
-            image = axes[2].imshow(shown, cmap=cmap, norm=norm, aspect="auto", interpolation="nearest")
-        else:  # exact agreement has no height on a log scale
-            image = axes[2].imshow(np.zeros_like(absolute), cmap=cmap, vmin=0, vmax=1, aspect="auto",
-                                   interpolation="nearest")
-            axes[2].text(0.5, 0.5, "AD and FD agree exactly", transform=axes[2].transAxes, ha="center")
-        figure.colorbar(image, ax=axes[2], label="|AD − FD|")
-        rows, columns = np.nonzero(~self.ok)
-        if len(rows):
-            axes[2].plot(columns, rows, "x", color="tab:red", markersize=6, label="outside tolerance")
-            axes[2].legend(loc="upper right", fontsize="small")
-        axes[2].set_title("|AD − FD|" + ("" if self.passed else f" ({self.failures} failing)"))
-        for axis in axes:
-            axis.set_xlabel("input index")
-            axis.set_ylabel("output index")
-            axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-            axis.yaxis.set_major_locator(MaxNLocator(integer=True))
-        figure.suptitle(repr(self), fontsize="medium")
-        return figure
 
 
 def jacobian_check(f: Callable, x, *, out_size: int, rtol: float | None = None, atol: float | None = None,

@@ -115,6 +115,26 @@ def test_figure_sweeps_one_argument_with_the_error_on_a_log_scale(correct_ad):
         gc.gradcheck(lambda x, n: x * n, 1.0, 2).figure(arg="n")
 
 
+def test_the_sweep_is_data_the_figure_draws(correct_ad):
+    report = gc.gradcheck(f, 0.7, 2.0)
+    sweep = report.sweep("x", num=5)
+    assert (sweep.name, sweep.x0) == ("x", 0.7)
+    np.testing.assert_allclose(sweep.xs, np.linspace(-0.3, 1.7, 5))  # x0 ± max(1, |x0|)
+    np.testing.assert_allclose(sweep.ad, np.cos(sweep.xs) * 2.0)
+    np.testing.assert_allclose(sweep.fd, sweep.ad, rtol=1e-8)
+    drawn = report.figure(arg="x", num=5).axes[0].get_lines()[0]
+    np.testing.assert_array_equal(drawn.get_ydata(), sweep.ad)
+
+
+def test_the_html_table_marks_each_verdict_in_its_colour(monkeypatch):
+    from gpuad.notebook import palette
+
+    monkeypatch.setattr(gc, "_ad_gradient", wrong)
+    page = gc.gradcheck(f, 0.7, 2.0)._repr_html_()
+    assert f"color: {palette.FAILED}; font-weight: bold\">FAIL 1/1</td>" in page
+    assert f"color: {palette.PASSED}; font-weight: bold\">ok</td>" in page
+
+
 def test_figure_saves_as_png_and_svg_and_embeds_in_html(correct_ad, tmp_path):
     report = gc.gradcheck(f, 0.7, 2.0)
     report.savefig(tmp_path / "check.png")

@@ -111,6 +111,13 @@ def test_the_record_does_not_import_its_display():
     assert "gpuad.notebook.display" in graph["gpuad"]
 
 
+def test_gradient_checks_do_not_import_their_view():
+    """The reports are numbers and verdicts; gpuad.notebook.gradcheck_view draws them."""
+    graph = import_graph()
+    assert not [m for m in graph["gpuad.gradient_check"] if m.startswith("gpuad.notebook")]
+    assert "gpuad.gradient_check" in graph["gpuad.notebook.gradcheck_view"]
+
+
 def test_api_is_a_leaf():
     """The vocabulary every layer imports imports nothing of gpuad's (its host implementation is
     installed from above: `api.def_host_impl`)."""

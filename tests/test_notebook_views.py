@@ -8,6 +8,7 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
 from gpuad.notebook.cells import register_cell
+from gpuad.notebook.gradcheck_view import gradcheck_text
 from gpuad.notebook.highlight import highlight, highlight_lines
 from gpuad.notebook.names import Short, short_location, short_symbol
 from gpuad.notebook.sample import ADJOINT_SYMBOL, KERNEL_SYMBOL, sample_record
@@ -15,7 +16,6 @@ from gpuad.notebook.views import (
     STAGE_KEYS,
     WIDGET_MIMETYPE,
     CompilationView,
-    gradcheck_text,
     parse_stages,
     plural,
     summary_line,

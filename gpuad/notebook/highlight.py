@@ -2,7 +2,7 @@
 
 A highlighted token is a short custom element (`<g-k>define</g-k>`) that
 the view's one scoped stylesheet (`STYLE_SHEET`, inside `.gpuad-view`)
-colours with JupyterLab's editor colours (`var(--jp-mirror-editor-…)`,
+colours with JupyterLab's editor colours (`palette.KEYWORD`, …, with
 light fallbacks outside JupyterLab), so code follows the light and dark
 themes. Inline styles per token made a default compilation 1.4 MB of HTML;
 an element name costs 11 bytes a token. Where a sanitizer drops the
@@ -19,11 +19,9 @@ from functools import cache
 from pygments.lexers import LlvmLexer, PtxLexer, PythonLexer
 from pygments.token import Comment, Error, Keyword, Name, Number, Operator, String, Token
 
-# JupyterLab's theme variables, with the light theme's values where they are not defined
-# (nbconvert's classic template, a plain browser).
-CODE_BACKGROUND = "var(--jp-cell-editor-background, #f6f8fa)"
-CODE_FOREGROUND = "var(--jp-content-font-color1, #1f2328)"
-MUTED = "var(--jp-content-font-color2, #57606a)"
+from gpuad.notebook import palette
+from gpuad.notebook.palette import CODE_BACKGROUND, CODE_FOREGROUND, MUTED
+
 # JupyterLab's code fonts spelled out: a sanitizer drops a var() font (untrusted notebooks), and a
 # proportional fallback font misaligns the diff's columns.
 CODE_FONT = "font-family: menlo, consolas, 'DejaVu Sans Mono', monospace; font-size: 12px; line-height: 1.35"
@@ -33,16 +31,16 @@ CODE_FONT = "font-family: menlo, consolas, 'DejaVu Sans Mono', monospace; font-s
 TOKEN_ELEMENTS: tuple[tuple[object, str, str], ...] = (
     # IR's types (`i64`, `double`) are a quarter of its tokens: plain, they cut the view by a fifth.
     (Keyword.Type, "", ""),
-    (Keyword, "g-k", "color: var(--jp-mirror-editor-keyword-color, #008000); font-weight: bold"),
-    (Name.Builtin, "g-b", "color: var(--jp-mirror-editor-builtin-color, #008000)"),
-    (Name.Function, "g-f", "color: var(--jp-mirror-editor-def-color, #0000ff)"),
+    (Keyword, "g-k", f"color: {palette.KEYWORD}; font-weight: bold"),
+    (Name.Builtin, "g-b", f"color: {palette.BUILTIN}"),
+    (Name.Function, "g-f", f"color: {palette.DEFINITION}"),
     (Name.Class, "g-f", ""),
-    (Name.Decorator, "g-m", "color: var(--jp-mirror-editor-meta-color, #aa22ff)"),
-    (Name.Variable, "g-v", "color: var(--jp-mirror-editor-variable-2-color, #00366d)"),
-    (Name.Label, "g-l", "color: var(--jp-mirror-editor-qualifier-color, #555555)"),
-    (Number, "g-n", "color: var(--jp-mirror-editor-number-color, #008800)"),
-    (String, "g-s", "color: var(--jp-mirror-editor-string-color, #ba2121)"),
-    (Comment, "g-c", "color: var(--jp-mirror-editor-comment-color, #408080); font-style: italic"),
+    (Name.Decorator, "g-m", f"color: {palette.DECORATOR}"),
+    (Name.Variable, "g-v", f"color: {palette.VARIABLE}"),
+    (Name.Label, "g-l", f"color: {palette.LABEL}"),
+    (Number, "g-n", f"color: {palette.NUMBER}"),
+    (String, "g-s", f"color: {palette.STRING}"),
+    (Comment, "g-c", f"color: {palette.COMMENT}; font-style: italic"),
     (Operator.Word, "g-k", ""),  # `and`, `not`, `in`: keywords to a reader
     (Operator, "", ""),  # PTX's commas and Python's `+`: as frequent as they are uninformative
     (Error, "", ""),  # the PTX lexer's unknown directives: plain text, not red boxes

@@ -9,9 +9,9 @@ import html
 from dataclasses import dataclass, field
 from importlib import metadata
 
+from gpuad.notebook.palette import BACKGROUND, FOREGROUND
+
 DISTRIBUTIONS = ("gpuad", "numba", "numba-cuda", "llvmlite", "numpy")
-BACKGROUND = "var(--jp-layout-color0, #ffffff)"
-FOREGROUND = "var(--jp-content-font-color1, #1f2328)"
 
 
 @dataclass

@@ -21,13 +21,13 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from IPython.display import display
 
 from gpuad.notebook.cells import Cell, CellError, cell_error, register_cell, run_cell
+from gpuad.notebook.gradcheck_view import gradcheck_text
 from gpuad.notebook.info import environment_info
 from gpuad.notebook.names import running_cell_number
 from gpuad.notebook.views import (
     STAGE_KEYS,
     TEXT_DEFAULT_STAGES,
     CompilationView,
-    gradcheck_text,
     parse_stages,
 )
 

@@ -10,7 +10,7 @@ kernel:
   Jupyter's table rules (`table-layout: fixed`, right-aligned cells) never
   apply to them.
 - Colours are JupyterLab's theme variables with light fallbacks
-  (`var(--jp-layout-color0, #ffffff)`), so the view follows light and dark
+  (`palette`, the one module that names colours), so the view follows light and dark
   themes; diff and mark colours are translucent tints that read on either.
   A sanitizer that drops `var(…)` colours (untrusted notebooks) drops
   background and text colour together, leaving the theme's own.
@@ -27,6 +27,7 @@ import hashlib
 import html
 from dataclasses import dataclass
 
+from gpuad.notebook import palette
 from gpuad.notebook.highlight import (
     CODE_BACKGROUND,
     CODE_FONT,
@@ -47,34 +48,34 @@ from gpuad.notebook.irdiff import (
 )
 from gpuad.notebook.names import MANGLED, Short, readable_labels, readable_symbol, short_location
 from gpuad.notebook.outline import outline
+from gpuad.notebook.palette import BACKGROUND as PANEL_BACKGROUND
+from gpuad.notebook.palette import FOREGROUND as PANEL_FOREGROUND
+from gpuad.notebook.palette import HEADER_BACKGROUND, LINK, RULE
 from gpuad.record import CompilationRecord, plural
 
 __all__ = ["MUTED", "code_block", "highlight"]  # re-exported for views
 
-PANEL_BACKGROUND = "var(--jp-layout-color0, #ffffff)"
-PANEL_FOREGROUND = "var(--jp-content-font-color1, #1f2328)"
-HEADER_BACKGROUND = "var(--jp-layout-color2, #eaeef2)"
-RULE = "var(--jp-border-color2, #d0d7de)"
-LINK = "var(--jp-content-link-color, #0969da)"
 TABLE_FONT = "font-family: var(--jp-ui-font-family, sans-serif); font-size: 12px"
 
 # Translucent tints over the theme's background: readable in light and dark themes.
 # Written compactly: they repeat on every changed line.
-DIFF_BACKGROUND = {"equal": "", "delete": "background-color:rgba(255,80,80,.18)",
-                   "insert": "background-color:rgba(40,180,70,.18)"}
+DIFF_BACKGROUND = {"equal": "", "delete": f"background-color:{palette.DELETED_LINE}",
+                   "insert": f"background-color:{palette.INSERTED_LINE}"}
 DIFF_SIGN = {"equal": " ", "delete": "-", "insert": "+"}
 # An inset shadow, not a border, marks the line: it does not shift the code right.
 MARK_STYLE = {
-    MARKER: "background-color:rgba(255,190,0,.38);box-shadow:inset 4px 0 #bf8700;font-weight:bold",
-    LINKED: "background-color:rgba(130,80,223,.16);box-shadow:inset 4px 0 #8250df",
-    LINK_REF: "background-color:rgba(9,105,218,.2);box-shadow:inset 4px 0 #0969da;font-weight:bold",
+    MARKER: f"background-color:{palette.MARKER_TINT};box-shadow:inset 4px 0 {palette.MARKER_BAR};"
+            "font-weight:bold",
+    LINKED: f"background-color:{palette.LINKED_TINT};box-shadow:inset 4px 0 {palette.LINKED_BAR}",
+    LINK_REF: f"background-color:{palette.LINK_REF_TINT};box-shadow:inset 4px 0 {palette.LINK_REF_BAR};"
+              "font-weight:bold",
 }
 MARK_TITLE = {
     MARKER: "deferred-codegen marker: replaced by the job's function at link time",
     LINKED: "function added by the deferred-codegen linker",
     LINK_REF: "refers to a function added by the linker",
 }
-COLLAPSED_STYLE = f"background-color: rgba(128, 128, 128, 0.14); color: {MUTED}; font-style: italic"
+COLLAPSED_STYLE = f"background-color: {palette.COLLAPSED_LINES}; color: {MUTED}; font-style: italic"
 
 # Line numbers of the diff: muted, and left out when code is selected and copied.
 VIEW_STYLE = STYLE_SHEET.replace(
@@ -112,19 +113,29 @@ def note(text: str) -> str:
     return f'<p style="color: {MUTED}; font-style: italic; margin: 4px 0">{html.escape(text)}</p>'
 
 
-def table(header: list[str], rows: list[list[str | Short]], *,
+@dataclass(frozen=True)
+class Styled:
+    """A table cell's text with a style of its own (a verdict's colour)."""
+
+    text: str
+    style: str
+
+
+def table(header: list[str], rows: list[list[str | Short | Styled]], *,
           code_columns: frozenset[int] = frozenset()) -> str:
     """A plain table; cells are escaped, `code_columns` set in monospace and never wrapped.
 
-    A `Short` cell shows its short text with the full text as a tooltip.
+    A `Short` cell shows its short text with the full text as a tooltip; a `Styled` cell adds its style.
     """
     cell = f"border: 1px solid {RULE}; padding: 3px 6px; text-align: left; vertical-align: top"
     head = "".join(
         f'<th style="{cell}; background-color: {HEADER_BACKGROUND}; color: {PANEL_FOREGROUND}">'
         f"{html.escape(h)}</th>" for h in header)
 
-    def td(k: int, value: str | Short) -> str:
+    def td(k: int, value: str | Short | Styled) -> str:
         font = "; font-family: monospace; white-space: nowrap" if k in code_columns else ""
+        if isinstance(value, Styled):
+            return f'<td style="{cell}{font}; {value.style}">{html.escape(value.text)}</td>'
         if isinstance(value, Short):
             title = f' title="{html.escape(value.full)}"' if value.shortened else ""
             return f'<td style="{cell}{font}"{title}>{html.escape(value.text)}</td>'
@@ -409,7 +420,7 @@ def render_timings(timings: dict[str, float]) -> str:
         width = max(0.5, 100.0 * seconds / slowest)
         rows.append(
             f'<tr><td style="{cell}; white-space: nowrap">{html.escape(stage)}</td>'
-            f'<td style="{cell}; width: 60%"><div class="gpuad-bar" style="background-color: #4c8bf5; '
+            f'<td style="{cell}; width: 60%"><div class="gpuad-bar" style="background-color: {palette.BAR}; '
             f'width: {width:.1f}%; height: 0.9em"></div></td>'
             f'<td style="{cell}; text-align: right; font-family: monospace; white-space: nowrap">'
             f"{format_seconds(seconds)}</td></tr>"

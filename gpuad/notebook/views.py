@@ -5,7 +5,7 @@ carries `text/plain` (a deterministic one-line summary, for nbval),
 `text/html` (every stage as a foldable section, readable without a kernel)
 and, when a kernel with ipywidgets is attached, the widget view.
 `to_text()` is the text form a terminal IPython shows: the summary and the
-chosen stages as plain text; `gradcheck_text` is the gradcheck table as text.
+chosen stages as plain text.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 
-from gpuad.notebook import render
+from gpuad.notebook import palette, render
 from gpuad.notebook.irdiff import LINK_REF, LINKED, MARKER, Collapsed, IRDiff, diff_ir
 from gpuad.notebook.names import readable_labels, short_location, short_symbol
 from gpuad.notebook.outline import outline
@@ -288,25 +288,6 @@ def text_timings(timings: dict[str, float]) -> str:
     return text_table(["stage", "time"], rows)
 
 
-def gradcheck_text(report) -> str:
-    """A gradcheck report as text: verdict, tolerance, and each argument's errors.
-
-    The report's own repr is one deterministic line (for nbval); a terminal
-    has no HTML table, so this is the table it shows instead.
-    """
-    tolerance = (f"tolerance: |AD - FD| <= atol + rtol * |FD| with rtol={report.rtol:g}, "
-                 f"atol={report.atol:g}")
-    rows = [[c.name, str(c.points), "ok" if c.passed else f"FAIL {c.failures}/{c.points}",
-             f"{c.max_abs_error:.3g}", f"{c.max_rel_error:.3g}",
-             "" if c.worst_point is None else str(c.worst_point), f"{c.ad:.8g}", f"{c.fd:.8g}"]
-            for c in report.checks]
-    # A kernel's check compares many points: its AD and FD are those at the worst one.
-    at = " at worst" if any(c.worst_point is not None for c in report.checks) else ""
-    table = text_table(["argument", "points", "result", "max abs err", "max rel err", "worst point",
-                        f"AD{at}", f"FD{at}"], rows)
-    return f"{report!r}\n{tolerance}\n{table}"
-
-
 # Mangled numba names (`_ZN…`) as they appear in IR (`@"_ZN…"`, `@_ZN…`) and PTX (`.entry _ZN…`,
 # `_ZN…_param_0`).
 _MANGLED = re.compile(r"_ZN[A-Za-z0-9_$.]+")
@@ -421,7 +402,7 @@ def _mark_substring(line: str, needle: str) -> str:
     out, lower, k = [], line.lower(), 0
     while (found := lower.find(needle, k)) >= 0:
         out.append(html.escape(line[k:found]))
-        out.append(f'<mark style="background-color: #ffd33d; color: #1f2328">'
+        out.append(f'<mark style="{palette.SEARCH_HIT}">'
                    f"{html.escape(line[found:found + len(needle)])}</mark>")
         k = found + len(needle)
     out.append(html.escape(line[k:]))
