@@ -17,9 +17,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from compiled_sample import kernel_symbol, sample_record
 
 from gpuad.notebook.irdiff import MARKER_SYMBOL
-from gpuad.notebook.sample import sample_record
 from gpuad.notebook.views import COMPILATION_MIMETYPE, WIDGET_MIMETYPE, CompilationView
 from gpuad.record import RECORD_FORMAT, RECORD_VERSION
 
@@ -108,9 +108,9 @@ def test_symbols_map_every_mangled_name_to_its_python_name():
     data = viewer_json(CompilationView(record))
     symbols = data["symbols"]
     assert symbols[record.jobs[0].symbol] == "<dynamic>.reverse_f…"
-    kernel = next(s for s in symbols if s.startswith("_ZN6cudapy") and not s.endswith(tuple("0123456789")))
-    assert symbols[kernel] == "cudapy.__main__.grad_f…"
-    assert symbols[kernel + "_param_0"] == "cudapy.__main__.grad_f…_param_0"
+    kernel = kernel_symbol()
+    assert symbols[kernel] == "gpuad.examples.grad_f…"
+    assert symbols[kernel + "_param_0"] == "gpuad.examples.grad_f…_param_0"
     # Every mangled name in the PTX has a readable form.
     assert set(re.findall(r"_ZN[A-Za-z0-9_$.]+", record.ptx)) <= set(symbols)
 

@@ -8,6 +8,7 @@ import re
 
 import numpy as np
 import pytest
+from compiled_sample import sample_record
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
@@ -16,7 +17,6 @@ from gpuad.notebook import magics
 from gpuad.notebook.cells import CellError, registered_cell
 from gpuad.notebook.info import EnvironmentInfo
 from gpuad.notebook.names import short_location
-from gpuad.notebook.sample import sample_record
 from gpuad.notebook.views import COMPILATION_MIMETYPE, WIDGET_MIMETYPE
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
