@@ -2,24 +2,16 @@
 from __future__ import annotations
 
 import argparse
-import difflib
 import sys
 
 
 def link_diff(before: str, after: str, context: int = 2) -> list[str]:
-    """Unified-diff hunks of the link that touch a marker (what the linker did there)."""
-    from gpuad.compiler.llvm_text import MARKER_SYMBOL
+    """The link diff's hunks around the deferred-codegen markers (what the linker did there), as
+    `%%gpukernel --show diff` prints them in a terminal (`gpuad.notebook.text.text_diff`)."""
+    from gpuad.notebook.irdiff import diff_ir
+    from gpuad.notebook.text import text_diff
 
-    lines = list(difflib.unified_diff(before.splitlines(), after.splitlines(),
-                                      "ir_before_link", "ir_after_link", n=context, lineterm=""))
-    hunks, current = [], []
-    for line in lines[2:]:
-        if line.startswith("@@") and current:
-            hunks.append(current)
-            current = []
-        current.append(line)
-    hunks.append(current)
-    return [line for hunk in hunks if any(MARKER_SYMBOL in h for h in hunk) for line in hunk]
+    return text_diff(diff_ir(before, after), context, only_markers=True).splitlines()
 
 
 def demo(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ from gpuad.notebook.gradcheck_view import gradcheck_text
 from gpuad.notebook.highlight import highlight, highlight_lines
 from gpuad.notebook.names import Short, short_location, short_symbol
 from gpuad.notebook.render import OPEN_MODULE_LINES
+from gpuad.notebook.text import text_diff
 from gpuad.notebook.views import (
     STAGE_KEYS,
     WIDGET_MIMETYPE,
@@ -92,6 +93,18 @@ def test_text_diff_numbers_both_sides_and_notes_marker_and_linked_function(view)
     (linked,) = [line for line in text.splitlines() if line.endswith("<- linked function")]
     assert linked.startswith("+") and f'define internal i32 @"{adjoint_symbol()}"(' in linked
     assert re.search(r"⋯ \d+ unchanged lines ⋯", text)
+
+
+def test_text_diff_around_markers_keeps_the_marker_hunks_of_the_full_diff(view):
+    full = view.stage_text("diff").splitlines()
+    around = text_diff(view.diff, only_markers=True).splitlines()
+    assert around[0] == full[0]
+    shown = [line for line in around[1:] if line != "   ⋯"]
+    assert set(shown) <= set(full) and len(shown) < len(full) - 1
+    markers = [line for line in full if line.endswith("<- deferred-codegen marker")]
+    assert len(markers) == 2 and all(m in shown for m in markers)
+    assert not [line for line in shown if line.endswith("<- linked function")]
+    assert around[1] == around[-1] == "   ⋯"
 
 
 def test_empty_stages_say_so_in_text():

@@ -16,7 +16,7 @@ import numpy as np
 from gpuad.gradient_check import GradcheckReport, JacobianReport, KernelGradcheckReport, Report, errors
 from gpuad.notebook import palette, render
 from gpuad.notebook.extras import missing_extra_refused, require
-from gpuad.notebook.views import text_table
+from gpuad.notebook.text import text_table
 
 # ---------------------------------------------------------------- HTML
 

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from gpuad.notebook import palette, render
-from gpuad.notebook.irdiff import LINK_REF, LINKED, MARKER, Collapsed, IRDiff, diff_ir
+from gpuad.notebook.irdiff import IRDiff, diff_ir
 from gpuad.notebook.names import readable_labels, short_location, short_symbol
 from gpuad.notebook.outline import outline
+from gpuad.notebook.text import text_diff, text_table
 from gpuad.record import CompilationRecord, plural
 
 WIDGET_MIMETYPE = "application/vnd.jupyter.widget-view+json"
@@ -217,16 +218,6 @@ class CompilationView:
         return self._widget
 
 
-def text_table(header: list[str], rows: list[list[str]]) -> str:
-    """Columns padded to their widest cell, a rule under the header."""
-    widths = [max(len(str(row[k])) for row in [header, *rows]) for k in range(len(header))]
-
-    def line(cells) -> str:
-        return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
-
-    return "\n".join([line(header), line("-" * w for w in widths), *(line(row) for row in rows)])
-
-
 def text_overlays(record: CompilationRecord) -> str:
     if not record.overlays:
         return "No call was overlaid: every call resolved to its original function."
@@ -253,31 +244,6 @@ def text_derivatives(record: CompilationRecord) -> str:
         parts.append(f"# job {job_id}" + (f": {job.mode} of {job.function}" if job else ""))
         parts.append(source.rstrip("\n"))
     return "\n".join(parts)
-
-
-# The diff's marks, as a note at the end of the line (the HTML colours them).
-_MARK_NOTE = {MARKER: "<- deferred-codegen marker", LINKED: "<- linked function",
-              LINK_REF: "<- refers to a linked function"}
-
-
-def text_diff(diff: IRDiff, context: int = 3) -> str:
-    """A unified diff, old and new line numbers in front, as `git diff` views show it."""
-    lines = [f"{diff.deleted} lines removed, {diff.inserted} added; functions linked: "
-             + (", ".join(short_symbol(n).text for n in diff.linked_functions) or "none")]
-    previous = ""
-    for item in diff.unified(context):
-        if isinstance(item, Collapsed):
-            lines.append(f"   ⋯ {item.count} unchanged lines ⋯")
-            previous = ""
-            continue
-        sign = {"equal": " ", "delete": "-", "insert": "+"}[item.tag]
-        old, new = ("" if n is None else n for n in (item.old, item.new))
-        # A linked function is noted on its first line only, not on every line of its body.
-        noted = item.mark and not (item.mark == LINKED and previous == LINKED)
-        note = f"   {_MARK_NOTE[item.mark]}" if noted else ""
-        lines.append(f"{sign}{old:>6}{new:>6}  {item.text}{note}")
-        previous = item.mark
-    return "\n".join(lines)
 
 
 def text_timings(timings: dict[str, float]) -> str:
