@@ -80,19 +80,17 @@ def _version(distribution: str) -> str:
         return "not installed"
 
 
-def _default_target() -> str:
-    from gpuad.targets import default_target
+# %gpuad_info asks the probes of `gpuad info` below; it words their answers as one row each.
 
-    target = default_target()
-    return str(getattr(target, "name", target))
+def _default_target() -> str:
+    return configured_target()
 
 
 def _gpu() -> str:
-    from numba import cuda
-
-    if not cuda.is_available():
+    try:
+        return _cuda_device()
+    except Missing:
         return "none found (kernels launch on the cpu target)"
-    return _describe(cuda.get_current_device())
 
 
 def _describe(device) -> str:
@@ -105,7 +103,7 @@ def _nvvm() -> str:
 
     if not nvvm.is_available():
         return "not found (install nvidia-nvvm to get IR and PTX)"
-    return "found, NVVM IR version " + ".".join(map(str, nvvm.NVVM().get_version()))
+    return "found, NVVM IR version " + _nvvm_version()
 
 
 def _cache_dir() -> str:
@@ -214,10 +212,14 @@ def _satisfies(requirement: str, version: str) -> bool:
 
 
 def _nvvm_loads() -> str:
+    return "loads, version " + _nvvm_version()
+
+
+def _nvvm_version() -> str:
+    """Loads libNVVM and asks it for its IR version."""
     from numba.cuda.cudadrv import nvvm
 
-    library = nvvm.NVVM()  # loads libNVVM and asks it for its IR version
-    return "loads, version " + ".".join(map(str, library.get_version()))
+    return ".".join(map(str, nvvm.NVVM().get_version()))
 
 
 def _nvrtc_loads() -> str:
