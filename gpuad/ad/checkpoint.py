@@ -47,7 +47,8 @@ def checkpointed_loop(sweep, s: ir.Loop) -> tuple[list, list, TapeUse]:
     sweep.types[n] = types.int64
     sweep.preinit.add(n)  # the overflow check after the forward sweep reads it on every path
     exit_ = [(f"if {s.exit_flag}:", ["break"])] if s.exit_flag else []
-    body = [(f"if {n} % {k} == 0:", snap_f), f"{n} += 1"] + primal_code(s.body) + exit_
+    primal = primal_code(s.body, filename=sweep.fir.filename)
+    body = [(f"if {n} % {k} == 0:", snap_f), f"{n} += 1"] + primal + exit_
     fr, rr, ur = sweep.record(n)
     fwd = fv + [f"{n} = 0", (loop_header(s), body)] + fr
 

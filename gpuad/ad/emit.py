@@ -10,8 +10,11 @@ forward part of every derivative). Rule templates are filled in `gpuad.ad.rules`
 from __future__ import annotations
 
 import ast
+import linecache
 import math
+import re
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from gpuad.ad import ir
 
@@ -143,21 +146,24 @@ def store_text(s: ir.Store, array: str | None = None, value: str | None = None) 
     return f"{array or s.array}[{index_text(s.index)}] {s.increment}= {value}"
 
 
-def primal_code(stmts: list, expr=expr_text) -> list:
-    """Statements as plain Python (no derivative code), in the nested form `render` takes."""
+def primal_code(stmts: list, expr=expr_text, filename: str | None = None) -> list:
+    """Statements as plain Python (no derivative code), in the nested form `render` takes; with
+    `filename`, each statement's code is labelled with its source line (`SourceLine`)."""
     code = []
     for s in stmts:
+        if filename is not None:
+            code.append(source_line(filename, s.line))
         if isinstance(s, ir.Assign):
             code.append(f"{target_text(s.target)} = {expr(s.value)}")
         elif isinstance(s, ir.Store):
             code.append(store_text(s))
         elif isinstance(s, ir.If):
-            code.append((f"if {atom_text(s.test)}:", primal_code(s.body, expr)))
+            code.append((f"if {atom_text(s.test)}:", primal_code(s.body, expr, filename)))
             if s.orelse:
-                code.append(("else:", primal_code(s.orelse, expr)))
+                code.append(("else:", primal_code(s.orelse, expr, filename)))
         elif isinstance(s, ir.Loop):
             exit_ = [(f"if {s.exit_flag}:", ["break"])] if s.exit_flag else []
-            code.append((loop_header(s), primal_code(s.body, expr) + exit_))
+            code.append((loop_header(s), primal_code(s.body, expr, filename) + exit_))
         else:
             raise TypeError(s)
     return code
@@ -209,14 +215,136 @@ def cast_text(text: str, ty) -> str:
     return f"np.{ty}({text})"
 
 
-def render(code: list, level: int = 0) -> list:
-    """Lines of a nested code list: items are strings or (header, [body])."""
+@dataclass(frozen=True)
+class SourceLine:
+    """In a code list: the code after it comes from user line `line` (rendered `# line N: text`)."""
+
+    line: int
+    text: str
+
+
+SOURCE_TEXT_WIDTH = 60  # a `# line N:` comment shows at most this much of the user's line
+
+
+def source_line(filename: str, line: int) -> SourceLine:
+    """The label of code generated from `line` of `filename`: the line stripped and shortened."""
+    text = "".join(c if c.isprintable() else " " for c in linecache.getline(filename, line).strip())
+    if len(text) > SOURCE_TEXT_WIDTH:
+        text = text[:SOURCE_TEXT_WIDTH - 3] + "..."
+    return SourceLine(line, text)
+
+
+def labelled(label: SourceLine, code: list) -> list:
+    """`code` preceded by its source line's label (nothing for no code)."""
+    return [label, *code] if code else []
+
+
+def render(code: list, level: int = 0, last: list | None = None) -> list:
+    """Lines of a nested code list: items are strings, (header, [body]) or `SourceLine` labels.
+
+    A label is written only where the source line changes (`last` holds the line of the label
+    written last); a comment line (`# reverse sweep`) starts over, so the next label is written.
+    """
+    last = [None] if last is None else last
     out = []
     for item in code:
-        if isinstance(item, str):
+        if isinstance(item, SourceLine):
+            if item.line != last[0]:
+                out.append("    " * level + f"# line {item.line}: {item.text}".rstrip())
+                last[0] = item.line
+        elif isinstance(item, str):
             out.append("    " * level + item)
+            if item.startswith("#"):
+                last[0] = None
         else:
             header, body = item
             out.append("    " * level + header)
-            out += render(body, level + 1) if body else ["    " * (level + 1) + "pass"]
+            out += render(body, level + 1, last) if body else ["    " * (level + 1) + "pass"]
     return out
+
+
+def _statement(line: str) -> ast.stmt | None:
+    """A generated line (or block header, given a body) parsed; None for a comment or `else:`."""
+    text = line.strip()
+    if text.endswith(":"):
+        text += " pass"
+    try:
+        tree = ast.parse(text).body
+    except SyntaxError:
+        return None
+    return tree[0] if tree else None
+
+
+def _names(node: ast.AST, ctx: type) -> set:
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ctx)}
+
+
+def _mentions(item, name: str) -> bool:
+    """`name` appears anywhere in a code item (a conservative test: any word equal to it)."""
+    if isinstance(item, SourceLine):
+        return False
+    if isinstance(item, str):
+        return re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", item) is not None
+    header, body = item
+    return _mentions(header, name) or any(_mentions(i, name) for i in body)
+
+
+def first_use_overwrites(name: str, code: list) -> bool:
+    """In straight-line order, `code`'s first use of `name` assigns it without reading it, or
+    `code` never uses it: a value `name` held before `code` is never read. Conservative: a
+    block (if, for) that mentions `name` at all counts as a read."""
+    for item in code:
+        if isinstance(item, SourceLine) or isinstance(item, str) and item.lstrip().startswith("#"):
+            continue
+        if not _mentions(item, name):
+            continue
+        stmt = _statement(item) if isinstance(item, str) else None
+        if stmt is None or isinstance(stmt, ast.AugAssign) or name in _names(stmt, ast.Load):
+            return False
+        return isinstance(stmt, ast.Assign) and name in _names(stmt, ast.Store)
+    return True
+
+
+def live_inits(inits: list, rest: list) -> list:
+    """The initialisations `name = value` among `inits` whose value `rest` may read (pre-inits
+    that `rest` overwrites before any read, or never uses, are dead lines)."""
+    return [line for line in inits if not first_use_overwrites(line.split(" = ", 1)[0], rest)]
+
+
+def _pure(node: ast.expr) -> bool:
+    """An expression that computes a value and does nothing else: names, constants, arithmetic
+    and `np.float32(...)` (no other calls, no subscripts)."""
+    for n in ast.walk(node):
+        if isinstance(n, ast.Call) and ast.unparse(n.func) != "np.float32" or isinstance(n, ast.Subscript):
+            return False
+    return True
+
+
+def drop_dead_stores(code: list, after: list) -> list:
+    """`code` (top-level statements a function ends with, before `after`) without the plain
+    assignments whose name nothing after them uses (`d_s = 0.0` zeroing an adjoint no later
+    line reads), and without the `SourceLine` labels left with no code."""
+    kept: list = []
+    for item in reversed(code):
+        stmt = _statement(item) if isinstance(item, str) else None
+        if (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)
+                and _pure(stmt.value) and not any(_mentions(k, stmt.targets[0].id) for k in kept + after)):
+            continue
+        if isinstance(item, SourceLine) and not (kept and not isinstance(kept[-1], SourceLine)):
+            continue
+        kept.append(item)
+    return kept[::-1]
+
+
+def binds(code: list, name: str) -> bool:
+    """Some line of `code` (nested blocks included) assigns `name` (or may: conservative)."""
+    for item in code:
+        if isinstance(item, SourceLine) or not _mentions(item, name):
+            continue
+        header = item if isinstance(item, str) else item[0]
+        stmt = _statement(header)  # a header's own bindings: a for loop's variable, a walrus
+        if stmt is None or name in _names(stmt, ast.Store):
+            return True
+        if not isinstance(item, str) and binds(item[1], name):
+            return True
+    return False

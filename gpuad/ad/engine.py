@@ -14,7 +14,7 @@ import numba
 import numpy as np
 from numba.core import types
 
-from gpuad.ad import ir, primitives
+from gpuad.ad import ir, naming, primitives
 from gpuad.ad.activity import analyse
 from gpuad.ad.cache_key import derivative_key
 from gpuad.ad.emit import Namespace, atom_text, emit_function, expr_text
@@ -42,7 +42,7 @@ class Prepared:
     no_store: frozenset = frozenset()  # DuplicatedNoNeed arrays whose primal stores are skipped
     views: dict = dataclasses.field(default_factory=dict)  # local array -> gpuad.ad.views.View
 
-    def shadow(self, array: str, prefix: str = "d_") -> str:
+    def shadow(self, array: str, prefix: str = naming.ADJOINT) -> str:
         """The shadow (`d_`) or tangent (`t_`) of an array: a parameter's, or its view's expression."""
         if array in self.views:
             return view_text(self.views[array], prefix)

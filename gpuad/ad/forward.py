@@ -8,14 +8,17 @@ from __future__ import annotations
 
 from numba.core import types
 
-from gpuad.ad import ir
+from gpuad.ad import ir, naming
 from gpuad.ad.emit import (
     atom_text,
     cast_text,
     expr_text,
     index_text,
+    labelled,
+    live_inits,
     loop_header,
     render,
+    source_line,
     store_text,
     target_text,
     zero_text,
@@ -41,7 +44,7 @@ class TangentSweep:
 
     def t(self, atom) -> str | None:
         if isinstance(atom, ir.Var) and atom.name in self.active:
-            return "t_" + atom.name
+            return naming.tangent(atom.name)
         return None
 
     def refuse(self, s, construct: str, message: str, hint: str):
@@ -51,23 +54,25 @@ class TangentSweep:
     def block(self, stmts: list) -> list:
         code = []
         for s in stmts:
-            if isinstance(s, ir.Assign):
-                code += self.assign(s)
-            elif isinstance(s, ir.Store):
-                if s.array not in self.prep.no_store:
-                    code.append(store_text(s))
-                if s.array in self.active and (tv := self.t(s.value) or ("" if s.increment else "0.0")):
-                    code.append(store_text(s, f"t_{s.array}", tv))
-            elif isinstance(s, ir.If):
-                code.append((f"if {atom_text(s.test)}:", self.block(s.body)))
-                if s.orelse:
-                    code.append(("else:", self.block(s.orelse)))
-            elif isinstance(s, ir.Loop):
-                body = self.block(s.body)
-                if s.exit_flag:
-                    body.append((f"if {s.exit_flag}:", ["break"]))
-                code.append((loop_header(s), body))
+            # `# line N: <the user's line>` before what this statement generates
+            code += labelled(source_line(self.fir.filename, s.line), self.statement(s))
         return code
+
+    def statement(self, s) -> list:
+        if isinstance(s, ir.Assign):
+            return self.assign(s)
+        if isinstance(s, ir.Store):
+            code = [store_text(s)] if s.array not in self.prep.no_store else []
+            if s.array in self.active and (tv := self.t(s.value) or ("" if s.increment else "0.0")):
+                code.append(store_text(s, f"t_{s.array}", tv))
+            return code
+        if isinstance(s, ir.If):
+            code = [(f"if {atom_text(s.test)}:", self.block(s.body))]
+            return code + [("else:", self.block(s.orelse))] if s.orelse else code
+        body = self.block(s.body)
+        if s.exit_flag:
+            body.append((f"if {s.exit_flag}:", ["break"]))
+        return [(loop_header(s), body)]
 
     def assign(self, s: ir.Assign) -> list:
         names = ir.target_names(s.target)
@@ -186,7 +191,7 @@ class TangentSweep:
     def tangent_pattern(self, target):
         if isinstance(target, str):
             if target in self.active:
-                return "t_" + target
+                return naming.tangent(target)
             self.ntemp += 1
             return f"_tt{self.ntemp}"
         return tuple(self.tangent_pattern(t) for t in target)
@@ -199,22 +204,22 @@ def tangent_function(prog: Program, fn, argtypes: tuple, flags: tuple, site, cal
         return prog.generated[key]
     prog.enter_callee(fn, site, caller)
     prep = prog.prepare(fn, argtypes, flags, flatten_tuples=True)
-    name = prog.unique("tan_" + prep.fir.name)
+    name = prog.unique(naming.TANGENT_FUNCTION + prep.fir.name)
     prog.generated[key] = name
     params = []
     for p, flag in zip(prep.fir.params, flags):
         params.append(p)
         if flag and p in prep.active:
-            params.append("t_" + p)
+            params.append(naming.tangent(p))
         elif flag:
-            params.append("_unused_t_" + p)
+            params.append(naming.UNUSED + naming.tangent(p))
     params.append("status")
-    sweep = TangentSweep(prog, prep)
-    body = init_tangents(prep, flags) + sweep.block(prep.fir.body)
+    code = TangentSweep(prog, prep).block(prep.fir.body)
     if prep.fir.ret is None:
-        body.append("return None, None")
+        code.append("return None, None")
     else:
-        body.append(f"return {target_text(prep.fir.ret)}, {target_text(tangent_ret(prep, prep.fir.ret))}")
+        code.append(f"return {target_text(prep.fir.ret)}, {target_text(tangent_ret(prep, prep.fir.ret))}")
+    body = live_inits(init_tangents(prep, flags), code) + code
     prog.defs.append("\n".join(render([(f"def {name}({', '.join(params)}):", body)])))
     prog.in_progress.pop()
     return name
@@ -223,7 +228,7 @@ def tangent_function(prog: Program, fn, argtypes: tuple, flags: tuple, site, cal
 def tangent_ret(prep: Prepared, ret):
     if isinstance(ret, str):
         if ret in prep.active:
-            return "t_" + ret
+            return naming.tangent(ret)
         return zero_text(prep.types.get(ret, types.float64)) if is_float(prep.types.get(ret)) else "0.0"
     return tuple(tangent_ret(prep, r) for r in ret)
 
@@ -246,9 +251,9 @@ def forward_entry(prog: Program, fn, mode, prep: Prepared, flags: tuple, argtype
     for p, flag in zip(prep.fir.params, flags):
         params.append(p)
         if flag:
-            params.append(("t_" if p in prep.active else "_unused_t_") + p)
+            params.append(naming.tangent(p) if p in prep.active else naming.UNUSED + naming.tangent(p))
     params.append("status")
-    body = init_tangents(prep, flags) + TangentSweep(prog, prep).block(prep.fir.body)
+    code = TangentSweep(prog, prep).block(prep.fir.body)
     ret = prep.fir.ret
     if ret is None:
         df, primal = "None", "None"
@@ -256,7 +261,10 @@ def forward_entry(prog: Program, fn, mode, prep: Prepared, flags: tuple, argtype
         prog.refuse(prep.fir, prep.fir.firstline, "return (...)", "forward mode of a function returning a "
                     "tuple is not supported", "return one scalar")
     else:
-        df = cast_text("t_" + ret, prep.return_type) if ret in prep.active else zero_text(prep.return_type)
+        zero = zero_text(prep.return_type)
+        df = cast_text(naming.tangent(ret), prep.return_type) if ret in prep.active else zero
         primal = ret
-    body.append(f"return ({df}, {primal})" if mode.with_primal else f"return ({df},)")
+    code.append(f"return ({df}, {primal})" if mode.with_primal else f"return ({df},)")
+    inits = live_inits(init_tangents(prep, flags), code)
+    body = ["# forward sweep: each statement, then its tangent"] + inits + code
     prog.defs.append("\n".join(render([(f"def {name}({', '.join(params)}):", body)])))

@@ -16,17 +16,22 @@ from __future__ import annotations
 from numba.core import types
 
 from gpuad import api
-from gpuad.ad import checkpoint, ir, tape
+from gpuad.ad import checkpoint, ir, naming, tape
 from gpuad.ad.emit import (
     atom_text,
+    binds,
     cast_text,
+    drop_dead_stores,
     expr_text,
     index_text,
     index_text_of,
+    labelled,
+    live_inits,
     loop_header,
     names_read,
     one_text,
     render,
+    source_line,
     store_text,
     target_text,
     zero_text,
@@ -70,7 +75,7 @@ class AdjointSweep:
     # ------------------------------------------------------------- helpers
     def d(self, atom) -> str | None:
         if isinstance(atom, ir.Var) and atom.name in self.active:
-            return "d_" + atom.name
+            return naming.adjoint(atom.name)
         return None
 
     def adj(self, line: str) -> str:
@@ -125,8 +130,9 @@ class AdjointSweep:
                 f, r, u = self.if_(s)
             else:
                 f, r, u = self.loop(s)
-            fwd += f
-            rev = r + rev
+            label = source_line(self.fir.filename, s.line)  # `# line N: <the user's line>`
+            fwd += labelled(label, f)
+            rev = labelled(label, r) + rev
             use = use + u
         return fwd, rev, use
 
@@ -365,17 +371,18 @@ def split_functions(prog: Program, fn, argtypes, flags, site, caller) -> SplitIn
         snap_fwd += code
         snap_rev = tape.pop(n, prep.types.get(n, types.float64)) + snap_rev
         use = use + u
-    aug, revname = prog.unique("aug_" + fir.name), prog.unique("rev_" + fir.name)
+    aug, revname = prog.unique(naming.AUGMENTED + fir.name), prog.unique(naming.REVERSE_HALF + fir.name)
     tape_params = ["_tf", "_ti", "_spf", "_spi", "status"]
     caps = ["_capf = len(_tf)", "_capi = len(_ti)"]
     ret_text = target_text(fir.ret) if fir.ret is not None else None
-    aug_body = caps + preinits(sweep, sweep.preinit | set(snapshot)) + fwd + snap_fwd
-    aug_body.append(f"return {ret_text}, _spf, _spi" if ret_text else "return _spf, _spi")
+    aug_code = fwd + snap_fwd + [f"return {ret_text}, _spf, _spi" if ret_text else "return _spf, _spi"]
+    aug_inits = caps + preinits(sweep, sweep.preinit | set(snapshot))
+    aug_body = live_inits(aug_inits, aug_code) + aug_code
     params, adjoint_args = [], []
     for i, (p, flag, ty) in enumerate(zip(fir.params, flags, argtypes)):
         params.append(p)
         if flag and isinstance(ty, types.Array):
-            params.append("d_" + p if p in prep.active else "_unused_d_" + p)
+            params.append(naming.adjoint(p) if p in prep.active else naming.UNUSED + naming.adjoint(p))
         elif flag and is_float(ty):
             adjoint_args.append(i)
     leaves = ir.target_names(fir.ret) if fir.ret is not None else []
@@ -383,10 +390,12 @@ def split_functions(prog: Program, fn, argtypes, flags, site, caller) -> SplitIn
     seeds = [f"_seed{k}" for k, ty in enumerate(leaf_types) if is_float(ty)]
     seed_lines = [f"d_{n} += _seed{k}" for k, (n, ty) in enumerate(zip(leaves, leaf_types))
                   if is_float(ty) and n in prep.active]
-    rev_body = caps + snap_rev + adjoint_inits(prep) + seed_lines + rev
-    outs = [("d_" + fir.params[i]) if fir.params[i] in prep.active else zero_text(argtypes[i])
+    outs = [naming.adjoint(fir.params[i]) if fir.params[i] in prep.active else zero_text(argtypes[i])
             for i in adjoint_args]
-    rev_body.append(f"return {', '.join(outs + ['_spf', '_spi'])}")
+    ret = [f"return {', '.join(outs + ['_spf', '_spi'])}"]
+    rev_code = drop_dead_stores(seed_lines + rev, ret) + ret
+    rev_body = (live_inits(caps, snap_rev + rev_code) + snap_rev + live_inits(adjoint_inits(prep), rev_code)
+                + rev_code)
     prog.defs.append("\n".join(render([(f"def {aug}({', '.join(fir.params + tape_params)}):", aug_body)])))
     prog.defs.append("\n".join(render([(f"def {revname}({', '.join(params + seeds + tape_params)}):",
                                         rev_body)])))
@@ -408,29 +417,28 @@ def reverse_entry(prog: Program, mode, prep: Prepared, activities, argtypes, nam
     for p, act in zip(fir.params, activities):
         params.append(p)
         if issubclass(act, api.Duplicated):
-            params.append("d_" + p if p in prep.active else "_unused_d_" + p)
+            params.append(naming.adjoint(p) if p in prep.active else naming.UNUSED + naming.adjoint(p))
     params.append("status")
     derivs = []
     for p, act, ty in zip(fir.params, activities, argtypes):
         if act is api.Active and is_float(ty):
-            derivs.append(cast_text("d_" + p, ty) if p in prep.active else zero_text(ty))
+            derivs.append(cast_text(naming.adjoint(p), ty) if p in prep.active else zero_text(ty))
         else:
             derivs.append("None")
     zero_derivs = [zero_text(ty) if d != "None" else "None" for d, ty in zip(derivs, argtypes)]
-    primal = fir.ret if fir.ret is not None else "None"
+    # The primal is returned as the forward sweep left it: copied aside only if the reverse sweep
+    # assigns its variable again (restoring an overwritten value).
+    keep_primal = mode.with_primal and fir.ret is not None and binds(rev, fir.ret)
+    primal = "_primal" if keep_primal else fir.ret if fir.ret is not None else "None"
 
     def result(ds):
         tup = f"({', '.join(ds)},)" if len(ds) == 1 else f"({', '.join(ds)})"
-        return f"return ({tup}, _primal)" if mode.with_primal else f"return ({tup},)"
+        return f"return ({tup}, {primal})" if mode.with_primal else f"return ({tup},)"
 
-    body = tape.alloc(use) if sweep.uses_tape else []
-    body += ["# forward sweep: the function's own statements, taping what the reverse sweep needs"]
-    body += preinits(sweep, sweep.preinit) + fwd
-    if mode.with_primal:
-        body.append(f"_primal = {primal}")
+    forward = fwd + ([f"_primal = {fir.ret}"] if keep_primal else [])
     for line, trips, most in sweep.checkpoints:
         report = f"report_checkpoint_overflow(status, {line}, {prog.tape_capacity}, {trips})"
-        body.append((f"if {trips} > {most}:", [report, result(zero_derivs)]))
+        forward.append((f"if {trips} > {most}:", [report, result(zero_derivs)]))
         prog.can_fail = True
         prog.overflow_lines.add(line)
     if sweep.dynamic_line is not None:
@@ -438,13 +446,15 @@ def reverse_entry(prog: Program, mode, prep: Prepared, activities, argtypes, nam
             if not used:
                 continue
             report = f"report_tape_overflow(status, {sweep.dynamic_line}, {cap}, {sp})"
-            body.append((f"if {sp} > {cap}:", [report, result(zero_derivs)]))
+            forward.append((f"if {sp} > {cap}:", [report, result(zero_derivs)]))
             prog.can_fail = True
             prog.overflow_lines.add(sweep.dynamic_line)
-    body += ["# reverse sweep: adjoints, from the last statement back to the first"]
-    body += adjoint_inits(prep)
-    if fir.ret is not None and fir.ret in prep.active:
-        body.append(f"d_{fir.ret} += {one_text(prep.types[fir.ret])}")
-    body += rev
-    body.append(result(derivs))
+    reverse = [f"d_{fir.ret} += {one_text(prep.types[fir.ret])}"] if fir.ret in prep.active else []
+    reverse = drop_dead_stores(reverse + rev, [result(derivs)]) + [result(derivs)]
+    reverse = live_inits(adjoint_inits(prep), reverse) + reverse
+    tapes, counters = tape.alloc(use) if sweep.uses_tape else ([], [])
+    body = tapes + live_inits(counters, forward + reverse)
+    body += ["# forward sweep: the function's own statements, taping what the reverse sweep needs"]
+    body += live_inits(preinits(sweep, sweep.preinit), forward + reverse) + forward
+    body += ["# reverse sweep: adjoints, from the last statement back to the first"] + reverse
     prog.defs.append("\n".join(render([(f"def {name}({', '.join(params)}):", body)])))

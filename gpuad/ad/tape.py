@@ -58,10 +58,12 @@ def pop(var: str, ty) -> list:
     return [f"{sp} -= 1", f"{var} = {cast_text(f'{tape}[{sp}]', ty)}"]
 
 
-def alloc(use: TapeUse) -> list:
-    """Entry-function tape allocation, sized at generation time; float32 code gets a float32 tape."""
+def alloc(use: TapeUse) -> tuple[list, list]:
+    """Entry-function tape allocation, sized at generation time; float32 code gets a float32 tape.
+
+    (the tapes, their capacities and stack pointers): the caller drops the counters of a tape
+    nothing pushes to (`emit.live_inits`)."""
     capf, capi = max(use.floats, 1), max(use.ints, 1)
     dtype = "np.float64" if use.f64 else "np.float32"
-    return [f"_capf = {use.floats}", f"_capi = {use.ints}",
-            f"_tf = tape_alloc({capf}, {dtype})", f"_ti = tape_alloc({capi}, np.int64)",
-            "_spf = 0", "_spi = 0"]
+    return ([f"_tf = tape_alloc({capf}, {dtype})", f"_ti = tape_alloc({capi}, np.int64)"],
+            [f"_capf = {use.floats}", f"_capi = {use.ints}", "_spf = 0", "_spi = 0"])
