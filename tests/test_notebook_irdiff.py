@@ -1,26 +1,30 @@
 """The module outline and the link-diff model (gpuad/notebook/outline.py, irdiff.py)."""
 from __future__ import annotations
 
+from compiled_sample import adjoint_symbol, kernel_symbol, sample_record
+
 from gpuad.notebook.irdiff import LINK_REF, LINKED, MARKER, Collapsed, DiffLine, Row, diff_ir
 from gpuad.notebook.outline import llvm_outline, ptx_outline
-from gpuad.notebook.sample import (
-    ADJOINT_SYMBOL,
-    IR_AFTER_LINK,
-    IR_BEFORE_LINK,
-    KERNEL_SYMBOL,
-    PTX,
-)
 
-MARKER_CALL = '  %".5" = call i8* @"gpuad.deferred_codegen"(i64 1)'
+# gpuad.examples.grad_f's modules, as the real pipeline makes them (tests/compiled_sample.py).
+_RECORD = sample_record()
+IR_BEFORE_LINK, IR_AFTER_LINK, PTX = _RECORD.ir_before_link, _RECORD.ir_after_link, _RECORD.ptx
+ADJOINT_SYMBOL, KERNEL_SYMBOL = adjoint_symbol(), kernel_symbol()
+THREAD_INDEX = next(n for n in llvm_outline(IR_BEFORE_LINK).names if "cuda_thread_index" in n)
+# The call of the marker, whose value the linker replaces by the derivative's address.
+MARKER_CALL = next(line for line in IR_BEFORE_LINK.splitlines()
+                   if '= call i8* @"gpuad.deferred_codegen"(i64 1)' in line)
+MARKER_VALUE = MARKER_CALL.split("=")[0]  # '  %".159" '
+LINKED_DEFINE = f'define internal i32 @"{ADJOINT_SYMBOL}"('
 
 
 def test_llvm_outline_finds_quoted_definitions_and_skips_declarations():
     before, after = llvm_outline(IR_BEFORE_LINK), llvm_outline(IR_AFTER_LINK)
-    assert before.names == [KERNEL_SYMBOL]
-    assert after.names == [KERNEL_SYMBOL, ADJOINT_SYMBOL]
+    assert before.names == [KERNEL_SYMBOL, THREAD_INDEX]  # not the declared marker, not libdevice's
+    assert after.names == [KERNEL_SYMBOL, THREAD_INDEX, ADJOINT_SYMBOL]
     adjoint = after.function(ADJOINT_SYMBOL)
     lines = IR_AFTER_LINK.splitlines()
-    assert lines[adjoint.start].startswith("define linkonce_odr i32")
+    assert lines[adjoint.start].startswith(LINKED_DEFINE)
     assert lines[adjoint.end - 1] == "}"
 
 
@@ -34,9 +38,12 @@ def test_outline_segments_cover_the_module_in_order():
 def test_ptx_outline_finds_entry_and_func_but_not_prototypes():
     text = ".extern .func  (.param .b32 func_retval0) vprintf\n(\n\t.param .b64 vprintf_param_0\n)\n;\n" + PTX
     shape = ptx_outline(text)
-    assert shape.names == [KERNEL_SYMBOL, ADJOINT_SYMBOL]
-    body = text.splitlines()[shape.function(ADJOINT_SYMBOL).start:shape.function(ADJOINT_SYMBOL).end]
-    assert any("sin.approx.f64" in line for line in body) and body[-1] == "}"
+    # NVVM inlined the derivative into the kernel; libdevice's sin/cos keep one helper.
+    helper = "__internal_trig_reduction_slowpathd"
+    assert shape.names == [KERNEL_SYMBOL, helper]
+    kernel = text.splitlines()[shape.function(KERNEL_SYMBOL).start:shape.function(KERNEL_SYMBOL).end]
+    assert kernel[0].startswith(".visible .entry") and kernel[-1] == "}"
+    assert any(helper in line for line in kernel[1:])  # the kernel calls it
 
 
 def test_diff_finds_the_linked_function_and_the_replaced_marker():
@@ -44,9 +51,9 @@ def test_diff_finds_the_linked_function_and_the_replaced_marker():
     assert diff.linked_functions == (ADJOINT_SYMBOL,)
     marker_index = diff.before.index(MARKER_CALL)
     assert diff.before_marks[marker_index] == MARKER
-    replaced = next(i for i, line in enumerate(diff.after) if line.startswith('  %".5" = bitcast'))
+    replaced = next(i for i, line in enumerate(diff.after) if line.startswith(MARKER_VALUE + "= bitcast"))
     assert diff.after_marks[replaced] == LINK_REF
-    define = next(i for i, line in enumerate(diff.after) if line.startswith("define linkonce_odr"))
+    define = next(i for i, line in enumerate(diff.after) if line.startswith(LINKED_DEFINE))
     assert diff.after_marks[define] == LINKED
     # The marker call and the marker's declaration are the only deletions.
     assert diff.deleted == 2
@@ -57,7 +64,8 @@ def test_unified_view_pairs_marker_deletion_with_its_replacement():
     k = next(i for i, line in enumerate(lines) if line.text == MARKER_CALL)
     assert (lines[k].tag, lines[k].mark) == ("delete", MARKER)
     assert lines[k + 1].tag == "insert" and ADJOINT_SYMBOL in lines[k + 1].text
-    assert lines[k].number == lines[k + 1].number == IR_BEFORE_LINK.splitlines().index(MARKER_CALL) + 1
+    assert lines[k].number == IR_BEFORE_LINK.splitlines().index(MARKER_CALL) + 1
+    assert IR_AFTER_LINK.splitlines()[lines[k + 1].number - 1] == lines[k + 1].text
 
 
 def test_unchanged_runs_are_collapsed_but_context_is_kept():
@@ -120,5 +128,5 @@ def test_linked_spans_locate_the_appended_functions():
     diff = diff_ir(IR_BEFORE_LINK, IR_AFTER_LINK)
     (span,) = diff.linked_spans
     assert span.name == ADJOINT_SYMBOL and diff.linked_span(ADJOINT_SYMBOL) is span
-    assert diff.after[span.start].startswith("define linkonce_odr") and diff.after[span.end - 1] == "}"
+    assert diff.after[span.start].startswith(LINKED_DEFINE) and diff.after[span.end - 1] == "}"
     assert diff.linked_span(KERNEL_SYMBOL) is None

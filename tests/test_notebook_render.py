@@ -8,10 +8,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from compiled_sample import adjoint_symbol, kernel_symbol, sample_record
 
 from gpuad.notebook.highlight import STYLE_SHEET, highlight, highlight_lines
-from gpuad.notebook.sample import ADJOINT_SYMBOL, KERNEL_SYMBOL, sample_record
 from gpuad.notebook.views import CompilationView
+
+ADJOINT_SYMBOL, KERNEL_SYMBOL = adjoint_symbol(), kernel_symbol()
+LINKED_DEFINE = 'define internal i32 @"<dynamic>.reverse_f"('  # as the reader sees it
 
 THREAD_INDEX = ("_ZN5gpuad7targets4cuda17cuda_thread_indexB2v2B100cw51cXTLSUwv1sDUaKthqaNgoKmjgOR3W3C"
                 "wAkMXLaJtQYkOIgxJU0gCqOkEJoHkbttqdSBL3UrBWEdBHRauQC7YhbWaAA_3d_3dE5ArrayIxLi1E1C7mutable7alignedE")
@@ -98,9 +101,9 @@ def test_diff_marks_the_marker_before_and_the_linked_function_after(view):
     marker = line_with(lines, '@"gpuad.deferred_codegen"(i64 1)')
     assert "gpuad-diff-delete" in marker.css and "gpuad-mark-marker" in marker.css
     assert "rgba(255,190,0" in marker.style and marker.title.startswith("deferred-codegen marker")
-    replacement = line_with(lines, 'bitcast i32 ({double, double}*, double, double)* @"<dynamic>.reverse_f"')
+    replacement = next(x for x in lines if "bitcast i32 (" in x.text and '@"<dynamic>.reverse_f"' in x.text)
     assert "gpuad-diff-insert" in replacement.css and "gpuad-mark-link-ref" in replacement.css
-    definition = line_with(lines, 'define linkonce_odr i32 @"<dynamic>.reverse_f"')
+    definition = line_with(lines, LINKED_DEFINE)
     assert "gpuad-mark-linked" in definition.css and definition.title.startswith("function added")
     body = lines[lines.index(definition) + 1]
     assert "gpuad-mark-linked" in body.css and body.title == ""  # the explanation is not repeated
@@ -110,7 +113,11 @@ def test_diff_marks_the_marker_before_and_the_linked_function_after(view):
 def test_side_by_side_puts_the_replacement_beside_the_marker():
     halves = sides(CompilationView(sample_record(), diff_layout="side-by-side").stage_html("diff"))
     k = next(i for i, x in enumerate(halves["old"]) if "gpuad-mark-marker" in x.css and "(i64 1)" in x.text)
-    assert halves["old"][k].numbers == ("23",) and halves["new"][k].numbers == ("23",)
+    record = sample_record()
+    (number,) = halves["old"][k].numbers
+    assert '@"gpuad.deferred_codegen"(i64 1)' in record.ir_before_link.splitlines()[int(number) - 1]
+    (new_number,) = halves["new"][k].numbers
+    assert "bitcast" in record.ir_after_link.splitlines()[int(new_number) - 1]
     assert "gpuad-mark-link-ref" in halves["new"][k].css
     assert any("unchanged lines (old" in x.text for x in halves["old"])
     assert any("unchanged lines (new" in x.text for x in halves["new"])
@@ -126,13 +133,22 @@ def _shifted_record():
 
 
 def test_unified_diff_numbers_old_and_new_lines():
-    lines = sides(CompilationView(_shifted_record()).stage_html("diff"))["unified"]
-    assert line_with(lines, '@"gpuad.deferred_codegen"(i64 1)').numbers == ("23",)
-    assert line_with(lines, '%"w" = load double').numbers == ("22", "26")
+    record = _shifted_record()
+    before, after = record.ir_before_link.splitlines(), record.ir_after_link.splitlines()
+    marker = next(k for k, line in enumerate(before, 1) if '@"gpuad.deferred_codegen"(i64 1)' in line)
+    # The line above the marker is unchanged: it has an old number and a new one.
+    above = before[marker - 2]
+    moved = (str(marker - 1), str(after.index(above) + 1))
+    assert moved[0] != moved[1]
+    lines = sides(CompilationView(record).stage_html("diff"))["unified"]
+    assert line_with(lines, '@"gpuad.deferred_codegen"(i64 1)').numbers == (str(marker),)
+    assert next(x for x in lines if x.numbers == moved).text.strip().startswith(above.split("=")[0].strip())
     assert line_with(lines, '@"__nv_extra0"').numbers == ("5",)
     # Numbers are right-aligned in fixed columns: a new-only number sits after the old column's blanks.
-    raw = CompilationView(_shifted_record()).stage_html("diff")
-    assert "<g-ln>    5 </g-ln>" in raw and "<g-ln>22 26 </g-ln>" in raw
+    raw = CompilationView(record).stage_html("diff")
+    width = len(str(max(len(before), len(after))))
+    assert f"<g-ln>{'':>{width}} {5:>{width}} </g-ln>" in raw
+    assert f"<g-ln>{moved[0]:>{width}} {moved[1]:>{width}} </g-ln>" in raw
 
 
 def test_diff_summary_links_to_the_linked_functions_definition():
@@ -147,7 +163,7 @@ def test_diff_summary_links_to_the_linked_functions_definition():
         assert diff.count(f'id="{anchor}"') == 1
         lines = sides(diff)["unified" if layout == "unified" else "new"]
         target = next(x for x in lines if x.ident == anchor)
-        assert target.text.lstrip("+ ").startswith('define linkonce_odr i32 @"<dynamic>.reverse_f"')
+        assert target.text.lstrip("+ ").startswith(LINKED_DEFINE)
 
 
 def test_diff_tab_keeps_the_jump_to_the_linked_function():
@@ -172,8 +188,10 @@ def test_diff_summary_counts_are_pluralised():
 def test_module_sections_are_titled_by_python_name_with_the_symbol_on_hover(view):
     after = view.stage_html("ir-after")
     titles = re.findall(r'<summary title="([^"]*)" style="([^"]*)">([^<]*)</summary>', after)
-    assert [(full, htmllib.unescape(text).split("  (")[0]) for full, _, text in titles] == [
-        (KERNEL_SYMBOL, "cudapy.__main__.grad_f"), (ADJOINT_SYMBOL, "<dynamic>.reverse_f")]
+    named = [(full, htmllib.unescape(text).split("  (")[0]) for full, _, text in titles]
+    assert named[0] == (KERNEL_SYMBOL, "gpuad.examples.grad_f")
+    assert named[1][1] == "gpuad.targets.cuda.cuda_thread_index"
+    assert named[2:] == [(ADJOINT_SYMBOL, "<dynamic>.reverse_f")]
     assert all("text-overflow: ellipsis" in style and "overflow: hidden" in style for _, style, _ in titles)
     assert f">{KERNEL_SYMBOL}" not in after
 
@@ -196,7 +214,8 @@ def test_jobs_table_symbol_is_the_python_name_with_the_symbol_as_tooltip(view):
 def test_widget_picker_offers_python_names_and_shows_the_symbol_as_tooltip():
     browser = CompilationView(sample_record()).widget().browsers["ir-after"]
     labels = [label for label, _ in browser.picker.options]
-    assert labels[1:] == ["cudapy.__main__.grad_f", "<dynamic>.reverse_f"]
+    assert labels[1:] == ["gpuad.examples.grad_f", "gpuad.targets.cuda.cuda_thread_index",
+                          "<dynamic>.reverse_f"]
     browser.picker.value = ADJOINT_SYMBOL
     assert browser.picker.tooltip == ADJOINT_SYMBOL
     shown = plain(browser.body.value)
