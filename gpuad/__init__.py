@@ -23,7 +23,7 @@ from gpuad.api import (
 from gpuad.errors import GpuadError
 from gpuad.kernel import Kernel, kernel
 from gpuad.method_table import CPU, CUDA, MethodTable, overlay
-from gpuad.notebook import display  # noqa: F401 - installs the record's rich display (record.def_display)
+from gpuad.notebook import display  # noqa: F401 - installs the displays of records and gradchecks (def_display)
 from gpuad.record import CompilationRecord
 
 __version__ = "0.1.0"
