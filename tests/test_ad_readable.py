@@ -146,3 +146,5 @@ def test_drop_dead_stores_keeps_reads_calls_and_the_labels_of_kept_code():
     kept = [one, "d_s = 0.0", "d_t = f(d_s)", "d_x += d_s", two, "d_v = 0.0"]
     assert drop_dead_stores(code, ["return d_x, d_v"]) == kept
     assert drop_dead_stores([one, "d_s = 0.0"], ["return d_x"]) == []
+    assert drop_dead_stores(["d_s = 0.0\nd_x = d_s"], ["return d_x"]) == ["d_s = 0.0\nd_x = d_s"]
+    assert live_inits(["d_s = 0.0"], ["d_s = 1.0\nd_x = d_s", "return d_x"]) == ["d_s = 0.0"]

@@ -264,7 +264,8 @@ def render(code: list, level: int = 0, last: list | None = None) -> list:
 
 
 def _statement(line: str) -> ast.stmt | None:
-    """A generated line (or block header, given a body) parsed; None for a comment or `else:`."""
+    """A generated line (or block header, given a body) parsed; None for a comment, `else:` or
+    anything that is not one statement."""
     text = line.strip()
     if text.endswith(":"):
         text += " pass"
@@ -272,7 +273,7 @@ def _statement(line: str) -> ast.stmt | None:
         tree = ast.parse(text).body
     except SyntaxError:
         return None
-    return tree[0] if tree else None
+    return tree[0] if len(tree) == 1 else None
 
 
 def _names(node: ast.AST, ctx: type) -> set:
