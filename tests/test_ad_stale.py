@@ -13,6 +13,7 @@ import linecache
 import math
 import sys
 import textwrap
+import warnings
 
 import numpy as np
 import pytest
@@ -268,3 +269,67 @@ def test_the_source_check_accepts_matching_source(source):
     primal = f.__wrapped__ if hasattr(f, "__wrapped__") else f
     expected = (primal(0.7 + h) - primal(0.7 - h)) / (2 * h)
     assert grad(f, 0.7)[0] == pytest.approx(expected, rel=1e-6)
+
+
+# ---------------------------------------------------------------- global arrays (numba freezes them)
+ARRAYS = """
+import numpy as np
+W = np.array([1.0, 2.0])
+T = (np.array([3.0]), 2.0)
+
+def f(x):
+    return W[1] * x * x
+
+def in_tuple(x):
+    return T[0][0] * x * x
+
+def through_method(x):
+    return W.sum() * x * x
+"""
+
+
+def test_host_derivative_sees_a_global_array_changed_in_place():
+    ns = module(ARRAYS)
+    assert grad(ns["f"], 1.0) == (pytest.approx(4.0),)
+    assert grad(ns["in_tuple"], 1.0) == (pytest.approx(6.0),)
+    assert grad(ns["through_method"], 1.0) == (pytest.approx(6.0),)
+    ns["W"][1] = 5.0  # the same array object: numba froze its old bytes into the compiled derivative
+    ns["T"][0][0] = 4.0
+    assert grad(ns["f"], 1.0) == (pytest.approx(10.0),)
+    assert grad(ns["in_tuple"], 1.0) == (pytest.approx(8.0),)
+    assert grad(ns["through_method"], 1.0) == (pytest.approx(12.0),)
+    assert tangent(ns["f"], 1.0) == pytest.approx(10.0)
+
+
+def test_global_arrays_are_keyed_by_content_and_layout():
+    from gpuad.ad.cache_key import derivative_key
+
+    ns = module(ARRAYS)
+    key = derivative_key(ns["f"])
+    method = derivative_key(ns["through_method"])
+    assert derivative_key(ns["through_method"]) == method  # W.sum: a new method at each read
+    ns["W"] = ns["W"].copy()
+    assert derivative_key(ns["f"]) == key  # an equal copy: the same constant
+    ns["W"][0] = -0.0
+    assert derivative_key(ns["f"]) != key  # a byte differs
+    for changed in (ns["W"].astype(np.float32), ns["W"].reshape(2, 1), np.asfortranarray(np.ones((2, 2))),
+                    np.ones((2, 2))):
+        ns["W"] = changed
+        assert derivative_key(ns["f"]) != key
+        key = derivative_key(ns["f"])
+
+
+def test_a_global_array_too_large_to_watch_is_warned_about_once(monkeypatch):
+    from gpuad.ad import cache_key
+    from gpuad.errors import GpuadWarning
+
+    monkeypatch.setattr(cache_key, "CONTENT_LIMIT", 8)
+    ns = module(ARRAYS)
+    with pytest.warns(GpuadWarning, match=r"f reads the global array `W` .*frozen into the compiled kernel, "
+                      r"as numba does; changes after compiling are not seen: pass it as an argument") as seen:
+        cache_key.derivative_key(ns["f"])
+    assert f"{ns['__name__']}:7: f reads" in str(seen[0].message)  # where f reads W
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cache_key.derivative_key(ns["f"])  # once
+        cache_key.derivative_key(ns["in_tuple"])  # T[0] is 8 bytes: watched, nothing to say

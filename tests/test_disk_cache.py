@@ -12,6 +12,7 @@ import pytest
 
 import gpuad
 from gpuad.compiler import disk_cache
+from gpuad.errors import GpuadWarning
 
 _serial = iter(range(10**6))
 
@@ -70,9 +71,29 @@ def test_everything_that_changes_the_output_changes_the_key(cache):
     assert base != key(filename="<other.py>")  # and files
 
 
+def test_global_arrays_are_keyed_by_content(cache, monkeypatch):
+    from gpuad.ad import cache_key
+
+    reads_table = kernel_source(helper_body="return x * TABLE[0] * PAIR[0][1]").replace("SCALE = 2.0", "")
+
+    def key(table, pair=None):
+        pair = np.ones(2) if pair is None else pair
+        return key_of(define(reads_table, "<table.py>", TABLE=table, PAIR=(pair,)), "t")
+
+    base = key(np.ones(3))
+    assert base is not None and base == key(np.ones(3))  # numba freezes the bytes: equal bytes, one kernel
+    assert base != key(np.array([1.0, 1.0, 2.0]))  # an element (changed in place or not)
+    assert base != key(np.ones(3, dtype=np.float32)) != key(np.ones((3, 1)))  # its type, its shape
+    assert base != key(np.ones(3), np.array([1.0, 3.0]))  # an array within a tuple
+    monkeypatch.setattr(cache_key, "CONTENT_LIMIT", 16)
+    with pytest.warns(GpuadWarning, match="frozen into the compiled kernel"):
+        assert key(np.ones(3)) is None  # too large to key by content: by identity, not on disk
+
+
 def test_what_has_no_stable_name_is_not_kept_on_disk(cache, monkeypatch):
     read_by_identity = kernel_source(helper_body="return x * TABLE[0]").replace("SCALE = 2.0", "")
-    assert key_of(define(read_by_identity, TABLE=np.ones(3)), "t") is None  # an array global
+    table = type("Table", (), {"__getitem__": lambda self, k: 2.0})()
+    assert key_of(define(read_by_identity, TABLE=table), "t") is None  # an object of the user's class
     scope = define(kernel_source())
     assert key_of(scope, "t") is not None
     monkeypatch.setenv("GPUAD_CACHE", "0")

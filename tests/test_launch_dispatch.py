@@ -122,6 +122,80 @@ def test_key_watch_sees_rules_tables_and_values(monkeypatch):
     assert not watch.holds()
 
 
+TABLE = np.array([1.0, 2.0])
+PAIR = (np.array([3.0]), 2.0)
+
+
+def through_table(x):
+    return TABLE[1] * x * x + PAIR[0][0] * x
+
+
+def table_kernel(xs, dxs):
+    i = gpuad.thread_index()
+    if i < xs.shape[0]:
+        (d,), = autodiff(Reverse, through_table, Active(xs[i]))
+        dxs[i] = d
+
+
+def table_gradient(xs):
+    return 2 * TABLE[1] * xs + PAIR[0][0]
+
+
+def through_methods(x):
+    return TABLE.sum() * x * x
+
+
+def methods_kernel(xs, dxs):
+    i = gpuad.thread_index()
+    if i < xs.shape[0]:
+        (d,), = autodiff(Reverse, through_methods, Active(xs[i]))
+        dxs[i] = d + TABLE.T[0]
+
+
+def test_a_global_array_changed_in_place_between_launches_is_seen(monkeypatch):
+    monkeypatch.setitem(globals(), "TABLE", TABLE.copy())
+    monkeypatch.setitem(globals(), "PAIR", (PAIR[0].copy(), 2.0))
+    kernel = gpuad.kernel(table_kernel, target="cpu")
+    xs = np.linspace(0.5, 1.5, 4)
+    np.testing.assert_allclose(gradient(kernel, xs), table_gradient(xs))
+    TABLE[1] = 5.0  # numba froze the old bytes into the compiled kernel
+    np.testing.assert_allclose(gradient(kernel, xs), table_gradient(xs))
+    PAIR[0][0] = -1.0  # an array inside a global tuple
+    np.testing.assert_allclose(gradient(kernel, xs), table_gradient(xs))
+    np.testing.assert_allclose(gradient(gpuad.kernel(table_kernel, target="cpu"), xs), table_gradient(xs))
+
+
+def test_key_watch_compares_global_arrays_by_content(monkeypatch):
+    from gpuad.method_table import CPU
+
+    monkeypatch.setitem(globals(), "TABLE", TABLE.copy())
+    watch = dispatch.KeyWatch(methods_kernel, (CPU,))
+    assert watch.holds()  # TABLE.sum and TABLE.T are new objects at each read: compared by token
+    TABLE[0] = 1.0  # the same bytes
+    assert watch.holds()
+    TABLE[0] = 1.5
+    assert not watch.holds()
+    watch = dispatch.KeyWatch(table_kernel, (CPU,))
+    TABLE.shape = (2, 1)  # in place, the same bytes: another type
+    assert not watch.holds()
+
+
+def test_a_repeated_launch_reading_array_methods_and_views_keeps_its_plan(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(globals(), "TABLE", TABLE.copy())
+    kernel = gpuad.kernel(methods_kernel, target="cpu")
+    xs = np.linspace(0.5, 1.5, 4)
+    gradient(kernel, xs)
+    calls = []
+    with monkeypatch.context() as patched:
+        patched.setattr(sys.modules["gpuad.kernel"], "derivative_key", lambda fn: calls.append("key"))
+        np.testing.assert_allclose(gradient(kernel, xs), 2 * TABLE.sum() * xs + TABLE[0])
+    assert calls == []
+    TABLE[0] = 1.5  # still seen
+    np.testing.assert_allclose(gradient(kernel, xs), 2 * TABLE.sum() * xs + TABLE[0])
+
+
 VALUES = [np.ones(3), np.ones(3, dtype=np.float32), np.ones((3, 2)), np.ones((3, 2)).T, np.ones(6)[::2],
           np.ones(1), np.ones((1, 1)), np.ones(3, dtype=">f8"), np.zeros(0), 1, -1, 2**40, -2**63, 2**63 - 1,
           True, 1.5, 1j, np.float32(1), np.float64(1), np.int32(1), np.bool_(True)]

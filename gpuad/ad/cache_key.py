@@ -4,6 +4,11 @@ A derivative of `fn` is a function of the code of `fn` and of every Python
 function it reaches, of what the globals and closure cells those functions
 read hold (numbers are inlined as constants, other objects are bound by
 identity), of their default arguments, and of the registered derivative rules.
+numba freezes a global numpy array into the compiled code like a constant, so
+arrays (also inside global tuples, and behind their methods such as `W.sum`)
+are keyed by content: dtype, shape, strides and a digest of their bytes, up to
+`CONTENT_LIMIT` bytes each; a larger one is keyed by identity, and a
+GpuadWarning says once that changes made to it after compiling are not seen.
 `derivative_key(fn)` collects exactly these, so a cache keyed by it (plus the
 argument types, target and options of the cache at hand) can never hand back
 a derivative of an older state: change a global from 2 to 2.5, redefine a
@@ -24,10 +29,13 @@ import __future__
 import ast
 import builtins
 import dis
+import hashlib
 import inspect
 import sys
 import sysconfig
 import types as pytypes
+import warnings
+import weakref
 
 from gpuad.ad.rules import rules_version, user_rule
 
@@ -53,7 +61,13 @@ SKIPPED_OPS = {"CACHE", "EXTENDED_ARG", "NOP", "PUSH_NULL"}
 JUMP_OPS = set(dis.hasjrel) | set(dis.hasjabs) | set(getattr(dis, "hasjump", ()))
 METHOD_LOADS = {"LOAD_METHOD": "LOAD_ATTR"}
 
+# Global arrays up to this many bytes are keyed by content, and compared at every launch of a
+# cached kernel (`targets/dispatch.KeyWatch`): ~60 µs per MiB there, a SHA-1 here only on change.
+CONTENT_LIMIT = 1 << 20
+
 _reads: dict[int, tuple] = {}  # id(code) -> (code, reads); the code is kept so its id stays unique
+_digests: dict[int, tuple] = {}  # id(array) -> (weak reference, its state, content digest)
+_warned: set[tuple] = set()  # (file, line, function, dotted name) of large arrays warned about
 
 
 class Ident:
@@ -116,8 +130,13 @@ def followed(value, library_too: bool = False):
 def function_entry(fn) -> tuple[tuple, list]:
     """(the key entry of one function, the values it reads that may be functions to follow)."""
     code = fn.__code__
-    values = [read_value(fn, kind, path) for kind, path in reads(code)]
+    paths = reads(code)
+    values = [read_value(fn, kind, path) for kind, path in paths]
     tokens = [Ident(fn), Ident(code), value_token(fn.__defaults__), *map(value_token, values)]
+    for (_, path), value in zip(paths, values):
+        for array in frozen_arrays(value):
+            if array.nbytes > CONTENT_LIMIT and not array.dtype.hasobject:
+                warn_frozen(fn, path, array)
     rule = user_rule(fn)
     if rule is not None:  # the rule's functions are compiled into the derivative
         values += [rule.forward_fn, rule.reverse_fn]
@@ -128,7 +147,7 @@ def function_entry(fn) -> tuple[tuple, list]:
 def value_token(value):
     """What a read value contributes to a key: numbers by type and value, other objects by identity."""
     kind = type(value)
-    if kind in BY_IDENTITY:
+    if kind in BY_IDENTITY and not bound_method(value):
         return Ident(value)
     if kind in BY_VALUE:
         return (kind, value)
@@ -140,14 +159,105 @@ def value_token(value):
         return (tuple, tuple(value_token(v) for v in value))
     if isinstance(value, pytypes.MethodType):  # a fresh bound method at every attribute read
         return ("method", Ident(value.__self__), Ident(value.__func__))
-    if isinstance(value, pytypes.BuiltinMethodType) and not isinstance(value.__self__, pytypes.ModuleType):
-        return ("method", Ident(value.__self__), value.__name__)
+    if bound_method(value):
+        return ("method", value_token(value.__self__) if is_array(value.__self__) else Ident(value.__self__),
+                value.__name__)
+    if is_array(value) and content_keyed(value):
+        return array_token(value)
     return Ident(value)
+
+
+def bound_method(value) -> bool:
+    """A builtin method of an object (`W.sum`): a new one at every attribute read. (`math.sin`
+    and `len` are bound to their module.)"""
+    return (isinstance(value, pytypes.BuiltinMethodType) and value.__self__ is not None
+            and not isinstance(value.__self__, pytypes.ModuleType))
+
+
+def read_afresh(value) -> bool:
+    """Whether reading the same name again may give a new but equal object: a bound method, an
+    array view (`W.T`). Their tokens are compared instead of their identities (`KeyWatch`)."""
+    return (isinstance(value, pytypes.MethodType) or bound_method(value)
+            or (is_array(value) and value.base is not None and content_keyed(value)))
 
 
 def is_numpy_scalar(value) -> bool:
     numpy = sys.modules.get("numpy")
     return numpy is not None and isinstance(value, numpy.generic)
+
+
+# ------------------------------------------------------------ arrays numba freezes
+def is_array(value) -> bool:
+    numpy = sys.modules.get("numpy")
+    return numpy is not None and isinstance(value, numpy.ndarray)
+
+
+def frozen_arrays(value):
+    """The numpy arrays a read value puts into compiled code: itself, those in a tuple (nested
+    too), the array behind a method (`W.sum`)."""
+    if is_array(value):
+        yield value
+    elif isinstance(value, tuple):
+        for item in value:
+            yield from frozen_arrays(item)
+    elif bound_method(value) and is_array(value.__self__):
+        yield value.__self__
+
+
+def content_keyed(array) -> bool:
+    """Keyed (and watched) by content; object arrays are not constants numba can freeze."""
+    return array.nbytes <= CONTENT_LIMIT and not array.dtype.hasobject
+
+
+def array_state(array) -> tuple[tuple, bytes]:
+    """(what numba's type of the constant depends on, its bytes in C order); cheap to compare."""
+    return (array.dtype, array.shape, array.strides), array.tobytes()
+
+
+def array_token(array) -> tuple:
+    """An array's key token: plain data, the same in every process (`disk_cache.stable`)."""
+    dtype = array.dtype
+    return ("array", dtype.str, str(dtype.descr) if dtype.fields else None, array.shape, array.strides,
+            content_digest(array))
+
+
+def content_digest(array) -> str:
+    """SHA-1 of the array's bytes; remembered per array while its bytes compare equal (a copy and
+    a compare cost a tenth of the hash)."""
+    state = array_state(array)
+    known = _digests.get(id(array))
+    if known is not None and known[0]() is array and known[1] == state:
+        return known[2]
+    digest = hashlib.sha1(state[1], usedforsecurity=False).hexdigest()
+    key = id(array)
+
+    def forget(ref, key=key):
+        if _digests.get(key, (None,))[0] is ref:
+            del _digests[key]
+
+    try:
+        _digests[key] = (weakref.ref(array, forget), state, digest)
+    except TypeError:  # no weak references (an ndarray subclass with __slots__): hashed each time
+        pass
+    return digest
+
+
+def warn_frozen(fn, path: tuple, array) -> None:
+    """Once per function and name: a large global array is frozen and not watched."""
+    code = fn.__code__
+    line = read_line(code, path[0])
+    name = ".".join(path)
+    if (code.co_filename, line, fn.__qualname__, name) in _warned:
+        return
+    _warned.add((code.co_filename, line, fn.__qualname__, name))
+    from gpuad.errors import GpuadWarning
+
+    warnings.warn_explicit(GpuadWarning(
+        f"{code.co_filename}:{line}: {fn.__qualname__} reads the global array `{name}` "
+        f"({array.nbytes / 2**20:.1f} MiB, "
+        f"{array.dtype}, shape {array.shape}): it is frozen into the compiled kernel, as numba does; "
+        f"changes after compiling are not seen: pass it as an argument (gpuad watches global arrays "
+        f"of up to {CONTENT_LIMIT >> 20} MiB for changes)"), GpuadWarning, code.co_filename, line)
 
 
 def read_value(fn, kind: str, path: tuple):

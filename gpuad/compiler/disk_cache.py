@@ -4,8 +4,9 @@ Key: a SHA-256 of everything that changes what is compiled: the kernel's `deriva
 (the code of every function it reaches, the values those read, defaults) made stable across
 processes, the argument types, arch, fastmath, tape capacity and atomics variant, and the
 versions of gpuad (a digest of its source), Python, numba, numba-cuda, llvmlite, numpy and NVVM.
-A kernel whose key holds something with no stable name across processes (an object read by
-identity, such as an array or an instance of the user's class), or compiled while the process
+Global arrays are in the key by content (`cache_key.array_token`). A kernel whose key holds
+something with no stable name across processes (an object read by identity, such as an instance
+of the user's class or a global array too large to key by content), or compiled while the process
 has user rules or user overlays registered, is not kept on disk: it compiles as before.
 
 Entries: one file per key, `<key>.gpuad`, a header with the body's SHA-256, then the pickled

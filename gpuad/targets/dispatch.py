@@ -21,6 +21,7 @@ import threading
 
 import numpy as np
 
+from gpuad.ad import cache_key as ck
 from gpuad.ad.cache_key import reached, read_value, reads
 from gpuad.ad.rules import rules_version
 
@@ -75,13 +76,18 @@ class KeyWatch:
     names they read, and of the rules' version; `derivative_key` builds it (and hashes it)
     every time. Here the same values are looked up and compared by identity with what they
     were, which implies an equal key (a number's token is its value, every other token
-    the identity of an immutable value or of the object). Any difference — a global set
+    the identity of an immutable value or of the object). What a read makes anew (a bound
+    method `obj.f`, a view `W.T`) is compared by its token instead. Any difference — a global set
     to an equal but new float, a redefined helper — says "changed", and the launch takes
     the slow path, which keys by the real `derivative_key`. Make it before compiling: a
     change during the compile then makes the next launch look again.
+
+    Global arrays are the exception: numba freezes their bytes into the code and the key has
+    their content, so the arrays among the values (small enough to be keyed by content) are
+    compared with a copy of their state — an in-place change (`W[1] = 5.0`) is a change.
     """
 
-    __slots__ = ("_functions", "_rules", "_tables", "_table_versions")
+    __slots__ = ("_functions", "_rules", "_tables", "_table_versions", "_arrays")
 
     def __init__(self, fn, tables=()):
         self._rules = rules_version()
@@ -91,8 +97,15 @@ class KeyWatch:
         for f, _ in reached(fn):
             code = f.__code__
             paths = reads(code)
-            self._functions.append((f, code, f.__defaults__, paths,
-                                    tuple(read_value(f, kind, path) for kind, path in paths)))
+            values = tuple(read_value(f, kind, path) for kind, path in paths)
+            tokens = tuple(afresh_token(v) if ck.read_afresh(v) else None for v in values)
+            self._functions.append((f, code, f.__defaults__, paths, values, tokens))
+        arrays = {id(a): a for v in self._values() for a in ck.frozen_arrays(v) if ck.content_keyed(a)}
+        self._arrays = tuple((a, ck.array_state(a)) for a in arrays.values())
+
+    def _values(self):
+        for *_, values, _ in self._functions:
+            yield from values
 
     def holds(self) -> bool:
         if rules_version() != self._rules:
@@ -100,13 +113,27 @@ class KeyWatch:
         for table, version in zip(self._tables, self._table_versions):
             if table.version != version:
                 return False
-        for f, code, defaults, paths, values in self._functions:
+        for f, code, defaults, paths, values, tokens in self._functions:
             if f.__code__ is not code or f.__defaults__ is not defaults:
                 return False
-            for (kind, path), value in zip(paths, values):
-                if read_value(f, kind, path) is not value:
+            for (kind, path), value, token in zip(paths, values, tokens):
+                now = read_value(f, kind, path)
+                if now is not value and (token is None or afresh_token(now) != token):
                     return False
+        for array, state in self._arrays:
+            if ck.array_state(array) != state:
+                return False
         return True
+
+
+def afresh_token(value) -> tuple:
+    """What a value read anew each time is compared by: a view by its state (its bytes), a
+    method by its object's identity (an array object's bytes are watched beside) and function."""
+    if ck.is_array(value):
+        return ck.array_state(value)
+    if ck.bound_method(value):
+        return (ck.Ident(value.__self__), value.__name__)
+    return (ck.Ident(value.__self__), ck.Ident(value.__func__))
 
 
 class BoundedCache(dict):
