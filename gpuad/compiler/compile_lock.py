@@ -16,6 +16,8 @@ import functools
 import signal
 import threading
 
+from gpuad.compiler import progress  # imports nothing of gpuad's
+
 _toolchain_loaded = False
 _loading: list = []
 
@@ -91,9 +93,11 @@ def compiling():
         lock = _lock()
         held_before = _owned_locks()
         lock.acquire()
+        progress.REPORTER.begin()  # the outermost block is a compile session (shown after 1 s)
         try:
             yield
         finally:
+            progress.REPORTER.end()
             lock.release()
             _release_leaked(held_before)
 

@@ -14,7 +14,8 @@ site's job; the registry differentiates it and hands the derivative back to the 
 (`Pipeline.build_job`), which interprets and lowers it like any other function. A derivative
 that calls `autodiff` itself gives a job of its own, built the same way. One `StageClock`
 times every stage, nested ones included (`compiler/stages.py`): `timings` are each stage's own
-seconds under the README's names.
+seconds under the README's names. A compile that takes over a second shows which stage it is
+in (`compiler/progress.py`: the clock names the stage, `progress.subject` what is compiled).
 
 A host `autodiff` (`gpuad/host.py`) is one job without a kernel: it enters the same pipeline
 at stage 2 (`Pipeline.jobs.job_for`).
@@ -26,6 +27,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from gpuad.compiler import progress
 from gpuad.compiler.compile_lock import locked
 from gpuad.compiler.jobs import DeferredJob, JobRegistry
 from gpuad.compiler.numba_errors import numba_failure
@@ -77,10 +79,11 @@ class Pipeline:
 
     def build_job(self, job: DeferredJob) -> None:
         """The registry's hook once a job is differentiated: stages 1 and 3 for its derivative."""
-        with self.clock("interpret"):
-            resolved = self.interpreter.resolve(job.derivative.function)
-        with self.clock("lower") as span:
-            self.target.lower_job(job, resolved)
+        with progress.subject(f"the derivative of {job.site.function.__qualname__}"):
+            with self.clock("interpret"):
+                resolved = self.interpreter.resolve(job.derivative.function)
+            with self.clock("lower") as span:
+                self.target.lower_job(job, resolved)
         log.debug("job %d: compiled by numba in %.2f s", job.id, span.seconds)
 
 
@@ -106,6 +109,11 @@ class Output:
 @locked
 def compile(pyfunc, argtypes: tuple, target: Target, tape_capacity: int | None = None) -> Output:
     """Stages 1-5 of kernel `pyfunc` for `argtypes` on `target`."""
+    with progress.subject(f"kernel {pyfunc.__qualname__} ({target.name})"):
+        return _compile(pyfunc, argtypes, target, tape_capacity)
+
+
+def _compile(pyfunc, argtypes: tuple, target: Target, tape_capacity: int | None) -> Output:
     pipeline = Pipeline(target, tape_capacity)
     clock = pipeline.clock
     with clock("interpret"), _numba_failures(pyfunc, target):

@@ -4,13 +4,16 @@ Stages nest: numba's typing of the kernel (stage 3) builds each deferred job, wh
 differentiates (stage 2), interprets (stage 1) and lowers (stage 3) the derivative. The
 clock therefore keeps each stage's *own* seconds: entering a stage pauses the one running,
 leaving it resumes that one, so the timings add up to the whole compile and nothing is
-counted twice (GPUCompiler.jl times its steps with `@timeit_debug` the same way).
+counted twice (GPUCompiler.jl times its steps with `@timeit_debug` the same way). The clock
+also tells the progress display (`progress.py`) which stage a long compile is in.
 """
 from __future__ import annotations
 
 import contextlib
 import time
 from dataclasses import dataclass
+
+from gpuad.compiler import progress
 
 STAGES = ("interpret", "differentiate", "lower", "link", "emit")
 
@@ -37,10 +40,12 @@ class StageClock:
         if self._running:
             self._stop(self._running[-1], now)
         self._running.append([stage, now])
+        progress.REPORTER.enter(stage)
         span = Span()
         try:
             yield span
         finally:
+            progress.REPORTER.leave()
             now = time.perf_counter()
             self._stop(self._running.pop(), now)
             if self._running:
