@@ -196,6 +196,18 @@ def test_timings_are_bars_scaled_to_the_slowest(view):
     assert "931.0 ms" in timings and "total" in timings
 
 
+def test_a_kernel_from_the_disk_cache_shows_a_cache_hit(view):
+    view.record.timings = {"disk cache": 0.0042}  # what gpuad.kernel records for a disk cache hit
+    timings = view.stage_html("timings")
+    assert "Cache hit: loaded from the on-disk kernel cache in 4.2 ms; nothing was compiled." in timings
+    assert "cache hit (from disk)" in timings
+    text = view.stage_text("timings")
+    assert text.startswith("Cache hit: loaded from the on-disk kernel cache in 4.2 ms")
+    assert "cache hit (from disk)  4.2 ms" in text
+    view.record.timings = TIMINGS
+    assert "Cache hit" not in view.stage_html("timings") + view.stage_text("timings")
+
+
 def test_show_selects_and_orders_stages():
     assert parse_stages("ptx, source,diff") == ("ptx", "source", "diff")
     assert parse_stages("adjoint,before,after") == ("derivatives", "ir-before", "ir-after")

@@ -409,17 +409,33 @@ def _collapsed_line(item: Collapsed, side: str) -> _Line:
     return _Line("gpuad-diff-collapsed", f"  ⋯ {item.count} unchanged lines ({where}) ⋯", COLLAPSED_STYLE)
 
 
+CACHE_HIT = "disk cache"  # the one timing of a kernel loaded from the on-disk cache (gpuad.kernel)
+
+
+def timing_label(stage: str) -> str:
+    return "cache hit (from disk)" if stage == CACHE_HIT else stage
+
+
+def cache_hit_note(timings: dict[str, float]) -> str:
+    """Said above the timings of a kernel that was not compiled; empty otherwise."""
+    if CACHE_HIT not in timings:
+        return ""
+    return (f"Cache hit: loaded from the on-disk kernel cache in {format_seconds(timings[CACHE_HIT])}; "
+            "nothing was compiled.")
+
+
 def render_timings(timings: dict[str, float]) -> str:
     """One horizontal bar per stage, scaled to the slowest."""
     if not timings:
         return note("No timings recorded.")
+    hit = note(cache_hit_note(timings)) if CACHE_HIT in timings else ""
     slowest = max(timings.values()) or 1.0
     cell = "padding: 1px 8px 1px 0; text-align: left; border: none; background-color: transparent"
     rows = []
     for stage, seconds in timings.items():
         width = max(0.5, 100.0 * seconds / slowest)
         rows.append(
-            f'<tr><td style="{cell}; white-space: nowrap">{html.escape(stage)}</td>'
+            f'<tr><td style="{cell}; white-space: nowrap">{html.escape(timing_label(stage))}</td>'
             f'<td style="{cell}; width: 60%"><div class="gpuad-bar" style="background-color: {palette.BAR}; '
             f'width: {width:.1f}%; height: 0.9em"></div></td>'
             f'<td style="{cell}; text-align: right; font-family: monospace; white-space: nowrap">'
@@ -428,8 +444,8 @@ def render_timings(timings: dict[str, float]) -> str:
     total = (f'<tr><td style="{cell}; padding-top: 4px; font-weight: bold">total</td><td style="{cell}"></td>'
              f'<td style="{cell}; text-align: right; font-family: monospace; font-weight: bold">'
              f"{format_seconds(sum(timings.values()))}</td></tr>")
-    return (f'<table class="gpuad-table" style="border-collapse: collapse; table-layout: auto; width: 100%; '
-            f'{TABLE_FONT}">{"".join(rows)}{total}</table>')
+    return (hit + f'<table class="gpuad-table" style="border-collapse: collapse; table-layout: auto; '
+            f'width: 100%; {TABLE_FONT}">{"".join(rows)}{total}</table>')
 
 
 def format_seconds(seconds: float) -> str:

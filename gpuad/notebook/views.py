@@ -249,9 +249,10 @@ def text_derivatives(record: CompilationRecord) -> str:
 def text_timings(timings: dict[str, float]) -> str:
     if not timings:
         return "No timings recorded."
-    rows = [[stage, render.format_seconds(seconds)] for stage, seconds in timings.items()]
+    rows = [[render.timing_label(stage), render.format_seconds(s)] for stage, s in timings.items()]
     rows.append(["total", render.format_seconds(sum(timings.values()))])
-    return text_table(["stage", "time"], rows)
+    hit = render.cache_hit_note(timings)
+    return (hit + "\n" if hit else "") + text_table(["stage", "time"], rows)
 
 
 # Mangled numba names (`_ZN…`) as they appear in IR (`@"_ZN…"`, `@_ZN…`) and PTX (`.entry _ZN…`,
