@@ -123,11 +123,12 @@ def test_the_notebook_display_is_updated_then_emptied(monkeypatch):
     shown = []
 
     class Handle:
-        def update(self, obj):
-            shown.append(("update", obj.data))
+        def update(self, bundle, raw):
+            shown.append(("update", bundle))
 
-    def display(obj, display_id):
-        shown.append(("display", obj.data))
+    def display(bundle, raw, display_id):
+        assert raw and display_id
+        shown.append(("display", bundle))
         return Handle()
 
     monkeypatch.setattr(ipd, "display", display)
@@ -136,8 +137,10 @@ def test_the_notebook_display_is_updated_then_emptied(monkeypatch):
     line.show("gpuad: compiling <k> · emit · 1.2 s")
     line.clear()
     assert [kind for kind, _ in shown] == ["display", "update", "update"]
-    assert "compiling &lt;k&gt; · emit · 1.0 s" in shown[0][1] and "1.2 s" in shown[1][1]
-    assert shown[2] == ("update", "")
+    assert shown[0][1]["text/plain"] == "gpuad: compiling <k> · emit · 1.0 s"
+    assert "compiling &lt;k&gt; · emit · 1.0 s" in shown[0][1]["text/html"]
+    assert "1.2 s" in shown[1][1]["text/html"]
+    assert shown[2] == ("update", {"text/plain": "", "text/html": ""})
 
 
 def test_the_thread_shows_a_long_session_and_nothing_of_a_short_one():

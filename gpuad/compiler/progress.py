@@ -158,19 +158,18 @@ class NotebookLine:
         self.handle = None
 
     def show(self, text: str) -> None:
-        from IPython.display import HTML, display
+        from IPython.display import display
 
-        html = HTML(f'<div style="font-family: monospace; opacity: 0.8">⏳ {escape(text)}</div>')
+        bundle = {"text/plain": text,
+                  "text/html": f'<div style="font-family: monospace; opacity: 0.8">⏳ {escape(text)}</div>'}
         if self.handle is None:
-            self.handle = display(html, display_id=True)
+            self.handle = display(bundle, raw=True, display_id=True)
         else:
-            self.handle.update(html)
+            self.handle.update(bundle, raw=True)
 
     def clear(self) -> None:
         if self.handle is not None:
-            from IPython.display import HTML
-
-            self.handle.update(HTML(""))
+            self.handle.update({"text/plain": "", "text/html": ""}, raw=True)
             self.handle = None
 
 
