@@ -165,6 +165,26 @@ def test_a_global_array_changed_in_place_between_launches_is_seen(monkeypatch):
     np.testing.assert_allclose(gradient(gpuad.kernel(table_kernel, target="cpu"), xs), table_gradient(xs))
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("from_disk", [False, True])
+def test_a_global_array_changed_in_place_between_cuda_launches_is_seen(monkeypatch, tmp_path, from_disk):
+    """numba-cuda puts a global array into constant memory when it compiles: a new kernel each time
+    its bytes change, in memory and on disk."""
+    monkeypatch.setenv("GPUAD_CACHE", "1" if from_disk else "0")
+    monkeypatch.setenv("GPUAD_CACHE_DIR", str(tmp_path))
+    monkeypatch.setitem(globals(), "TABLE", TABLE.copy())
+    monkeypatch.setitem(globals(), "PAIR", (PAIR[0].copy(), 2.0))
+    xs = np.linspace(0.5, 1.5, 4)
+    for _ in range(2 if from_disk else 1):  # the second time, fresh kernels load from the disk
+        TABLE[1], PAIR[0][0] = 2.0, 3.0
+        kernel = gpuad.kernel(table_kernel, target="cuda")
+        np.testing.assert_allclose(gradient(kernel, xs), table_gradient(xs))
+        TABLE[1] = 5.0
+        np.testing.assert_allclose(gradient(kernel, xs), table_gradient(xs))
+        PAIR[0][0] = -1.0
+        np.testing.assert_allclose(gradient(kernel, xs), table_gradient(xs))
+
+
 def test_key_watch_compares_global_arrays_by_content(monkeypatch):
     from gpuad.method_table import CPU
 
