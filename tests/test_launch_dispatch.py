@@ -141,6 +141,28 @@ def table_gradient(xs):
     return 2 * TABLE[1] * xs + PAIR[0][0]
 
 
+def with_default(x, weights=np.array([2.0])):  # noqa: B008 - the default array is the point
+    return weights[0] * x * x
+
+
+def default_kernel(xs, dxs):
+    i = gpuad.thread_index()
+    if i < xs.shape[0]:
+        dxs[i] = with_default(xs[i])
+
+
+def test_a_default_array_changed_in_place_between_launches_is_seen():
+    weights = with_default.__defaults__[0]
+    kernel = gpuad.kernel(default_kernel, target="cpu")
+    xs = np.linspace(0.5, 1.5, 4)
+    np.testing.assert_allclose(gradient(kernel, xs), 2.0 * xs * xs)
+    try:
+        weights[0] = 3.0  # numba froze the default of the omitted argument
+        np.testing.assert_allclose(gradient(kernel, xs), 3.0 * xs * xs)
+    finally:
+        weights[0] = 2.0
+
+
 def through_methods(x):
     return TABLE.sum() * x * x
 

@@ -104,7 +104,8 @@ class KeyWatch:
         self._arrays = tuple((a, ck.array_state(a)) for a in arrays.values())
 
     def _values(self):
-        for *_, values, _ in self._functions:
+        for _, _, defaults, _, values, _ in self._functions:
+            yield defaults  # an omitted argument's default is a constant to numba too
             yield from values
 
     def holds(self) -> bool:
