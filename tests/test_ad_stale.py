@@ -333,3 +333,6 @@ def test_a_global_array_too_large_to_watch_is_warned_about_once(monkeypatch):
         warnings.simplefilter("error")
         cache_key.derivative_key(ns["f"])  # once
         cache_key.derivative_key(ns["in_tuple"])  # T[0] is 8 bytes: watched, nothing to say
+    defaults = module("import numpy as np\ndef g(x, w=np.ones(4)):\n    return w[0] * x\n")
+    with pytest.warns(GpuadWarning, match=r":2: g reads a default argument array \(0.0 MiB, float64"):
+        cache_key.derivative_key(defaults["g"])

@@ -135,8 +135,12 @@ def function_entry(fn) -> tuple[tuple, list]:
     tokens = [Ident(fn), Ident(code), value_token(fn.__defaults__), *map(value_token, values)]
     for (_, path), value in zip(paths, values):
         for array in frozen_arrays(value):
-            if array.nbytes > CONTENT_LIMIT and not array.dtype.hasobject:
-                warn_frozen(fn, path, array)
+            if too_large(array):
+                name = ".".join(path)
+                warn_frozen(fn, f"the global array `{name}`", read_line(code, path[0]), array)
+    for array in frozen_arrays(fn.__defaults__):  # an omitted argument's default is frozen too
+        if too_large(array):
+            warn_frozen(fn, "a default argument array", code.co_firstlineno, array)
     rule = user_rule(fn)
     if rule is not None:  # the rule's functions are compiled into the derivative
         values += [rule.forward_fn, rule.reverse_fn]
@@ -242,21 +246,23 @@ def content_digest(array) -> str:
     return digest
 
 
-def warn_frozen(fn, path: tuple, array) -> None:
-    """Once per function and name: a large global array is frozen and not watched."""
+def too_large(array) -> bool:
+    """Frozen by numba but too large to compare at every launch (object arrays are not frozen)."""
+    return array.nbytes > CONTENT_LIMIT and not array.dtype.hasobject
+
+
+def warn_frozen(fn, what: str, line: int, array) -> None:
+    """Once per function and array read: a large array is frozen and not watched."""
     code = fn.__code__
-    line = read_line(code, path[0])
-    name = ".".join(path)
-    if (code.co_filename, line, fn.__qualname__, name) in _warned:
+    if (code.co_filename, line, fn.__qualname__, what) in _warned:
         return
-    _warned.add((code.co_filename, line, fn.__qualname__, name))
+    _warned.add((code.co_filename, line, fn.__qualname__, what))
     from gpuad.errors import GpuadWarning
 
     warnings.warn_explicit(GpuadWarning(
-        f"{code.co_filename}:{line}: {fn.__qualname__} reads the global array `{name}` "
-        f"({array.nbytes / 2**20:.1f} MiB, "
+        f"{code.co_filename}:{line}: {fn.__qualname__} reads {what} ({array.nbytes / 2**20:.1f} MiB, "
         f"{array.dtype}, shape {array.shape}): it is frozen into the compiled kernel, as numba does; "
-        f"changes after compiling are not seen: pass it as an argument (gpuad watches global arrays "
+        f"changes after compiling are not seen: pass it as an argument (gpuad watches arrays "
         f"of up to {CONTENT_LIMIT >> 20} MiB for changes)"), GpuadWarning, code.co_filename, line)
 
 
