@@ -215,6 +215,17 @@ def default_sink():
 REPORTER = Reporter()
 
 
+def _after_fork_in_child() -> None:
+    """A forked process (a dask worker) has no display thread, and the lock may be held by it."""
+    REPORTER._lock = threading.Lock()
+    REPORTER._wake = threading.Event()
+    REPORTER._thread, REPORTER._checked = None, False
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class subject:
     """`with progress.subject("kernel k"):` names what the enclosed stages compile."""
 
