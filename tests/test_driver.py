@@ -97,6 +97,9 @@ def test_cpu_kernels_and_host_autodiff_build_their_jobs_through_the_driver(monke
         return build_job(self, job)
 
     monkeypatch.setattr(driver.Pipeline, "build_job", spy)
+    from gpuad import host
+
+    monkeypatch.setattr(host, "_pipeline", None)  # an earlier host autodiff's registry: not spied
     f = fresh_function(2.5)
     (dx, dy), = autodiff(Reverse, f, Active(0.3), Active(2.0))
     assert built == [("cpu", f)]
