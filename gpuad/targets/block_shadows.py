@@ -32,8 +32,6 @@ import functools
 
 import numpy as np
 
-from gpuad import api
-
 # Small shadows only (coefficients, parameters, a loss): every block zeroes and scans its copy,
 # and shared memory taken from every block lowers how many blocks an SM holds.
 MAX_BYTES = 4 * 1024
@@ -44,43 +42,27 @@ _REVERSE_MODES = ("Reverse", "ReverseWithPrimal")
 def reducible_shadows(pyfunc) -> tuple[int, ...]:
     """Parameter positions of the kernel whose shadows may be reduced per block (see above)."""
     from gpuad.ad.normalize import may_write_memory
-    from gpuad.interpreter import (
-        _activity_class,
-        function_namespace,
-        local_names,
-        name_uses,
-        parse_function,
-        static_value,
-    )
+    from gpuad.interpreter import name_uses, static_value
+    from gpuad.targets.launch import duplicated_arguments
 
-    parsed = parse_function(pyfunc)
-    tree, namespace, locals_ = parsed.tree, function_namespace(pyfunc), local_names(parsed.tree)
+    parsed, namespace, locals_, duplicated = duplicated_arguments(pyfunc)
+    tree = parsed.tree
     if any(isinstance(n, ast.Attribute) and n.attr in ("shared", "syncthreads") for n in ast.walk(tree)):
         return ()
     params = [a.arg for a in tree.args.args]
     shadow_uses: dict[str, set] = {}  # parameter name -> the Name nodes that pass it as a shadow
-    for node in ast.walk(tree):
-        if not (isinstance(node, ast.Call) and static_value(node.func, namespace, locals_) is api.autodiff
-                and len(node.args) >= 2):
-            continue
+    for found in duplicated:
         try:
-            mode = static_value(node.args[0], namespace, locals_)
-            fn = static_value(node.args[1], namespace, locals_)
+            mode = static_value(found.call.args[0], namespace, locals_)
+            fn = static_value(found.call.args[1], namespace, locals_)
         except Exception:  # noqa: BLE001 - not static: stage 1 says what is wrong
             continue
         if getattr(mode, "name", None) not in _REVERSE_MODES or may_write_memory(fn):
             continue
-        for arg in node.args[2:]:
-            try:
-                wrapper = _activity_class(arg, namespace, locals_)
-            except Exception:  # noqa: BLE001
-                continue
-            if wrapper is None or not issubclass(wrapper, api.Duplicated) or len(arg.args) != 2:
-                continue
-            primal, shadow = arg.args
-            if (isinstance(primal, ast.Name) and isinstance(shadow, ast.Name) and shadow.id in params
-                    and primal.id != shadow.id):
-                shadow_uses.setdefault(shadow.id, set()).add(id(shadow))
+        primal, shadow = found.arg.args
+        if (isinstance(primal, ast.Name) and isinstance(shadow, ast.Name) and shadow.id in params
+                and primal.id != shadow.id):
+            shadow_uses.setdefault(shadow.id, set()).add(id(shadow))
     uses = name_uses(tree)
     return tuple(sorted(
         params.index(name) for name, passed in shadow_uses.items()

@@ -260,6 +260,41 @@ class ShadowPair:
     location: SourceLocation
 
 
+@dataclass(frozen=True)
+class DuplicatedArgument:
+    """A `Duplicated(primal, shadow)` argument of an `autodiff(mode, f, ...)` call in a kernel."""
+
+    call: ast.Call  # the autodiff call
+    arg: ast.Call  # Duplicated(primal, shadow)
+
+
+def duplicated_arguments(pyfunc) -> tuple:
+    """(parsed source, namespace, locals, [DuplicatedArgument]) of a kernel: every `Duplicated`
+    (or `DuplicatedNoNeed`) argument with two parts of its `autodiff` calls."""
+    from gpuad.interpreter import (
+        _activity_class,
+        function_namespace,
+        local_names,
+        parse_function,
+        static_value,
+    )
+
+    parsed = parse_function(pyfunc)
+    namespace, locals_ = function_namespace(pyfunc), local_names(parsed.tree)
+    found = []
+    for node in ast.walk(parsed.tree):
+        if not (isinstance(node, ast.Call) and static_value(node.func, namespace, locals_) is api.autodiff):
+            continue
+        for arg in node.args[2:]:
+            try:
+                wrapper = _activity_class(arg, namespace, locals_)
+            except Exception:  # noqa: BLE001 - stage 1 reports malformed calls
+                wrapper = None
+            if wrapper is not None and issubclass(wrapper, api.Duplicated) and len(arg.args) == 2:
+                found.append(DuplicatedArgument(node, arg))
+    return parsed, namespace, locals_, found
+
+
 @functools.lru_cache(maxsize=512)
 def shadow_pairs(pyfunc) -> tuple[ShadowPair, ...]:
     """`Duplicated(a, da)` or `Duplicated(a[idx], da[idx])` with a and da kernel parameters.
@@ -268,40 +303,25 @@ def shadow_pairs(pyfunc) -> tuple[ShadowPair, ...]:
     run-time shapes, so the launch checks them. Shadows built inside the
     kernel or in the functions it calls are not covered.
     """
-    from gpuad.interpreter import (
-        _activity_class,
-        function_namespace,
-        local_names,
-        name_uses,
-        parse_function,
-        static_value,
-    )
+    from gpuad.interpreter import name_uses
 
-    parsed = parse_function(pyfunc)
-    tree, namespace, locals_ = parsed.tree, function_namespace(pyfunc), local_names(parsed.tree)
+    parsed, _, _, duplicated = duplicated_arguments(pyfunc)
+    tree = parsed.tree
     params = [a.arg for a in tree.args.args]
     stored = {name for name, uses in name_uses(tree).items()
               if any(not isinstance(u.ctx, ast.Load) for u, _ in uses)}
     pairs = []
-    for node in ast.walk(tree):
-        if not (isinstance(node, ast.Call) and static_value(node.func, namespace, locals_) is api.autodiff):
+    for found in duplicated:
+        names = [_parameter_name(v) for v in found.arg.args]
+        if None in names or any(n not in params or n in stored for n in names):
             continue
-        for arg in node.args[2:]:
-            try:
-                wrapper = _activity_class(arg, namespace, locals_)
-            except Exception:  # noqa: BLE001 - stage 1 reports malformed calls
-                wrapper = None
-            if wrapper is None or not issubclass(wrapper, api.Duplicated) or len(arg.args) != 2:
-                continue
-            names = [_parameter_name(v) for v in arg.args]
-            if None in names or any(n not in params or n in stored for n in names):
-                continue
-            primal, shadow = arg.args
-            if isinstance(primal, ast.Subscript) != isinstance(shadow, ast.Subscript) or (
-                    isinstance(primal, ast.Subscript) and ast.dump(primal.slice) != ast.dump(shadow.slice)):
-                continue
-            where = SourceLocation(parsed.filename, node.lineno, ast.unparse(arg)[:80], pyfunc.__name__)
-            pairs.append(ShadowPair(params.index(names[0]), params.index(names[1]), where))
+        primal, shadow = found.arg.args
+        if isinstance(primal, ast.Subscript) != isinstance(shadow, ast.Subscript) or (
+                isinstance(primal, ast.Subscript) and ast.dump(primal.slice) != ast.dump(shadow.slice)):
+            continue
+        where = SourceLocation(parsed.filename, found.call.lineno, ast.unparse(found.arg)[:80],
+                               pyfunc.__name__)
+        pairs.append(ShadowPair(params.index(names[0]), params.index(names[1]), where))
     return tuple(pairs)
 
 
