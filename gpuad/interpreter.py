@@ -193,7 +193,7 @@ def python_of_device_function(callee: Any, location: SourceLocation) -> Any:
 
     options = cuda_jit_options(callee)
     if options is None:
-        return callee
+        return _python_of_cpu_dispatcher(callee)
     name = callee.py_func.__name__
     if not options.get("device"):
         raise InterpretError(
@@ -207,6 +207,16 @@ def python_of_device_function(callee: Any, location: SourceLocation) -> Any:
             hint="write the function in Python, or call it from a numba-cuda kernel instead",
         )
     return callee.py_func
+
+
+def _python_of_cpu_dispatcher(callee: Any) -> Any:
+    """The Python function of a user's `@numba.njit` dispatcher, else `callee` itself: called as
+    compiled, it would keep the global arrays numba froze into it at its first compile (an
+    in-place change never seen), and gpuad compiles what a kernel calls for the kernel's target."""
+    from numba.core.registry import CPUDispatcher
+
+    py_func = getattr(callee, "py_func", None)
+    return py_func if isinstance(callee, CPUDispatcher) and is_plain_function(py_func) else callee
 
 
 class _CallRewriter(ast.NodeTransformer):

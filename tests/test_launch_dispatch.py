@@ -311,3 +311,27 @@ def test_cached_launch_configurations_still_refuse_bools():
 def test_check_mode_is_validated():
     with pytest.raises(LaunchError, match="check is one of blocking, deferred"):
         gpuad.kernel(helper_kernel, check="later")
+
+
+def test_a_users_njit_helper_sees_global_arrays_changed_in_place():
+    """A kernel calling the user's own @numba.njit helper (not differentiated): gpuad compiles the
+    helper's Python for the kernel, so numba's copy of a global array frozen at the helper's
+    first compile is not what runs."""
+    import numba
+
+    namespace = {"np": np, "gpuad": gpuad, "numba": numba}
+    source = ("W = np.array([1.0, 2.0])\n\n"
+              "@numba.njit\ndef scaled(x):\n    return W[1] * x\n\n"
+              "def kern(xs, out):\n    i = gpuad.thread_index()\n    if i < xs.shape[0]:\n"
+              "        out[i] = scaled(xs[i])\n")
+    from corpus import exec_source
+
+    namespace = exec_source(source, "<njit helper>", namespace)
+    assert namespace["scaled"](1.0) == 2.0  # numba compiled it, with W[1] = 2.0 frozen
+    kernel = gpuad.kernel(namespace["kern"], target="cpu")
+    xs, out = np.ones(3), np.zeros(3)
+    kernel.launch(3, xs, out)
+    assert list(out) == [2.0, 2.0, 2.0]
+    namespace["W"][1] = 5.0
+    kernel.launch(3, xs, out)
+    assert list(out) == [5.0, 5.0, 5.0]
