@@ -3,7 +3,8 @@
 `primitives.guarded_mul(factor, partial)` is `factor * partial` where a zero factor adds nothing.
 Compiled as a Python function it would be a separate function with a branch (numba IR blocks,
 a function in the link diff); as an intrinsic it lowers inline to a multiply, a compare and a
-`select`, on the CPU and on the GPU alike.
+`select`, on the CPU and on the GPU alike. `cuda_element_address` gives the address of an array
+element, which warp-combined atomics (`targets/warp_atomics.py`) compare across lanes.
 """
 from __future__ import annotations
 
@@ -45,3 +46,41 @@ def cuda_guarded_mul():
     from numba.cuda.extending import intrinsic
 
     return intrinsic(guarded_mul_typer)
+
+
+def cuda_element_address():
+    """`element_address(array, index)`: the address of `array[index]` as an int64, for the cuda
+    target (`targets/warp_atomics.py` compares lanes' addresses)."""
+    from llvmlite import ir
+    from numba.core import cgutils, types
+    from numba.core.typing import signature
+    from numba.cuda.extending import intrinsic
+
+    @intrinsic
+    def element_address(typingctx, array, index):
+        """The address of `array[index]` as an int64 (no bounds check: the atomic makes none)."""
+        if not isinstance(array, types.Array):
+            return None
+        if isinstance(index, types.Integer):
+            indices = (index,)
+        elif isinstance(index, types.BaseTuple) and all(isinstance(t, types.Integer) for t in index):
+            indices = tuple(index)
+        else:
+            return None
+        if len(indices) != array.ndim:
+            return None
+
+        def codegen(context, builder, sig, args):
+            arytype, indextype = sig.args
+            ary = context.make_array(arytype)(context, builder, args[0])
+            if isinstance(indextype, types.Integer):
+                values = [args[1]]
+            else:
+                values = cgutils.unpack_tuple(builder, args[1], len(indices))
+            values = [context.cast(builder, v, t, types.intp) for v, t in zip(values, indices)]
+            pointer = cgutils.get_item_pointer(context, builder, arytype, ary, values, wraparound=False)
+            return builder.ptrtoint(pointer, ir.IntType(64))
+
+        return signature(types.int64, array, index), codegen
+
+    return element_address

@@ -18,46 +18,12 @@ from __future__ import annotations
 
 from numba import cuda
 
+from gpuad.compiler import numba_intrinsics
+
 FULL_WARP = 0xFFFFFFFF
 
 
-def _element_address_intrinsic():
-    from llvmlite import ir
-    from numba.core import cgutils, types
-    from numba.core.typing import signature
-    from numba.cuda.extending import intrinsic
-
-    @intrinsic
-    def element_address(typingctx, array, index):
-        """The address of `array[index]` as an int64 (no bounds check: the atomic makes none)."""
-        if not isinstance(array, types.Array):
-            return None
-        if isinstance(index, types.Integer):
-            indices = (index,)
-        elif isinstance(index, types.BaseTuple) and all(isinstance(t, types.Integer) for t in index):
-            indices = tuple(index)
-        else:
-            return None
-        if len(indices) != array.ndim:
-            return None
-
-        def codegen(context, builder, sig, args):
-            arytype, indextype = sig.args
-            ary = context.make_array(arytype)(context, builder, args[0])
-            if isinstance(indextype, types.Integer):
-                values = [args[1]]
-            else:
-                values = cgutils.unpack_tuple(builder, args[1], len(indices))
-            values = [context.cast(builder, v, t, types.intp) for v, t in zip(values, indices)]
-            pointer = cgutils.get_item_pointer(context, builder, arytype, ary, values, wraparound=False)
-            return builder.ptrtoint(pointer, ir.IntType(64))
-
-        return signature(types.int64, array, index), codegen
-
-    return element_address
-
-
-element_address = _element_address_intrinsic()
+element_address = numba_intrinsics.cuda_element_address()
 
 
 def warp_atomic_add(array, index, value):
