@@ -61,3 +61,51 @@ def test_the_status_names_the_job_whose_loop_overflowed():
             JobFacts(True, frozenset({14}), frozenset(), "mine.py", "mine")]
     error = st.status_error(status, "k", jobs, 4)
     assert (error.location.filename, error.location.line, error.location.function) == ("mine.py", 14, "mine")
+
+
+# A taped loop in a callee of another file: its report carries the callee's line, which named
+# the caller's file and function (a line there that holds no loop, or none at all).
+CALLEE_SOURCE = "import math\n\n\ndef inner(x, n):\n    s = x\n    for i in range(n):\n" \
+                "        s = math.sin(s) * x\n    return s\n"
+CALLER_SOURCE = "def outer(x, n):\n    y = x * 2.0\n    return inner(y, n) + y\n"
+
+
+def caller_of_a_looping_callee():
+    import corpus
+
+    callee = corpus.exec_source(CALLEE_SOURCE, "<facts callee module>", {})["inner"]
+    return corpus.exec_source(CALLER_SOURCE, "<facts caller module>", {"inner": callee})["outer"]
+
+
+def test_overflow_in_a_callee_names_the_callees_file_and_line():
+    import pytest
+
+    from gpuad.errors import TapeOverflow
+
+    outer = caller_of_a_looping_callee()
+    d = differentiate(outer, Reverse, (Active, Const), (F64, I64))
+    assert d.overflow_owners == ((6, "<facts callee module>", "inner"),)
+    with pytest.raises(TapeOverflow) as info:
+        autodiff(Reverse, outer, Active(0.5), 500)
+    where = info.value.location
+    assert (where.filename, where.line, where.function) == ("<facts callee module>", 6, "inner")
+
+
+def test_overflow_in_a_callee_inside_a_kernel_names_the_callee():
+    import pytest
+
+    import gpuad
+    from gpuad.errors import TapeOverflow
+
+    outer = caller_of_a_looping_callee()
+
+    def k(xs, out, n):
+        i = gpuad.thread_index()
+        if i < xs.shape[0]:
+            (dx, _), = autodiff(Reverse, outer, Active(xs[i]), n)
+            out[i] = dx
+
+    with pytest.raises(TapeOverflow) as info:
+        gpuad.kernel(k, target="cpu", tape_capacity=8).launch(2, np.ones(2), np.zeros(2), 50)
+    where = info.value.location
+    assert (where.filename, where.line, where.function) == ("<facts callee module>", 6, "inner")

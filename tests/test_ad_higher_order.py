@@ -98,8 +98,12 @@ def test_forward_over_taped_reverse(jit):
 
 def test_forward_over_taped_reverse_reports_the_inner_overflow():
     from gpuad.errors import TapeOverflow
-    with pytest.raises(TapeOverflow, match="needed 200 tape entries"):
+    with pytest.raises(TapeOverflow, match="needed 200 tape entries") as info:
         autodiff(Forward, grad_looped, Duplicated(0.7, 1.0), 100)
+    # the inner function's loop, in its file (the report named no file: "<unknown>")
+    where = info.value.location
+    assert (where.filename, where.line, where.function) == (
+        looped.__code__.co_filename, looped.__code__.co_firstlineno + 2, "looped")
 
 
 def spiral(x, y, steps):

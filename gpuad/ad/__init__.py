@@ -60,6 +60,9 @@ class Derivative:
     can_fail: bool = False
     # The lines its own overflow reports name (the loops' lines), to say whose loop overflowed.
     overflow_lines: frozenset = frozenset()
+    # (line, file, function) of every loop its overflow reports can name, callees' and inner
+    # adjoints' included (their lines are in other files)
+    overflow_owners: tuple = ()
 
 
 def check_call(fn, mode, activities, argtypes, where: SourceLocation | None = None) -> None:
@@ -161,7 +164,8 @@ def differentiate(fn, mode: api.Mode, activities: tuple, argtypes: tuple, *,
     exec(compile(source, filename, "exec"), scope)
     return Derivative(name, source, namespace, scope[name], mode, activities, argtypes, filename,
                       prep.own_arrays if mode.reverse else frozenset(), prog.can_fail,
-                      frozenset(prog.overflow_lines))
+                      frozenset(prog.overflow_lines),
+                      tuple(sorted((line, *owner) for line, owner in prog.overflow_owners.items())))
 
 
 

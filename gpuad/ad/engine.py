@@ -84,6 +84,9 @@ class Program:
         self.used_names: set = set()
         self.can_fail = False  # some generated code reports a failure through `status`
         self.overflow_lines: set = set()  # the loop lines the entry's own overflow reports name
+        # line -> (file, function) of the loop there: a callee's or an inner adjoint's loop
+        # reports its own line, which the entry's file does not hold
+        self.overflow_owners: dict = {}
 
     def enter_callee(self, fn, site, caller) -> None:
         """Start generating a callee's derivative; calling back into one in progress is recursion."""

@@ -170,6 +170,11 @@ class TangentSweep:
         # Its tangent keeps the inner adjoint's overflow reports (they name the inner function's
         # lines, not this job's: not added to overflow_lines).
         self.prog.can_fail |= deriv.can_fail
+        inner = unwrap(e.f).__code__
+        for line in deriv.overflow_lines:  # the inner function's loops, named with its file
+            self.prog.overflow_owners.setdefault(line, (inner.co_filename, inner.co_name))
+        for line, filename, function in deriv.overflow_owners:
+            self.prog.overflow_owners[line] = (filename, function)
         flat = [a for _, _, atoms in e.wrappers for a in atoms]
         argtypes = tuple(type_of_atom(a, self.prep.types, ns) for a in flat) + (STATUS_TYPE,)
         flags = tuple(self.t(a) is not None for a in flat) + (False,)

@@ -69,6 +69,7 @@ class AdjointSweep:
         self.preinit: set = set()
         self.nslot = 0
         self.dynamic_line: int | None = None
+        self.dynamic_owner: tuple | None = None  # (file, function) of the loop at dynamic_line
         self.checkpoints: list[tuple[int, str, int]] = []  # (line, trip counter, most iterations)
         self.uses_tape = False
 
@@ -259,7 +260,7 @@ class AdjointSweep:
         if body_use.empty:
             return 0
         if self.dynamic_line is None:
-            self.dynamic_line = s.line
+            self.dynamic_line, self.dynamic_owner = s.line, loop_owner(self.fir)
         return self.prog.tape_capacity
 
     # --------------------------------------------------------------- calls
@@ -276,7 +277,8 @@ class AdjointSweep:
         self.prog.check_callee(self.fir, s, e.func, expr_text(e))
         info = split_functions(self.prog, unwrap(e.func), argtypes, flags, s, self.fir)
         if info.dynamic_line is not None and self.dynamic_line is None:
-            self.dynamic_line = info.dynamic_line
+            # the callee's loop (its file and line) is the one the report names
+            self.dynamic_line, self.dynamic_owner = info.dynamic_line, info.dynamic_owner
         self.uses_tape = True
         args = [atom_text(a) for a in flat]
         tape_args = "_tf, _ti, _spf, _spi, status"
@@ -322,10 +324,15 @@ class AdjointSweep:
 class SplitInfo:
     """What a caller needs to call a callee's forward and reverse halves."""
 
-    def __init__(self, aug, rev, ret, ret_leaf_types, adjoint_args, use, dynamic_line):
+    def __init__(self, aug, rev, ret, ret_leaf_types, adjoint_args, use, dynamic_line, dynamic_owner=None):
         self.aug, self.rev, self.ret = aug, rev, ret
         self.ret_leaf_types, self.adjoint_args = ret_leaf_types, adjoint_args
-        self.use, self.dynamic_line = use, dynamic_line
+        self.use, self.dynamic_line, self.dynamic_owner = use, dynamic_line, dynamic_owner
+
+
+def loop_owner(fir) -> tuple[str, str]:
+    """(file, function) of a loop of `fir`: what an overflow report at its line names."""
+    return fir.filename, getattr(fir.func, "__name__", fir.name)
 
 
 def two_pass(prog: Program, prep: Prepared, split: bool) -> AdjointSweep:
@@ -399,7 +406,8 @@ def split_functions(prog: Program, fn, argtypes, flags, site, caller) -> SplitIn
     prog.defs.append("\n".join(render([(f"def {aug}({', '.join(fir.params + tape_params)}):", aug_body)])))
     prog.defs.append("\n".join(render([(f"def {revname}({', '.join(params + seeds + tape_params)}):",
                                         rev_body)])))
-    info = SplitInfo(aug, revname, fir.ret, leaf_types, adjoint_args, use, sweep.dynamic_line)
+    info = SplitInfo(aug, revname, fir.ret, leaf_types, adjoint_args, use, sweep.dynamic_line,
+                     sweep.dynamic_owner)
     prog.generated[key] = info
     prog.in_progress.pop()
     return info
@@ -441,6 +449,7 @@ def reverse_entry(prog: Program, mode, prep: Prepared, activities, argtypes, nam
         forward.append((f"if {trips} > {most}:", [report, result(zero_derivs)]))
         prog.can_fail = True
         prog.overflow_lines.add(line)
+        prog.overflow_owners[line] = loop_owner(prep.fir)
     if sweep.dynamic_line is not None:
         for sp, cap, used in (("_spf", "_capf", use.floats), ("_spi", "_capi", use.ints)):
             if not used:
@@ -449,6 +458,7 @@ def reverse_entry(prog: Program, mode, prep: Prepared, activities, argtypes, nam
             forward.append((f"if {sp} > {cap}:", [report, result(zero_derivs)]))
             prog.can_fail = True
             prog.overflow_lines.add(sweep.dynamic_line)
+            prog.overflow_owners[sweep.dynamic_line] = sweep.dynamic_owner
     reverse = [f"d_{fir.ret} += {one_text(prep.types[fir.ret])}"] if fir.ret in prep.active else []
     reverse = drop_dead_stores(reverse + rev, [result(derivs)]) + [result(derivs)]
     reverse = live_inits(adjoint_inits(prep), reverse) + reverse

@@ -37,6 +37,7 @@ class JobFacts:
     own_arrays: frozenset
     filename: str
     function: str
+    overflow_owners: tuple = ()  # (line, file, function): the loop each reported line is in
 
 
 @dataclass
@@ -57,7 +58,7 @@ class DeferredJob:
         code = self.site.function.__code__
         d = self.derivative
         return JobFacts(d.can_fail, d.overflow_lines, frozenset(d.own_arrays), code.co_filename,
-                        code.co_name)
+                        code.co_name, d.overflow_owners)
 
     def record(self) -> JobRecord:
         return JobRecord(

@@ -86,7 +86,12 @@ def status_error(status: np.ndarray, kernel_name: str, jobs, tape_capacity: int,
 
 
 def _loop_owner(jobs, line: int) -> tuple[str, str]:
-    """File and name of the differentiated function whose loop at `line` overflowed."""
+    """File and name of the function whose loop at `line` overflowed: a job's own, a callee's or
+    an inner adjoint's (`overflow_owners`; a callee's line is a line of the callee's file)."""
+    for job in jobs:
+        for owned_line, filename, function in getattr(job, "overflow_owners", ()):
+            if owned_line == line:
+                return filename, function
     for job in jobs:
         if line in job.overflow_lines:
             return job.filename, job.function
