@@ -61,19 +61,32 @@ def analyse(fir: ir.FunctionIR, localtypes: dict, active_params: set, views: dic
                     if name not in active and is_float(localtypes.get(name, types.none)):
                         active.add(name)
                         changed = True
-            elif (isinstance(s, ir.Store) and s.array in scratch and s.array not in active
-                  and is_active_atom(s.value, active)):
-                active.add(s.array)
+            elif ((store := stored(s)) and store[0] in scratch and store[0] not in active
+                  and is_active_atom(store[1], active)):
+                active.add(store[0])
                 changed = True
     refuse_active_tuple_arguments(fir, stmts, active)
     for s in stmts:
-        if isinstance(s, ir.Store) and is_active_atom(s.value, active) and s.array not in active:
+        if (store := stored(s)) and is_active_atom(store[1], active) and store[0] not in active:
+            array, value = store
             raise UnsupportedConstruct(
-                f"an active value is stored into `{s.array}`, which has no shadow",
-                SourceLocation(fir.filename, s.line, f"{s.array}[...] = {s.value.name}", fir.func.__name__),
-                f"pass `{s.array}` as Duplicated(array, shadow) so its derivative is tracked",
+                f"an active value is stored into `{array}`, which has no shadow",
+                SourceLocation(fir.filename, s.line, f"{array}[...] = {value.name}", fir.func.__name__),
+                f"pass `{array}` as Duplicated(array, shadow) so its derivative is tracked",
             )
     return active
+
+
+def stored(s) -> tuple[str, object] | None:
+    """(array, value atom) of a statement that writes an element: a store, or the `atomic_add`
+    of a generated adjoint (forward over reverse differentiates the inner adjoint's shadow
+    updates like stores)."""
+    if isinstance(s, ir.Store):
+        return s.array, s.value
+    if (isinstance(s, ir.Assign) and isinstance(s.value, ir.Call) and s.value.func is primitives.atomic_add
+            and isinstance(s.value.args[0], ir.Var)):
+        return s.value.args[0].name, s.value.args[2]
+    return None
 
 
 def passed_to_functions(stmts: list) -> set:

@@ -25,6 +25,7 @@ from gpuad.ad.emit import (
 )
 from gpuad.ad.engine import Prepared, Program, inert_call, type_of_atom
 from gpuad.ad.normalize import unwrap
+from gpuad.ad.primitives import atomic_add
 from gpuad.ad.rules import DERIVATIVES, guarded_term, rule_terms, user_rule
 from gpuad.ad.typing import is_float
 from gpuad.errors import UnsupportedConstruct
@@ -83,6 +84,8 @@ class TangentSweep:
                  and any(self.t(a) for a in ir.atoms_of(e)))
         if isinstance(e, ir.Call) and reads and e.func not in DERIVATIVES:
             return self.call(s)
+        if isinstance(e, ir.Call) and e.func is atomic_add:  # an inner adjoint's shadow update
+            return [primal] + self.atomic_add_tangent(e)
         if isinstance(e, ir.AutodiffCall) and reads:
             return self.nested_autodiff(s)
         if not active_out:
@@ -106,6 +109,15 @@ class TangentSweep:
         if isinstance(e, ir.Load):
             return [primal, f"t_{out} = t_{e.array.name}[{index_text(e.index)}]"]
         return [primal, f"t_{out} = {self.rule_tangent(s, out)}"]
+
+    def atomic_add_tangent(self, e: ir.Call) -> list:
+        """`atomic_add(d_a, k, v)` adds v to d_a[k]: its tangent adds v's tangent to t_d_a[k] (the
+        shadow's tangent; activity refuses an active v into a shadow without one)."""
+        array, index, value = e.args
+        tv = self.t(value)
+        if tv is None or array.name not in self.active:
+            return []
+        return [f"atomic_add(t_{array.name}, {atom_text(index)}, {tv})"]
 
     def rule_tangent(self, s: ir.Assign, out: str) -> str:
         zero = zero_text(self.prep.types[out])
