@@ -148,3 +148,16 @@ def test_drop_dead_stores_keeps_reads_calls_and_the_labels_of_kept_code():
     assert drop_dead_stores([one, "d_s = 0.0"], ["return d_x"]) == []
     assert drop_dead_stores(["d_s = 0.0\nd_x = d_s"], ["return d_x"]) == ["d_s = 0.0\nd_x = d_s"]
     assert live_inits(["d_s = 0.0"], ["d_s = 1.0\nd_x = d_s", "return d_x"]) == ["d_s = 0.0"]
+
+
+def test_live_inits_decides_each_name_as_its_first_use_does():
+    """One walk over the code (linear in its length) gives what asking per name gave."""
+    from gpuad.ad.emit import SourceLine, first_use_overwrites
+
+    code = [SourceLine(3, "d_a = d_b"), "# d_c = d_c", "d_a1 = o.d_b", "x.d_c = d_a", "d_b = y",
+            ("for k in r:", ["# d_d", "z = 1"]), "d_e = d_e + 1", "d_f, d_g = d_g, 1.0", "d_h -= 2.0"]
+    names = ["d_a", "d_b", "d_c", "d_d", "d_e", "d_f", "d_g", "d_h", "d_i"]
+    inits = [f"{n} = 0.0" for n in names]
+    expected = [f"{n} = 0.0" for n in names if not first_use_overwrites(n, code)]
+    assert expected == ["d_a = 0.0", "d_d = 0.0", "d_e = 0.0", "d_g = 0.0", "d_h = 0.0"]
+    assert live_inits(inits, code) == expected

@@ -299,17 +299,50 @@ def first_use_overwrites(name: str, code: list) -> bool:
             continue
         if not _mentions(item, name):
             continue
-        stmt = _statement(item) if isinstance(item, str) else None
-        if stmt is None or isinstance(stmt, ast.AugAssign) or name in _names(stmt, ast.Load):
-            return False
-        return isinstance(stmt, ast.Assign) and name in _names(stmt, ast.Store)
+        return _overwrites(_statement(item) if isinstance(item, str) else None, name)
     return True
 
 
 def live_inits(inits: list, rest: list) -> list:
     """The initialisations `name = value` among `inits` whose value `rest` may read (pre-inits
-    that `rest` overwrites before any read, or never uses, are dead lines)."""
-    return [line for line in inits if not first_use_overwrites(line.split(" = ", 1)[0], rest)]
+    that `rest` overwrites before any read, or never uses, are dead lines).
+
+    `first_use_overwrites` for every name in one walk over `rest`: asked per name, the walk was
+    quadratic in the derivative's length (each adjoint's init scanned the reverse sweep)."""
+    undecided = {line.split(" = ", 1)[0] for line in inits}
+    read = set()
+    for item in rest:
+        if not undecided:
+            break
+        if isinstance(item, SourceLine) or isinstance(item, str) and item.lstrip().startswith("#"):
+            continue
+        met = undecided & _words(item)
+        if not met:
+            continue
+        undecided -= met
+        stmt = _statement(item) if isinstance(item, str) else None
+        read |= {name for name in met if not _overwrites(stmt, name)}
+    return [line for line in inits if line.split(" = ", 1)[0] in read]
+
+
+_WORD = re.compile(r"(?<![\w.])\w+")  # a name as `_mentions` matches one: not after a dot
+
+
+def _words(item) -> set:
+    """Every name `_mentions` finds in a code item."""
+    if isinstance(item, SourceLine):
+        return set()
+    if isinstance(item, str):
+        return set(_WORD.findall(item))
+    header, body = item
+    return _words(header).union(*(_words(i) for i in body))
+
+
+def _overwrites(stmt: ast.stmt | None, name: str) -> bool:
+    """`stmt`, the first to use `name`, assigns it without reading it."""
+    if stmt is None or isinstance(stmt, ast.AugAssign) or name in _names(stmt, ast.Load):
+        return False
+    return isinstance(stmt, ast.Assign) and name in _names(stmt, ast.Store)
 
 
 def _pure(node: ast.expr) -> bool:
