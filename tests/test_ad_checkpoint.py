@@ -390,3 +390,58 @@ def test_a_write_after_the_enclosing_branch_is_refused():
         differentiate(loop_in_branch_then_write, Reverse, (Active, Duplicated, Const, Const),
                       (F64, types.float64[::1], I64, I64))
     assert info.value.location.line == first + 3
+
+
+def pair_energy(x, w, n):
+    """One carried float (e) and many temporaries each iteration assigns before reading."""
+    e = 0.0
+    for j in range(n):  # gpuad: checkpoint
+        dx, dy = x - 0.01 * j, w + 0.02 * j
+        e += math.exp(-(dx * dx + dy * dy))
+    return e
+
+
+def temporaries_and_carried_branch(x, w, n):
+    """`u` is assigned only in one branch and read in later iterations: carried; `t` is read
+    after the loop; `v` is read before its assignment in the same iteration."""
+    u, s, v = x, w, 0.0
+    t = 0.0
+    for i in range(n):  # gpuad: checkpoint
+        s = s * 0.9 + v * 0.1 + u * 0.05
+        t = math.sin(s) * w
+        if t > 0.0:
+            u = u * 0.8 + t
+        v = t * x
+    return s + t * u
+
+
+def temporaries_and_carried_branch_taped(x, w, n):
+    u, s, v = x, w, 0.0
+    t = 0.0
+    for i in range(n):
+        s = s * 0.9 + v * 0.1 + u * 0.05
+        t = math.sin(s) * w
+        if t > 0.0:
+            u = u * 0.8 + t
+        v = t * x
+    return s + t * u
+
+
+def test_a_snapshot_holds_only_what_a_segment_cannot_recompute():
+    d = reverse(pair_energy, 8)
+    snapshot = d.source.split("if _n0 % 8 == 0:")[1].split("_n0 += 1")[0]
+    assert snapshot.count("_tf[_spf] = ") == 1 and "_tf[_spf] = e\n" in snapshot
+    (dx, dw, _), = jit_derivative(d)(0.3, 0.4, 50, status())
+    for k, got in enumerate((dx, dw)):
+        assert got == pytest.approx(fd(pair_energy, (0.3, 0.4, 50), k), rel=1e-8), k
+
+
+@pytest.mark.parametrize("n", [0, 1, 5, 8, 9, 23, 64])
+def test_carried_temporaries_are_snapshotted(n):
+    d = reverse(temporaries_and_carried_branch, 8)
+    snapshot = d.source.split("if _n0 % 8 == 0:")[1].split("_n0 += 1")[0]
+    saved = {line.split("= ")[1] for line in snapshot.split("\n") if "_tf[_spf] =" in line}
+    assert {"u", "s", "v", "t"} <= saved
+    (dx, dw, _), = jit_derivative(d)(0.7, 0.6, n, status())
+    (ex, ew, _), = reverse(temporaries_and_carried_branch_taped, 100).function(0.7, 0.6, n, status())
+    assert (dx, dw) == pytest.approx((ex, ew), rel=1e-13, abs=1e-300)

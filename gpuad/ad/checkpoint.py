@@ -33,9 +33,11 @@ def checkpointed_loop(sweep, s: ir.Loop) -> tuple[list, list, TapeUse]:
     (fv, rv, uv), (fb, rb, ub) = sweep.loop_parts(s)
     # The reverse sweep runs the body again: what it reads must be restored by then, like
     # what adjoints read (values the code after the loop overwrites are saved).
-    sweep.reads |= loop_reads(s)
+    # Names the body assigns are not among them: a segment's recomputation takes those from its
+    # snapshot or assigns them before reading them (`loop_state`).
+    sweep.reads |= loop_reads(s) - body_assigned(s)
     snap_f, snap_r, snap_use = [], [], TapeUse()
-    for name in sorted(loop_state(s, sweep.types)):
+    for name in sorted(loop_state(s, sweep.types, outside_assigned(sweep.fir, s))):
         if name not in sweep.fir.params:
             sweep.preinit.add(name)
         code, u = tape.push(name, sweep.types[name])
@@ -158,11 +160,47 @@ def later_write(sweep, s: ir.Loop) -> tuple[int, str] | None:
     return None
 
 
-def loop_state(s: ir.Loop, localtypes: dict) -> set:
-    """The scalars a loop's body assigns: a segment's recomputation must start from their values
-    (those read before being assigned, and those whose overwritten values it saves and restores)."""
-    return {n for t in ir.walk(s.body) if isinstance(t, ir.Assign) for n in ir.target_names(t.target)
-            if not isinstance(localtypes.get(n), types.Array)}
+def loop_state(s: ir.Loop, localtypes: dict, outside: set) -> set:
+    """The scalars a segment's recomputation must start from: those the body assigns and reads
+    before assigning them in the same iteration (carried from the previous one), and those assigned
+    outside the loop too (the code before the loop, reversed after it, reads their values as the
+    loop found them). The others, the body's own temporaries, are assigned before any read in every
+    iteration: recomputing a segment recreates them, so they need no snapshot."""
+    assigned = body_assigned(s)
+    carried = assigned & (upward_exposed(s.body) | outside)
+    return {n for n in carried if not isinstance(localtypes.get(n), types.Array)}
+
+
+def body_assigned(s: ir.Loop) -> set:
+    """The names the statements of a loop's body (nested ones included) assign."""
+    return {n for t in ir.walk(s.body) if isinstance(t, ir.Assign) for n in ir.target_names(t.target)}
+
+
+def outside_assigned(fir: ir.FunctionIR, s: ir.Loop) -> set:
+    """Parameters and the names a statement outside loop `s` assigns (or a loop outside it binds)."""
+    inside = {id(t) for t in ir.walk([s])}
+    names = set(fir.params)
+    for t in ir.walk(fir.body):
+        if id(t) in inside:
+            continue
+        if isinstance(t, ir.Assign):
+            names.update(ir.target_names(t.target))
+        elif isinstance(t, ir.Loop) and t.var:
+            names.add(t.var)
+    return names
+
+
+def upward_exposed(body: list) -> set:
+    """Names some statement of `body` may read before the body itself assigned them.
+
+    Only assignments at the body's top level count as made: one inside an `if` or an inner loop
+    may not happen, so a later read of its name counts as exposed (safe: one snapshot too many)."""
+    made, exposed = set(), set()
+    for t in body:
+        exposed |= loop_reads(ir.Loop(None, None, None, None, [t], t.line, -1)) - made
+        if isinstance(t, ir.Assign):
+            made.update(ir.target_names(t.target))
+    return exposed
 
 
 def source_name(name: str) -> str | None:

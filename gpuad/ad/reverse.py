@@ -13,6 +13,7 @@ collects the names the adjoint code reads, the second saves only those.
 """
 from __future__ import annotations
 
+import numpy as np
 from numba.core import types
 
 from gpuad import api
@@ -57,13 +58,19 @@ def assigned_names(fir: ir.FunctionIR) -> set:
 class AdjointSweep:
     """Forward and reverse code of one prepared function (one pass)."""
 
-    def __init__(self, prog: Program, prep: Prepared, split: bool, needed: set | None):
+    def __init__(self, prog: Program, prep: Prepared, split: bool, needed: set | None,
+                 first_read: dict | None = None):
         self.prog, self.prep, self.fir = prog, prep, prep.fir
         self.types, self.active = prep.types, prep.active
         self.split = split
         self.needed = needed  # None: first pass, save everything
         self.reads: set = set()
+        # name -> the first top-level statement whose reverse code reads it (first pass); the
+        # statement of the function's body being generated
+        self.first_read: dict = {} if first_read is None else first_read
+        self.top = 0
         self.multi = multi_assigned(self.fir)
+        self.sites = assignment_sites(self.fir)
         self.assigned = set(self.fir.params)
         self.depth = 0
         self.preinit: set = set()
@@ -85,7 +92,14 @@ class AdjointSweep:
         return line
 
     def is_needed(self, name: str) -> bool:
-        return self.needed is None or name in self.needed
+        """Whether the value `name` had before the current statement is read once it is restored.
+
+        The reverse sweep restores it after the adjoint of the statement (and of its whole
+        top-level statement: a loop reads its values again every iteration); only the reverse code
+        of that top-level statement and of those before it runs later."""
+        if self.needed is None:
+            return True
+        return name in self.needed and self.first_read.get(name, 0) <= self.top
 
     def record_on_tape(self) -> bool:
         return self.split or self.depth > 0
@@ -122,7 +136,10 @@ class AdjointSweep:
     # ---------------------------------------------------------- statements
     def block(self, stmts: list) -> tuple[list, list, TapeUse]:
         fwd, rev, use = [], [], TapeUse()
-        for s in stmts:
+        top = stmts is self.fir.body
+        for k, s in enumerate(stmts):
+            if top:
+                self.top, seen = k, set(self.reads)
             if isinstance(s, ir.Assign):
                 f, r, u = self.assign(s)
             elif isinstance(s, ir.Store):
@@ -135,6 +152,8 @@ class AdjointSweep:
             fwd += labelled(label, f)
             rev = labelled(label, r) + rev
             use = use + u
+            if top and self.needed is None:
+                self.first_read.update(dict.fromkeys(self.reads - seen, k))
         return fwd, rev, use
 
     def assign(self, s: ir.Assign) -> tuple[list, list, TapeUse]:
@@ -142,7 +161,10 @@ class AdjointSweep:
             return [], [], TapeUse()
         names = ir.target_names(s.target)
         fwd, restores, use = [], [], TapeUse()
-        for n in names:
+        # A name this one statement binds to the same constant every time (`_t0 = float32(0.01)`
+        # in a loop) keeps its value: nothing to save.
+        same = isinstance(s.target, str) and self.sites.get(s.target) == 1 and constant_expr(s.value)
+        for n in [] if same else names:
             f, r, u = self.save(n)
             fwd += f
             restores = r + restores
@@ -321,6 +343,31 @@ class AdjointSweep:
         return fwd, rev, TapeUse()
 
 
+def assignment_sites(fir: ir.FunctionIR) -> dict:
+    """name -> how many statements (parameters count as one) bind it."""
+    sites = dict.fromkeys(fir.params, 1)
+    for t in ir.walk(fir.body):
+        names = ir.target_names(t.target) if isinstance(t, ir.Assign) else [t.var] if isinstance(
+            t, ir.Loop) and t.var else []
+        for n in names:
+            sites[n] = sites.get(n, 0) + 1
+    return sites
+
+
+def constant_expr(e) -> bool:
+    """Whether `e` has the same value at every evaluation: literals combined by operators, or a
+    literal converted by a numeric type (`float32(0.01)`)."""
+    if isinstance(e, ir.Copy | ir.UnaryOp | ir.BinOp | ir.Compare):
+        return all(isinstance(a, ir.Const) for a in ir.atoms_of(e))
+    if isinstance(e, ir.Call) and e.leaves is None and all(isinstance(a, ir.Const) for a in e.args):
+        return isinstance(e.func, types.Number | types.NumberClass) or e.func in NUMPY_SCALARS
+    return False
+
+
+NUMPY_SCALARS = {np.float16, np.float32, np.float64, np.int8, np.int16, np.int32, np.int64,
+                 np.uint8, np.uint16, np.uint32, np.uint64, np.bool_}
+
+
 class SplitInfo:
     """What a caller needs to call a callee's forward and reverse halves."""
 
@@ -340,7 +387,7 @@ def two_pass(prog: Program, prep: Prepared, split: bool) -> AdjointSweep:
     first = AdjointSweep(prog, prep, split, None)
     first.block(prep.fir.body)
     locals_ = set(prep.types) | set(prep.fir.params)
-    sweep = AdjointSweep(prog, prep, split, first.reads & locals_)
+    sweep = AdjointSweep(prog, prep, split, first.reads & locals_, first.first_read)
     sweep.code = sweep.block(prep.fir.body)
     return sweep
 
