@@ -8,10 +8,13 @@ The viewer itself is tested in a browser: tests/test_extension_browser.py.
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import importlib.util
 import json
 import re
+import shutil
+import subprocess
 import zipfile
 from dataclasses import replace
 from pathlib import Path
@@ -19,8 +22,19 @@ from pathlib import Path
 import pytest
 from compiled_sample import kernel_symbol, sample_record
 
-from gpuad.notebook.irdiff import MARKER_SYMBOL
-from gpuad.notebook.views import COMPILATION_MIMETYPE, WIDGET_MIMETYPE, CompilationView
+from gpuad.notebook.irdiff import MARKER_SYMBOL, diff_ir
+from gpuad.notebook.views import (
+    COMPILATION_MIMETYPE,
+    PACKING,
+    PLAIN_FIELDS,
+    WIDGET_MIMETYPE,
+    CompilationView,
+    diff_data,
+    pack,
+    readable_call_sites,
+    readable_symbols,
+    unpack,
+)
 from gpuad.record import RECORD_FORMAT, RECORD_VERSION
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,8 +60,8 @@ def record_with_sources():
 
 
 def viewer_json(view: CompilationView) -> dict:
-    """The JSON as a saved notebook stores it (through json, as Jupyter does)."""
-    return json.loads(json.dumps(view._repr_mimebundle_()[COMPILATION_MIMETYPE]))
+    """The JSON as a saved notebook stores it (through json, as Jupyter does), unpacked as the viewer does."""
+    return unpack(json.loads(json.dumps(view._repr_mimebundle_()[COMPILATION_MIMETYPE])))
 
 
 def test_every_display_bundle_carries_the_record_json_next_to_html_and_text():
@@ -138,6 +152,65 @@ def test_call_sites_are_readable():
     sites = viewer_json(CompilationView(record))["call_sites"]
     assert set(sites) == {o.call_site for o in record.overlays} | set(record.jobs[0].call_sites)
     assert all(sites.values())
+
+
+# ------------------------------------------------------------ the packed JSON (gzip+base64)
+
+def unpacked_view_data(view: CompilationView) -> dict:
+    """What `viewer_data` holds before packing (the record's fields and what the view derives)."""
+    data = view.record.to_dict()
+    data.update(stages=list(view.stages), symbols=readable_symbols(view.record),
+                call_sites=readable_call_sites(view.record), link_diff=diff_data(view.diff))
+    return json.loads(json.dumps(data))
+
+
+def test_packed_json_keeps_the_names_readable_and_round_trips_to_the_same_content():
+    view = CompilationView(record_with_sources())
+    stored = json.loads(json.dumps(view._repr_mimebundle_()[COMPILATION_MIMETYPE]))
+    assert set(stored) == set(PLAIN_FIELDS) | {"packed"} and stored["packed"]["encoding"] == PACKING
+    assert stored["kernel_name"] == "grad_f"
+    assert "ir_before_link" not in stored and len(json.dumps(stored)) < len(json.dumps(unpack(stored))) / 4
+    assert unpack(stored) == unpacked_view_data(view)
+
+
+def test_ir_after_link_is_stored_as_its_changes_from_ir_before_link():
+    record = sample_record()
+    body = json.loads(gzip.decompress(base64.b64decode(pack(unpacked_view_data(CompilationView(record)))
+                                                       ["packed"]["data"])))
+    assert "ir_after_link" not in body
+    stored = sum(len(line) for piece in body["ir_after_link_changes"]["lines"] for line in piece)
+    assert stored < len(record.ir_after_link) / 4  # only the linked function and the changed lines
+
+
+@pytest.mark.parametrize("after", ["a\r\nb\n", "x\n", "", "line\u2028break\n"])
+def test_modules_whose_lines_the_viewer_would_split_differently_are_stored_whole(after):
+    data = {"ir_before_link": "x\ny\n", "ir_after_link": after,
+            "link_diff": {"opcodes": [list(op) for op in diff_ir("x\ny\n", after).opcodes]}}
+    assert unpack(pack(data)) == data
+
+
+def test_the_viewers_typescript_decoder_gives_the_same_content(tmp_path):
+    """extension/src/model.ts's unpackCompilation, transpiled and run by node, on a real bundle."""
+    node, typescript = shutil.which("node"), EXTENSION / "node_modules" / "typescript"
+    if node is None or not typescript.is_dir():
+        pytest.skip("needs node and extension/node_modules (cd extension && npm install)")
+    view = CompilationView(record_with_sources())
+    (tmp_path / "stored.json").write_text(json.dumps(view._repr_mimebundle_()[COMPILATION_MIMETYPE]))
+    script = tmp_path / "decode.js"
+    script.write_text(f"""
+const fs = require('fs');
+const ts = require({json.dumps(str(typescript))});
+const source = fs.readFileSync({json.dumps(str(EXTENSION / "src" / "model.ts"))}, 'utf8');
+const js = ts.transpileModule(source, {{compilerOptions: {{module: ts.ModuleKind.CommonJS,
+                                                          target: ts.ScriptTarget.ES2020}}}}).outputText;
+const model = {{exports: {{}}}};
+new Function('exports', 'module', js)(model.exports, model);
+const stored = JSON.parse(fs.readFileSync({json.dumps(str(tmp_path / "stored.json"))}, 'utf8'));
+model.exports.unpackCompilation(stored).then(data =>
+  fs.writeFileSync({json.dumps(str(tmp_path / "decoded.json"))}, JSON.stringify(data)));
+""")
+    subprocess.run([node, str(script)], check=True, timeout=120)
+    assert json.loads((tmp_path / "decoded.json").read_text()) == unpacked_view_data(view)
 
 
 # ------------------------------------------------------------ the prebuilt bundle and its packaging

@@ -16,12 +16,14 @@ from gpuad.notebook.names import Short, short_location, short_symbol
 from gpuad.notebook.render import OPEN_MODULE_LINES
 from gpuad.notebook.text import text_diff
 from gpuad.notebook.views import (
+    COMPILATION_MIMETYPE,
     STAGE_KEYS,
     WIDGET_MIMETYPE,
     CompilationView,
     parse_stages,
     plural,
     summary_line,
+    unpack,
 )
 
 TITLES = ["Source", "Overlays", "Deferred jobs", "Derivative source", "IR before link", "IR after link",
@@ -163,9 +165,9 @@ def test_tables_show_overlays_and_jobs(view):
 
 
 def test_python_ir_and_ptx_are_highlighted(view):
-    assert "<g-k>def</g-k>" in view.stage_html("source")
-    assert "<g-k>define</g-k>" in view.stage_html("ir-after")
-    assert "<g-k>.visible</g-k>" in view.stage_html("ptx")
+    assert "<b>def</b>" in view.stage_html("source")
+    assert "<b>define</b>" in view.stage_html("ir-after")
+    assert "<b>.visible</b>" in view.stage_html("ptx")
 
 
 def test_modules_are_folded_by_function(view):
@@ -331,3 +333,54 @@ def test_diff_without_linked_functions_says_none():
     record.ir_after_link = record.ir_before_link
     diff = CompilationView(record).stage_html("diff")
     assert "functions linked: none" in diff and "gpuad-linked-link" not in diff
+
+
+# ------------------------------------------------------------------ saved size of a default cell
+
+README_CELL = '''\
+import math, gpuad
+from gpuad import Active, Reverse, autodiff
+
+def f(x, y):
+    return math.sin(x) * y
+
+@gpuad.kernel
+def grad_f(xs, ys, dxs):
+    i = gpuad.thread_index()
+    if i < xs.shape[0]:
+        (dx, dy), = autodiff(Reverse, f, Active(xs[i]), Active(ys[i]))
+        dxs[i] = dx
+'''
+# What one default cell's output adds to a saved notebook: 1.42 MB in issue 12, 290 KB before the
+# JSON was packed and the static HTML's markup cut, 167 KB after (numba-cuda 0.30, the cpu target).
+# The issue asks for 300 KB at most; this pins the margin, so that a regression fails here first.
+SAVED_CELL_LIMIT = 200_000
+
+
+def test_a_default_gpukernel_cell_saves_at_most_200_kb(monkeypatch):
+    """The README's kernel through the real magic and pipeline, saved as Jupyter saves it (nbformat)."""
+    nbformat = pytest.importorskip("nbformat")
+    import numpy as np
+
+    monkeypatch.setenv("GPUAD_TARGET", "cpu")
+    monkeypatch.setenv("GPUAD_CACHE", "0")  # compiled now, not an older entry of the disk cache
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "gpuad.notebook.magics")
+    shown = []
+    monkeypatch.setattr(shell.display_pub, "publish", lambda data, metadata=None, **kw: shown.append(data))
+    monkeypatch.setattr(shell, "kernel", object(), raising=False)  # as in ipykernel: widgets could show
+    shell.user_ns.update(xs=np.linspace(0.0, 1.0, 8), ys=np.linspace(0.0, 1.0, 8), dxs=np.zeros(8))
+    source = '%%gpukernel --args "xs, ys, dxs"\n' + README_CELL
+    assert shell.run_cell(source, store_history=False).error_in_exec is None
+    (bundle,) = [data for data in shown if COMPILATION_MIMETYPE in data]  # not the progress display
+    # Every part a saved cell keeps: no widget state (its model would live in the kernel).
+    assert set(bundle) == {"text/plain", "text/html", COMPILATION_MIMETYPE}
+    record = unpack(bundle[COMPILATION_MIMETYPE])
+    assert record["ptx"] and record["ir_after_link"] and "reverse_f" in bundle["text/html"]
+
+    def saved(outputs) -> int:
+        notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source, outputs=outputs)])
+        return len(nbformat.writes(notebook).encode())
+
+    size = saved([nbformat.v4.new_output("display_data", data=bundle)]) - saved([])
+    assert size <= SAVED_CELL_LIMIT, f"a default cell saves {size} bytes (limit {SAVED_CELL_LIMIT})"

@@ -7,7 +7,7 @@
 import { IRenderMime } from '@jupyterlab/rendermime-interfaces';
 import { Widget } from '@lumino/widgets';
 
-import { Compilation, MIME_TYPE } from './model';
+import { MIME_TYPE, PackedCompilation, unpackCompilation } from './model';
 import { renderCompilation } from './viewer';
 
 export class CompilationRenderer extends Widget implements IRenderMime.IRenderer {
@@ -17,14 +17,13 @@ export class CompilationRenderer extends Widget implements IRenderMime.IRenderer
     this.addClass('gpuad-viewer-widget');
   }
 
-  renderModel(model: IRenderMime.IMimeModel): Promise<void> {
-    const data = model.data[this._mimeType] as unknown as Compilation;
+  async renderModel(model: IRenderMime.IMimeModel): Promise<void> {
+    const stored = model.data[this._mimeType] as unknown as PackedCompilation;
     try {
-      renderCompilation(this.node, data);
+      renderCompilation(this.node, await unpackCompilation(stored));
     } catch (error) {
       this.node.textContent = `gpuad viewer: cannot draw this compilation (${error})`;
     }
-    return Promise.resolve();
   }
 
   private _mimeType: string;

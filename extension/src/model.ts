@@ -82,3 +82,62 @@ export function formatSeconds(seconds: number): string {
   }
   return `${(seconds * 1e6).toPrecision(3)} µs`;
 }
+
+/**
+ * What a display bundle stores (gpuad.notebook.views.pack): the fields that name the
+ * compilation in plain JSON, everything else gzip-compressed and base64-encoded in
+ * `packed.data`, with IR after link given as its changes from IR before link.
+ */
+export interface PackedCompilation {
+  format: string;
+  version: number;
+  kernel_name: string;
+  packed?: { encoding: string; data: string };
+  [key: string]: unknown;
+}
+
+export const PACKING = 'gzip+base64';
+
+interface AfterLinkChanges {
+  lines: string[][];
+  final_newline: boolean;
+}
+
+/** The full Compilation from what a bundle stores (a bundle without `packed` is returned as it is). */
+export async function unpackCompilation(stored: PackedCompilation): Promise<Compilation> {
+  const { packed, ...plain } = stored;
+  if (packed === undefined) {
+    return stored as unknown as Compilation;
+  }
+  if (packed.encoding !== PACKING) {
+    throw new Error(`unknown packing ${packed.encoding} (gpuad writes ${PACKING})`);
+  }
+  const body = JSON.parse(await gunzip(packed.data));
+  const changes = body.ir_after_link_changes as AfterLinkChanges | undefined;
+  if (changes !== undefined) {
+    delete body.ir_after_link_changes;
+    body.ir_after_link = rebuildAfterLink(body.ir_before_link, body.link_diff.opcodes, changes);
+  }
+  return { ...plain, ...body } as Compilation;
+}
+
+/** IR after link: IR before link's lines where the opcodes say equal, the stored lines elsewhere. */
+export function rebuildAfterLink(before: string, opcodes: Opcode[], changes: AfterLinkChanges): string {
+  const old = (before.endsWith('\n') ? before.slice(0, -1) : before).split('\n');
+  const lines: string[] = [];
+  let k = 0;
+  for (const [tag, i1, i2] of opcodes) {
+    lines.push(...(tag === 'equal' ? old.slice(i1, i2) : changes.lines[k++]));
+  }
+  return lines.join('\n') + (changes.final_newline ? '\n' : '');
+}
+
+async function gunzip(base64: string): Promise<string> {
+  const binary = atob(base64);
+  const bytes = new Uint8Array(binary.length);
+  for (let i = 0; i < binary.length; i++) {
+    bytes[i] = binary.charCodeAt(i);
+  }
+  const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream('gzip'));
+  return new Response(stream).text();
+}

@@ -126,13 +126,50 @@ class IRDiff:
 def diff_ir(before: str, after: str) -> IRDiff:
     """Diff the module as lowered against the module as linked."""
     old, new = before.splitlines(), after.splitlines()
-    # autojunk would treat frequent lines such as "}" as junk and misalign functions.
-    opcodes = SequenceMatcher(None, old, new, autojunk=False).get_opcodes()
-    before_names = set(llvm_outline(before).names)
-    after_outline = llvm_outline(after)
+    before_outline, after_outline = llvm_outline(before), llvm_outline(after)
+    opcodes = _aligned_opcodes(old, new, before_outline, after_outline)
+    before_names = set(before_outline.names)
     linked = tuple(n for n in after_outline.names if n not in before_names)
     return IRDiff(old, new, opcodes, linked, _mark_before(old), _mark_after(new, after_outline, linked),
                   tuple(after_outline.function(n) for n in linked))
+
+
+def _aligned_opcodes(old: list[str], new: list[str], before_outline, after_outline) -> list[tuple]:
+    """difflib opcodes tiling both modules, each function diffed against its namesake.
+
+    One SequenceMatcher over whole modules took time quadratic in their length (20,000 lines: 9 s
+    of 40 s): functions defined on both sides anchor the alignment, and only the lines between two
+    anchors, or inside one, are matched against each other.
+    """
+    after_spans = {f.name: f for f in after_outline.functions}
+    anchors, last = [], -1
+    for f in before_outline.functions:
+        g = after_spans.get(f.name)
+        if g is not None and g.start > last:  # kept in order on both sides
+            anchors.append((f, g))
+            last = g.start
+    opcodes, i, j = [], 0, 0
+    for f, g in anchors:
+        opcodes += _chunk_opcodes(old, new, (i, f.start), (j, g.start))
+        opcodes += _chunk_opcodes(old, new, (f.start, f.end), (g.start, g.end))
+        i, j = f.end, g.end
+    opcodes += _chunk_opcodes(old, new, (i, len(old)), (j, len(new)))
+    merged: list[tuple] = []
+    for op in opcodes:  # neighbouring equal runs from two chunks read as one
+        if merged and op[0] == merged[-1][0] == "equal":
+            merged[-1] = ("equal", merged[-1][1], op[2], merged[-1][3], op[4])
+        else:
+            merged.append(op)
+    return merged
+
+
+def _chunk_opcodes(old: list[str], new: list[str], olds: tuple[int, int], news: tuple[int, int]) -> list:
+    (i1, i2), (j1, j2) = olds, news
+    if i1 == i2 and j1 == j2:
+        return []
+    # autojunk would treat frequent lines such as "}" as junk and misalign functions.
+    matcher = SequenceMatcher(None, old[i1:i2], new[j1:j2], autojunk=False)
+    return [(tag, a + i1, b + i1, c + j1, d + j1) for tag, a, b, c, d in matcher.get_opcodes()]
 
 
 def _mark_before(lines: list[str]) -> dict[int, str]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import html
+import re
 from dataclasses import dataclass
 
 from gpuad.notebook import palette
@@ -45,6 +46,7 @@ from gpuad.notebook.irdiff import (
     Collapsed,
     DiffLine,
     IRDiff,
+    Row,
 )
 from gpuad.notebook.names import MANGLED, Short, readable_labels, readable_symbol, short_location
 from gpuad.notebook.outline import outline
@@ -77,12 +79,21 @@ MARK_TITLE = {
 }
 COLLAPSED_STYLE = f"background-color: {palette.COLLAPSED_LINES}; color: {MUTED}; font-style: italic"
 
-# Line numbers of the diff: muted, and left out when code is selected and copied.
+# Line numbers of the diff: muted, and left out when code is selected and copied. Sections' look is
+# here once, not on each section; what keeps a long title inside the panel stays inline (`section`).
 VIEW_STYLE = STYLE_SHEET.replace(
-    "</style>", f".gpuad-view g-ln{{color: {MUTED}; user-select: none}}</style>")
+    "</style>", f".gpuad-view g-ln{{color: {MUTED}; user-select: none}}"
+                ".gpuad-view details{margin: 4px 0}"
+                ".gpuad-view summary{cursor: pointer; font-weight: bold; padding: 2px 0}"
+                ".gpuad-view details>div{margin: 4px 0 4px 12px}</style>")
 
 # Modules longer than this start with their functions folded.
 OPEN_MODULE_LINES = 300
+# The static HTML shows at most this many lines of a module (and rows of a diff), then says how many
+# it left out: a module of 20,000 lines would be megabytes of HTML in the saved notebook. The
+# extension's viewer, which draws from the JSON, shows everything.
+STATIC_LINES = 1000
+LEFT_OUT_HINT = "open the notebook in JupyterLab with the gpuad extension to read them"
 # Each function or diff is a box of at most this height with its own scrollbars.
 MODULE_HEIGHT = "30em"
 DIFF_HEIGHT = "40em"
@@ -102,10 +113,9 @@ def section(title: str, body: str, *, opened: bool = False, css_class: str = "",
     attrs = f' class="{css_class}"' if css_class else ""
     tooltip = f' title="{html.escape(hover)}"' if hover else ""
     return (
-        f"<details{attrs}{' open' if opened else ''} style=\"margin: 4px 0\">"
-        f'<summary{tooltip} style="cursor: pointer; font-weight: bold; padding: 2px 0; white-space: nowrap; '
-        f'overflow: hidden; text-overflow: ellipsis">{html.escape(title)}</summary>'
-        f'<div style="margin: 4px 0 4px 12px">{body}</div></details>'
+        f"<details{attrs}{' open' if opened else ''}>"
+        f'<summary{tooltip} style="white-space: nowrap; overflow: hidden; text-overflow: ellipsis">'
+        f"{html.escape(title)}</summary><div>{body}</div></details>"
     )
 
 
@@ -151,21 +161,42 @@ def table(header: list[str], rows: list[list[str | Short | Styled]], *,
     )
 
 
-def readable_code(line_html: str) -> str:
-    """Highlighted code with each mangled symbol shown by its Python name, the symbol on hover."""
+def readable_code(line_html: str, titled: set[str] | None = None) -> str:
+    """Highlighted code with each mangled symbol shown by its Python name, the symbol on hover.
+
+    With `titled` (the symbols of a block given their hover so far), a symbol has its hover on its
+    first line only: a PTX parameter's 200-character symbol on each of its loads was a tenth of a
+    compilation's HTML.
+    """
     def one(match) -> str:
-        name = readable_symbol(match.group(0))
-        return f'<abbr title="{name.full}">{html.escape(name.text, quote=False)}</abbr>'
+        symbol = match.group(0)
+        name = readable_symbol(symbol)
+        text = html.escape(name.text, quote=False)
+        if titled is not None:
+            base = PTX_PARAMETER.sub("", symbol)
+            if base in titled:
+                return text
+            titled.add(base)
+        return f'<abbr title="{name.full}">{text}</abbr>'
 
     return MANGLED.sub(one, line_html)
+
+
+# A PTX parameter's symbol is its function's and `_param_N`: a block hovers the function's once.
+PTX_PARAMETER = re.compile(r"_param_\d+$")
+
+
+def readable_block(lines: list[str]) -> list[str]:
+    """`readable_code` over the lines of one block, each symbol hovered once."""
+    titled: set[str] = set()
+    return [readable_code(line, titled) for line in lines]
 
 
 def readable_highlight(text: str, language: str, *, max_height: str = MODULE_HEIGHT) -> str:
     """`highlight`, mangled symbols shown by their Python names (IR and PTX)."""
     if not text:
         return highlight(text, language, max_height=max_height)
-    lines = (readable_code(line) for line in highlight_lines(text, language))
-    return code_block("\n".join(lines), max_height=max_height)
+    return code_block("\n".join(readable_block(highlight_lines(text, language))), max_height=max_height)
 
 
 # ipywidgets gives every tab 144 px and cuts longer labels ("Derivative sour"): size tabs to their labels.
@@ -222,19 +253,30 @@ def render_derivatives(record: CompilationRecord) -> str:
     return "".join(parts)
 
 
-def render_module(text: str, language: str) -> str:
-    """A module folded by function: one `<details>` per definition, each a bounded scroll box."""
+def render_module(text: str, language: str, *, limit: int = STATIC_LINES) -> str:
+    """A module folded by function: one `<details>` per definition, each a bounded scroll box.
+
+    Past `limit` lines the rest is not drawn: a note says how many lines and functions it left out.
+    """
     if not text:
         return note("Not produced by this compilation.")
-    lines = [readable_code(line) for line in highlight_lines(text, language)]
+    source = text.splitlines()
     shape = outline(text, language)
+    # Only what is drawn is highlighted: the time, too, stays bounded on a 20,000-line module.
+    lines = highlight_lines("\n".join(source[:limit]), language)
     small = shape.line_count <= OPEN_MODULE_LINES
     labels = dict(zip(shape.names, readable_labels(shape.names), strict=True))
     parts = []
     for fn, start, end in shape.segments():
-        block = code_block("\n".join(lines[start:end]), max_height=MODULE_HEIGHT)
+        if start >= limit:
+            parts.append(_left_out(shape, start, len(source)))
+            break
+        shown = min(end, limit)
+        block = code_block("\n".join(readable_block(lines[start:shown])), max_height=MODULE_HEIGHT)
+        if shown < end:
+            block += note(f"{plural(end - shown, 'more line')} of this section not shown; {LEFT_OUT_HINT}.")
         if fn is None:
-            if any(line.strip() for line in text.splitlines()[start:end]):
+            if any(line.strip() for line in source[start:end]):
                 parts.append(section(f"lines {start + 1}–{end}: module-level", block, opened=small))
             continue
         parts.append(section(f"{labels[fn.name]}  ({fn.length} lines, from line {fn.start + 1})", block,
@@ -242,25 +284,34 @@ def render_module(text: str, language: str) -> str:
     return "".join(parts)
 
 
-def render_diff(diff: IRDiff, layout: str = "unified", context: int = 3) -> str:
+def _left_out(shape, start: int, total: int) -> str:
+    """The note in place of a module's sections from line `start` on."""
+    functions = sum(1 for fn in shape.functions if fn.start >= start)
+    return note(f"{plural(total - start, 'more line')} (lines {start + 1}–{total}, "
+                f"{plural(functions, 'more function')}) not shown here; {LEFT_OUT_HINT}.")
+
+
+def render_diff(diff: IRDiff, layout: str = "unified", context: int = 3, *, limit: int = STATIC_LINES) -> str:
     """The link diff as blocks of lines, marker and linked lines highlighted.
 
     Unified: old and new line numbers in front of each line, like `git diff`
     views. Side by side: two halves of the output's width that scroll
     vertically together (one scroll box) and horizontally each on its own.
-    The summary above links to the first line of each linked function.
+    The summary above links to the first line of each linked function. Past `limit` rows the rest
+    is not drawn: a note says how many rows it left out.
     """
     if layout not in ("unified", "side-by-side"):
         raise ValueError(f"diff layout must be 'unified' or 'side-by-side', not {layout!r}")
-    before_html = [readable_code(line) for line in highlight_lines("\n".join(diff.before), "llvm")]
-    after_html = [readable_code(line) for line in highlight_lines("\n".join(diff.after), "llvm")]
+    items = diff.unified(context) if layout == "unified" else diff.side_by_side(context)
+    shown = items[:limit]
+    before_html, after_html = _highlighted_sides(diff, shown)
     anchors = {span.start + 1: linked_anchor(diff, span.name) for span in diff.linked_spans}
     width = len(str(max(len(diff.before), len(diff.after), 1)))
     box = (f"overflow: auto; max-height: {DIFF_HEIGHT}; background-color: {CODE_BACKGROUND}; "
            f"color: {CODE_FOREGROUND}; border: 1px solid {RULE}")
     if layout == "unified":
         lines, previous = [], ""
-        for item in diff.unified(context):
+        for item in shown:
             if isinstance(item, Collapsed):
                 lines.append(_collapsed_line(item, "both"))
                 previous = ""
@@ -271,13 +322,37 @@ def render_diff(diff: IRDiff, layout: str = "unified", context: int = 3) -> str:
             previous = item.mark
         body = f'<div class="gpuad-diff gpuad-diff-unified" style="{box}">{_lines_block(lines)}</div>'
     else:
-        rows = diff.side_by_side(context)
-        halves = [_side(rows, side, html_lines, anchors, width)
+        halves = [_side(shown, side, html_lines, anchors, width)
                   for side, html_lines in (("old", before_html), ("new", after_html))]
         body = (f'<div class="gpuad-diff gpuad-diff-side-by-side" style="{box}; overflow-x: hidden">'
                 '<div style="display: flex; width: 100%; align-items: flex-start">'
                 f'{"".join(halves)}</div></div>')
+    if len(items) > limit:
+        body += note(f"{plural(len(items) - limit, 'more row')} of the diff not shown; {LEFT_OUT_HINT}.")
     return _diff_legend(diff) + body
+
+
+def _highlighted_sides(diff: IRDiff, shown: list) -> tuple[dict[int, str], dict[int, str]]:
+    """The highlighted HTML of the lines `shown` draws, by side (before, after) and 1-based number.
+
+    Only they are highlighted (lexing both modules was most of a large diff's time), together and in
+    order, so the lexer sees them as it would in the module.
+    """
+    wanted: tuple[set[int], set[int]] = (set(), set())
+    for item in shown:
+        if isinstance(item, DiffLine):  # unified: a deleted line is the old module's, others the new's
+            wanted[0 if item.tag == "delete" else 1].add(item.number)
+        elif isinstance(item, Row):
+            for side, line in enumerate((item.before, item.after)):
+                if line is not None:
+                    wanted[side].add(line.number)
+    sides = []
+    for numbers, text in zip(wanted, (diff.before, diff.after), strict=True):
+        numbers = sorted(numbers)
+        # The final newline keeps a last empty line a line of its own.
+        highlighted = highlight_lines("".join(text[n - 1] + "\n" for n in numbers), "llvm")
+        sides.append(dict(zip(numbers, map(readable_code, highlighted), strict=True)))
+    return sides[0], sides[1]
 
 
 @dataclass(frozen=True)
@@ -317,7 +392,7 @@ def _lines_block(lines: list[_Line]) -> str:
             f"{''.join(parts)}</div>")
 
 
-def _side(rows: list, side: str, html_lines: list[str], anchors: dict[int, str], width: int) -> str:
+def _side(rows: list, side: str, html_lines: dict[int, str], anchors: dict[int, str], width: int) -> str:
     lines, previous = [], ""
     for row in rows:
         line = None if isinstance(row, Collapsed) else row.before if side == "old" else row.after
@@ -379,7 +454,7 @@ def _numbers(numbers: list[int | None], width: int) -> str:
     return f"<g-ln>{text} </g-ln>"
 
 
-def _diff_line(line: DiffLine, highlighted: list[str], numbers: list[int | None], width: int,
+def _diff_line(line: DiffLine, highlighted: dict[int, str], numbers: list[int | None], width: int,
                ident: str = "", *, titled: bool = True) -> _Line:
     """One line: its numbers, its sign and its code, tinted by change and mark.
 
@@ -391,7 +466,7 @@ def _diff_line(line: DiffLine, highlighted: list[str], numbers: list[int | None]
         css += f" gpuad-mark-{line.mark}"
         style = MARK_STYLE[line.mark]
         title = MARK_TITLE[line.mark] if titled else ""
-    code = f"{_numbers(numbers, width)}{DIFF_SIGN[line.tag]} {highlighted[line.number - 1]}"
+    code = f"{_numbers(numbers, width)}{DIFF_SIGN[line.tag]} {highlighted[line.number]}"
     return _Line(css, code, style, title, ident)
 
 

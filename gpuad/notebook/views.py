@@ -9,7 +9,10 @@ chosen stages as plain text.
 """
 from __future__ import annotations
 
+import base64
+import gzip
 import html
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -206,7 +209,7 @@ class CompilationView:
         data["symbols"] = readable_symbols(self.record)
         data["call_sites"] = readable_call_sites(self.record)
         data["link_diff"] = diff_data(self.diff)
-        return data
+        return pack(data)
 
     def __repr__(self) -> str:
         return summary_line(self.record)
@@ -293,6 +296,74 @@ def diff_data(diff: IRDiff) -> dict:
         "after_marks": {str(k): v for k, v in diff.after_marks.items()},
         "linked_functions": list(diff.linked_functions),
     }
+
+
+# The JSON a saved notebook stores: the fields that name the compilation stay readable; the rest
+# (IR, PTX, sources, symbols: 90 KB of a default cell's 290) travel as one gzip+base64 string, which
+# extension/src/model.ts (`unpackCompilation`) decodes. IR after link is stored as its difference
+# from IR before link (the link diff's opcodes align them): beyond gzip's 32 KB window, the two
+# copies of a module would not share anything.
+PACKING = "gzip+base64"
+PLAIN_FIELDS = ("format", "version", "kernel_name", "target", "arch", "signature", "stages")
+AFTER_CHANGES = "ir_after_link_changes"
+
+
+def pack(data: dict) -> dict:
+    """`data` with every field not in PLAIN_FIELDS moved into `packed` (see PACKING)."""
+    plain = {k: v for k, v in data.items() if k in PLAIN_FIELDS}
+    body = {k: v for k, v in data.items() if k not in PLAIN_FIELDS}
+    changes = after_link_changes(body)
+    if changes is not None:
+        del body["ir_after_link"]
+        body[AFTER_CHANGES] = changes
+    # mtime=0: the same record always saves as the same text (notebook diffs stay quiet).
+    raw = gzip.compress(json.dumps(body, separators=(",", ":")).encode(), compresslevel=9, mtime=0)
+    return {**plain, "packed": {"encoding": PACKING, "data": base64.b64encode(raw).decode("ascii")}}
+
+
+def unpack(data: dict) -> dict:
+    """The inverse of `pack` (what the extension does in TypeScript)."""
+    if "packed" not in data:
+        return dict(data)
+    packed = data["packed"]
+    if packed["encoding"] != PACKING:
+        raise ValueError(f"unknown packing {packed['encoding']!r} (gpuad writes {PACKING!r})")
+    body = json.loads(gzip.decompress(base64.b64decode(packed["data"])))
+    if AFTER_CHANGES in body:
+        body["ir_after_link"] = rebuild_after_link(body["ir_before_link"], body["link_diff"]["opcodes"],
+                                                   body.pop(AFTER_CHANGES))
+    return {**{k: v for k, v in data.items() if k != "packed"}, **body}
+
+
+def after_link_changes(body: dict) -> dict | None:
+    """IR after link as the lines that differ from IR before link, or None when it cannot be.
+
+    `lines`: after's lines of each non-equal opcode, in order. It cannot when a module's lines are
+    not exactly its newline-separated pieces (a carriage return or another line break that
+    `splitlines` counts, which the TypeScript decoder would not).
+    """
+    before, after = body.get("ir_before_link", ""), body.get("ir_after_link", "")
+    opcodes = body.get("link_diff", {}).get("opcodes")
+    if not before or not after or not opcodes or not (_newline_lines(before) and _newline_lines(after)):
+        return None
+    lines = after.splitlines()
+    changes = {"lines": [lines[j1:j2] for tag, _, _, j1, j2 in opcodes if tag != "equal"],
+               "final_newline": after.endswith("\n")}
+    if rebuild_after_link(before, opcodes, changes) != after:  # never store what does not decode
+        return None
+    return changes
+
+
+def rebuild_after_link(before: str, opcodes: list, changes: dict) -> str:
+    old, pieces = before.splitlines(), iter(changes["lines"])
+    lines = [line for tag, i1, i2, _, _ in opcodes
+             for line in (old[i1:i2] if tag == "equal" else next(pieces))]
+    return "\n".join(lines) + ("\n" if changes["final_newline"] else "")
+
+
+def _newline_lines(text: str) -> bool:
+    """Whether `text.splitlines()` splits at newlines only."""
+    return text.splitlines() == text.removesuffix("\n").split("\n")
 
 
 def _build_widget(view: CompilationView):
