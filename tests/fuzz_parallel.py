@@ -15,7 +15,10 @@ on the cuda target (`--tests both_in_cuda_kernel` on the GPU machine) and >= 2,0
 cpu (`--tests reverse_engine,forward_engine,reverse_host,forward_host,modes_agree_engine`).
 Shadows that many threads add into (shared coefficients, accumulators, stencil neighbours; the
 `shared_shadow` feature): `--tests shared_in_cuda_kernel` on the GPU machine, `shared_in_kernel` on
-the cpu target. Any test_random_program_<name> of tests/test_random_programs.py can be named.
+the cpu target. Forward over reverse (Hessian-vector products of every generated program, against
+finite differences of its gradient): `--tests fwd_over_rev_engine,fwd_over_rev_host` on the cpu,
+`fwd_over_rev_in_cuda_kernel` on the GPU machine (`fwd_over_rev_in_kernel` on the cpu target).
+Any test_random_program_<name> of tests/test_random_programs.py can be named.
 Not collected by pytest (the name does not start with test_).
 """
 from __future__ import annotations

@@ -31,6 +31,14 @@ Features (what users write, issue 9's classes), each switchable so that a failur
                   with inputs that are exactly 0.0
   globals         module globals read by the function (a float, a tuple of floats, an int bound)
   chained         `lo < h(a, v0) < hi` with a helper that writes `a` (evaluated once)
+  global_array    module-level numpy arrays read by the function, through `.T` and slices too
+                  (`GW.T[1][0]`, `GW[1, 2]`, `GV[k]`); never written
+  tuple_unpack    tuples unpacked: `u, w = p` inside a helper given a tuple, and a local pair unpacked
+  helper_chain    helpers calling helpers (`h_mid(b, u)` calls `h_leaf` twice, one on an array element)
+  guarded         `if q > 0.0: v = ... math.sqrt(q)` / `math.log(q)`, and the ternary form, with q often
+                  exactly 0.0 (q = x * x, inputs 0.0 with `singular`)
+  while_data      `while i < n and v < 0.9:` loops whose exit depends on the data (v grows in the body)
+  int_float       ints mixed into float arithmetic (`n % 3`, `i // 2`, `i / 4`, `v * (n + 1)`)
   shared_shadow   the shared-shadow kernel tests (`*_shared_in_*kernel`, see "shadows many threads add
                   into" below): programs `prog(x, y, a, m, n, c, g2, fld, acc, k)` whose arrays c, g2,
                   fld, acc are one object shared by every thread of a launch, indexed by constants, loop
@@ -90,7 +98,8 @@ CHECKPOINT_CAPACITY = 5
 
 ALL_FEATURES = ("alias", "matrix", "slice", "view_in_loop", "cond_array", "helper_array", "helper_tuple",
                 "helper_returns_tuple", "rebind_loopvar", "rebind_param", "rebind_array", "rebind_name",
-                "engine_names", "singular", "globals", "chained", "shared_shadow")
+                "engine_names", "singular", "globals", "chained", "global_array", "tuple_unpack",
+                "helper_chain", "guarded", "while_data", "int_float", "shared_shadow")
 # Features whose programs the engine still gets wrong go here, each with its hand-reduced program
 # pinned where it gets fixed. None today: helper_tuple, rebind_name and rebind_array waited for the
 # engine fixes pinned in tests/test_ad_views.py::test_found_programs and tests/test_ad_soundness.py
@@ -147,7 +156,8 @@ class Names:
     pair: str = "p0"  # a tuple-valued local
     # helpers: h is the one whose derivative names (aug_h, rev_h, tan_h) user variables may take
     helpers: dict = field(default_factory=lambda: {"rd": "h_rd", "wr": "h", "tup": "inner", "pair": "h_pair",
-                                                   "tup2": "h_swap", "side": "h_side"})
+                                                   "tup2": "h_swap", "side": "h_side", "unp": "h_unp",
+                                                   "leaf": "h_leaf", "mid": "h_mid"})
     helper_params: tuple = ("b", "u", "p")
     # shared-shadow programs only: arrays shared by every thread, and the thread's index
     coef: str = "c"  # N_COEF coefficients, read
@@ -210,6 +220,10 @@ class Gen:
             self.globals = {"G0": repr(draw(st.sampled_from([0.7, -0.4, 1.25]))),
                             "GT": repr(tuple(draw(st.sampled_from([0.3, -0.5, 1.1, 0.0])) for _ in range(3))),
                             "GI": str(draw(st.integers(1, 3)))}
+        if "global_array" in features:  # read only: a write would change them between evaluations
+            rows = [[draw(st.sampled_from([0.5, -0.3, 0.8, 0.0])) for _ in range(3)] for _ in range(2)]
+            self.globals["GW"] = f"np.array({rows!r})"
+            self.globals["GV"] = f"np.array({[draw(st.sampled_from([0.2, -0.7, 1.1])) for _ in range(3)]!r})"
 
     def choice(self, options):
         return self.draw(st.sampled_from(options))
@@ -231,8 +245,12 @@ class Gen:
             options.append("matrix")
         if "rebind_param" in self.f or "singular" in self.f:
             options.append("param")
-        if self.globals:
+        if "G0" in self.globals:
             options.append("global")
+        if "global_array" in self.f:
+            options.append("global_array")
+        if "int_float" in self.f:
+            options.append("int_float")
         if self.shared:
             options += ["shared", "shared"]
         kind = self.choice(options)
@@ -251,6 +269,17 @@ class Gen:
             return f"{nm.m}[{self.index(ROWS)}, {self.index()}]"
         if kind == "param":
             return f"math.sin({self.choice([nm.x, nm.y])})"
+        if kind == "global_array":
+            j, i, k = self.index(3), self.index(2), self.index(3)
+            return self.choice([f"GW.T[{j}][{i}]", f"GW.T[{j}, {i}]", f"GW[{i}, {j}]", f"GV[{k}]",
+                                f"GW[{i}][1:][{self.index(2)}]", f"GW.T[{j}][{i}:][0]"])
+        if kind == "int_float":
+            n = self.names.n
+            options = [f"float({n} % 3) * 0.2", f"({n} // 2) * 0.3", f"{n} / 8"]
+            if self.loop_vars:
+                i = self.choice(self.loop_vars)
+                options += [f"({i} % 3) * 0.25", f"{i} / 8", f"({i} // 2) * 0.1"]
+            return self.choice(options)
         if kind == "global":
             return self.choice(["G0", f"GT[{self.draw(st.integers(0, 2))}]", "float(GI) * 0.3"])
         return f"float({self.choice(self.loop_vars)}) * 0.3"
@@ -300,6 +329,7 @@ class Gen:
         kinds = ["assign", "assign", "damped", "store", "add_store"]
         if depth < 2:
             kinds += ["if", "for_const", "for_n", "while_n"]
+            kinds += ["while_data"] if "while_data" in self.f else []
         if in_loop:
             kinds += ["break", "continue"]
         kinds.append("return")
@@ -332,6 +362,8 @@ class Gen:
             op = self.choice(["=", "+="])
             return Writes(f"{view.name}[{self.index(VIEW_LEN)}] {op} {'0.2 * ' if op == '+=' else ''}"
                           f"{self.bounded()}")
+        if kind == "while_data":
+            return self.loop(kind, depth)
         if kind in ("break", "continue", "return"):
             cond, _ = self.condition()
             end = {"break": "break", "continue": "continue", "return": self.early_return()}[kind]
@@ -352,7 +384,12 @@ class Gen:
             var = f"{var}_{next(self.counter)}"
         self.loop_vars.append(var)
         body = self.block(depth + 1, True)
-        if kind != "while_n" and self.flag("rebind_loopvar"):
+        if kind == "while_data":  # v grows by >= 0.15 a trip: the data ends the loop, or the count
+            v = self.choice(self.names.floats)
+            body.append(f"{v} = {v} + 0.25 + 0.1 * math.tanh({self.expr(1)})")
+            self.loop_vars.pop()
+            return ("while", var, body, False, self.names.n, f"{COND}{v} < 0.9)")
+        if not kind.startswith("while") and self.flag("rebind_loopvar"):
             step = self.choice([f"{var} + 1", f"{var} * 2", f"{var} + {self.names.n}"])
             body.insert(0, New(f"{var} = {step}"))
         self.loop_vars.pop()
@@ -362,7 +399,7 @@ class Gen:
         checkpoint = depth == 0 and checkpointable(body, n) and self.draw(st.booleans())
         trips = f"3 * {n}" if checkpoint else n
         if kind == "for_const":
-            counts = ["GI", "0", "1", "2", "3"] if self.globals else ["0", "1", "2", "3"]
+            counts = ["GI", "0", "1", "2", "3"] if "GI" in self.globals else ["0", "1", "2", "3"]
             count = self.choice(counts)
             return ("for", var, f"range({count})", body, checkpoint)
         if kind == "for_n":
@@ -496,6 +533,47 @@ class Gen:
         power = self.choice(["0", "0.0", "1", "2", "3", "2.0"])
         return New(f"{v} = 0.5 * {v} + 0.3 * {b} ** {power}")
 
+    def stmt_tuple_unpack(self, depth, in_loop):
+        v, w = self.draw(st.permutations(self.names.floats))[:2]
+        e1, e2 = self.expr(1), self.expr(1)
+        if self.draw(st.booleans()):
+            self.helpers_used.add("unp")
+            return New(f"{v} = 0.5 * {v} + 0.3 * math.tanh({self.names.helpers['unp']}(({e1}, {e2})))")
+        p = self.names.pair
+        if UNIQUE_NAMES or "rebind_name" not in self.f:
+            p = f"{p}_{next(self.counter)}"
+        return [New(f"{p} = ({e1}, math.sin({e2}))"), New(f"{v}, {w} = {p}"),
+                New(f"{v} = ({v} + {w}) * 0.5")]
+
+    def stmt_helper_chain(self, depth, in_loop):
+        source, _ = self.array_source()
+        v = self.choice(self.names.floats)
+        self.helpers_used |= {"mid", "leaf"}
+        mid = self.names.helpers["mid"]
+        return New(f"{v} = 0.5 * {v} + 0.3 * math.tanh({mid}({source}, {self.expr(1)}))")
+
+    def stmt_guarded(self, depth, in_loop):
+        nm = self.names
+        b = self.choice([nm.x, nm.y, self.choice(nm.floats)])
+        v = self.choice(nm.floats)
+        q = self.choice(nm.temps)
+        if UNIQUE_NAMES or "rebind_name" not in self.f:
+            q = f"{q}_{next(self.counter)}"
+        op = self.choice(["math.sqrt({q})", "math.tanh(0.1 * math.log({q}))", "{q} ** 0.5"]).format(q=q)
+        head = New(f"{q} = {b} * {b}")
+        kind = self.choice(["if", "if_else", "ternary"])
+        if kind == "ternary":
+            return [head, New(f"{v} = 0.5 * {v} + 0.3 * ({op} if {COND}{q} > 0.0) else 0.0)")]
+        orelse = [New(f"{v} = 0.5 * {v}")] if kind == "if_else" else None
+        return [head, ("if", f"{q} > 0.0", [New(f"{v} = 0.5 * {v} + 0.3 * {op}")], orelse)]
+
+    def stmt_int_float(self, depth, in_loop):
+        v = self.choice(self.names.floats)
+        n = self.names.n
+        return New(self.choice([f"{v} = {v} * 0.5 + {n} * 0.1", f"{v} = 0.5 * {v} + 0.1 * {v} * ({n} % 2)",
+                                f"{v} = {v} * ({n} + 1) / ({n} + 2)",
+                                f"{v} = 0.5 * {v} + {self.leaf()} * 2"]))
+
     def stmt_chained(self, depth, in_loop):
         nm = self.names
         self.helpers_used.add("side")
@@ -583,7 +661,9 @@ FEATURE_STATEMENTS = [("alias", "alias"), ("alias", "alias"), ("row", "matrix"),
                       ("helper_array", "helper_array"), ("helper_tuple", "helper_tuple"),
                       ("helper_tuple", "helper_returns_tuple"),
                       ("rebind_param", "rebind_param"), ("rebind_name", "rebind_name"),
-                      ("singular", "singular"), ("singular", "singular"), ("chained", "chained")]
+                      ("singular", "singular"), ("singular", "singular"), ("chained", "chained"),
+                      ("tuple_unpack", "tuple_unpack"), ("helper_chain", "helper_chain"),
+                      ("guarded", "guarded"), ("guarded", "guarded"), ("int_float", "int_float")]
 FEATURE_KINDS = {k for k, _ in FEATURE_STATEMENTS}
 
 
@@ -631,6 +711,10 @@ def helper_sources(gen: Gen) -> list[str]:
         "tup2": f"def {h['tup2']}({p}):\n    return ({p}[1] * 0.5, math.sin({p}[0]))\n",
         "side": (f"def {h['side']}({b}, {u}):\n    {b}[3] = 0.5 * {b}[3] + 0.25 * math.sin({u})\n"
                  f"    return math.tanh({u} + {b}[3])\n"),
+        "unp": f"def {h['unp']}({p}):\n    {u}, {b} = {p}\n    return {u} * math.cos({b}) + 0.5 * {b}\n",
+        "leaf": f"def {h['leaf']}({u}):\n    return math.sin({u}) * 0.5 + {u} * 0.25\n",
+        "mid": (f"def {h['mid']}({b}, {u}):\n"
+                f"    return {h['leaf']}({u} * {b}[0]) + math.cos({b}[2]) * {h['leaf']}({u})\n"),
     }
     return [templates[k] for k in sorted(gen.helpers_used)]
 
@@ -671,9 +755,10 @@ def render(gen: Gen, stmts, name: str, traced: bool) -> tuple[str, str]:
             for s in body:
                 emit(s, indent + 1)
         else:  # while with an int counter up to n (continue must not skip the increment)
-            _, var, body, checkpoint, trips = stmt
+            _, var, body, checkpoint, trips, *data = stmt  # data: a condition on the values too
             lines.append(f"{pad}{var} = 0")
-            lines.append(f"{pad}while {var} < {trips}:" + CHECKPOINT * checkpoint)
+            more = f" and {text(data[0])}" if data else ""
+            lines.append(f"{pad}while {var} < {trips}{more}:" + CHECKPOINT * checkpoint)
             lines.append(f"{pad}    {var} += 1")
             for s in body:
                 emit(s, indent + 1)
@@ -703,7 +788,7 @@ def make_program(gen: Gen, stmts):
     k = next(_serial)
     name = f"prog_{k}"
     module, function = render(gen, stmts, name, traced=False)
-    fn = corpus.exec_source(module, f"<random-program {k}>", {"math": math})[name]
+    fn = corpus.exec_source(module, f"<random-program {k}>", {"math": math, "np": np})[name]
     assert inspect.getsource(fn) == function  # what the interpreter and the engine read
     trace: list = []
 
@@ -712,7 +797,8 @@ def make_program(gen: Gen, stmts):
         return c
 
     traced_module, _ = render(gen, stmts, name, traced=True)
-    traced = corpus.exec_source(traced_module, f"<random-program {k} traced>", {"math": math, "_t": _t})[name]
+    traced = corpus.exec_source(traced_module, f"<random-program {k} traced>",
+                                {"math": math, "np": np, "_t": _t})[name]
     return Program(fn, traced, trace, module)
 
 
@@ -1026,6 +1112,22 @@ def test_found_program_while_loop_with_int_tape(runner):
         corpus.check_reverse(program_entry(WHILE_PROGRAM), "cpu")
     else:
         check_reverse(WHILE_PROGRAM, WHILE_VALUES, RUNNERS[runner][0])
+
+
+# Found while adding `global_array`: `GW.T[...]` on a module-level numpy array made the normaliser
+# ask `GW in (cuda.threadIdx, ...)`, which numpy answers elementwise (an unclear LoweringError).
+GLOBAL_ARRAY_GEN = Gen(lambda s: pytest.fail("a pinned program draws nothing"), frozenset())
+GLOBAL_ARRAY_GEN.globals = {"GW": "np.array([[0.5, -0.3, 0.8], [0.1, 0.9, -0.4]])",
+                            "GV": "np.array([0.2, -0.7, 1.1])"}
+GLOBAL_ARRAY_PROGRAM = make_program(GLOBAL_ARRAY_GEN, [
+    "v0 = math.sin(v0 * GW.T[1][0] + GW.T[2, 1] * v1)", "v1 = v1 * GW[1][1:][0] + GV[2] * a[0]"])
+GLOBAL_ARRAY_VALUES = (0.3, -0.6, [0.5, 0.1, -0.2, 0.7], [0.25] * (ROWS * N_ARRAY), 2, [0.5] * N_INPUTS)
+
+
+@pytest.mark.parametrize("runner", ["engine", "host"])
+def test_found_program_global_array_transpose(runner):
+    check_reverse(GLOBAL_ARRAY_PROGRAM, GLOBAL_ARRAY_VALUES, RUNNERS[runner][0])
+    check_forward(GLOBAL_ARRAY_PROGRAM, GLOBAL_ARRAY_VALUES, RUNNERS[runner][1])
 
 
 @SETTINGS
@@ -1501,3 +1603,277 @@ def test_random_program_shared_in_kernel(sites_threads):
 def test_random_program_shared_in_cuda_kernel(sites_threads):
     """PER_KERNEL programs per example, each with its own shared arrays and guard."""
     check_shared_kernel("shared_in_cuda_kernel", *sites_threads, "cuda")
+
+
+# --- forward over reverse: the tangent of a program's gradient (second derivatives) -----------
+#
+# Each program gets a wrapper that calls `autodiff(Reverse, prog, ...)` and returns a weighted sum
+# of the gradient and of the array shadows the inner reverse sweep adds into; `autodiff(Forward,
+# wrapper, ...)` then gives a Hessian-vector product. Expected: central differences of the
+# wrapper evaluated by the engine's reverse derivative (checked against finite differences of the
+# program by the tests above) along the direction, on a stencil that keeps the program's path.
+# Seeds and weights are often exactly 0.0 and x, y often exactly 0.0: the inner adjoints are then
+# exactly zero while their tangents are not (a zero-guard once dropped those).
+
+GRAD_ARG_TYPES = (numba.float64, numba.float64, ARG_TYPES[2], ARG_TYPES[2], ARG_TYPES[3], ARG_TYPES[3],
+                  numba.int64) + (numba.float64,) * 4
+GRAD_ACTIVITIES = (Duplicated,) * 6 + (Const,) * 5
+
+
+def grad_wrapper(prog):
+    """`grad_<prog>(x, y, a, da, m, dm, n, cx, cy, ca, cm)`: the inner gradient, weighted."""
+    name = f"grad_{prog.fn.__name__}"
+    source = (f"def {name}(x, y, a, da, m, dm, n, cx, cy, ca, cm):\n"
+              f"    (gx, gy, _u0, _u1, _u2), = autodiff(Reverse, {prog.fn.__name__}, Active(x), Active(y), "
+              f"Duplicated(a, da), Duplicated(m, dm), n)\n"
+              f"    return gx * cx + gy * cy + da[1] * ca + dm[2, 0] * cm + da[3] * gx\n")
+    namespace = {"autodiff": autodiff, "Reverse": Reverse, "Active": Active, "Duplicated": Duplicated,
+                 prog.fn.__name__: prog.fn}
+    return corpus.exec_source(source, f"<random-program grad {next(_serial)}>", namespace)[name]
+
+
+weights = st.sampled_from([0.0, 0.0, 1.0, -0.6, 0.35])
+seed_vectors = st.one_of(st.just([0.0] * (N_INPUTS - 2)),
+                         st.lists(st.sampled_from([0.0, 0.5, -1.0, 0.25]), min_size=N_INPUTS - 2,
+                                  max_size=N_INPUTS - 2))
+
+
+def second_inputs(features):
+    """(x, y, a, m, n, seeds of a and m, weights (cx, cy, ca, cm), direction of all 34 inputs)."""
+    unit = st.floats(-1.0, 1.0)
+    return st.tuples(scalars(features), scalars(features),
+                     st.lists(unit, min_size=N_ARRAY, max_size=N_ARRAY),
+                     st.lists(unit, min_size=ROWS * N_ARRAY, max_size=ROWS * N_ARRAY), st.integers(0, 4),
+                     seed_vectors, st.tuples(weights, weights, weights, weights),
+                     st.lists(st.sampled_from([0.0, 1.0, -0.5, 0.3]), min_size=2 * N_INPUTS - 2,
+                              max_size=2 * N_INPUTS - 2))
+
+
+@dataclass
+class SecondPoint:
+    """A point of the wrapper: inputs (x, y, a, da, m, dm) and the direction over all of them."""
+    x: float
+    y: float
+    a: np.ndarray
+    da: np.ndarray
+    m: np.ndarray
+    dm: np.ndarray
+    n: int
+    weights: tuple
+    direction: np.ndarray  # (tx, ty, ta, tda, tm, tdm) flattened
+
+    @staticmethod
+    def of(values) -> SecondPoint:
+        x, y, a, m, n, seeds, w, v = values
+        seeds = np.array(seeds, dtype=np.float64)
+        return SecondPoint(x, y, np.array(a, dtype=np.float64), seeds[:N_ARRAY].copy(),
+                           np.array(m, dtype=np.float64).reshape(ROWS, N_ARRAY),
+                           seeds[N_ARRAY:].reshape(ROWS, N_ARRAY).copy(), n, tuple(w),
+                           np.array(v, dtype=np.float64))
+
+    def parts(self, vec):
+        """(x, y, a, da, m, dm) of a flat vector laid out like `direction`."""
+        cuts = np.cumsum([1, 1, N_ARRAY, N_ARRAY, ROWS * N_ARRAY])
+        x, y, a, da, m, dm = np.split(vec, cuts)
+        return (float(x[0]), float(y[0]), a.copy(), da.copy(), m.reshape(ROWS, N_ARRAY).copy(),
+                dm.reshape(ROWS, N_ARRAY).copy())
+
+    def vector(self):
+        return np.concatenate([[self.x, self.y], self.a, self.da, self.m.ravel(), self.dm.ravel()])
+
+
+def wrapper_by_engine_reverse(prog, inner, p: SecondPoint, vec):
+    """[wrapper value, a, da, m, dm after] at `vec`, through the engine's reverse derivative."""
+    x, y, a, da, m, dm = p.parts(vec)
+    (gx, gy, *_), = in_python(inner, x, y, a, da, m, dm, p.n, np.zeros(8, np.int64))
+    cx, cy, ca, cm = p.weights
+    value = gx * cx + gy * cy + da[1] * ca + dm[2, 0] * cm + da[3] * gx
+    return np.concatenate([[value], a, da, m.ravel(), dm.ravel()])
+
+
+def expected_second(prog, p: SecondPoint):
+    """d/ds of the wrapper's outputs along p.direction; None where the stencil changes the path."""
+    capacity = CHECKPOINT_CAPACITY if CHECKPOINT in prog.source else DEFAULT_TAPE_CAPACITY
+    inner = differentiate(prog.fn, Reverse, (Active, Active, Duplicated, Duplicated, Const), ARG_TYPES,
+                          tape_capacity=capacity)
+    base = p.vector()
+    start = python_primal(prog, Point(p.x, p.y, p.a, p.m, p.n, np.zeros(N_INPUTS)))
+    if start is None:
+        return None
+
+    def outputs(s):
+        x, y, a, _, m, _ = p.parts(base + s * p.direction)
+        try:
+            *_, path = prog.run(x, y, a, m, p.n)
+        except PRIMAL_ERRORS:
+            raise _PathChanged from None
+        if path != start[3]:
+            raise _PathChanged
+        return wrapper_by_engine_reverse(prog, inner, p, base + s * p.direction)
+
+    for h in (1e-3, 1e-4):
+        try:
+            d, ok = corpus.trusted_derivative(outputs, h)
+        except _PathChanged:
+            return None
+        if ok:
+            return d
+    return None
+
+
+def second_by_engine(grad_fn, p: SecondPoint, capacity: int):
+    d = differentiate(grad_fn, Forward, GRAD_ACTIVITIES, GRAD_ARG_TYPES, tape_capacity=capacity)
+    args = second_arguments(p)
+    result = in_python(d, *args, np.zeros(8, np.int64))
+    return result, args
+
+
+def second_on_host(grad_fn, p: SecondPoint, capacity: int):
+    args = second_arguments(p)
+    x, tx, y, ty, a, ta, da, tda, m, tm, dm, tdm, n, *w = args
+    result = autodiff(Forward, grad_fn, Duplicated(x, tx), Duplicated(y, ty), Duplicated(a, ta),
+                      Duplicated(da, tda), Duplicated(m, tm), Duplicated(dm, tdm), Const(n),
+                      *(Const(c) for c in w))
+    return result, args
+
+
+def second_arguments(p: SecondPoint) -> list:
+    """The forward call's flat arguments: (x, tx, y, ty, a, ta, da, tda, m, tm, dm, tdm, n, weights)."""
+    tx, ty, ta, tda, tm, tdm = p.parts(p.direction)
+    return [p.x, tx, p.y, ty, p.a.copy(), ta, p.da.copy(), tda, p.m.copy(), tm, p.dm.copy(), tdm, p.n,
+            *p.weights]
+
+
+def check_second(prog, values, runner):
+    p = SecondPoint.of(values)
+    expected = expected_second(prog, p)
+    usable(expected is not None)
+    grad_fn = grad_wrapper(prog)
+    capacity = CHECKPOINT_CAPACITY if CHECKPOINT in prog.source else DEFAULT_TAPE_CAPACITY
+    (t,), args = runner(grad_fn, p, capacity)
+    _, _, _, _, _, ta, _, tda, _, tm, _, tdm, *_ = args
+    got = np.concatenate([[t], ta, tda, tm.ravel(), tdm.ravel()])
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-8,
+                               err_msg=f"forward over reverse (outputs: value, a, da, m, dm after)\n"
+                                       f"{prog.source}")
+
+
+second = recorded(check_second)
+second_values = second_inputs(FEATURES)
+
+
+# CI runs a few (each example differentiates twice and takes ~40 finite-difference evaluations of
+# the gradient); an explicit GPUAD_HYPOTHESIS_EXAMPLES (fuzz_parallel) runs that many.
+_EXPLICIT = "GPUAD_HYPOTHESIS_EXAMPLES" in os.environ
+
+
+def second_settings(ci_examples: int):
+    return settings(SETTINGS, max_examples=EXAMPLES if _EXPLICIT else ci_examples)
+
+
+@second_settings(3)
+@given(programs(), second_values)
+def test_random_program_fwd_over_rev_engine(prog, values):
+    second("fwd_over_rev_engine", prog, values, second_by_engine)
+
+
+@second_settings(2)
+@given(programs(), second_values)
+def test_random_program_fwd_over_rev_host(prog, values):
+    second("fwd_over_rev_host", prog, values, second_on_host)
+
+
+# Forward over reverse inside kernels: one thread per point, against the host's forward over
+# reverse (gpuad.autodiff, float64) and, on two threads, against finite differences.
+SECOND_POINTS = 8
+SECOND_NAMES = ("x", "tx", "y", "ty", "a", "ta", "da", "tda", "m", "tm", "dm", "tdm", "n", "w", "out")
+
+
+def second_kernel_source(progs, wrappers) -> tuple[str, str]:
+    params = [f"{a}{j}" for j in range(len(progs)) for a in SECOND_NAMES]
+    lines = [f"def second({', '.join(params)}):", "    i = gpuad.thread_index()", "    if i < out0.shape[0]:"]
+    for j, grad_fn in enumerate(wrappers):
+        lines += [f"        d_i, = autodiff(Forward, {grad_fn.__name__}, Duplicated(x{j}[i], tx{j}[i]), "
+                  f"Duplicated(y{j}[i], ty{j}[i]), Duplicated(a{j}[i], ta{j}[i]), "
+                  f"Duplicated(da{j}[i], tda{j}[i]), "
+                  f"Duplicated(m{j}[i], tm{j}[i]), Duplicated(dm{j}[i], tdm{j}[i]), Const(n{j}[i]), "
+                  f"w{j}[i, 0], w{j}[i, 1], w{j}[i, 2], w{j}[i, 3])",
+                  f"        out{j}[i] = d_i"]
+    return "second", "\n".join(lines) + "\n"
+
+
+def second_points(seed: int, count: int = SECOND_POINTS) -> list[SecondPoint]:
+    """Points with exact zeros: x, y, the seeds and the weights are 0.0 on some threads."""
+    rng = np.random.default_rng(seed)
+    points = []
+    for t in range(count):
+        u = rng.uniform
+        seeds = np.zeros(N_INPUTS - 2) if t % 3 == 0 else u(-1, 1, N_INPUTS - 2)
+        w = tuple(0.0 if (t + k) % 4 == 0 else float(u(-1, 1)) for k in range(4))
+        x, y = (0.0 if t % 4 == 1 else float(u(-1, 1))), (0.0 if t % 4 == 2 else float(u(-1, 1)))
+        values = (x, y, u(-1, 1, N_ARRAY), u(-1, 1, ROWS * N_ARRAY), int(rng.integers(0, 5)), seeds, w,
+                  u(-1, 1, 2 * N_INPUTS - 2))
+        points.append(SecondPoint.of(values))
+    return points
+
+
+def check_second_in_kernel(test_name: str, progs, target: str) -> None:
+    import gpuad
+
+    wrappers = [grad_wrapper(p) for p in progs]
+    try:
+        name, source = second_kernel_source(progs, wrappers)
+        namespace = {"gpuad": gpuad, "autodiff": autodiff, "Forward": Forward, "Const": Const,
+                     "Duplicated": Duplicated}
+        namespace.update({g.__name__: g for g in wrappers})
+        corpus.exec_source(source, f"<random-program second kernel {next(_serial)}>", namespace)
+        launches = []
+        for prog in progs:
+            points = second_points(int(prog.fn.__name__.removeprefix("prog_")))
+            args = [second_arguments(p) for p in points]
+            stacked = [np.array([a[k] for a in args]) for k in range(13)]
+            stacked[12] = stacked[12].astype(np.int64)
+            launches.append((points, stacked + [np.array([p.weights for p in points]),
+                                                np.full(len(points), np.nan)]))
+        kernel = gpuad.kernel(namespace[name], target=target, tape_capacity=KERNEL_TAPE_CAPACITY)
+        kernel.launch(SECOND_POINTS, *[a for _, arrays in launches for a in arrays])
+        for prog, grad_fn, (points, arrays) in zip(progs, wrappers, launches):
+            check_second_launch(prog, grad_fn, points, arrays)
+        if passes := os.environ.get("GPUAD_FUZZ_PASSES"):
+            with open(passes, "a") as out:
+                out.write(f"{len(progs)}\n")
+    except Exception:
+        if directory := os.environ.get("GPUAD_FUZZ_FAILURES"):
+            os.makedirs(directory, exist_ok=True)
+            with open(os.path.join(directory, f"{test_name}-{os.getpid()}.txt"), "w") as out:
+                out.write(f"# features: {','.join(sorted(FEATURES))}\n" + "\n".join(p.source for p in progs)
+                          + f"\n# error\n{traceback.format_exc()}")
+        raise
+
+
+def check_second_launch(prog, grad_fn, points, arrays) -> None:
+    _, _, _, _, _, ta, _, tda, _, tm, _, tdm, _, _, out = arrays
+    for t, p in enumerate(points):
+        where = f"thread {t}, x={p.x!r}, y={p.y!r}, n={p.n}, weights={p.weights}\n{prog.source}"
+        got = np.concatenate([[out[t]], ta[t], tda[t], tm[t].ravel(), tdm[t].ravel()])
+        assert np.all(np.isfinite(got)), f"not finite: {got}, {where}"
+        (ref,), args = second_on_host(grad_fn, p, KERNEL_TAPE_CAPACITY)
+        _, _, _, _, _, rta, _, rtda, _, rtm, _, rtdm, *_ = args
+        expected = np.concatenate([[ref], rta, rtda, rtm.ravel(), rtdm.ravel()])
+        close(got, expected, 1e-9 * (1 + np.abs(expected)), f"kernel vs host, {where}")
+        if t < 2 and (fd := expected_second(prog, p)) is not None:
+            np.testing.assert_allclose(got, fd, rtol=1e-6, atol=1e-8, err_msg=f"kernel vs FD, {where}")
+
+
+@second_settings(1)
+@given(programs())
+def test_random_program_fwd_over_rev_in_kernel(prog):
+    check_second_in_kernel("fwd_over_rev_in_kernel", [prog], "cpu")
+
+
+@pytest.mark.gpu
+@SETTINGS
+@given(st.lists(programs(), min_size=PER_KERNEL, max_size=PER_KERNEL))
+def test_random_program_fwd_over_rev_in_cuda_kernel(progs):
+    """PER_KERNEL programs per example, each differentiated twice (forward over reverse)."""
+    check_second_in_kernel("fwd_over_rev_in_cuda_kernel", progs, "cuda")

@@ -515,7 +515,9 @@ class Normalizer:
             self.refuse(node, ast.unparse(node), "only .shape, .size and .ndim of local arrays are supported")
         if not isinstance(root, ast.Name):
             self.refuse(node, ast.unparse(node), "use attributes of modules or of local arrays only")
-        if self.resolve(node.value) in cuda_intrinsics()[0] and node.attr in "xyz":
+        owner = self.resolve(node.value)
+        # by identity: `in` compares with ==, which a global numpy array (`W.T`) answers elementwise
+        if any(owner is o for o in cuda_intrinsics()[0]) and node.attr in "xyz":
             # cuda.threadIdx.x and friends: an int read, kept as written (the targets overlay it)
             return self.assign_temp(ir.Copy(ir.Global(self.bound_text(node))), node)
         obj = self.resolve(node)
