@@ -193,6 +193,8 @@ def test_forward_over_reverse_refuses_a_shadow_without_tangent():
     from gpuad.errors import UnsupportedConstruct
 
     a1, a2 = types.Array(types.float64, 1, "C"), types.Array(types.float64, 2, "C")
-    with pytest.raises(UnsupportedConstruct, match="no shadow"):
+    with pytest.raises(UnsupportedConstruct, match="shadow `da`, which has no tangent") as info:
         differentiate(shadow_reader, Forward, (Duplicated, Duplicated, Const, Duplicated, Duplicated),
                       (types.float64, a1, a1, a2, a2))
+    assert info.value.location.line == shadow_reader.__code__.co_firstlineno + 2
+    assert "Duplicated(shadow, its tangent)" in str(info.value)

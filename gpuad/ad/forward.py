@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from numba.core import types
 
+from gpuad import api
 from gpuad.ad import ir, naming
 from gpuad.ad.emit import (
     atom_text,
@@ -193,6 +194,14 @@ class TangentSweep:
         try:
             callee = tangent_function(self.prog, deriv.function, argtypes, flags, s, self.fir)
         except UnsupportedConstruct as exc:
+            # a shadow the outer call gives no tangent: the inner sweep adds active adjoints into it
+            untangented = [atoms[1] for c, _, atoms in e.wrappers if len(atoms) == 2 and issubclass(
+                c, api.Duplicated) and self.t(atoms[1]) is None and isinstance(atoms[1], ir.Var)]
+            if untangented and "which has no shadow" in exc.message:
+                names = ", ".join(f"`{a.name}`" for a in untangented)
+                self.refuse(s, expr_text(e), f"the reverse sweep of {e.f_name} adds derivatives into the "
+                            f"shadow {names}, which has no tangent here",
+                            "pass the shadow to the outer Forward call as Duplicated(shadow, its tangent)")
             self.refuse(s, expr_text(e), f"cannot differentiate the adjoint of {e.f_name} in forward mode "
                         f"({exc.message})", "the adjoint gpuad generated for the inner function uses "
                         "something forward mode cannot differentiate; give that function a gpuad.rule")
