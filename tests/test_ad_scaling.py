@@ -63,3 +63,57 @@ def test_chain_derivative_is_right():
     (dx, dy), = d.function(x, y, np.zeros(8, np.int64))
     assert dx == pytest.approx((f(x + h, y) - f(x - h, y)) / (2 * h), rel=1e-6)
     assert dy == pytest.approx((f(x, y + h) - f(x, y - h)) / (2 * h), rel=1e-6)
+
+
+KERNEL = '''
+def kern(xs, ys, dxs):
+    i = gpuad.thread_index()
+    if i < xs.shape[0]:
+        (d, _), = autodiff(Reverse, chain, Active(xs[i]), Active(ys[i]))
+        dxs[i] = d
+'''
+
+
+def chain_kernel(n: int, tag: str):
+    """benchmarks/latency.py's chain kernel: one reverse `autodiff` of the N-statement chain."""
+    import gpuad
+    from gpuad import autodiff
+
+    source, filename = chain_source(n) + KERNEL, f"<chain kernel {n} {tag}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    namespace = {"math": math, "gpuad": gpuad, "autodiff": autodiff, "Active": Active, "Reverse": Reverse}
+    exec(compile(source, filename, "exec"), namespace)
+    return namespace["kern"]
+
+
+def compile_work(n: int, tag: str) -> int:
+    """Python calls made by `kernel.compile` of the N-chain kernel through the cuda pipeline (to
+    PTX, no GPU needed): a count of the work every stage does, numba's included, that the load
+    of the machine does not change as it changes seconds."""
+    import sys
+
+    import gpuad
+
+    kernel, calls = gpuad.kernel(chain_kernel(n, tag), target="cuda"), 0
+
+    def count(frame, event, arg):
+        nonlocal calls
+        calls += event == "call"  # generators resumed included: a rescan per variable counts
+
+    sys.setprofile(count)
+    try:
+        kernel.compile(np.ones(4), np.ones(4), np.zeros(4))
+    finally:
+        sys.setprofile(None)
+    return calls
+
+
+def test_compile_work_grows_linearly_with_the_chain():
+    """Work(N) = a + b·N has equal steps from 8 to 16 and from 16 to 32 (ratio 2.0); a term in
+    N² makes the second step larger (numba-cuda's search for singly assigned variables,
+    rescanning the derivative's one block for each of its variables, gave 2.3, and so would
+    any stage that walks the code once per name). The count is deterministic up to a few
+    hash-ordered calls, so the bound can be tight."""
+    compile_work(5, "warm-up")  # numba's one-time work: typing tables, guarded_mul, libdevice
+    w8, w16, w32 = (compile_work(n, "scaling") for n in (8, 16, 32))
+    assert (w32 - w16) / (w16 - w8) < 2.12, (w8, w16, w32)

@@ -113,7 +113,7 @@ def lower_cuda(pyfunc, argtypes, *, kernel: bool, cc=DEFAULT_CC, fastmath=False)
     from numba.core import types
     from numba.cuda.compiler import compile_cuda, kernel_fixup
 
-    with compute_capability(cc):
+    with compute_capability(cc), linear_singly_assigned(), memoised_scalar_typing():
         cres = compile_cuda(
             pyfunc, types.void if kernel else None, tuple(argtypes), cc=cc, fastmath=fastmath
         )
@@ -123,6 +123,109 @@ def lower_cuda(pyfunc, argtypes, *, kernel: bool, cc=DEFAULT_CC, fastmath=False)
         kernel_fixup(library.get_function(symbol), debug=False)
     modules = [str(m) for m in _all_modules(library)]
     return Lowered(symbol, modules, cres.signature.return_type, tuple(cres.signature.args))
+
+
+@contextlib.contextmanager
+def linear_singly_assigned():
+    """numba-cuda's lowering with numba core's linear search for singly assigned variables.
+
+    numba-cuda 0.30's `Lower._find_singly_assigned_variable` rescans a variable's whole block
+    for every variable defined there: quadratic in the block's length, and a derivative is one
+    long block (about 2.8 of the 7 s compile of a 150-statement chain, on 2 cores). numba core's
+    own `Lower` counts each block's assignments once; this is that count, for numba-cuda's
+    class, while gpuad compiles (under the compile lock, as `compute_capability`).
+    """
+    from numba.cuda import lowering
+
+    from gpuad.compiler.compile_lock import compiling
+
+    with compiling():
+        saved = lowering.Lower.__dict__["_find_singly_assigned_variable"]
+        try:
+            lowering.Lower._find_singly_assigned_variable = _find_singly_assigned_variable
+            yield
+        finally:
+            lowering.Lower._find_singly_assigned_variable = saved
+
+
+_SCALAR_TYPING_MEMO: dict | None = None  # (function type, typing context, argument types) -> signature
+
+
+@contextlib.contextmanager
+def memoised_scalar_typing():
+    """Type each scalar operator or `math` call once per argument types, not once per use.
+
+    numba resolves `a * b` by trying every template registered for `operator.mul` (integers,
+    floats, complex, arrays through numpy's ufunc loops, tuples...) at each use, once when
+    typing and again when lowering; a derivative is thousands of such scalar operations on a
+    handful of types. On numbers and booleans those templates answer from the types alone, so
+    the answer is kept for the compile (the outermost block: nested job compiles share it).
+    """
+    global _SCALAR_TYPING_MEMO
+    from numba.core.types import functions
+
+    from gpuad.compiler.compile_lock import compiling
+
+    with compiling():
+        if _SCALAR_TYPING_MEMO is not None:  # a job compiled inside the kernel's compile
+            yield
+            return
+        original = functions.BaseFunction.__dict__["get_call_type"]
+
+        def get_call_type(self, context, args, kws):
+            if kws or not _scalar_call(self, args):
+                return original(self, context, args, kws)
+            key = (self, context, args)
+            sig = _SCALAR_TYPING_MEMO.get(key)
+            if sig is None:
+                sig = _SCALAR_TYPING_MEMO[key] = original(self, context, args, kws)
+            return sig
+
+        _SCALAR_TYPING_MEMO = {}
+        functions.BaseFunction.get_call_type = get_call_type
+        try:
+            yield
+        finally:
+            functions.BaseFunction.get_call_type = original
+            _SCALAR_TYPING_MEMO = None
+
+
+def _scalar_call(function_type, args) -> bool:
+    """A call of a Python operator or a `math` function on numbers and booleans only."""
+    from numba.core import types
+
+    module = getattr(function_type.typing_key, "__module__", None)
+    return (module in ("_operator", "math") and bool(args)
+            and all(isinstance(a, (types.Number, types.Boolean)) for a in args))
+
+
+def singly_assigned_variables(func_ir, blocks) -> set[str]:
+    """The variables assigned once, in one block, and used only there (numba's SROA-like
+    lowering keeps them in registers instead of stack slots)."""
+    from collections import Counter
+
+    from numba.cuda.core import ir as cuda_ir
+    from numba.cuda.core.analysis import compute_use_defs, must_use_alloca
+
+    if func_ir.func_id.is_generator:
+        return set()
+    use_defs = compute_use_defs(func_ir.blocks)
+    alloca_vars = must_use_alloca(func_ir.blocks)
+    defined_in: dict[str, set] = {}
+    for label, names in use_defs.defmap.items():
+        for name in names:
+            defined_in.setdefault(name, set()).add(label)
+    used_before_defined = set().union(*use_defs.usemap.values())  # numba's usemap: live-in uses
+    assignments = {label: Counter(stmt.target.name for stmt in block.find_insts(cuda_ir.assign_types))
+                   for label, block in blocks.items()}
+    return {name for name, labels in defined_in.items()
+            if name not in alloca_vars and len(labels) == 1 and name not in used_before_defined
+            and assignments[next(iter(labels))][name] == 1}
+
+
+def _find_singly_assigned_variable(self):
+    self._singly_assigned_vars = singly_assigned_variables(self.func_ir, self.blocks)
+    self._blk_local_varmap = {}
 
 
 def _all_modules(library, seen=None):
