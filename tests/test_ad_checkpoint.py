@@ -445,3 +445,32 @@ def test_carried_temporaries_are_snapshotted(n):
     (dx, dw, _), = jit_derivative(d)(0.7, 0.6, n, status())
     (ex, ew, _), = reverse(temporaries_and_carried_branch_taped, 100).function(0.7, 0.6, n, status())
     assert (dx, dw) == pytest.approx((ex, ew), rel=1e-13, abs=1e-300)
+
+
+def taped_then_checkpointed(x, n, m):
+    s = x
+    for i in range(n):  # taped: may fill more than its share of the tape
+        s = math.sin(s) + 0.1
+    t = s
+    for j in range(m):  # gpuad: checkpoint
+        t = math.sin(t) * 1.1 + s
+    return t
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_a_segment_that_would_not_fit_above_a_full_tape_is_an_overflow(jit):
+    # Capacity 8: 24 floats. 20 taped steps and 1 snapshot fit, but the 8 steps of the segment
+    # run again on top of them did not: the reverse sweep read entries never written.
+    d = differentiate(taped_then_checkpointed, Reverse, (Active, Const, Const), (F64, I64, I64),
+                      tape_capacity=8)
+    run = jit_derivative(d) if jit else d.function
+    st = status()
+    (dx, _, _), = run(0.5, 20, 8, st)
+    assert (st[0], st[1], st[2]) == (1, taped_then_checkpointed.__code__.co_firstlineno + 2, 24) and dx == 0
+    assert st[3] >= 20 + 1 + 8
+    roomy = differentiate(taped_then_checkpointed, Reverse, (Active, Const, Const), (F64, I64, I64),
+                          tape_capacity=40)
+    for n, m in ((20, 8), (3, 5), (0, 0), (7, 30)):
+        st = status()
+        (dx, _, _), = run(0.5, n, m, st) if n + 1 + 8 <= 24 and m <= 8 else roomy.function(0.5, n, m, st)
+        assert st[0] == 0 and dx == pytest.approx(fd(taped_then_checkpointed, (0.5, n, m), 0), rel=1e-7)

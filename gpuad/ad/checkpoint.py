@@ -52,15 +52,19 @@ def checkpointed_loop(sweep, s: ir.Loop) -> tuple[list, list, TapeUse]:
     primal = primal_code(s.body, filename=sweep.fir.filename)
     body = [(f"if {n} % {k} == 0:", snap_f), f"{n} += 1"] + primal + exit_
     fr, rr, ur = sweep.record(n)
-    fwd = fv + [f"{n} = 0", (loop_header(s), body)] + fr
+    # The reverse sweep pushes a segment on top of the snapshots: its room is reserved in the
+    # forward sweep, so that the overflow check counts it (a run-time loop before this one may
+    # have filled more than its share), and the segment's pushes need no test of their own.
+    hold, release = tape.reserve(ub * k)
+    fwd = fv + [f"{n} = 0", (loop_header(s), body)] + hold + fr
 
     def at(i: str) -> list:  # the loop variable of iteration i of the segment
         return [sweep.adj(f"{s.var} = {index_text_of(s, f'{g} * {k} + {i}')}")] if s.var else []
 
     segment = snap_r + [f"{m} = min({k}, {n} - {g} * {k})",
-                        (f"for {j} in range({m}):", at(j) + fb),
+                        (f"for {j} in range({m}):", at(j) + tape.unchecked(fb)),
                         (f"for {r} in range({m} - 1, -1, -1):", at(r) + rb)]
-    rev = rr + [(f"for {g} in range(({n} + {k - 1}) // {k} - 1, -1, -1):", segment)] + rv
+    rev = rr + release + [(f"for {g} in range(({n} + {k - 1}) // {k} - 1, -1, -1):", segment)] + rv
     sweep.checkpoints.append((s.line, n, k * k))
     return fwd, rev, uv + snap_use * k + ub * k + ur
 

@@ -53,6 +53,37 @@ def push(value: str, ty) -> tuple[list, TapeUse]:
     return code, TapeUse(0, 1)
 
 
+def reserve(use: TapeUse) -> tuple[list, list]:
+    """(forward, reverse) code that moves the stack pointers past `use` entries and back.
+
+    For what the reverse sweep pushes (a checkpointed segment run again): the forward sweep's
+    overflow check then counts it on top of what lies below it on the tape."""
+    fwd, rev = [], []
+    for count, ty in ((use.floats, types.float64), (use.ints, types.int64)):
+        if count:
+            _, sp, _ = stack(ty)
+            fwd.append(f"{sp} += {count}")
+            rev.append(f"{sp} -= {count}")
+    return fwd, rev
+
+
+def unchecked(code: list) -> list:
+    """`code` with its pushes writing without the capacity test: for code that runs only once the
+    forward sweep's overflow checks have passed and whose pushes the capacity counts (a checkpointed
+    segment run again in the reverse sweep), the test can never fail."""
+    out = []
+    for line in code:
+        if isinstance(line, tuple):
+            header, body = line
+            if header in {f"if {sp} < {cap}:" for _, sp, cap in (stack(types.float64), stack(types.int64))}:
+                out += body
+            else:
+                out.append((header, unchecked(body)))
+        else:
+            out.append(line)
+    return out
+
+
 def pop(var: str, ty) -> list:
     tape, sp, _ = stack(ty)
     return [f"{sp} -= 1", f"{var} = {cast_text(f'{tape}[{sp}]', ty)}"]
