@@ -242,12 +242,15 @@ def labelled(label: SourceLine, code: list) -> list:
 def render(code: list, level: int = 0, last: list | None = None) -> list:
     """Lines of a nested code list: items are strings, (header, [body]) or `SourceLine` labels.
 
+    Each list is first tidied where that keeps every value (`fold_zero_inits`,
+    `merge_shadow_increments`: fewer instructions in the kernel, the same numbers up to the
+    sign of a zero adjoint).
     A label is written only where the source line changes (`last` holds the line of the label
     written last); a comment line (`# reverse sweep`) starts over, so the next label is written.
     """
     last = [None] if last is None else last
     out = []
-    for item in code:
+    for item in merge_shadow_increments(fold_zero_inits(code)):
         if isinstance(item, SourceLine):
             if item.line != last[0]:
                 out.append("    " * level + f"# line {item.line}: {item.text}".rstrip())
@@ -382,3 +385,154 @@ def binds(code: list, name: str) -> bool:
         if not isinstance(item, str) and binds(item[1], name):
             return True
     return False
+
+
+# -- tidying a code list: the same values in fewer instructions ---------------
+
+_ZERO_F32 = "np.float32(0.0)"
+
+
+def _is_code(item) -> bool:
+    """A statement or block (not a label or a comment line)."""
+    return not isinstance(item, SourceLine) and not (isinstance(item, str) and item.lstrip().startswith("#"))
+
+
+def fold_zero_inits(code: list) -> list:
+    """`d = np.float32(0.0)` ... `d += e` (the first use of `d`, in the same list) as `d = e`
+    (`d -= e` as `d = -(e)`). `0 + e` is `e` except that it turns -0.0 into +0.0, so neither
+    numba nor NVVM may fold it away: each zeroed adjoint cost an add (in loops, every iteration).
+    Only float32 zeros: float32 is the narrowest float, so dropping the zero never changes the
+    variable's type (a float64 zero would, where every increment is float32)."""
+    code = list(code)
+    k = 0
+    while k < len(code):
+        name = _zero_init_name(code[k])
+        later = _first_use(code, k + 1, name) if name else None
+        if later is not None and (folded := _folded_increment(code[later], name)) is not None:
+            code[later] = folded
+            del code[k]
+            continue
+        k += 1
+    return code
+
+
+def _zero_init_name(item) -> str | None:
+    if isinstance(item, str) and item.endswith(f" = {_ZERO_F32}"):
+        name = item[:-len(f" = {_ZERO_F32}")]
+        return name if name.isidentifier() else None
+    return None
+
+
+def _first_use(code: list, start: int, name: str) -> int | None:
+    for k in range(start, len(code)):
+        if _is_code(code[k]) and _mentions(code[k], name):
+            return k
+    return None
+
+
+def _folded_increment(item, name: str) -> str | None:
+    stmt = _statement(item) if isinstance(item, str) else None
+    if not (isinstance(stmt, ast.AugAssign) and isinstance(stmt.target, ast.Name) and stmt.target.id == name
+            and isinstance(stmt.op, ast.Add | ast.Sub) and name not in _names(stmt.value, ast.Load)):
+        return None
+    value = ast.unparse(stmt.value)
+    if isinstance(stmt.op, ast.Sub):
+        value = f"-{value}" if isinstance(stmt.value, ast.Name) else f"-({value})"
+    return f"{name} = {value}"
+
+
+# Calls that compute a value and write no memory (what may move past a shadow increment).
+_PURE_CALLS = re.compile(r"(guarded_mul|math\.\w+|np\.float32|np\.float64|float|abs|min|max)")
+
+
+def merge_shadow_increments(code: list) -> list:
+    """Several `a[i] += e` of one element in a list of scalar statements, as one read-add-store:
+    `a[i] = a[i] + e1 + e2 + e3` at the last of them, which adds in the same order, so the
+    same float32 rounding. Each separate increment is a store that NVVM keeps (the element may
+    be read through another pointer in between), and in an own-element shadow update
+    (`Duplicated(x, dx)`, the atomic dropped) that doubled the kernel's global stores.
+
+    Only where that is the same computation: the statements between them are scalar
+    assignments (no subscript, no call that may write memory) that mention neither `a` nor
+    rebind a name of the index or of a moved `e`. (Where `e` is wider than the array's dtype,
+    the sum is now rounded to it once instead of after every increment.)"""
+    code = list(code)
+    k = 0
+    while k < len(code):
+        first = _increment(code[k])
+        if first is None:
+            k += 1
+            continue
+        target, array, value = first
+        values, positions, bound = [value], [k], [set()]  # bound: names rebound since each value
+        for j in range(k + 1, len(code)):
+            item = code[j]
+            if not _is_code(item):
+                continue
+            found = _increment(item)
+            if found is not None and found[0] == target and not _names_of(target) & bound[0]:
+                if any(_names_of(v) & since for v, since in zip(values, bound)):
+                    break
+                values.append(found[2])
+                positions.append(j)
+                bound.append(set())
+                continue
+            stmt = _statement(item) if isinstance(item, str) else None
+            if not _scalar_statement(stmt) or _mentions(item, array):
+                break
+            for since in bound:
+                since |= _names(stmt, ast.Store)
+        if len(values) > 1:
+            code[positions[-1]] = f"{target} = {target} + {' + '.join(_operand(v) for v in values)}"
+            for p in reversed(positions[:-1]):
+                del code[p]
+            k = positions[0]
+            continue
+        k += 1
+    return code
+
+
+def _increment(item) -> tuple[str, str, ast.expr] | None:
+    """(`a[i]`, `a`, `e`) of an item `a[i] += e` whose index and value do not read `a`."""
+    stmt = _statement(item) if isinstance(item, str) else None
+    if not (isinstance(stmt, ast.AugAssign) and isinstance(stmt.op, ast.Add)
+            and isinstance(stmt.target, ast.Subscript) and isinstance(stmt.target.value, ast.Name)):
+        return None
+    array = stmt.target.value.id
+    if array in _names(stmt.target.slice, ast.Load) | _names(stmt.value, ast.Load) \
+            or not _pure_value(stmt.value) or not _pure_value(stmt.target.slice):
+        return None
+    return ast.unparse(stmt.target), array, stmt.value
+
+
+def _names_of(node) -> set:
+    if isinstance(node, str):
+        node = ast.parse(node, mode="eval")
+    return _names(node, ast.Load)
+
+
+def _pure_value(node: ast.AST) -> bool:
+    """Names, constants, arithmetic and calls of `_PURE_CALLS`: no memory read or written."""
+    for n in ast.walk(node):
+        if isinstance(n, ast.Subscript | ast.NamedExpr | ast.Lambda):
+            return False
+        if isinstance(n, ast.Call) and not _PURE_CALLS.fullmatch(ast.unparse(n.func)):
+            return False
+    return True
+
+
+def _scalar_statement(stmt) -> bool:
+    """`name = e`, `name += e`, ... with `e` pure: touches no memory."""
+    if isinstance(stmt, ast.Assign):
+        return all(isinstance(t, ast.Name | ast.Tuple) and _pure_value(t) for t in stmt.targets) \
+            and _pure_value(stmt.value)
+    if isinstance(stmt, ast.AugAssign):
+        return isinstance(stmt.target, ast.Name) and _pure_value(stmt.value)
+    return False
+
+
+def _operand(value: ast.expr) -> str:
+    """`e` as an operand of a left-to-right sum: parenthesised unless it binds tighter than `+`."""
+    text = ast.unparse(value)
+    loose = isinstance(value, ast.BinOp | ast.BoolOp | ast.IfExp | ast.Compare | ast.UnaryOp)
+    return f"({text})" if loose else text
