@@ -44,6 +44,19 @@ def test_shared_shadow_atomics_are_combined_per_warp_in_the_ptx():
     assert "atom.global.add.f32" in ptx
 
 
+def test_a_scatter_pays_one_shuffle_and_one_atomic_per_update_in_the_ptx():
+    # issue 11 (stencil_scatter 1.39x): every update had two atomic instructions (the combined
+    # and the lane's own) and shuffled the whole 64-bit address before lanes on different
+    # elements could leave. Now: one atomic per update, and they leave after one 32-bit shuffle.
+    u, du = np.ones(64, np.float32), np.zeros(64, np.float32)
+    ptx = gpuad.kernel(scatter_gradient).compile(u, du).ptx
+    updates = ptx.count("activemask.b32")
+    assert updates == 4  # the four reads of u: three of u[i], one of u[(i + 1) % n]
+    assert len(re.findall(r"atom\.global\.add\.f32", ptx)) == updates
+    before_first_vote = [part.split("vote.sync.all.pred")[0] for part in ptx.split("activemask.b32")[1:]]
+    assert [part.count("shfl.sync.idx.b32") for part in before_first_vote] == [1] * updates
+
+
 def two_arrays_one_index(x, a, da, b, db):
     # Even lanes add into da[0], odd lanes into db[0]: the same index, different arrays.
     i = gpuad.thread_index()

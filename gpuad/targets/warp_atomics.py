@@ -10,13 +10,13 @@ own value, exactly as before.
 
 Why this is always safe: the test `activemask() == FULL` is made by lanes that execute it
 together, so all 32 take the same branch and all reach the `*_sync` calls with the full mask;
-lanes are only combined when the element *addresses* are equal, so different arrays, or
+lanes are only combined when the element *addresses* are equal (both 32-bit halves), so different arrays, or
 different indices naming different elements, never merge. Only the order of the float
 additions changes, which atomics never fixed anyway.
 """
 from __future__ import annotations
 
-from numba import cuda
+from numba import cuda, int32
 
 from gpuad.compiler import numba_intrinsics
 
@@ -27,18 +27,22 @@ element_address = numba_intrinsics.cuda_element_address()
 
 
 def warp_atomic_add(array, index, value):
-    """`cuda.atomic.add(array, index, value)`, one atomic per warp when the warp agrees on the element."""
-    mask = cuda.activemask()
-    if mask == FULL_WARP:
+    """`cuda.atomic.add(array, index, value)`, one atomic per warp when the warp agrees on the element.
+
+    One atomic instruction on one address computation either way (the lane that issues it and
+    the value it adds differ), and lanes on different elements (a scatter) leave after one
+    32-bit shuffle: the low halves of their addresses already differ."""
+    total, issue = value, True
+    if cuda.activemask() == FULL_WARP:
         address = element_address(array, index)
-        if cuda.all_sync(FULL_WARP, address == cuda.shfl_sync(FULL_WARP, address, 0)):
-            total = value
+        low, high = int32(address), int32(address >> 32)  # the halves (truncated)
+        if cuda.all_sync(FULL_WARP, low == cuda.shfl_sync(FULL_WARP, low, 0)) and \
+                cuda.all_sync(FULL_WARP, high == cuda.shfl_sync(FULL_WARP, high, 0)):
             total += cuda.shfl_xor_sync(FULL_WARP, total, 16)
             total += cuda.shfl_xor_sync(FULL_WARP, total, 8)
             total += cuda.shfl_xor_sync(FULL_WARP, total, 4)
             total += cuda.shfl_xor_sync(FULL_WARP, total, 2)
             total += cuda.shfl_xor_sync(FULL_WARP, total, 1)
-            if cuda.laneid == 0:
-                cuda.atomic.add(array, index, total)
-            return
-    cuda.atomic.add(array, index, value)
+            issue = cuda.laneid == 0
+    if issue:
+        cuda.atomic.add(array, index, total)
