@@ -64,6 +64,10 @@ class CompilationRecord:
     ir_after_link: str = ""
     ptx: str = ""
     timings: dict[str, float] = field(default_factory=dict)
+    # Source ↔ IR ↔ PTX: which lines of the IR and PTX come from which source lines, as the
+    # compiler's debug locations say (`gpuad.compiler.lineinfo.line_map` gives the layout); {}
+    # when the compilation kept none.
+    line_map: dict = field(default_factory=dict)
 
     @functools.cached_property
     def local_memory_bytes(self) -> int:

@@ -46,7 +46,7 @@ SCHEMA = {
     "format": str, "version": int, "kernel_name": str, "target": str, "arch": str, "signature": list,
     "source": str, "overlays": list, "jobs": list, "adjoint_sources": dict, "ir_before_link": str,
     "ir_after_link": str, "ptx": str, "timings": dict, "linked_functions": list, "local_memory_bytes": int,
-    "stages": list, "symbols": dict, "call_sites": dict, "link_diff": dict,
+    "stages": list, "symbols": dict, "call_sites": dict, "link_diff": dict, "line_map": dict,
 }
 JOB_SCHEMA = {"id": int, "function": str, "mode": str, "activities": list, "argument_types": list,
               "symbol": str, "call_sites": list, "parent": (int, type(None)), "own_shadows": list,

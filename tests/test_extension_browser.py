@@ -197,6 +197,110 @@ def test_saved_notebook_shows_the_viewer_in_jupyterlab(server, browser, tmp_path
     page.close()
 
 
+def highlighted(viewer, stage: str) -> list[str]:
+    """The text of the lines highlighted as linked in one tab (opening the tab)."""
+    viewer.locator(f".gpuad-tab[data-stage={stage}]").click()
+    return viewer.locator(f".gpuad-stage-{stage} .gpuad-line.gpuad-hl .gpuad-text").all_inner_texts()
+
+
+def test_clicking_a_source_line_highlights_its_ir_and_ptx_lines_and_the_reverse(server, browser, tmp_path):
+    """Source ↔ IR ↔ PTX links from the record's line map (gpuad/compiler/lineinfo.py), in the
+    saved notebook: no kernel runs."""
+    page = open_viewer(browser, f"{server['base']}/lab/tree/saved.ipynb?token={TOKEN}")
+    viewer = page.locator(".gpuad-viewer")
+    source = viewer.locator(".gpuad-stage-source")
+    kernel_store = source.locator(".gpuad-line", has_text="dxs[i] = dx")
+    kernel_store.click()
+    assert "gpuad-hl-origin" in kernel_store.get_attribute("class")
+    assert re.search(r"PTX: [1-9]\d* lines", viewer.locator(".gpuad-linkinfo").inner_text())
+
+    ir = highlighted(viewer, "ir-after")
+    assert ir and any("store double" in line for line in ir), ir
+    assert not any("deferred_codegen" in line for line in highlighted(viewer, "ir-before"))
+    ptx = highlighted(viewer, "ptx")
+    assert ptx and any("st.global.f64" in line for line in ptx), ptx
+    page.screenshot(path=str(screenshot_dir(tmp_path) / "extension-jupyterlab-lines.png"), full_page=True)
+
+    # A line of the differentiated function: the derivative lines generated from it, and their PTX.
+    viewer.locator(".gpuad-tab[data-stage=source]").click()
+    source.locator(".gpuad-line", has_text="return math.sin(x) * y").click()
+    assert any(line.lstrip().startswith("# line ") for line in highlighted(viewer, "derivatives"))
+    assert highlighted(viewer, "ptx")
+
+    # The reverse: one of those PTX lines (the derivative, inlined at the autodiff call) lights up
+    # the kernel's autodiff line and the line of f it differentiates.
+    viewer.locator(".gpuad-stage-ptx .gpuad-line.gpuad-hl").first.click()
+    lit_source = highlighted(viewer, "source")
+    assert any("autodiff(Reverse, f" in line for line in lit_source), lit_source
+    assert any("return math.sin(x) * y" in line for line in lit_source), lit_source
+    assert not any("dxs[i] = dx" in line for line in lit_source), lit_source
+    assert highlighted(viewer, "derivatives")
+    page.close()
+
+
+def big_module_notebook(path: Path, n_lines: int = 20000) -> int:
+    """A saved notebook whose compilation's IR after link is one function of `n_lines` lines,
+    each run of 5 mapped to one of the kernel's 5 first lines; returns how many its def line has."""
+    from gpuad.examples import grad_f
+
+    data = grad_f.compile(*[np.linspace(0.0, 1.0, 8)] * 3).to_dict()  # unpacked: the viewer takes both
+    kernel_file, first = data["line_map"]["sources"]["kernel"]
+    body = [f'  %".{k}" = add i64 {k}, 0' for k in range(n_lines - 2)]
+    data["ir_after_link"] = "\n".join(['define void @"big"() {', *body, "}"])
+    # The first half's runs come from the kernel's first 5 lines (2,000 IR lines each), the second
+    # half's each from a line of its own.
+    data["line_map"]["ir_after_link"] = [
+        [k, min(k + 4, n_lines - 1), kernel_file, first + 1 + (k // 5) % 5 if k < n_lines // 2 else first + k]
+        for k in range(2, n_lines, 5)]
+    data["stages"] = ["source", "ir-after"]
+    output = {"output_type": "display_data", "metadata": {},
+              "data": {"text/plain": "big", "application/vnd.gpuad.compilation+json": data}}
+    cell = {"cell_type": "code", "execution_count": 1, "id": "c1", "metadata": {}, "source": "",
+            "outputs": [output]}
+    spec = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+    path.write_text(json.dumps({"cells": [cell], "metadata": {"kernelspec": spec}, "nbformat": 4,
+                                "nbformat_minor": 5}))
+    return sum(last - first_line + 1 for first_line, last, _, line in data["line_map"]["ir_after_link"]
+               if line == first + 1)
+
+
+def test_line_links_stay_fast_on_a_module_of_20000_ir_lines(server, browser):
+    per_line = big_module_notebook(server["root"] / "big.ipynb")
+    # A workspace of its own: the default one reopens the other tests' notebook beside it.
+    page = open_viewer(browser, f"{server['base']}/lab/workspaces/big/tree/big.ipynb?reset&token={TOKEN}")
+    viewer = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .gpuad-viewer")
+    assert viewer.count() == 1
+    viewer.locator(".gpuad-stage-source .gpuad-line").nth(1).click()  # the kernel's def line
+    lit = viewer.locator(".gpuad-stage-ir-after .gpuad-line.gpuad-hl")
+    assert len(highlighted(viewer, "ir-after")) == per_line  # the folded function opened by the click
+    viewer.locator(".gpuad-tab[data-stage=source]").click()
+    # Hovering source lines, each lighting 2,000 IR lines: the time per hover, in the page.
+    seconds = page.evaluate("""() => {
+        const rows = document.querySelectorAll('.gpuad-stage-source .gpuad-code')[0].children;
+        const hover = row => row.querySelector('.gpuad-text').dispatchEvent(
+            new MouseEvent('mouseover', {bubbles: true}));
+        const start = performance.now();
+        for (let k = 0; k < 40; k++) {
+            hover(rows[1 + k % 5]);
+        }
+        return (performance.now() - start) / 40 / 1000; }""")
+    assert seconds < 0.2, seconds
+    # The reverse: hovering IR lines lights up the lines of their source line, no scan of the module.
+    viewer.locator(".gpuad-tab[data-stage=ir-after]").click()
+    seconds = page.evaluate("""() => {
+        const rows = document.querySelector('.gpuad-stage-ir-after .gpuad-code').children;
+        const hover = row => row.querySelector('.gpuad-text').dispatchEvent(
+            new MouseEvent('mouseover', {bubbles: true}));
+        const start = performance.now();
+        for (let k = 0; k < 200; k++) {
+            hover(rows[rows.length / 2 + 47 * k]);
+        }
+        return (performance.now() - start) / 200 / 1000; }""")
+    assert seconds < 0.01, seconds  # 5 lines lit each time: no pass over the module's 20,000
+    assert lit.count() > 0
+    page.close()
+
+
 def luminance(rgb: str) -> float:
     channels = [int(c) / 255 for c in rgb[rgb.index("(") + 1:rgb.index(")")].split(",")[:3]]
     linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]

@@ -5,6 +5,7 @@
  */
 import { codeBlock, Language, symbolElement, Symbols } from './code';
 import { sideBySide } from './diff';
+import { Artefact, LineIndex, LineLinks, LineMap, View } from './lines';
 import { Compilation, formatSeconds, Job, plural, STAGE_TITLES } from './model';
 import { segments } from './outline';
 
@@ -25,7 +26,13 @@ export function renderCompilation(node: HTMLElement, data: Compilation): void {
   const bar = el('div', 'gpuad-tabbar');
   bar.setAttribute('role', 'tablist');
   const body = el('div', 'gpuad-tabbody');
+  // The record's line map (gpuad/compiler/lineinfo.py); absent from records made before it.
+  const lineMap = (data as Compilation & { line_map?: LineMap }).line_map;
+  const index = new LineIndex(lineMap ?? { files: [] });
+  const status = el('div', 'gpuad-note gpuad-linkinfo', linkHelp(index));
+  const links = new LineLinks(index, message => (status.textContent = message));
   node.appendChild(bar);
+  node.appendChild(status);
   node.appendChild(body);
   const built: { [key: string]: HTMLElement } = {};
   const select = (key: string) => {
@@ -38,7 +45,7 @@ export function renderCompilation(node: HTMLElement, data: Compilation): void {
     }
     if (!built[key]) {
       built[key] = el('div', `gpuad-panel gpuad-stage-${key}`);
-      built[key].appendChild(stageBody(key, data, symbols));
+      built[key].appendChild(stageBody(key, data, symbols, links));
       body.appendChild(built[key]);
     }
     built[key].hidden = false;
@@ -100,32 +107,42 @@ function timings(t: { [stage: string]: number }): HTMLElement {
   return strip;
 }
 
-function stageBody(key: string, d: Compilation, symbols: Symbols): HTMLElement {
+/** What the line under the tabs says before a line is clicked. */
+function linkHelp(index: LineIndex): string {
+  if (index.present) {
+    return 'Hover or click a line of the source, a derivative, the IR or the PTX: the lines linked to it light up in every tab.';
+  }
+  return 'No source line information: this compilation kept no debug locations (made before gpuad recorded them, or by a target that keeps none).';
+}
+
+function stageBody(key: string, d: Compilation, symbols: Symbols, links: LineLinks): HTMLElement {
   switch (key) {
     case 'source':
-      return sources(d, symbols);
+      return sources(d, symbols, links);
     case 'overlays':
       return overlays(d);
     case 'jobs':
       return jobs(d, symbols);
     case 'derivatives':
-      return derivatives(d, symbols);
+      return derivatives(d, symbols, links);
     case 'ir-before':
-      return module(d.ir_before_link, 'llvm', symbols);
+      return module(d.ir_before_link, 'llvm', symbols, links, 'ir_before_link');
     case 'ir-after':
-      return module(d.ir_after_link, 'llvm', symbols);
+      return module(d.ir_after_link, 'llvm', symbols, links, 'ir_after_link');
     case 'diff':
       return linkDiff(d, symbols);
     case 'ptx':
-      return module(d.ptx, 'ptx', symbols);
+      return module(d.ptx, 'ptx', symbols, links, 'ptx');
   }
   return note(`unknown stage ${key}`);
 }
 
 /** The kernel and each function it differentiates. */
-function sources(d: Compilation, symbols: Symbols): HTMLElement {
+function sources(d: Compilation, symbols: Symbols, links: LineLinks): HTMLElement {
   const box = el('div', 'gpuad-scroll');
-  box.appendChild(fold(titleText('kernel ', d.kernel_name), true, () => python(d.source, symbols)));
+  box.appendChild(
+    fold(titleText('kernel ', d.kernel_name), true, () => python(d.source, symbols, links, { source: 'kernel' }))
+  );
   const seen = new Set<string>();
   for (const job of d.jobs) {
     if (seen.has(job.function)) {
@@ -135,14 +152,16 @@ function sources(d: Compilation, symbols: Symbols): HTMLElement {
     const title = titleText('differentiated ', job.function, ` (job ${job.id}: ${job.mode})`);
     box.appendChild(
       fold(title, true, () =>
-        job.source ? python(job.source, symbols) : note('Its source was not found (inspect.getsource failed).')
+        job.source
+          ? python(job.source, symbols, links, { source: `job ${job.id}` })
+          : note('Its source was not found (inspect.getsource failed).')
       )
     );
   }
   return box;
 }
 
-function derivatives(d: Compilation, symbols: Symbols): HTMLElement {
+function derivatives(d: Compilation, symbols: Symbols, links: LineLinks): HTMLElement {
   const ids = Object.keys(d.adjoint_sources ?? {}).sort((a, b) => Number(a) - Number(b));
   if (ids.length === 0) {
     return note('No derivative source was generated.');
@@ -152,13 +171,17 @@ function derivatives(d: Compilation, symbols: Symbols): HTMLElement {
   for (const id of ids) {
     const job = byId.get(id);
     const title = titleText(`job ${id}`, job ? `: ${job.mode} of ` : '', job ? job.function : '');
-    box.appendChild(fold(title, true, () => python(d.adjoint_sources[id], symbols)));
+    box.appendChild(
+      fold(title, true, () => python(d.adjoint_sources[id], symbols, links, { source: `derivative ${id}` }))
+    );
   }
   return box;
 }
 
-function python(text: string, symbols: Symbols): HTMLElement {
-  return codeBlock(text.replace(/\n$/, '').split('\n'), 'python', symbols);
+function python(text: string, symbols: Symbols, links: LineLinks, view: View): HTMLElement {
+  const block = codeBlock(text.replace(/\n$/, '').split('\n'), 'python', symbols);
+  links.attach(block, view, 1);
+  return block;
 }
 
 function overlays(d: Compilation): HTMLElement {
@@ -190,7 +213,13 @@ function jobs(d: Compilation, symbols: Symbols): HTMLElement {
   );
 }
 
-function module(textIn: string, lang: Language, symbols: Symbols): HTMLElement {
+function module(
+  textIn: string,
+  lang: Language,
+  symbols: Symbols,
+  links: LineLinks,
+  artefact: Artefact
+): HTMLElement {
   if (!textIn) {
     return note('Not produced by this compilation.');
   }
@@ -203,15 +232,25 @@ function module(textIn: string, lang: Language, symbols: Symbols): HTMLElement {
   );
   for (const part of parts) {
     const n = part.end - part.start;
-    const body = () => codeBlock(lines.slice(part.start, part.end), lang, symbols, part.start + 1);
+    const view: View = { artefact };
+    const body = () => {
+      const block = codeBlock(lines.slice(part.start, part.end), lang, symbols, part.start + 1);
+      links.attach(block, view, part.start + 1);
+      return block;
+    };
+    let partFold: HTMLDetailsElement;
     if (part.name === null) {
-      box.appendChild(fold(titleText('module ', '', `lines ${part.start + 1}–${part.end}`), false, body));
-      continue;
+      partFold = fold(titleText('module ', '', `lines ${part.start + 1}–${part.end}`), false, body);
+    } else {
+      const title = el('span', 'gpuad-fold-title');
+      title.appendChild(symbol(part.name, symbols));
+      title.appendChild(el('span', 'gpuad-muted', `  ${plural(n, 'line')}`));
+      partFold = fold(title, unfold, body);
     }
-    const title = el('span', 'gpuad-fold-title');
-    title.appendChild(symbol(part.name, symbols));
-    title.appendChild(el('span', 'gpuad-muted', `  ${plural(n, 'line')}`));
-    box.appendChild(fold(title, unfold, body));
+    box.appendChild(partFold);
+    if (!partFold.open) {
+      links.folded(view, part.start + 1, part.end, () => (partFold.open = true));
+    }
   }
   return box;
 }
@@ -330,7 +369,7 @@ function titleText(prefix: string, name: string, suffix = ''): HTMLElement {
 }
 
 /** A foldable section whose body is built the first time it opens. */
-function fold(title: HTMLElement, open: boolean, body: () => HTMLElement): HTMLElement {
+function fold(title: HTMLElement, open: boolean, body: () => HTMLElement): HTMLDetailsElement {
   const details = document.createElement('details');
   details.className = 'gpuad-fold';
   const summary = document.createElement('summary');

@@ -115,7 +115,30 @@ def merge_into(base: IRModule, other: IRModule) -> None:
     for name, operands in other.named_metadata.items():
         if name == "nvvmir.version" and name in base.named_metadata:
             continue
-        base.named_metadata.setdefault(name, []).extend(renumber(o) for o in operands)
+        moved = [renumber(o) for o in operands]
+        if name == "llvm.module.flags":  # the verifier refuses a flag named twice (debug info's)
+            moved = _new_flags(base, moved)
+        base.named_metadata.setdefault(name, []).extend(moved)
+
+
+_FLAG_ID = re.compile(r'!"([^"]*)"')
+
+
+def _new_flags(base: IRModule, operands: list[str]) -> list[str]:
+    """The module flags among `operands` whose identifier `base` does not have yet."""
+    def flag_id(operand: str) -> str | None:
+        line = base.metadata.get(int(operand.lstrip("!"))) if operand.lstrip("!").isdigit() else None
+        m = _FLAG_ID.search(line or "")
+        return m.group(1) if m else None
+
+    seen = {flag_id(o) for o in base.named_metadata.get("llvm.module.flags", [])}
+    new = []
+    for operand in operands:
+        key = flag_id(operand)
+        if key is None or key not in seen:
+            new.append(operand)
+            seen.add(key)
+    return new
 
 
 def merge_texts(texts: list[str]) -> IRModule:

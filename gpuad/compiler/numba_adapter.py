@@ -93,9 +93,10 @@ def cuda_jit_options(obj) -> dict | None:
     return dict(obj.targetoptions)
 
 
-def device_function(pyfunc):
-    """A numba-cuda device-function dispatcher for a plain Python function."""
-    return cuda_modules().jit(device=True)(pyfunc)
+def device_function(pyfunc, lineinfo: bool = False):
+    """A numba-cuda device-function dispatcher for a plain Python function (`lineinfo`: as in
+    `lower_cuda`)."""
+    return cuda_modules().jit(device=True, lineinfo=lineinfo)(pyfunc)
 
 
 @dataclass
@@ -108,14 +109,21 @@ class Lowered:
     arg_types: tuple
 
 
-def lower_cuda(pyfunc, argtypes, *, kernel: bool, cc=DEFAULT_CC, fastmath=False) -> Lowered:
-    """Lower `pyfunc` for `argtypes` to LLVM IR with numba-cuda's own pipeline."""
+def lower_cuda(pyfunc, argtypes, *, kernel: bool, cc=DEFAULT_CC, fastmath=False,
+               lineinfo: bool = False) -> Lowered:
+    """Lower `pyfunc` for `argtypes` to LLVM IR with numba-cuda's own pipeline.
+
+    `lineinfo`: numba-cuda's line info, a `!dbg` location on every instruction (a compile unit
+    of kind DebugDirectivesOnly) that NVVM turns into PTX `.loc` lines; unlike `debug`, it
+    changes neither the optimisation nor the error model (`gpuad.compiler.lineinfo`).
+    """
     from numba.core import types
     from numba.cuda.compiler import compile_cuda, kernel_fixup
 
     with compute_capability(cc), linear_singly_assigned(), memoised_scalar_typing():
         cres = compile_cuda(
-            pyfunc, types.void if kernel else None, tuple(argtypes), cc=cc, fastmath=fastmath
+            pyfunc, types.void if kernel else None, tuple(argtypes), cc=cc, fastmath=fastmath,
+            lineinfo=lineinfo,
         )
     library = cres.library
     symbol = cres.fndesc.llvm_func_name

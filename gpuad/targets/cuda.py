@@ -6,6 +6,7 @@ user sees the IR and PTX; only launching needs a device.
 from __future__ import annotations
 
 import inspect
+import os
 from dataclasses import dataclass
 
 from numba import cuda
@@ -13,7 +14,7 @@ from numba import cuda
 from gpuad import api
 from gpuad.ad import primitives
 from gpuad.ad.primitives import CAPACITY, CHECKPOINT_OVERFLOW, FLAG, LINE, NEEDED, TAPE_OVERFLOW
-from gpuad.compiler import numba_adapter, numba_intrinsics
+from gpuad.compiler import lineinfo, numba_adapter, numba_intrinsics
 from gpuad.compiler.emit import emit_ptx, parse_arch
 from gpuad.compiler.jobs import DeferredJob, JobRegistry
 from gpuad.compiler.link import JobModule, link_deferred
@@ -83,6 +84,8 @@ class CudaTarget:
     fastmath: bool = False
     thread_ownership: bool = True
     block_shadows: tuple = ()
+    # numba-cuda's line info, read into the record's line map and then removed (`lineinfo.py`).
+    lineinfo: bool = True
     name = "cuda"
     table = CUDA
 
@@ -91,7 +94,7 @@ class CudaTarget:
         return parse_arch(self.arch)
 
     def bind_function(self, resolved):
-        return numba_adapter.device_function(resolved.pyfunc)
+        return numba_adapter.device_function(resolved.pyfunc, lineinfo=self.lineinfo)
 
     def bind_site(self, site: DeferredSite, jobs: JobRegistry):
         def job_for_types(flat_types):
@@ -103,7 +106,7 @@ class CudaTarget:
     def lower_job(self, job: DeferredJob, resolved) -> None:
         argtypes = tuple(_unliteral(t) for t in job.flat_types)
         lowered = numba_adapter.lower_cuda(resolved.pyfunc, argtypes, kernel=False, cc=self.cc,
-                                           fastmath=self.fastmath)
+                                           fastmath=self.fastmath, lineinfo=self.lineinfo)
         job.flat_types = argtypes
         job.symbol, job.return_type = lowered.symbol, lowered.return_type
         job.ir_text = merge_texts(lowered.modules).text()
@@ -114,10 +117,10 @@ class CudaTarget:
         if self.block_shadows:
             params = list(inspect.signature(kernel).parameters)
             dtype = argtypes[self.block_shadows[0]].dtype
-            kernel = block_shadows.wrap_kernel(numba_adapter.device_function(kernel), params,
+            kernel = block_shadows.wrap_kernel(numba_adapter.device_function(kernel, self.lineinfo), params,
                                                self.block_shadows, dtype)
         lowered = numba_adapter.lower_cuda(kernel, full_types, kernel=True, cc=self.cc,
-                                           fastmath=self.fastmath)
+                                           fastmath=self.fastmath, lineinfo=self.lineinfo)
         return LoweredKernel(lowered.symbol, merge_texts(lowered.modules).text(), full_types)
 
     def link(self, lowered: LoweredKernel, jobs: JobRegistry) -> str:
@@ -133,6 +136,8 @@ class CudaTarget:
     def record(self, output, pyfunc) -> CompilationRecord:
         """The compilation record of a kernel the driver compiled for this target."""
         jobs = output.jobs.jobs
+        before, after, ptx = (lineinfo.strip_ir(output.lowered.ir_text), lineinfo.strip_ir(output.linked),
+                              lineinfo.strip_ptx(output.emitted))
         return CompilationRecord(
             kernel_name=pyfunc.__name__, target="cuda", arch=self.arch,
             signature=tuple(str(t) for t in output.lowered.argtypes[:-1]),
@@ -140,9 +145,22 @@ class CudaTarget:
             overlays=list(output.pipeline.interpreter.overlays),
             jobs=[job.record() for job in jobs],
             adjoint_sources={job.id: job.derivative.source for job in jobs},
-            ir_before_link=output.lowered.ir_text, ir_after_link=output.linked, ptx=output.emitted,
+            ir_before_link=before.text, ir_after_link=after.text, ptx=ptx.text,
             timings=output.timings,
+            line_map=lineinfo.line_map({"ir_before_link": before, "ir_after_link": after, "ptx": ptx},
+                                       _shown_sources(pyfunc, jobs),
+                                       {job.id: job.derivative.source for job in jobs}),
         )
+
+
+def _shown_sources(pyfunc, jobs) -> dict:
+    """Where each source the viewer shows starts: the kernel, each differentiated function
+    (`job N`) and each generated derivative (`derivative N`, from its first line)."""
+    shown = {"kernel": lineinfo.python_source(pyfunc)}
+    for job in jobs:
+        shown[f"job {job.id}"] = lineinfo.python_source(job.site.function)
+        shown[f"derivative {job.id}"] = (os.path.abspath(job.derivative.filename), 1)
+    return {name: where for name, where in shown.items() if where is not None}
 
 
 def _unliteral(t):
