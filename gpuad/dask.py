@@ -328,13 +328,11 @@ def map_blocks(kernel: Kernel, *args, n: int | Callable[[int], int] | None = Non
             continue
         value = args[k]
         if roles[k] == "out":
-            parts = [run[k, "owned"] for run in runs]
-            if depth:
-                parts = _halos_added(runs, k, bounds)
+            parts = _halos_added(runs, k, bounds) if depth else [_part(run, k, "owned") for run in runs]
             arrays[name] = _chunked_output(f"{kernel.name}-{name}", parts, lengths, value)
         else:
             meta = meta_from_array(value, value.ndim)  # numpy or CuPy, as passed in
-            parts = [da.from_delayed(run[k, "owned"], shape=value.shape, dtype=value.dtype, meta=meta)
+            parts = [da.from_delayed(_part(run, k, "owned"), shape=value.shape, dtype=value.dtype, meta=meta)
                      for run in runs]
             total = da.stack(parts).sum(axis=0, split_every=split_every, dtype=value.dtype)
             # the single launch adds into the array passed in
@@ -389,6 +387,24 @@ def _extended_blocks(array, bounds) -> list:
     return [array[left:right].rechunk({0: -1}).to_delayed().ravel()[0] for left, _, _, right in bounds]
 
 
+def _part(run, k: int, part: str):
+    """One part of a chunk's launch (`_run_chunk`'s dict), as a task of a task group of its own.
+
+    Dask's scheduler places the tasks of a group larger than twice the cluster's threads whose
+    dependencies are fewer than 5 tasks ("root-ish") on any free worker, ignoring where their
+    data is: `run[k, "left"]` for every chunk made one "getitem" group of ~3 tasks per chunk
+    depending on the chunks' launches only, so with up to 4 chunks a launch's whole result
+    (its owned chunk) was copied to another worker to take a part of it, and a CuPy chunk went
+    through host memory. A group of one task is never root-ish: it runs where its launch ran.
+    """
+    import operator
+
+    import dask
+
+    key = (f"gpuad-part-{uuid.uuid4().hex}", 0)  # group: the name; prefix (dashboard): "gpuad-part"
+    return dask.delayed(operator.getitem, pure=False)(run, (k, part), dask_key_name=key)
+
+
 def _halos_added(runs: list, k: int, bounds) -> list:
     """Per chunk of argument k: its owned elements plus what the neighbours' launches added to them."""
     import dask
@@ -398,10 +414,10 @@ def _halos_added(runs: list, k: int, bounds) -> list:
         pieces = []
         for i, (left, own_start, own_stop, right) in enumerate(bounds):
             if i != j and left < stop and start < own_start:
-                pieces.append((runs[i][k, "left"], left))
+                pieces.append((_part(runs[i], k, "left"), left))
             if i != j and own_stop < stop and start < right:
-                pieces.append((runs[i][k, "right"], own_stop))
-        parts.append(dask.delayed(_add_halos, pure=False)(runs[j][k, "owned"], start, pieces))
+                pieces.append((_part(runs[i], k, "right"), own_stop))
+        parts.append(dask.delayed(_add_halos, pure=False)(_part(runs[j], k, "owned"), start, pieces))
     return parts
 
 

@@ -286,6 +286,62 @@ def test_a_tape_overflow_on_a_worker_reaches_the_client_as_tape_overflow(client)
     assert info.value.location.filename == "<cell-overflow>" and "tape_capacity" in info.value.hint
 
 
+CHAIN_CELL = """\
+import gpuad
+from gpuad import autodiff, Reverse, Duplicated, Const
+
+def chain_energy(u, i):
+    e = 0.25 * u[i] ** 4 - u[i] * u[i]
+    if i + 1 < u.shape[0]:
+        d = u[i + 1] - u[i]
+        e += d * d
+    return e
+
+@gpuad.kernel(target="cpu")
+def grad_chain_energy(u, du, start, stop):
+    i = start + gpuad.thread_index()
+    if i < stop:
+        autodiff(Reverse, chain_energy, Duplicated(u, du), Const(i))
+"""
+
+
+def received_keys(since: float, dask_worker) -> list:
+    """The keys of the data this worker fetched from other workers since `since`."""
+    from dask.utils import key_split
+
+    return [key_split(key) for entry in dask_worker.transfer_incoming_log if entry["start"] >= since
+            for key in entry["keys"]]
+
+
+def test_halo_parts_are_taken_where_their_chunk_ran_and_only_halo_elements_move(client):
+    """With 4 chunks on 2 workers, every `run[k, "left"]` of every chunk made one Dask task group
+    that the scheduler placed without regard to its data ("root-ish"): whole launch results were
+    copied between workers (CuPy chunks through host memory) to take a halo element of them."""
+    import time
+
+    from distributed import wait
+
+    kernel = run_cell(CHAIN_CELL, "<cell-chain-placement>")["grad_chain_energy"]
+    size, chunk = 400, 100
+    u_host = np.sin(np.linspace(0.0, 6.0, size)) + 0.1
+    expected = np.zeros(size)
+    kernel.launch(size, u_host, expected, 0, size)
+    workers = sorted(client.scheduler_info()["workers"])
+    pieces = [da.from_delayed(client.scatter(u_host[j * chunk:(j + 1) * chunk], workers=[workers[j // 2]]),
+                              shape=(chunk,), dtype=float) for j in range(4)]  # chunks 0, 1 | 2, 3
+    u = client.persist(da.concatenate(pieces))
+    wait(u)
+    since = time.time()
+    for _ in range(3):  # the old placement went wrong by chance; three gradients make it near-certain
+        out = gpuad.dask.map_blocks(kernel, u, u.map_blocks(np.zeros_like), gpuad.dask.owned_start,
+                                    gpuad.dask.owned_stop, depth=1, outputs="du")
+        du = client.persist(out["du"])
+        wait(du)
+        np.testing.assert_allclose(du.compute(), expected, rtol=1e-14, atol=1e-15)
+    moved = [kind for keys in client.run(received_keys, since).values() for kind in keys]
+    assert "run_chunk" not in moved, moved
+
+
 
 # -- depth is checked before anything runs (gpuad.halo) ---------------------------------------
 
@@ -565,6 +621,35 @@ def test_cupy_chunks_run_on_the_cuda_target_and_stay_on_the_device():
     np.testing.assert_allclose(cp.asnumpy(dc), expected_dc, rtol=1e-13)
 
 
+@pytest.mark.gpu
+def test_cupy_chunks_with_halos_launch_on_device_arrays_only_and_compile_once(monkeypatch):
+    """Every launch of a stencil over CuPy chunks gets device arrays (a numpy array would be copied
+    to the GPU and back), and chunks of three lengths (the ends have one halo) share one compile."""
+    cp = pytest.importorskip("cupy")
+    from gpuad.kernel import Kernel
+
+    size = 4000
+    u_host = np.sin(np.linspace(0.0, 6.0, size)) + 0.1
+    expected = np.zeros(size)
+    gpuad.kernel(grad_chain.pyfunc, target="cuda").launch(size, u_host, expected, 0, size)
+    chain_cuda = gpuad.kernel(grad_chain.pyfunc, target="cuda")  # a fresh kernel: its own caches
+    launched = []
+    launch = Kernel.launch
+
+    def recording_launch(self, n, *args, **kwargs):
+        launched.append([type(a) for a in args if not np.isscalar(a)])
+        return launch(self, n, *args, **kwargs)
+
+    monkeypatch.setattr(Kernel, "launch", recording_launch)
+    u = da.from_array(cp.asarray(u_host), chunks=1000, asarray=False, name="gpu-chain-u")
+    du = gpuad.dask.map_blocks(chain_cuda, u, u.map_blocks(cp.zeros_like), gpuad.dask.owned_start,
+                               gpuad.dask.owned_stop, depth=1, outputs="du")["du"].compute(scheduler="sync")
+    assert isinstance(du, cp.ndarray)
+    np.testing.assert_allclose(cp.asnumpy(du), expected, rtol=1e-14, atol=1e-15)
+    assert len(launched) == 4 and all(kinds == [cp.ndarray, cp.ndarray] for kinds in launched), launched
+    assert len(chain_cuda._cuda) == 1  # one compiled variant for every chunk length
+
+
 # -- benchmarks/dask_scaling.py's smoke mode ----------------------------------------------------
 
 def test_the_scaling_benchmark_runs_on_cpu_workers_and_checks_its_gradients(tmp_path, capsys):
@@ -577,7 +662,7 @@ def test_the_scaling_benchmark_runs_on_cpu_workers_and_checks_its_gradients(tmp_
     spec = importlib.util.spec_from_file_location("dask_scaling", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    smoke = ["--cpu", "--size", "300", "--chunks", "3", "--reps", "1", "--out", str(tmp_path)]
+    smoke = ["--check-cpu", "--size", "300", "--chunks", "3", "--reps", "1", "--out", str(tmp_path)]
     assert module.main(smoke) == 0
     (written,) = tmp_path.glob("dask-scaling-cpu-*.json")
     report = json.loads(written.read_text())
@@ -587,6 +672,13 @@ def test_the_scaling_benchmark_runs_on_cpu_workers_and_checks_its_gradients(tmp_
         assert row["correct"] and row["deviation"] < 1e-12
         assert set(row["ms"]) == {"1", "2"} and all(ms > 0 for ms in row["ms"].values())
         assert row["efficiency"] == pytest.approx(row["speedup"] / 2)
+        # the breakdown: per-chunk kernel times measured on the workers, below the wall time
+        assert all(len(row["chunk_kernel_ms"][k]) == 3 for k in ("1", "2"))
+        assert all(0 < row["kernel_bound_ms"][k] < row["ms"][k] for k in ("1", "2"))
+        assert len(row["kernel_ms_per_worker"]["2"]) == 2  # the data spans both workers
+        assert row["bytes_between_workers"]["1"] == 0 and row["bytes_spilled"] == {"1": 0, "2": 0}
+        assert "run_chunk" not in row["bytes_received_by_kind"]["2"]  # no launch result moves
+    assert report["chunk_worker"] == {"1": [0, 0, 0], "2": [0, 0, 1]}
     assert "WRONG" not in capsys.readouterr().out
     assert report["cluster"] == "distributed.LocalCluster"
 
