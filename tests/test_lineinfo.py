@@ -280,3 +280,26 @@ def test_merged_modules_name_each_debug_module_flag_once():
     flags = merged.named_metadata["llvm.module.flags"]
     names = [re.search(r'!"([^"]+)"', merged.metadata[int(f[1:])]).group(1) for f in flags]
     assert names == ["Dwarf Version", "Debug Info Version", "Other"]
+
+
+def test_locations_made_once_per_line_give_the_same_ir(monkeypatch):
+    """numba_adapter.memoised_locations only saves time: the lowered IR is the same without it."""
+    import contextlib
+
+    from numba.core import types
+
+    from gpuad.compiler import numba_adapter
+
+    def body(x, y):
+        a = x * y
+        b = a + x
+        return b * a - y
+
+    def lowered() -> list[str]:
+        ir = numba_adapter.lower_cuda(body, (types.float64, types.float64), kernel=False, lineinfo=True)
+        return [line for line in without_abi_tags("\n".join(ir.modules)) if not line.startswith("; ModuleID")]
+
+    memoised = lowered()
+    monkeypatch.setattr(numba_adapter, "memoised_locations", contextlib.nullcontext)
+    assert memoised == lowered()
+    assert any("!DILocation" in line for line in memoised)

@@ -99,6 +99,36 @@ def device_function(pyfunc, lineinfo: bool = False):
     return cuda_modules().jit(device=True, lineinfo=lineinfo)(pyfunc)
 
 
+@contextlib.contextmanager
+def memoised_locations():
+    """numba-cuda's line info with each (line, function) location made once, not per instruction.
+
+    numba-cuda's `DIBuilder._di_location` asks llvmlite for a DILocation at every instruction,
+    and llvmlite keys it by printing its operands, the function's whole DISubprogram included
+    (0.2 ms a call: 0.8 s of a 100-statement chain's lowering). llvmlite hands back the same
+    node for the same operands anyway, so a builder keeps the ones it made (the IR is unchanged).
+    """
+    from numba.cuda import debuginfo
+
+    from gpuad.compiler.compile_lock import compiling
+
+    with compiling():
+        saved = debuginfo.DIBuilder.__dict__["_di_location"]
+
+        def _di_location(self, line):
+            made = self.__dict__.setdefault("_gpuad_locations", {})
+            key = (line, len(self.subprograms))  # subprograms only grow: the last one is the scope
+            if key not in made:
+                made[key] = saved(self, line)
+            return made[key]
+
+        try:
+            debuginfo.DIBuilder._di_location = _di_location
+            yield
+        finally:
+            debuginfo.DIBuilder._di_location = saved
+
+
 @dataclass
 class Lowered:
     """A function lowered by numba-cuda: its modules' IR text and its symbol."""
@@ -120,7 +150,7 @@ def lower_cuda(pyfunc, argtypes, *, kernel: bool, cc=DEFAULT_CC, fastmath=False,
     from numba.core import types
     from numba.cuda.compiler import compile_cuda, kernel_fixup
 
-    with compute_capability(cc), linear_singly_assigned(), memoised_scalar_typing():
+    with compute_capability(cc), linear_singly_assigned(), memoised_scalar_typing(), memoised_locations():
         cres = compile_cuda(
             pyfunc, types.void if kernel else None, tuple(argtypes), cc=cc, fastmath=fastmath,
             lineinfo=lineinfo,
