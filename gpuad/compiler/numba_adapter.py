@@ -186,7 +186,7 @@ def linear_singly_assigned():
             lowering.Lower._find_singly_assigned_variable = saved
 
 
-_SCALAR_TYPING_MEMO: dict | None = None  # (function type, typing context, argument types) -> signature
+_SCALAR_TYPING_MEMO: dict | None = None  # while a compile runs: (function, context, args) -> signature
 
 
 @contextlib.contextmanager
@@ -209,17 +209,18 @@ def memoised_scalar_typing():
             yield
             return
         original = functions.BaseFunction.__dict__["get_call_type"]
+        memo: dict = {}  # the closure's own: a call still running after the compile keeps it
 
         def get_call_type(self, context, args, kws):
             if kws or not _scalar_call(self, args):
                 return original(self, context, args, kws)
             key = (self, context, args)
-            sig = _SCALAR_TYPING_MEMO.get(key)
+            sig = memo.get(key)
             if sig is None:
-                sig = _SCALAR_TYPING_MEMO[key] = original(self, context, args, kws)
+                sig = memo[key] = original(self, context, args, kws)
             return sig
 
-        _SCALAR_TYPING_MEMO = {}
+        _SCALAR_TYPING_MEMO = memo
         functions.BaseFunction.get_call_type = get_call_type
         try:
             yield
