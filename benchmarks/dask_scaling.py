@@ -17,9 +17,10 @@ The report names the cluster used and the GPU (PCI bus) of every worker.
   chunks and copies (the likely cause of its superlinear "speedup"; not confirmed on the GPU).
   Spilled bytes are counted and reported: they must be 0. Work stealing is off: the chunks stay
   where they were made, and so do the launches on them.
-- The shadows written by the kernels are made from the data chunks (`x.map_blocks(zeros_like)`),
-  so they are born where their chunk lives: `da.zeros_like(x)` makes root tasks, which the
-  scheduler may place on another GPU than x's chunk.
+- The zero shadows the kernels write are made once, from the data chunks
+  (`x.map_blocks(zeros_like)`, persisted), so they live where their chunk lives
+  (`da.zeros_like(x)` makes root tasks, which the scheduler may place on another GPU than x's
+  chunk); map_blocks writes copies, so every gradient starts from the same zeros.
 - Per cluster and case: one warm-up gradient (each worker compiles once, the CuPy pool grows),
   checked on the workers against the closed form; then R gradients, each timed from building the
   graph to `distributed.wait` on the persisted result; the median is reported.
@@ -135,17 +136,17 @@ def worker_data(client, addresses: list[str], size: int, chunks: int, module: st
 
 # -- the two gradients ------------------------------------------------------------------------
 
-def elementwise(kernel, xs):
+def elementwise(kernel, xs, zeros):
     import gpuad.dask
 
-    out = gpuad.dask.map_blocks(kernel, xs, xs.map_blocks(_zeros_like), outputs="dxs")
+    out = gpuad.dask.map_blocks(kernel, xs, zeros, outputs="dxs")
     return out["dxs"]
 
 
-def stencil(kernel, u):
+def stencil(kernel, u, zeros):
     import gpuad.dask
 
-    out = gpuad.dask.map_blocks(kernel, u, u.map_blocks(_zeros_like), gpuad.dask.owned_start,
+    out = gpuad.dask.map_blocks(kernel, u, zeros, gpuad.dask.owned_start,
                                 gpuad.dask.owned_stop, depth=1, outputs="du")
     return out["du"]
 
@@ -277,11 +278,11 @@ def task_breakdown(records: list[dict], reps: int) -> dict:
 
 # -- one case on one cluster ------------------------------------------------------------------
 
-def time_case(client, name: str, kernel, data, xp, reps: int) -> dict:
+def time_case(client, name: str, kernel, data, zeros, xp, reps: int) -> dict:
     from distributed import get_task_stream, wait
 
     _, gradient, expected = CASES[name]
-    result = client.persist(gradient(kernel, data))  # warm-up: each worker compiles once
+    result = client.persist(gradient(kernel, data, zeros))  # warm-up: each worker compiles once
     wait(result)
     error = deviation(result, expected(data, xp))
     del result
@@ -290,7 +291,7 @@ def time_case(client, name: str, kernel, data, xp, reps: int) -> dict:
     with get_task_stream(client) as stream:
         for _ in range(reps):
             start = time.perf_counter()
-            graph = gradient(kernel, data)
+            graph = gradient(kernel, data, zeros)
             built = time.perf_counter()
             result = client.persist(graph)
             wait(result)
@@ -343,11 +344,12 @@ def run_on(cluster_factory, workers: int, size: int, chunks: int, reps: int, tar
         x = worker_data(client, addresses, size, chunks, module, wave=False)
         u = worker_data(client, addresses, size, chunks, module, wave=True)
         x, u = client.persist([x, u])
-        wait([x, u])
+        zx, zu = client.persist([x.map_blocks(_zeros_like), u.map_blocks(_zeros_like)])  # where x, u are
+        wait([x, u, zx, zu])
         placement = chunk_placement(client, x, addresses)
         kernels = {name: gpuad.kernel(fn, target=target) for name, (fn, _, _) in CASES.items()}
-        data = {"elementwise": x, "stencil": u}
-        found = {name: time_case(client, name, kernels[name], data[name], xp, reps) for name in CASES}
+        data = {"elementwise": (x, zx), "stencil": (u, zu)}
+        found = {name: time_case(client, name, kernels[name], *data[name], xp, reps) for name in CASES}
         found["workers"] = [devices[a] for a in addresses]
         found["chunk_worker"] = placement
         return found
