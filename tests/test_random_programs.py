@@ -58,6 +58,7 @@ every loop, view and temporary a fresh name (to bisect failures of names bound o
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import itertools
 import math
@@ -1620,16 +1621,60 @@ GRAD_ARG_TYPES = (numba.float64, numba.float64, ARG_TYPES[2], ARG_TYPES[2], ARG_
 GRAD_ACTIVITIES = (Duplicated,) * 6 + (Const,) * 5
 
 
-def grad_wrapper(prog):
-    """`grad_<prog>(x, y, a, da, m, dm, n, cx, cy, ca, cm)`: the inner gradient, weighted."""
+# How the wrapper calls the inner reverse: {call} is `autodiff(<mode>, prog, Active(<x>), Active(y),
+# Duplicated(a, da), Duplicated(m, dm), n)`.
+WRAPPER_SHAPES = {
+    "plain": ("    (gx, gy, _u0, _u1, _u2), = {call}\n", "Reverse", "x", ""),
+    # the primal returned beside the gradient
+    "primal": ("    (gx, gy, _u0, _u1, _u2), pr = {call}\n", "ReverseWithPrimal", "x", " + 0.3 * pr"),
+    # the inner x computed from the outer one, and used again after
+    "moved": ("    u = math.sin(x) * 1.5 + y * 0.25\n    (gx, gy, _u0, _u1, _u2), = {call}\n", "Reverse", "u",
+              " + gx * u"),
+    # two inner sweeps in a loop: the second starts from what the first wrote into a, da, m, dm
+    "twice": ("    s = 0.0\n    for _k in range(2):\n        (gx, gy, _u0, _u1, _u2), = {call}\n"
+              "        s = s + gx * 0.5\n", "Reverse", "x", " + s"),
+}
+
+
+def wrapper_source(prog, shape: str, name: str) -> str:
+    body, mode, x, extra = WRAPPER_SHAPES[shape]
+    call = (f"autodiff({mode}, {prog.fn.__name__}, Active({x}), Active(y), Duplicated(a, da), "
+            f"Duplicated(m, dm), n)")
+    return (f"def {name}(x, y, a, da, m, dm, n, cx, cy, ca, cm):\n" + body.format(call=call)
+            + f"    return gx * cx + gy * cy + da[1] * ca + dm[2, 0] * cm + da[3] * gx{extra}\n")
+
+
+def grad_wrapper(prog, shape: str = "plain", paths: list | None = None):
+    """`grad_<prog>(x, y, a, da, m, dm, n, cx, cy, ca, cm)`: the inner gradient, weighted. With
+    `paths`, the reference: the same source whose `autodiff` runs the engine's reverse derivative
+    in Python and appends the path the traced program takes in each inner call to `paths`."""
     name = f"grad_{prog.fn.__name__}"
-    source = (f"def {name}(x, y, a, da, m, dm, n, cx, cy, ca, cm):\n"
-              f"    (gx, gy, _u0, _u1, _u2), = autodiff(Reverse, {prog.fn.__name__}, Active(x), Active(y), "
-              f"Duplicated(a, da), Duplicated(m, dm), n)\n"
-              f"    return gx * cx + gy * cy + da[1] * ca + dm[2, 0] * cm + da[3] * gx\n")
-    namespace = {"autodiff": autodiff, "Reverse": Reverse, "Active": Active, "Duplicated": Duplicated,
-                 prog.fn.__name__: prog.fn}
-    return corpus.exec_source(source, f"<random-program grad {next(_serial)}>", namespace)[name]
+    inner = autodiff if paths is None else functools.partial(engine_autodiff, prog, paths)
+    namespace = {"autodiff": inner, "Reverse": Reverse, "ReverseWithPrimal": ReverseWithPrimal,
+                 "Active": Active, "Duplicated": Duplicated, "math": math, prog.fn.__name__: prog.fn}
+    filename = f"<random-program grad {'reference ' * (paths is not None)}{next(_serial)}>"
+    return corpus.exec_source(wrapper_source(prog, shape, name), filename, namespace)[name]
+
+
+def engine_autodiff(prog, paths: list, mode, f, *args):
+    """`autodiff(mode, f, ...)` by the engine's derivative run as Python (the reference)."""
+    from gpuad.api import Activity
+
+    x, y, a, m, n = (arg.values[0] if isinstance(arg, Activity) else arg for arg in args)
+    try:
+        paths.append(prog.run(x, y, a.copy(), m.copy(), n)[3])
+    except PRIMAL_ERRORS:
+        raise _PathChanged from None
+    classes = tuple(type(a) if isinstance(a, Activity) else Const for a in args)
+    flat = [v for a in args for v in (a.values if isinstance(a, Activity) else (a,))]
+    key = (f, mode, classes)
+    if key not in _REFERENCE_DERIVATIVES:
+        capacity = CHECKPOINT_CAPACITY if CHECKPOINT in prog.source else DEFAULT_TAPE_CAPACITY
+        _REFERENCE_DERIVATIVES[key] = differentiate(f, mode, classes, ARG_TYPES, tape_capacity=capacity)
+    return in_python(_REFERENCE_DERIVATIVES[key], *flat, np.zeros(8, np.int64))
+
+
+_REFERENCE_DERIVATIVES: dict = {}  # (function, mode, activities) -> the engine's derivative
 
 
 weights = st.sampled_from([0.0, 0.0, 1.0, -0.6, 0.35])
@@ -1646,7 +1691,7 @@ def second_inputs(features):
                      st.lists(unit, min_size=ROWS * N_ARRAY, max_size=ROWS * N_ARRAY), st.integers(0, 4),
                      seed_vectors, st.tuples(weights, weights, weights, weights),
                      st.lists(st.sampled_from([0.0, 1.0, -0.5, 0.3]), min_size=2 * N_INPUTS - 2,
-                              max_size=2 * N_INPUTS - 2))
+                              max_size=2 * N_INPUTS - 2), st.sampled_from(sorted(WRAPPER_SHAPES)))
 
 
 @dataclass
@@ -1661,15 +1706,16 @@ class SecondPoint:
     n: int
     weights: tuple
     direction: np.ndarray  # (tx, ty, ta, tda, tm, tdm) flattened
+    shape: str = "plain"  # of the wrapper (WRAPPER_SHAPES)
 
     @staticmethod
     def of(values) -> SecondPoint:
-        x, y, a, m, n, seeds, w, v = values
+        x, y, a, m, n, seeds, w, v, *shape = values
         seeds = np.array(seeds, dtype=np.float64)
         return SecondPoint(x, y, np.array(a, dtype=np.float64), seeds[:N_ARRAY].copy(),
                            np.array(m, dtype=np.float64).reshape(ROWS, N_ARRAY),
                            seeds[N_ARRAY:].reshape(ROWS, N_ARRAY).copy(), n, tuple(w),
-                           np.array(v, dtype=np.float64))
+                           np.array(v, dtype=np.float64), *shape)
 
     def parts(self, vec):
         """(x, y, a, da, m, dm) of a flat vector laid out like `direction`."""
@@ -1682,34 +1728,28 @@ class SecondPoint:
         return np.concatenate([[self.x, self.y], self.a, self.da, self.m.ravel(), self.dm.ravel()])
 
 
-def wrapper_by_engine_reverse(prog, inner, p: SecondPoint, vec):
-    """[wrapper value, a, da, m, dm after] at `vec`, through the engine's reverse derivative."""
-    x, y, a, da, m, dm = p.parts(vec)
-    (gx, gy, *_), = in_python(inner, x, y, a, da, m, dm, p.n, np.zeros(8, np.int64))
-    cx, cy, ca, cm = p.weights
-    value = gx * cx + gy * cy + da[1] * ca + dm[2, 0] * cm + da[3] * gx
-    return np.concatenate([[value], a, da, m.ravel(), dm.ravel()])
-
-
 def expected_second(prog, p: SecondPoint):
-    """d/ds of the wrapper's outputs along p.direction; None where the stencil changes the path."""
-    capacity = CHECKPOINT_CAPACITY if CHECKPOINT in prog.source else DEFAULT_TAPE_CAPACITY
-    inner = differentiate(prog.fn, Reverse, (Active, Active, Duplicated, Duplicated, Const), ARG_TYPES,
-                          tape_capacity=capacity)
+    """d/ds of the wrapper's outputs [value, a, da, m, dm after] along p.direction, the wrapper's
+    inner reverse sweeps run by the engine in Python; None where the stencil changes the path of
+    any inner call (or Python raises)."""
+    paths: list = []
+    reference = grad_wrapper(prog, p.shape, paths)
     base = p.vector()
-    start = python_primal(prog, Point(p.x, p.y, p.a, p.m, p.n, np.zeros(N_INPUTS)))
-    if start is None:
-        return None
+    first: list = []
 
     def outputs(s):
-        x, y, a, _, m, _ = p.parts(base + s * p.direction)
-        try:
-            *_, path = prog.run(x, y, a, m, p.n)
-        except PRIMAL_ERRORS:
-            raise _PathChanged from None
-        if path != start[3]:
+        x, y, a, da, m, dm = p.parts(base + s * p.direction)
+        paths.clear()
+        value = reference(x, y, a, da, m, dm, p.n, *p.weights)
+        if first and paths != first:
             raise _PathChanged
-        return wrapper_by_engine_reverse(prog, inner, p, base + s * p.direction)
+        return np.concatenate([[value], a, da, m.ravel(), dm.ravel()])
+
+    try:
+        outputs(0.0)
+    except _PathChanged:
+        return None
+    first.extend(paths)
 
     for h in (1e-3, 1e-4):
         try:
@@ -1748,7 +1788,7 @@ def check_second(prog, values, runner):
     p = SecondPoint.of(values)
     expected = expected_second(prog, p)
     usable(expected is not None)
-    grad_fn = grad_wrapper(prog)
+    grad_fn = grad_wrapper(prog, p.shape)
     capacity = CHECKPOINT_CAPACITY if CHECKPOINT in prog.source else DEFAULT_TAPE_CAPACITY
     (t,), args = runner(grad_fn, p, capacity)
     _, _, _, _, _, ta, _, tda, _, tm, _, tdm, *_ = args
@@ -1820,7 +1860,9 @@ def second_points(seed: int, count: int = SECOND_POINTS) -> list[SecondPoint]:
 def check_second_in_kernel(test_name: str, progs, target: str) -> None:
     import gpuad
 
-    wrappers = [grad_wrapper(p) for p in progs]
+    shapes = [sorted(WRAPPER_SHAPES)[int(p.fn.__name__.removeprefix("prog_")) % len(WRAPPER_SHAPES)]
+              for p in progs]
+    wrappers = [grad_wrapper(p, shape) for p, shape in zip(progs, shapes)]
     try:
         name, source = second_kernel_source(progs, wrappers)
         namespace = {"gpuad": gpuad, "autodiff": autodiff, "Forward": Forward, "Const": Const,
@@ -1837,7 +1879,9 @@ def check_second_in_kernel(test_name: str, progs, target: str) -> None:
                                                 np.full(len(points), np.nan)]))
         kernel = gpuad.kernel(namespace[name], target=target, tape_capacity=KERNEL_TAPE_CAPACITY)
         kernel.launch(SECOND_POINTS, *[a for _, arrays in launches for a in arrays])
-        for prog, grad_fn, (points, arrays) in zip(progs, wrappers, launches):
+        for prog, grad_fn, shape, (points, arrays) in zip(progs, wrappers, shapes, launches):
+            for point in points:
+                point.shape = shape
             check_second_launch(prog, grad_fn, points, arrays)
         if passes := os.environ.get("GPUAD_FUZZ_PASSES"):
             with open(passes, "a") as out:
