@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 from corpus import exec_source
+from numba import float32
 from numba.core import types
 from test_ad_helpers import fd, status
 
@@ -474,3 +475,28 @@ def test_a_segment_that_would_not_fit_above_a_full_tape_is_an_overflow(jit):
         st = status()
         (dx, _, _), = run(0.5, n, m, st) if n + 1 + 8 <= 24 and m <= 8 else roomy.function(0.5, n, m, st)
         assert st[0] == 0 and dx == pytest.approx(fd(taped_then_checkpointed, (0.5, n, m), 0), rel=1e-7)
+
+
+def pendulum32_checkpointed(q, p, k, steps):
+    for _ in range(steps):  # gpuad: checkpoint
+        q, p = q + float32(0.01) * p, p - float32(0.01) * (k * math.sin(q) + float32(0.1) * p)
+    return q * q + p * p
+
+
+def grad_pendulum32(qs, ps, ks, steps, dqs):
+    i = gpuad.thread_index()
+    if i < qs.shape[0]:
+        (dq, _, _, _), = autodiff(Reverse, pendulum32_checkpointed, Active(qs[i]), Active(ps[i]),
+                                  Active(ks[i]), steps)
+        dqs[i] = dq
+
+
+def test_checkpointed_segments_count_in_32_bits_and_tape_without_wraparound():
+    from test_ad_tape import WIDE_INDEX, reverse_loops
+
+    a = np.zeros(4, np.float32)
+    record = gpuad.kernel(grad_pendulum32, tape_capacity=16).compile(a, a, a, 256, a)
+    source = next(iter(record.adjoint_sources.values()))
+    assert "_tf = tape_alloc(64, np.float32)" in source  # 16 x (q, p) snapshots, 16 x (q, sin q)
+    loops = reverse_loops(record.ptx)
+    assert len(loops) >= 3 and not [WIDE_INDEX.findall(body) for body in loops if WIDE_INDEX.search(body)]

@@ -1,7 +1,9 @@
 """The tape of a loop: what the forward sweep records for the reverse sweep, and only that."""
 from __future__ import annotations
 
+import functools
 import math
+import re
 
 import numpy as np
 import pytest
@@ -92,8 +94,38 @@ def pendulum32(q, p, k, steps):
     return q * q + p * p
 
 
-def test_the_taped_kernels_frame_holds_two_floats_per_step():
+@functools.cache
+def pendulum_record():
     a = np.zeros(4, np.float32)
-    record = gpuad.kernel(grad_pendulum, tape_capacity=256).compile(a, a, a, 256, a)
+    return gpuad.kernel(grad_pendulum, tape_capacity=256).compile(a, a, a, 256, a)
+
+
+def reverse_loops(ptx: str) -> list[str]:
+    """The text of each loop (a label and the branch back to it) that ends after the reverse sweep
+    began (the first float read from the local tape)."""
+    lines = ptx.splitlines()
+    first_pop = next(i for i, line in enumerate(lines) if "ld.local.f32" in line)
+    labels = {line.strip()[:-1]: i for i, line in enumerate(lines)
+              if re.fullmatch(r"\$L__BB\d+_\d+:", line.strip())}
+    found = []
+    for i, line in enumerate(lines):
+        back = re.search(r"\bbra(?:\.uni)?\s+(\$L__BB\d+_\d+);", line)
+        if back and labels.get(back.group(1), i) < i and i > first_pop:
+            found.append("\n".join(lines[labels[back.group(1)]:i + 1]))
+    return found
+
+
+WIDE_INDEX = re.compile(r"\bsetp\.\w+\.[su]64|\bselp\.b64")  # a 64-bit compare, a wraparound select
+
+
+def test_the_taped_reverse_loop_counts_in_32_bits_and_pops_without_wraparound():
+    # The reverse sweep runs once the tape did not overflow: the trip count fits int32, the stack
+    # pointer is never negative. The old loop compared its int64 counter and selected a wrapped index.
+    loops = reverse_loops(pendulum_record().ptx)
+    assert loops and not [WIDE_INDEX.findall(body) for body in loops if WIDE_INDEX.search(body)]
+
+
+def test_the_taped_kernels_frame_holds_two_floats_per_step():
+    record = pendulum_record()
     # two float32 entries per step (1 KiB each) and the frame of sin's slow path; p made it 3 KiB
     assert 2 * 256 * 4 <= record.local_memory_bytes < 3 * 256 * 4

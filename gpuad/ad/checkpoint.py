@@ -61,10 +61,13 @@ def checkpointed_loop(sweep, s: ir.Loop) -> tuple[list, list, TapeUse]:
     def at(i: str) -> list:  # the loop variable of iteration i of the segment
         return [sweep.adj(f"{s.var} = {index_text_of(s, f'{g} * {k} + {i}')}")] if s.var else []
 
-    segment = snap_r + [f"{m} = min({k}, {n} - {g} * {k})",
+    # The reverse sweep runs only for n <= K * K: its counters are int32 where that fits.
+    small = k * k <= tape.INT32_MAX
+    length = f"min({k}, {n} - {g} * {k})"
+    segment = snap_r + [f"{m} = np.int32({length})" if small else f"{m} = {length}",
                         (f"for {j} in range({m}):", at(j) + tape.unchecked(fb)),
-                        (f"for {r} in range({m} - 1, -1, -1):", at(r) + rb)]
-    rev = rr + release + [(f"for {g} in range(({n} + {k - 1}) // {k} - 1, -1, -1):", segment)] + rv
+                        (tape.countdown(r, m, small), at(r) + rb)]
+    rev = rr + release + [(tape.countdown(g, f"({n} + {k - 1}) // {k}", small), segment)] + rv
     sweep.checkpoints.append((s.line, n, k * k))
     return fwd, rev, uv + snap_use * k + ub * k + ur
 

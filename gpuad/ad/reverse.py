@@ -262,7 +262,11 @@ class AdjointSweep:
         body = []
         if s.var:
             body.append(self.adj(f"{s.var} = {index_text_of(s, k)}"))
-        rev = rr + [(f"for {k} in range({n} - 1, -1, -1):", body + rb)] + rv
+        # The reverse sweep runs only once the tape is known not to have overflowed: a loop that
+        # pushes every iteration ran at most capacity times, and counts down in int32.
+        bounded = (s.trips <= tape.INT32_MAX if s.trips is not None
+                   else tape.pushes_every_iteration(fb))
+        rev = rr + [(tape.countdown(k, n, bounded), body + rb)] + rv
         return fwd, rev, uv + ub * self.trips(s, ub) + ur
 
     def loop_parts(self, s: ir.Loop) -> tuple[tuple, tuple]:

@@ -53,6 +53,23 @@ def push(value: str, ty) -> tuple[list, TapeUse]:
     return code, TapeUse(0, 1)
 
 
+INT32_MAX = 2**31 - 1
+
+
+def pushes_every_iteration(body: list) -> bool:
+    """Whether code `body` pushes onto a tape on every path (a push outside its branches and loops):
+    then a loop running it cannot run more iterations than the tape has entries."""
+    return any(line in ("_spf += 1", "_spi += 1") for line in body)
+
+
+def countdown(k: str, n: str, bounded: bool) -> str:
+    """The header of a loop running `k` from `n` - 1 down to 0; int32 (numba's 32-bit range, a
+    32-bit counter) when `bounded`: `n` is known to be at most INT32_MAX by the time it runs."""
+    if bounded:
+        return f"for {k} in range(np.int32({n} - 1), np.int32(-1), np.int32(-1)):"
+    return f"for {k} in range({n} - 1, -1, -1):"
+
+
 def reserve(use: TapeUse) -> tuple[list, list]:
     """(forward, reverse) code that moves the stack pointers past `use` entries and back.
 
@@ -72,11 +89,13 @@ def unchecked(code: list) -> list:
     forward sweep's overflow checks have passed and whose pushes the capacity counts (a checkpointed
     segment run again in the reverse sweep), the test can never fail."""
     out = []
+    tests = {f"if {sp} < {cap}:": (tape, sp) for tape, sp, cap in (stack(types.float64), stack(types.int64))}
     for line in code:
         if isinstance(line, tuple):
             header, body = line
-            if header in {f"if {sp} < {cap}:" for _, sp, cap in (stack(types.float64), stack(types.int64))}:
-                out += body
+            if header in tests:  # unsigned, as in `pop`
+                tape, sp = tests[header]
+                out += [text.replace(f"{tape}[{sp}]", f"{tape}[np.uint64({sp})]", 1) for text in body]
             else:
                 out.append((header, unchecked(body)))
         else:
@@ -85,8 +104,10 @@ def unchecked(code: list) -> list:
 
 
 def pop(var: str, ty) -> list:
+    """The pointer is never negative here: unsigned, the index needs no wraparound of a negative
+    one (numba's `a[-1]`: a compare and a select at every pop)."""
     tape, sp, _ = stack(ty)
-    return [f"{sp} -= 1", f"{var} = {cast_text(f'{tape}[{sp}]', ty)}"]
+    return [f"{sp} -= 1", f"{var} = {cast_text(f'{tape}[np.uint64({sp})]', ty)}"]
 
 
 def alloc(use: TapeUse) -> tuple[list, list]:
