@@ -23,7 +23,7 @@ import pytest
 
 import gpuad
 from gpuad import Active, Const, Duplicated, Forward, ForwardWithPrimal, Reverse, ReverseWithPrimal, autodiff
-from gpuad.ad.primitives import atomic_add, guarded_mul
+from gpuad.ad.primitives import atomic_add, guarded_add_mul, guarded_mul
 from gpuad.ad.rules import DERIVATIVES
 
 INF, NAN = math.inf, math.nan
@@ -293,6 +293,10 @@ def guarded_product(a, b):
     return guarded_mul(a, b)
 
 
+def guarded_update(acc, a, b):
+    return guarded_add_mul(acc, a, b)
+
+
 # ------------------------------------------------------------------ the table
 @dataclass(frozen=True)
 class Case:
@@ -421,6 +425,10 @@ CASES = [
     # factor's partial is the other, and a zero factor still passes on the other's infinity
     C(guarded_mul, guarded_product, ((2.0, 3.0), (3.0, 2.0)), ((0.0, 3.0), (3.0, 0.0)),
       ((0.0, INF), (INF, 0.0)), ((-1.5, 0.0), (0.0, -1.5)), ((INF, 2.0), (2.0, INF))),
+    # the fused update acc + guarded_mul(a, b): the same partials, and 1 for acc
+    C(guarded_add_mul, guarded_update, ((1.0, 2.0, 3.0), (1.0, 3.0, 2.0)),
+      ((1.0, 0.0, INF), (1.0, INF, 0.0)), ((INF, 0.0, 2.0), (1.0, 2.0, 0.0)),
+      ((-1.0, -1.5, 0.0), (1.0, 0.0, -1.5)), ((0.0, INF, 2.0), (1.0, 2.0, INF))),
 ]
 
 NOT_USER_FACING = {atomic_add}  # appears only in generated code

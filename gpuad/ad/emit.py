@@ -243,14 +243,16 @@ def render(code: list, level: int = 0, last: list | None = None) -> list:
     """Lines of a nested code list: items are strings, (header, [body]) or `SourceLine` labels.
 
     Each list is first tidied where that keeps every value (`fold_zero_inits`,
-    `merge_shadow_increments`: fewer instructions in the kernel, the same numbers up to the
-    sign of a zero adjoint).
+    `merge_shadow_increments`, `fuse_guarded_increments`: fewer instructions in the kernel, the
+    same numbers up to the sign of a zero adjoint and an fma's single rounding).
     A label is written only where the source line changes (`last` holds the line of the label
     written last); a comment line (`# reverse sweep`) starts over, so the next label is written.
     """
+    if last is None:  # the whole function: fusions that must see every use of a name
+        code = fuse_guarded_temporaries(tidied(code))
     last = [None] if last is None else last
     out = []
-    for item in merge_shadow_increments(fold_zero_inits(code)):
+    for item in code:
         if isinstance(item, SourceLine):
             if item.line != last[0]:
                 out.append("    " * level + f"# line {item.line}: {item.text}".rstrip())
@@ -264,6 +266,12 @@ def render(code: list, level: int = 0, last: list | None = None) -> list:
             out.append("    " * level + header)
             out += render(body, level + 1, last) if body else ["    " * (level + 1) + "pass"]
     return out
+
+
+def tidied(code: list) -> list:
+    """`code` with each of its lists tidied (see `render`)."""
+    code = fuse_guarded_increments(merge_shadow_increments(fold_zero_inits(code)))
+    return [item if isinstance(item, str | SourceLine) else (item[0], tidied(item[1])) for item in code]
 
 
 def _statement(line: str) -> ast.stmt | None:
@@ -441,8 +449,165 @@ def _folded_increment(item, name: str) -> str | None:
     return f"{name} = {value}"
 
 
+def fuse_guarded_increments(code: list) -> list:
+    """`d += guarded_mul(a, b)` as `d = guarded_add_mul(d, a, b)` (`d -= ...` with `-b`): the
+    guard then selects between `d + a * b` and `d`, and NVVM fuses the multiply-add into one fma,
+    which a select between the product and the add prevents. `d` is a name (an adjoint);
+    increments of array elements are `merge_shadow_increments`' business."""
+    return [_fused_increment(item) or item if isinstance(item, str) else item for item in code]
+
+
+def _fused_increment(item: str) -> str | None:
+    stmt = _statement(item)
+    if not (isinstance(stmt, ast.AugAssign) and isinstance(stmt.target, ast.Name)
+            and isinstance(stmt.op, ast.Add | ast.Sub) and isinstance(stmt.value, ast.Call)
+            and ast.unparse(stmt.value.func) == "guarded_mul" and len(stmt.value.args) == 2
+            and not stmt.value.keywords):
+        return None
+    factor, partial = stmt.value.args
+    if isinstance(stmt.op, ast.Sub):
+        negated = isinstance(partial, ast.UnaryOp) and isinstance(partial.op, ast.USub)
+        partial = partial.operand if negated else ast.UnaryOp(ast.USub(), partial)
+    indent = item[:len(item) - len(item.lstrip())]
+    name = stmt.target.id
+    return f"{indent}{name} = guarded_add_mul({name}, {ast.unparse(factor)}, {ast.unparse(partial)})"
+
+
+def fuse_guarded_temporaries(code: list) -> list:
+    """`t = guarded_mul(a, b)` ... `u = x + t` (or `t + x`, `x - t`) as `u = guarded_add_mul(x, a,
+    ±b)` where that is the only read of `t` (a tangent or adjoint temporary of one operation),
+    nothing in between rebinds a name of `a` or `b`, and no block lies in between. `t`'s
+    definition and its zero pre-inits go. A tangent is mostly sums of such products (`t_q +
+    guarded_mul(t_p, h)`), and the fused form lets NVVM use one fma for the multiply-add."""
+    uses: dict = {}
+    _count_uses(code, uses)
+    fused: set = set()
+    code = _fuse_in(code, uses, fused)
+    return _without_zero_inits(code, fused) if fused else code
+
+
+def _count_uses(code: list, uses: dict) -> None:
+    """uses[name]: how many lines mention `name`, zero assignments `name = 0.0` left out."""
+    for item in code:
+        if isinstance(item, SourceLine):
+            continue
+        lines = [item] if isinstance(item, str) else [item[0]]
+        if not isinstance(item, str):
+            _count_uses(item[1], uses)
+        for line in lines:
+            zeroed = _zero_assigned(line)
+            for word in _words(line) - {zeroed}:
+                uses[word] = uses.get(word, 0) + 1
+
+
+def _assigned_name(stmt) -> str | None:
+    """`name` of a statement `name = e`."""
+    if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
+        return stmt.targets[0].id
+    return None
+
+
+def _zero_assigned(line: str) -> str | None:
+    """`name` of a line `name = <zero constant>` (`0.0`, `np.float32(0.0)`), else None."""
+    stmt = _statement(line)
+    if _assigned_name(stmt) is None:
+        return None
+    value = stmt.value
+    if isinstance(value, ast.Call) and ast.unparse(value.func) in ("np.float32", "np.float64") \
+            and len(value.args) == 1:
+        value = value.args[0]
+    return stmt.targets[0].id if isinstance(value, ast.Constant) and value.value == 0 else None
+
+
+def _fuse_in(code: list, uses: dict, fused: set) -> list:
+    code = [item if isinstance(item, str | SourceLine) else (item[0], _fuse_in(item[1], uses, fused))
+            for item in code]
+    k = 0
+    while k < len(code):
+        definition = _guarded_product(code[k])
+        if definition is None or uses.get(definition[0]) != 2:
+            k += 1
+            continue
+        name, factor, partial = definition
+        read = _names(factor, ast.Load) | _names(partial, ast.Load)
+        for j in range(k + 1, len(code)):
+            item = code[j]
+            if not _is_code(item):
+                continue
+            if not isinstance(item, str):
+                break
+            stmt = _statement(item)
+            if _mentions(item, name):
+                use = _fused_use(stmt, name, factor, partial)
+                if use is not None:
+                    code[j] = use
+                    del code[k]
+                    fused.add(name)
+                    k -= 1
+                break
+            if stmt is None or _names(stmt, ast.Store) & read:
+                break
+        k += 1
+    return code
+
+
+def _guarded_product(item) -> tuple[str, ast.expr, ast.expr] | None:
+    """(`t`, `a`, `b`) of a line `t = guarded_mul(a, b)` whose arguments read no memory."""
+    stmt = _statement(item) if isinstance(item, str) else None
+    if _assigned_name(stmt) is None:
+        return None
+    call = stmt.value
+    if not (isinstance(call, ast.Call) and ast.unparse(call.func) == "guarded_mul" and len(call.args) == 2
+            and not call.keywords and all(_pure_value(a) for a in call.args)):
+        return None
+    return stmt.targets[0].id, call.args[0], call.args[1]
+
+
+def _fused_use(stmt, name: str, factor: ast.expr, partial: ast.expr) -> str | None:
+    """The line `stmt` with its sum `... + t` (`... - t`, or `t + ...` at its start) computed as
+    `guarded_add_mul(..., a, ±b)`: the same additions in the same order, `t`'s product fused."""
+    if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1) \
+            or sum(isinstance(n, ast.Name) and n.id == name for n in ast.walk(stmt)) != 1:
+        return None
+    node, parent = stmt.value, stmt
+    while isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add | ast.Sub):
+        left, right = node.left, node.right
+        if isinstance(right, ast.Name) and right.id == name:
+            if isinstance(node.op, ast.Sub):
+                negated = isinstance(partial, ast.UnaryOp) and isinstance(partial.op, ast.USub)
+                partial = partial.operand if negated else ast.UnaryOp(ast.USub(), partial)
+            return _replaced(stmt, parent, node, left, factor, partial)
+        if isinstance(left, ast.Name) and left.id == name and isinstance(node.op, ast.Add):
+            return _replaced(stmt, parent, node, right, factor, partial)  # t + x is x + t exactly
+        node, parent = left, node
+    return None
+
+
+def _replaced(stmt: ast.Assign, parent, node: ast.BinOp, acc, factor, partial) -> str:
+    fused = ast.Call(ast.Name("guarded_add_mul", ast.Load()), [acc, factor, partial], [])
+    if parent is stmt:
+        stmt.value = fused
+    else:
+        parent.left = fused
+    return ast.unparse(stmt)
+
+
+def _without_zero_inits(code: list, names: set) -> list:
+    """`code` without the lines `t = 0.0` of the fused temporaries `names` (their only other lines)."""
+    out = []
+    for item in code:
+        if isinstance(item, str):
+            if _zero_assigned(item) not in names:
+                out.append(item)
+        elif isinstance(item, SourceLine):
+            out.append(item)
+        else:
+            out.append((item[0], _without_zero_inits(item[1], names)))
+    return out
+
+
 # Calls that compute a value and write no memory (what may move past a shadow increment).
-_PURE_CALLS = re.compile(r"(guarded_mul|math\.\w+|np\.float32|np\.float64|float|abs|min|max)")
+_PURE_CALLS = re.compile(r"(guarded_mul|guarded_add_mul|math\.\w+|np\.float32|np\.float64|float|abs|min|max)")
 
 
 def merge_shadow_increments(code: list) -> list:

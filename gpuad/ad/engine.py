@@ -75,8 +75,9 @@ class Program:
         self.ns = Namespace()
         self.ns.bind("np", np)
         self.ns.bind("math", math)
-        for prim in (primitives.atomic_add, primitives.guarded_mul, primitives.tape_alloc,
-                     primitives.report_tape_overflow, primitives.report_checkpoint_overflow):
+        for prim in (primitives.atomic_add, primitives.guarded_mul, primitives.guarded_add_mul,
+                     primitives.tape_alloc, primitives.report_tape_overflow,
+                     primitives.report_checkpoint_overflow):
             self.ns.bind(prim.__name__, prim)
         self.defs: list[str] = []
         self.generated: dict = {}

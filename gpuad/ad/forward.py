@@ -27,7 +27,7 @@ from gpuad.ad.emit import (
 from gpuad.ad.engine import Prepared, Program, inert_call, type_of_atom
 from gpuad.ad.normalize import unwrap
 from gpuad.ad.primitives import atomic_add
-from gpuad.ad.rules import DERIVATIVES, guarded_term, rule_terms, user_rule
+from gpuad.ad.rules import DERIVATIVES, guarded_sum, rule_terms, user_rule
 from gpuad.ad.typing import is_float
 from gpuad.errors import UnsupportedConstruct
 
@@ -122,16 +122,8 @@ class TangentSweep:
 
     def rule_tangent(self, s: ir.Assign, out: str) -> str:
         zero = zero_text(self.prep.types[out])
-        terms = []
-        for ta, partial in rule_terms(self, s, out, self.t):
-            terms.append(guarded_term(ta, partial))  # a zero tangent contributes nothing
-        if not terms:
-            return zero
-        first_sign, first = terms[0]
-        text = first if first_sign == "+" else f"-{first}" if " " not in first else f"-({first})"
-        for sign, term in terms[1:]:
-            text += f" {sign} {term}"
-        return text
+        terms = rule_terms(self, s, out, self.t)
+        return guarded_sum(terms) if terms else zero  # a zero tangent contributes nothing
 
     def call(self, s: ir.Assign) -> list:
         """A plain function (or one with a user rule) called with active arguments."""

@@ -39,6 +39,19 @@ def guarded_mul(factor, partial):
     return factor * partial if factor != 0 else factor
 
 
+def guarded_add_mul(acc, factor, partial):
+    """`acc + factor * partial`, where a zero factor adds nothing: `acc + guarded_mul(factor,
+    partial)` in one step (up to the sign of a zero sum), for every update that adds a guarded
+    term to a value.
+
+    With the guard's select between the multiply and the add, NVVM cannot fuse them; here the
+    select takes `acc + factor * partial` or `acc`, so the multiply-add contracts to one fma
+    (rounded once, as NVVM rounds the `a * b + c` of hand-written kernels). Its rules
+    (`gpuad.ad.rules`) are those of `acc + guarded_mul(factor, partial)`.
+    """
+    return acc + factor * partial if factor != 0 else acc
+
+
 def tape_alloc(n, dtype):
     """A per-thread scratch array of `n` elements (`n` an int literal in the source)."""
     return np.zeros(n, dtype)

@@ -48,7 +48,7 @@ from numba.core import types
 
 from gpuad.ad import ir
 from gpuad.ad.emit import Namespace, expr_text
-from gpuad.ad.primitives import atomic_add, guarded_mul
+from gpuad.ad.primitives import atomic_add, guarded_add_mul, guarded_mul
 
 
 @dataclass(frozen=True)
@@ -167,6 +167,9 @@ DERIVATIVES: dict = {
     # the zero-guarded product of every adjoint and tangent update (each factor's term is
     # guarded by its own tangent, so the zero factor's tangent still counts)
     guarded_mul: D("factor, partial", "partial", "factor"),
+    # `acc + guarded_mul(factor, partial)` fused: the same partials (forward over reverse of a
+    # fused update is the tangent of the unfused one)
+    guarded_add_mul: D("acc, factor, partial", "1.0", "partial", "factor"),
 }
 
 # How normalised operators map onto the table above.
@@ -341,6 +344,33 @@ def guarded_term(factor: str, partial: ast.expr) -> tuple[str, str]:
     if isinstance(partial, ast.UnaryOp) and isinstance(partial.op, ast.USub):
         sign, partial = "-", partial.operand
     return sign, f"guarded_mul({factor}, {ast.unparse(partial)})"
+
+
+def guarded_sum(terms: list[tuple[str, ast.expr]]) -> str:
+    """The text of `Σ factor * partial` over `terms`, each zero factor adding nothing, from left to
+    right: each guarded term after the first is added by `guarded_add_mul(sum, factor, ±partial)`,
+    whose multiply-add NVVM fuses into an fma (a guarded product and a separate add it cannot)."""
+    first_sign, text = guarded_term(*terms[0])
+    if first_sign == "-":
+        text = f"-{text}" if " " not in text else f"-({text})"
+    for factor, partial in terms[1:]:
+        if is_number(partial):
+            sign, term = scaled(factor, partial)
+            text += f" {sign} {term}"
+            continue
+        text = guarded_add_mul_text(text, "+", factor, partial)
+    return text
+
+
+def guarded_add_mul_text(acc: str, sign: str, factor: str, partial: ast.expr) -> str:
+    """`acc ± guarded_mul(factor, partial)` as one `guarded_add_mul` (the sign moved onto the
+    partial: `acc - f * p` is `acc + f * -p` exactly)."""
+    if sign == "-":
+        if isinstance(partial, ast.UnaryOp) and isinstance(partial.op, ast.USub):
+            partial = partial.operand
+        else:
+            partial = ast.UnaryOp(ast.USub(), partial)
+    return f"guarded_add_mul({acc}, {factor}, {ast.unparse(partial)})"
 
 
 # ------------------------------------------------------------------ user rules

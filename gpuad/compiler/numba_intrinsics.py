@@ -3,8 +3,10 @@
 `primitives.guarded_mul(factor, partial)` is `factor * partial` where a zero factor adds nothing.
 Compiled as a Python function it would be a separate function with a branch (numba IR blocks,
 a function in the link diff); as an intrinsic it lowers inline to a multiply, a compare and a
-`select`, on the CPU and on the GPU alike. `cuda_element_address` gives the address of an array
-element, which warp-combined atomics (`targets/warp_atomics.py`) compare across lanes.
+`select`, on the CPU and on the GPU alike. `guarded_add_mul(acc, factor, partial)` selects between
+`acc + factor * partial` and `acc`, so that NVVM fuses its multiply-add into an fma.
+`cuda_element_address` gives the address of an array element, which warp-combined atomics
+(`targets/warp_atomics.py`) compare across lanes.
 """
 from __future__ import annotations
 
@@ -34,6 +36,54 @@ def guarded_mul_typer(typingctx, factor, partial):
         return builder.select(nonzero, value, context.cast(builder, f, factor, result))
 
     return signature(result, factor, partial), codegen
+
+
+def guarded_add_mul_typer(typingctx, acc, factor, partial):
+    """Typing and lowering of `guarded_add_mul`: `select(factor != 0, acc + factor * partial, acc)`.
+    The add takes the product directly, so NVVM contracts the two into an fma."""
+    from numba.core.typing import signature
+
+    product = typingctx.resolve_function_type(operator.mul, (factor, partial), {})
+    if product is None:
+        return None
+    total = typingctx.resolve_function_type(operator.add, (acc, product.return_type), {})
+    is_nonzero = typingctx.resolve_function_type(operator.ne, (factor, factor), {})
+    if total is None or is_nonzero is None:
+        return None
+    result = total.return_type
+
+    def codegen(context, builder, sig, args):
+        a, f, p = args
+        operands = [context.cast(builder, v, t, want)
+                    for v, t, want in zip((f, p), (factor, partial), product.args)]
+        value = context.get_function(operator.mul, product)(builder, operands)
+        addends = [context.cast(builder, a, acc, total.args[0]),
+                   context.cast(builder, value, product.return_type, total.args[1])]
+        value = context.get_function(operator.add, total)(builder, addends)
+        nonzero = _is_nonzero(context, builder, f, factor, is_nonzero)
+        return builder.select(nonzero, context.cast(builder, value, total.return_type, result),
+                              context.cast(builder, a, acc, result))
+
+    return signature(result, acc, factor, partial), codegen
+
+
+def _is_nonzero(context, builder, value, ty, is_nonzero):
+    zero = context.cast(builder, context.get_constant_generic(builder, ty, 0), ty, is_nonzero.args[1])
+    value = context.cast(builder, value, ty, is_nonzero.args[0])
+    nonzero = context.get_function(operator.ne, is_nonzero)(builder, [value, zero])
+    return context.is_true(builder, is_nonzero.return_type, nonzero)
+
+
+def cpu_guarded_add_mul():
+    from numba.core.extending import intrinsic
+
+    return intrinsic(guarded_add_mul_typer)
+
+
+def cuda_guarded_add_mul():
+    from numba.cuda.extending import intrinsic
+
+    return intrinsic(guarded_add_mul_typer)
 
 
 def cpu_guarded_mul():

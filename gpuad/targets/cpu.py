@@ -77,6 +77,7 @@ def _install_overlays() -> None:
     CPU.add(cuda.local.array, cpu_local_array)
     CPU.add(primitives.tape_alloc, cpu_local_array)
     CPU.add(primitives.guarded_mul, numba_intrinsics.cpu_guarded_mul(), listed=False)
+    CPU.add(primitives.guarded_add_mul, numba_intrinsics.cpu_guarded_add_mul(), listed=False)
 
 
 _install_overlays()

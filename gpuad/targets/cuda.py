@@ -53,6 +53,7 @@ def _install_overlays() -> None:
     CUDA.add(primitives.atomic_add, warp_atomic_add)
     CUDA.add(primitives.tape_alloc, cuda.local.array, spelled=(cuda, "local.array"))
     CUDA.add(primitives.guarded_mul, numba_intrinsics.cuda_guarded_mul(), listed=False)
+    CUDA.add(primitives.guarded_add_mul, numba_intrinsics.cuda_guarded_add_mul(), listed=False)
     CUDA.add(primitives.report_tape_overflow, cuda_report_tape_overflow)
     CUDA.add(primitives.report_checkpoint_overflow, cuda_report_checkpoint_overflow)
     CUDA.mark_builtin()
