@@ -2,7 +2,7 @@
 
 Usage, from the repository root (no GPU needed: the cuda pipeline compiles to PTX without one):
 
-    python benchmarks/latency.py [--out benchmarks/results/latency-<date>.json] [--chain 10,50,100]
+    python benchmarks/latency.py [--out benchmarks/results/latency-<date>.json] [--chain 10,50,100,150]
 
 Each figure comes from a fresh process (`python -c`), timed inside it from just before the
 first `kernel.compile` / launch to just after, so interpreter start-up and imports are apart:
@@ -13,6 +13,8 @@ first `kernel.compile` / launch to just after, so interpreter start-up and impor
   disk_hit_s    the first kernel in a new process whose compiled form is in the disk cache
   import_s      `import gpuad` plus numba-cuda's first load (what every process pays once)
   chain_s       kernel.compile of an N-statement chain, per N (compile scaling, goal 6)
+  chain_primal_numba_cuda_s  numba-cuda compiling the chain itself (no derivative) to PTX, per N
+  chain_ratio   chain_s / chain_primal_numba_cuda_s (goal: <= 3 at N = 150)
 """
 from __future__ import annotations
 
@@ -95,6 +97,27 @@ CHAIN = textwrap.dedent('''
 ''')
 
 
+PRIMAL = textwrap.dedent('''
+    import json, sys, time
+    from gpuad.compiler import compile_lock
+    from gpuad.compiler.numba_adapter import compute_capability
+    compile_lock.load_toolchain()
+    from numba import cuda, float64
+    sys.path.insert(0, sys.argv[1])
+    f = cuda.jit(device=True)(__import__(sys.argv[2]).f)
+
+    def primal(xs, ys, out):
+        i = cuda.grid(1)
+        if i < xs.shape[0]:
+            out[i] = f(xs[i], ys[i])
+
+    start = time.perf_counter()
+    with compute_capability((9, 0)):  # compile_ptx asks the device for it otherwise
+        cuda.compile_ptx(primal, (float64[:], float64[:], float64[:]), cc=(9, 0))
+    print(json.dumps({"seconds": time.perf_counter() - start}))
+''')
+
+
 def chain_module(n: int) -> str:
     lines = ["import math", "import gpuad", "from gpuad import Active, Reverse, autodiff", "",
              "def f(x, y):", "    a = x * y"]
@@ -118,7 +141,7 @@ def run(code: str, *args: str, env: dict) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--chain", default="10,50,100", help="chain lengths N (comma-separated)")
+    parser.add_argument("--chain", default="10,50,100,150", help="chain lengths N (comma-separated)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as work:
         Path(work, "latency_kernels.py").write_text(KERNELS)
@@ -127,10 +150,11 @@ def main(argv=None) -> int:
         cold = run(MEASURE, work, "cuda", env=env)  # empty cache: compiles, and stores
         hit = run(MEASURE, work, "cuda", env=env)  # a new process: from disk
         cpu = run(MEASURE, work, "cpu", env={**env, "GPUAD_CACHE": "0"})
-        chain = {}
+        chain, primal = {}, {}
         for n in (int(v) for v in args.chain.split(",") if v):
             Path(work, f"chain{n}.py").write_text(chain_module(n))
             chain[str(n)] = run(CHAIN, work, f"chain{n}", env={**env, "GPUAD_CACHE": "0"})
+            primal[str(n)] = run(PRIMAL, work, f"chain{n}", env=env)["seconds"]
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
         "date": datetime.date.today().isoformat(),
@@ -138,6 +162,8 @@ def main(argv=None) -> int:
                     "disk_hit_s": hit["first_s"], "import_s": cold["import_s"]},
         "chain_s": {n: c["seconds"] for n, c in chain.items()},
         "chain_timings": {n: c["timings"] for n, c in chain.items()},
+        "chain_primal_numba_cuda_s": primal,
+        "chain_ratio": {n: chain[n]["seconds"] / primal[n] for n in chain},
     }
     text = json.dumps(result, indent=2)
     print(text)
