@@ -12,7 +12,13 @@ depth_verified=False)`:
   (all of them the same way: the first Dask argument's chunks; other axes are one chunk), and each
   chunk runs one `kernel.launch(n, ...)` in whichever process Dask runs it. Inside the kernel
   `thread_index()` is the index **within the chunk**. Every other argument (numpy arrays,
-  scalars) is **broadcast**: each chunk sees the whole value.
+  scalars) is **broadcast**: each chunk sees the whole value, as it was when `map_blocks` was
+  called (numpy arrays are copied then: an in-place change afterwards does not reach the graph).
+- **CuPy chunks** on the cuda target launch on device arrays only (numba-cuda would copy a numpy
+  argument to the GPU and back around every chunk's launch): a broadcast numpy array the kernel
+  only reads is copied to the worker's GPU once per content (keyed by its Dask token; a bounded
+  per-process cache, `DeviceCopies`) and shared by every chunk there, and each chunk's shared
+  shadows (`reduce=`) are zeros on its GPU, summed there.
 - `n`: threads per chunk. None (default) launches one thread per element the chunk owns; an int
   launches that many for every chunk; a callable gets the chunk's length and returns the count.
 - Markers, passed as arguments, are replaced per chunk by an int64: `chunk_offset`, the global
@@ -48,8 +54,10 @@ depth_verified=False)`:
   the gradient of coefficients, parameters or a scalar loss. Each chunk adds into its own zeros,
   the chunks' arrays are summed with Dask's tree reduction (`split_every` as in `dask.array.sum`)
   and the array passed in is added: the single-launch result, up to the order of float additions.
+  The result has the array type passed in (numpy in, numpy out; CuPy in, CuPy out), whatever the
+  chunks are: with CuPy chunks a numpy shadow comes to the host once, at the end of the sum.
   A broadcast array that is not declared and that a chunk writes is refused (LaunchError):
-  its writes would otherwise be lost.
+  its writes would otherwise be lost (each chunk writes a copy, on the device with CuPy chunks).
 - `outputs`: parameter names to return (default: every written Dask argument and every
   reduced one). The result is a dict from parameter name to a lazy Dask array; compute the ones
   you need together (`dask.compute(...)`) so each chunk launches once.
@@ -197,31 +205,36 @@ def register_sources(sources: dict[str, list[str]]) -> None:
 
 # -- one launch per chunk ------------------------------------------------------------------
 
-def _run_chunk(shipped: ShippedKernel, n, place: tuple, roles: tuple, *args) -> dict:
+def _run_chunk(shipped: ShippedKernel, n, place: tuple, roles: tuple, tokens: tuple, *args) -> dict:
     """Launch the kernel on one chunk (its halos included); returns {(k, part): array}.
 
     place: (global index of the chunk's local element 0, local index of its first owned element,
     local index past its last). roles[k]: "chunk" (a Dask argument's chunk, read only), "out"
     (a chunk the kernel may write), "reduce" (a shared shadow), "guard" (a broadcast array the
-    kernel may write, which it must not), a marker's name, or "value". Parts: "owned" (the owned
-    elements of an "out" chunk, or a shadow), "left" and "right" (what the launch added to the
-    halos of an "out" chunk, which belong to the neighbours).
+    kernel may write, which it must not), a marker's name, or "value". tokens[k]: the content
+    token of a broadcast numpy array (None for other arguments), its key in the device cache.
+    Parts: "owned" (the owned elements of an "out" chunk, or a shadow), "left" and "right" (what
+    the launch added to the halos of an "out" chunk, which belong to the neighbours).
     """
     offset, lo, stop = place
     markers = {"offset": offset, "owned_start": lo, "owned_stop": stop}
-    launch_args = []
-    for value, role in zip(args, roles):
+    device = _launches_on_device(shipped.kernel, args, roles)
+    originals, launch_args = [], []
+    for value, role, token in zip(args, roles, tokens):
+        if device and token is not None:
+            value = _device_copies.get(token, value)  # read-only: shared by every chunk of the worker
+        originals.append(value)
         if role in ("out", "guard"):
             value = value.copy()  # a chunk may be a view of the caller's array
         elif role == "reduce":
-            value = np.zeros_like(value)  # this chunk's contributions alone
+            value = _zeros_on_device(value) if device else np.zeros_like(value)  # this chunk's alone
         elif role in markers:
             value = np.int64(markers[role])
         launch_args.append(value)
     owned = stop - lo
     threads = owned if n is None else (n(owned) if callable(n) else n)
     shipped.kernel.launch(int(threads), *launch_args)
-    _refuse_broadcast_writes(shipped.kernel, args, launch_args, roles)
+    _refuse_broadcast_writes(shipped.kernel, originals, launch_args, roles)
     parts = {}
     for k, (before, after, role) in enumerate(zip(args, launch_args, roles)):
         if role == "reduce":
@@ -231,6 +244,80 @@ def _run_chunk(shipped: ShippedKernel, n, place: tuple, roles: tuple, *args) -> 
             parts[k, "left"] = after[:lo] - before[:lo]  # exact where the halo starts at zero
             parts[k, "right"] = after[stop:] - before[stop:]
     return parts
+
+
+def _on_device(value) -> bool:
+    return hasattr(value, "__cuda_array_interface__")
+
+
+def _launches_on_device(kernel: Kernel, args, roles) -> bool:
+    """A cuda-target launch over device (CuPy) chunks: its other arrays belong on the device too,
+    or numba-cuda copies each to the GPU and back around every chunk's launch."""
+    from gpuad.targets import default_target
+
+    if (kernel.target or default_target()) != "cuda":
+        return False
+    return any(_on_device(a) for a, role in zip(args, roles) if role in ("chunk", "out"))
+
+
+def _zeros_on_device(value):
+    import cupy
+
+    return cupy.zeros(value.shape, dtype=value.dtype)
+
+
+class DeviceCopies:
+    """Per process: device copies of broadcast numpy arrays, by (content token, device).
+
+    Every chunk a worker runs with the same coefficients reads one copy, made at the first; a
+    later `map_blocks` with the same content reuses it. Bounded by count and bytes (least
+    recently used forgotten first). Only read-only arguments are shared: a guarded one is
+    copied on the device per chunk. `to_device` is cupy.asarray (a parameter for the tests).
+    """
+
+    def __init__(self, entries: int = 32, nbytes: int = 256 << 20, to_device=None):
+        from collections import OrderedDict
+
+        self.entries, self.nbytes, self._to_device = entries, nbytes, to_device
+        self._copies: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+        self.made = 0  # how many copies were made (host to device transfers)
+
+    def get(self, token: str, value):
+        key = (token, self._device())
+        with self._lock:
+            copy = self._copies.get(key)
+            if copy is not None:
+                self._copies.move_to_end(key)
+                return copy
+        made = self.to_device(value)
+        with self._lock:
+            copy = self._copies.setdefault(key, made)  # another thread may have made one meanwhile
+            self.made += copy is made
+            self._forget_oldest()
+        return copy
+
+    def to_device(self, value):
+        if self._to_device is not None:
+            return self._to_device(value)
+        import cupy
+
+        return cupy.asarray(value)
+
+    def _device(self) -> int:
+        if self._to_device is not None:
+            return 0
+        import cupy
+
+        return cupy.cuda.runtime.getDevice()
+
+    def _forget_oldest(self) -> None:
+        while len(self._copies) > 1 and (len(self._copies) > self.entries or
+                                         sum(c.nbytes for c in self._copies.values()) > self.nbytes):
+            self._copies.popitem(last=False)
+
+
+_device_copies = DeviceCopies()
 
 
 def _add_halos(owned, start: int, pieces: list):
@@ -311,17 +398,18 @@ def map_blocks(kernel: Kernel, *args, n: int | Callable[[int], int] | None = Non
 
     lengths = args[chunked[0]].chunks[0]
     bounds = _chunk_bounds(lengths, args[chunked[0]].shape[0], depth)
-    # one graph key per broadcast array, not one per chunk; named, not hashed (a CuPy array's
+    args, tokens = _broadcast_snapshots(args, roles)
+    # one graph key per broadcast array, not one per chunk; a CuPy array is named, not hashed (its
     # hash would copy it to the host)
-    broadcast = {k: dask.delayed(a, name=f"gpuad-{names[k]}-{uuid.uuid4().hex}") for k, a in enumerate(args)
-                 if k not in chunked and _is_array(a)}
+    broadcast = {k: dask.delayed(a, name=f"gpuad-{names[k]}-{tokens[k] or uuid.uuid4().hex}")
+                 for k, a in enumerate(args) if k not in chunked and _is_array(a)}
     inputs = {k: _extended_blocks(args[k], bounds) for k in chunked}
     shipped = ShippedKernel(kernel)
     runs = []
     for j, (left, start, stop, _) in enumerate(bounds):
         chunk_args = [inputs[k][j] if k in inputs else broadcast.get(k, a) for k, a in enumerate(args)]
         place = (left, start - left, stop - left)
-        runs.append(dask.delayed(_run_chunk, pure=False)(shipped, n, place, roles, *chunk_args))
+        runs.append(dask.delayed(_run_chunk, pure=False)(shipped, n, place, roles, tokens, *chunk_args))
     arrays = {}
     for k, name in enumerate(names):
         if name not in outputs:
@@ -332,10 +420,13 @@ def map_blocks(kernel: Kernel, *args, n: int | Callable[[int], int] | None = Non
             arrays[name] = _chunked_output(f"{kernel.name}-{name}", parts, lengths, value)
         else:
             meta = meta_from_array(value, value.ndim)  # numpy or CuPy, as passed in
-            parts = [da.from_delayed(_part(run, k, "owned"), shape=value.shape, dtype=value.dtype, meta=meta)
+            # CuPy chunks add into shadows on their device, summed there by the tree reduction
+            where = meta_from_array(args[chunked[0]]._meta if _on_device(args[chunked[0]]._meta) else value,
+                                    value.ndim, dtype=value.dtype)
+            parts = [da.from_delayed(_part(run, k, "owned"), shape=value.shape, dtype=value.dtype, meta=where)
                      for run in runs]
             total = da.stack(parts).sum(axis=0, split_every=split_every, dtype=value.dtype)
-            # the single launch adds into the array passed in
+            # the single launch adds into the array passed in; the result has its array type
             arrays[name] = total.map_blocks(_added_to, value, dtype=value.dtype, meta=meta,
                                             name=f"gpuad-{kernel.name}-{name}-{uuid.uuid4().hex}")
     return {name: arrays[name] for name in outputs}
@@ -364,7 +455,29 @@ def _is_array(value) -> bool:
 
 
 def _added_to(total, start):
+    """`total + start` as the array type of `start`: numpy in, numpy out (the reduction's only
+    device-to-host copy), CuPy in, CuPy out."""
+    if _on_device(total) and not _on_device(start):
+        total = total.get()
+    elif _on_device(start) and not _on_device(total):
+        import cupy
+
+        total = cupy.asarray(total)
     return (total + start).astype(start.dtype)
+
+
+def _broadcast_snapshots(args: list, roles: tuple) -> tuple[list, tuple]:
+    """Broadcast numpy arrays as they are now (copies: a later change to the caller's array does
+    not reach the graph) and a token of each copy's content, which keys its device copy on a GPU
+    worker. Reduced shadows are left as they are: the graph reads them at its end only."""
+    from dask.base import tokenize
+
+    args, tokens = list(args), [None] * len(args)
+    for k, (a, role) in enumerate(zip(args, roles)):
+        if isinstance(a, np.ndarray) and role in ("value", "guard"):
+            args[k] = a.copy(order="K")
+            tokens[k] = tokenize(args[k])
+    return args, tuple(tokens)
 
 
 def _as_chunk(part):

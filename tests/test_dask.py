@@ -96,6 +96,50 @@ def test_a_broadcast_array_the_kernel_writes_must_be_declared_reduced():
         dask.compute(out["dxs"], scheduler="sync")
 
 
+def test_a_broadcast_array_changed_after_map_blocks_does_not_reach_the_graph():
+    """Broadcast arrays are read when map_blocks is called (a content token then keys their device
+    copies on GPU workers: a change after it must not make the graph differ from that token)."""
+    xs = np.linspace(-1.0, 1.0, 12)
+    c = np.array([0.5, -1.0, 2.0])
+    expected_dc, expected_dxs = np.zeros(3), np.zeros(12)
+    grad_horner.launch(12, c, expected_dc, xs, expected_dxs, 3)
+    out = gpuad.dask.map_blocks(grad_horner, c, np.zeros(3), da.from_array(xs, chunks=5),
+                                da.zeros(12, chunks=5), 3, reduce={"dc": "sum"})
+    c[:] = [9.0, 9.0, 9.0]  # an optimiser's in-place step, taken before the graph ran
+    dc, dxs = dask.compute(out["dc"], out["dxs"], scheduler="sync")
+    np.testing.assert_array_equal(dxs, expected_dxs)
+    np.testing.assert_allclose(dc, expected_dc, rtol=1e-13, atol=1e-13)  # dc[1] = sum(xs) = 0 here
+
+
+def test_broadcast_snapshots_are_tokened_by_content_and_shadows_are_left_alone():
+    from gpuad.dask import _broadcast_snapshots
+
+    c, dc, guarded = np.arange(3.0), np.zeros(3), np.ones(2)
+    args, tokens = _broadcast_snapshots([c, dc, guarded, 4], ("value", "reduce", "guard", "value"))
+    assert args[0] is not c and (args[0] == c).all() and args[2] is not guarded
+    assert args[1] is dc and tokens[1] is None and tokens[3] is None  # a shadow: read at the graph's end
+    assert _broadcast_snapshots([c.copy()], ("value",))[1][0] == tokens[0]  # same content, same copy
+    c[1] = 7.0
+    assert _broadcast_snapshots([c], ("value",))[1][0] != tokens[0]
+
+
+def test_device_copies_are_made_once_per_content_and_forgotten_oldest_first():
+    from gpuad.dask import DeviceCopies
+
+    copies = DeviceCopies(entries=2, nbytes=64, to_device=np.array)  # np.array stands in for cupy.asarray
+    a = np.arange(4.0)
+    first = copies.get("a", a)
+    assert copies.get("a", a) is first and copies.made == 1 and first is not a
+    copies.get("b", np.zeros(2))
+    copies.get("a", a)  # a is now the most recently used
+    copies.get("c", np.zeros(2))  # over 2 entries: b goes
+    assert copies.get("a", a) is first and copies.made == 3
+    copies.get("b", np.zeros(2))
+    assert copies.made == 4
+    copies.get("big", np.zeros(8))  # 64 bytes alone: everything older goes
+    assert list(copies._copies) == [("big", 0)]
+
+
 def test_chunk_offset_gives_each_chunk_its_global_position():
     xs = np.linspace(1.0, 2.0, sum(UNEQUAL))
     out = gpuad.dask.map_blocks(scaled_by_index, da.from_array(xs, chunks=(UNEQUAL,)),
@@ -648,6 +692,85 @@ def test_cupy_chunks_with_halos_launch_on_device_arrays_only_and_compile_once(mo
     np.testing.assert_allclose(cp.asnumpy(du), expected, rtol=1e-14, atol=1e-15)
     assert len(launched) == 4 and all(kinds == [cp.ndarray, cp.ndarray] for kinds in launched), launched
     assert len(chain_cuda._cuda) == 1  # one compiled variant for every chunk length
+
+
+def host_copy_warnings(recorded) -> list:
+    """numba-cuda's NumbaPerformanceWarning for a numpy array passed to a CUDA launch."""
+    return [w for w in recorded if "Host array used in CUDA kernel" in str(w.message)]
+
+
+@pytest.mark.gpu
+def test_cupy_chunks_get_numpy_coefficients_and_shadows_on_the_device_once(monkeypatch, recwarn):
+    """With CuPy chunks, numpy coefficients go to the device once per content (not per chunk),
+    the shared shadow is made and summed on the device, and it comes back as numpy, as passed."""
+    cp = pytest.importorskip("cupy")
+    from gpuad.kernel import Kernel
+
+    size = sum(UNEQUAL)
+    xs = np.linspace(-1.5, 1.5, size)
+    c, dc_start = np.array([0.5, -1.0, 2.0, 0.25]), np.array([1.0, 0.0, -3.0, 0.5])
+    horner_cuda = gpuad.kernel(grad_horner.pyfunc, target="cuda")
+
+    def one_launch(c):
+        dc, dxs = dc_start.copy(), np.zeros(size)
+        horner_cuda.launch(size, c, dc, xs, dxs, 4)
+        return dc, dxs
+
+    expected_dc, expected_dxs = one_launch(c)
+    assert host_copy_warnings(recwarn), "numba-cuda warns of host copies here: the check below can fail"
+    recwarn.clear()
+    launched = []
+    launch = Kernel.launch
+
+    def recording_launch(self, n, *args, **kwargs):
+        launched.append(args)
+        return launch(self, n, *args, **kwargs)
+
+    monkeypatch.setattr(Kernel, "launch", recording_launch)
+    on_device = da.from_array(cp.asarray(xs), chunks=(UNEQUAL,), asarray=False, name="gpu-horner-xs")
+
+    def chunked(c):
+        zeros = on_device.map_blocks(cp.zeros_like)
+        out = gpuad.dask.map_blocks(horner_cuda, c, dc_start, on_device, zeros, 4, reduce={"dc": "sum"},
+                                    split_every=2)
+        return dask.compute(out["dc"], out["dxs"], scheduler="threads")
+
+    dc, dxs = chunked(c)
+    assert not host_copy_warnings(recwarn), [str(w.message) for w in recwarn]
+    assert type(dc) is np.ndarray and isinstance(dxs, cp.ndarray)  # numpy in, numpy out
+    np.testing.assert_allclose(dc, expected_dc, rtol=1e-13, atol=1e-13)  # summed in another order
+    np.testing.assert_allclose(cp.asnumpy(dxs), expected_dxs, rtol=1e-13)
+    assert len(launched) == len(UNEQUAL)
+    assert all(isinstance(a, cp.ndarray) for args in launched for a in args if not np.isscalar(a))
+    coefficients = {id(args[0]) for args in launched}
+    assert len(coefficients) == 1  # one device copy for every chunk
+
+    launched.clear()
+    chunked(c.copy())  # the same content again: the same device copy
+    assert {id(args[0]) for args in launched} == coefficients
+    c[0] = -0.75  # changed in place between gradients: a new copy, not the stale one
+    expected_dc, expected_dxs = one_launch(c)
+    launched.clear()
+    dc, dxs = chunked(c)
+    assert len(launched) == len(UNEQUAL) and {id(args[0]) for args in launched}.isdisjoint(coefficients)
+    np.testing.assert_allclose(dc, expected_dc, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(cp.asnumpy(dxs), expected_dxs, rtol=1e-13)
+
+
+@pytest.mark.gpu
+def test_cupy_chunks_still_refuse_a_written_broadcast_array_and_leave_its_device_copy_intact(recwarn):
+    cp = pytest.importorskip("cupy")
+    horner_cuda = gpuad.kernel(grad_horner.pyfunc, target="cuda")
+    xs = da.from_array(cp.linspace(0.0, 1.0, 12), chunks=5, asarray=False, name="gpu-guard-xs")
+    dc = np.zeros(3)
+    out = gpuad.dask.map_blocks(horner_cuda, np.ones(3), dc, xs, xs.map_blocks(cp.zeros_like), 3)
+    with pytest.raises(LaunchError, match=r"wrote the broadcast argument 'dc'.*\n.*reduce=\{'dc': 'sum'\}"):
+        dask.compute(out["dxs"], scheduler="sync")
+    assert not host_copy_warnings(recwarn)
+    assert (dc == 0).all()
+    token = gpuad.dask._broadcast_snapshots([dc], ("guard",))[1][0]
+    cached = gpuad.dask._device_copies._copies[token, cp.cuda.runtime.getDevice()]
+    assert (cached == 0).all()  # the chunk wrote a copy of it, not the copy later chunks start from
 
 
 # -- benchmarks/dask_scaling.py's smoke mode ----------------------------------------------------
