@@ -458,6 +458,8 @@ def fuse_guarded_increments(code: list) -> list:
 
 
 def _fused_increment(item: str) -> str | None:
+    if "= guarded_mul(" not in item:  # cheap test first: parsing every line costs compile time
+        return None
     stmt = _statement(item)
     if not (isinstance(stmt, ast.AugAssign) and isinstance(stmt.target, ast.Name)
             and isinstance(stmt.op, ast.Add | ast.Sub) and isinstance(stmt.value, ast.Call)
@@ -500,6 +502,9 @@ def _count_uses(code: list, uses: dict) -> None:
                 uses[word] = uses.get(word, 0) + 1
 
 
+_ZERO_ASSIGNMENT = re.compile(r"\s*\w+ = [\w.(]*0[\d.e+-]*\)?$")  # what `_zero_assigned` may accept
+
+
 def _assigned_name(stmt) -> str | None:
     """`name` of a statement `name = e`."""
     if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
@@ -509,6 +514,8 @@ def _assigned_name(stmt) -> str | None:
 
 def _zero_assigned(line: str) -> str | None:
     """`name` of a line `name = <zero constant>` (`0.0`, `np.float32(0.0)`), else None."""
+    if not _ZERO_ASSIGNMENT.match(line):
+        return None
     stmt = _statement(line)
     if _assigned_name(stmt) is None:
         return None
@@ -553,7 +560,7 @@ def _fuse_in(code: list, uses: dict, fused: set) -> list:
 
 def _guarded_product(item) -> tuple[str, ast.expr, ast.expr] | None:
     """(`t`, `a`, `b`) of a line `t = guarded_mul(a, b)` whose arguments read no memory."""
-    stmt = _statement(item) if isinstance(item, str) else None
+    stmt = _statement(item) if isinstance(item, str) and " = guarded_mul(" in item else None
     if _assigned_name(stmt) is None:
         return None
     call = stmt.value
