@@ -31,8 +31,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 BUILT = ROOT / "extension" / "labextension"
 TOKEN = "gpuad-test"
-TABS = ["Source", "Overlays", "Jobs", "Derivative source", "IR before link", "IR after link", "Link diff",
-        "PTX"]
+TABS = ["Source", "Map", "Overlays", "Jobs", "Derivative source", "IR before link", "IR after link",
+        "Link diff", "PTX"]
 
 
 def chromium() -> str | None:
@@ -238,6 +238,112 @@ def test_clicking_a_source_line_highlights_its_ir_and_ptx_lines_and_the_reverse(
     page.close()
 
 
+MAP_COLUMNS = ("source", "ir-after", "ptx")
+# Where a test clicks a line: its start, as a reader does (a row is as wide as its column's longest
+# line, and a click at its middle would first scroll the column sideways).
+NEAR_START = {"x": 40, "y": 5}
+
+
+def map_column(viewer, stage: str):
+    """The scroll box of one of the Map tab's columns."""
+    return viewer.locator(f".gpuad-stage-map .gpuad-map-{stage} .gpuad-map-box")
+
+
+def lit_lines(column) -> list[str]:
+    """The text of a Map column's highlighted lines (the first one first)."""
+    return column.locator(".gpuad-line.gpuad-hl .gpuad-text").all_inner_texts()
+
+
+def lit_in_view(column) -> list[str]:
+    """The text of a Map column's highlighted lines that are inside its scroll box."""
+    return column.evaluate("""box => {
+        const view = box.getBoundingClientRect();
+        return Array.from(box.querySelectorAll('.gpuad-line.gpuad-hl')).filter(row => {
+            const r = row.getBoundingClientRect();
+            return r.height > 0 && r.top >= view.top - 1 && r.bottom <= view.bottom + 1;
+        }).map(row => row.querySelector('.gpuad-text').textContent); }""")
+
+
+def test_map_shows_source_ir_and_ptx_side_by_side_and_scrolls_linked_lines_to_view(server, browser, tmp_path):
+    """The Map tab (extension/src/viewer.ts sourceMap): a click in one column lights the linked lines
+    in the others and scrolls them into their own boxes, never moving the column clicked."""
+    page = open_viewer(browser, f"{server['base']}/lab/tree/saved.ipynb?token={TOKEN}")
+    viewer = page.locator(".gpuad-viewer")
+    viewer.locator(".gpuad-tab[data-stage=map]").click()
+    columns = [map_column(viewer, stage) for stage in MAP_COLUMNS]
+    boxes = [c.bounding_box() for c in columns]
+    output = page.locator(".jp-OutputArea-output").first.bounding_box()
+    for left, right in zip(boxes, boxes[1:]):
+        assert left["x"] + left["width"] <= right["x"] and abs(left["y"] - right["y"]) < 1  # side by side
+    assert boxes[-1]["x"] + boxes[-1]["width"] <= output["x"] + output["width"] + 1
+    assert all(100 < box["height"] < 700 for box in boxes), boxes  # bounded, each its own scrollbar
+    source = columns[0].inner_text()
+    assert "def grad_f(" in source and "def f(" in source and "# line " in source  # kernel, f, derivative
+    readable = viewer.locator(".gpuad-map-ir-after summary .gpuad-sym-readable").all_inner_texts()
+    assert any("grad_f" in name and not name.startswith("_ZN") for name in readable), readable
+
+    # Source -> IR and PTX: the linked lines light up and their columns scroll to them.
+    ir, ptx = columns[1], columns[2]
+    assert not lit_in_view(ir) and not lit_in_view(ptx)
+    kernel_store = columns[0].locator(".gpuad-line", has_text="dxs[i] = dx")
+    source_top = columns[0].evaluate("box => box.scrollTop")
+    kernel_store.click(position=NEAR_START)
+    page.wait_for_timeout(300)  # the folds the click opened are scrolled to on the next frame
+    assert "gpuad-hl-origin" in kernel_store.get_attribute("class")
+    assert any("store double" in line for line in lit_lines(ir)), lit_lines(ir)
+    assert any("st.global.f64" in line for line in lit_lines(ptx)), lit_lines(ptx)
+    for column in (ir, ptx):  # the first linked line is in the column's box
+        assert lit_in_view(column)[:1] == lit_lines(column)[:1]
+    assert ir.evaluate("box => box.scrollTop") > 0  # it was out of view: the column scrolled to it
+    assert columns[0].evaluate("box => box.scrollTop") == source_top  # the clicked column stays put
+    page.screenshot(path=str(screenshot_dir(tmp_path) / "extension-jupyterlab-map.png"), full_page=True)
+
+    # PTX -> source: with the source scrolled away (the boxes made short: this kernel's source
+    # fits in the usual height), a click on a lit PTX line brings the kernel's store line back into
+    # view (lit), and the PTX column does not move.
+    page.mouse.move(100, 600)  # off the viewer: what it lights is the click's lines
+    viewer.evaluate("v => v.style.setProperty('--gpuad-code-height', '10em')")
+    columns[0].evaluate("box => { box.scrollTop = box.scrollHeight; }")
+    assert not any("dxs[i] = dx" in line for line in lit_in_view(columns[0]))
+    store = ptx.locator(".gpuad-line.gpuad-hl", has_text="st.global.f64").first
+    store.evaluate("row => { const box = row.closest('.gpuad-map-box');"
+                   " box.scrollTop += row.getBoundingClientRect().top - box.getBoundingClientRect().top; }")
+    ptx_top = ptx.evaluate("box => box.scrollTop")
+    store.click(position=NEAR_START)
+    assert "gpuad-hl-origin" in store.get_attribute("class")
+    assert any("dxs[i] = dx" in line for line in lit_in_view(columns[0])), lit_in_view(columns[0])
+    assert any("store double" in line for line in lit_lines(ir)) and lit_in_view(ir)
+    assert ptx.evaluate("box => box.scrollTop") == ptx_top
+
+    # Hovering never scrolls a linked line that is already in view: the columns keep their place.
+    tops = [c.evaluate("box => box.scrollTop") for c in columns]
+    columns[0].locator(".gpuad-line", has_text="dxs[i] = dx").hover(position=NEAR_START)
+    assert [c.evaluate("box => box.scrollTop") for c in columns] == tops
+
+    # A column can be hidden: the others share the width.
+    viewer.locator(".gpuad-map-bar label", has_text="PTX").locator("input").uncheck()
+    assert ptx.is_hidden() and ir.bounding_box()["width"] > boxes[1]["width"] * 1.3
+    page.close()
+
+
+def test_link_diff_sides_are_linked_to_the_source(server, browser):
+    page = open_viewer(browser, f"{server['base']}/lab/tree/saved.ipynb?token={TOKEN}")
+    viewer = page.locator(".gpuad-viewer")
+    viewer.locator(".gpuad-stage-source .gpuad-line", has_text="dxs[i] = dx").click()
+    viewer.locator(".gpuad-tab[data-stage=diff]").click()
+    diff = viewer.locator(".gpuad-stage-diff")
+    diff.locator("input[type=checkbox]").check()  # all lines: the kernel's store is an unchanged line
+    after = diff.locator(".gpuad-diff-after .gpuad-line.gpuad-hl .gpuad-text").all_inner_texts()
+    assert any("store double" in line for line in after), after
+    # ... and the reverse: a line of the right side lights the kernel's line.
+    diff.locator(".gpuad-diff-after .gpuad-line.gpuad-hl", has_text="store double").first.click()
+    assert "PTX: " in viewer.locator(".gpuad-linkinfo").inner_text()
+    viewer.locator(".gpuad-tab[data-stage=source]").click()
+    lit = viewer.locator(".gpuad-stage-source .gpuad-line.gpuad-hl .gpuad-text").all_inner_texts()
+    assert any("dxs[i] = dx" in line for line in lit), lit
+    page.close()
+
+
 def big_module_notebook(path: Path, n_lines: int = 20000) -> int:
     """A saved notebook whose compilation's IR after link is one function of `n_lines` lines,
     each run of 5 mapped to one of the kernel's 5 first lines; returns how many its def line has."""
@@ -298,6 +404,20 @@ def test_line_links_stay_fast_on_a_module_of_20000_ir_lines(server, browser):
         return (performance.now() - start) / 200 / 1000; }""")
     assert seconds < 0.01, seconds  # 5 lines lit each time: no pass over the module's 20,000
     assert lit.count() > 0
+    # The Map tab: the same hovers in its source column, the IR column beside it on screen
+    # (each hover also looks whether the IR column shows a lit line, by bisection).
+    viewer.locator(".gpuad-tab[data-stage=map]").click()
+    seconds = page.evaluate("""() => {
+        const rows = document.querySelector('.gpuad-stage-map .gpuad-map-source .gpuad-code').children;
+        const hover = row => row.querySelector('.gpuad-text').dispatchEvent(
+            new MouseEvent('mouseover', {bubbles: true}));
+        const start = performance.now();
+        for (let k = 0; k < 40; k++) {
+            hover(rows[1 + k % 5]);
+        }
+        return (performance.now() - start) / 40 / 1000; }""")
+    assert seconds < 0.2, seconds
+    assert lit_in_view(map_column(viewer, "ir-after"))  # the last hover's lines, scrolled to
     page.close()
 
 
@@ -324,9 +444,48 @@ def test_viewer_follows_the_dark_theme(server, browser, tmp_path):
         contrast = (max(text, background) + 0.05) / (min(text, background) + 0.05)
         assert contrast >= 4.5, colours
         page.screenshot(path=str(screenshot_dir(tmp_path) / "extension-jupyterlab-dark.png"), full_page=True)
+        map_reads_in_the_dark(page, tmp_path)
         page.close()
     finally:
         (themes / "themes.jupyterlab-settings").unlink()
+
+
+def contrast_ratio(a: float, b: float) -> float:
+    return (max(a, b) + 0.05) / (min(a, b) + 0.05)
+
+
+def over(rgba: str, background: str) -> str:
+    """The colour `rgba` (CSS, maybe translucent) laid over the opaque `background`."""
+    fg = [float(c) for c in rgba[rgba.index("(") + 1:rgba.index(")")].split(",")]
+    bg = [float(c) for c in background[background.index("(") + 1:background.index(")")].split(",")[:3]]
+    alpha = fg[3] if len(fg) == 4 else 1.0
+    return "rgb({})".format(",".join(str(round(alpha * f + (1 - alpha) * b)) for f, b in zip(fg, bg)))
+
+
+def map_reads_in_the_dark(page, tmp_path: Path) -> None:
+    """The Map tab in the dark theme: its headings, its code and its lit lines read on the notebook."""
+    viewer = page.locator(".gpuad-viewer")
+    viewer.locator(".gpuad-tab[data-stage=map]").click()
+    map_column(viewer, "source").locator(".gpuad-line", has_text="dxs[i] = dx").click(position=NEAR_START)
+    page.mouse.move(100, 600)
+    colours = page.evaluate("""() => {
+        const map = document.querySelector('.gpuad-stage-map');
+        const style = sel => getComputedStyle(map.querySelector(sel));
+        return {area: getComputedStyle(map.closest('.jp-Notebook')).backgroundColor,
+                box: style('.gpuad-map-box').backgroundColor,
+                heading: style('.gpuad-map-heading').color,
+                text: style('.gpuad-map-box .gpuad-line .gpuad-text').color,
+                lit: style('.gpuad-map-ir-after .gpuad-line.gpuad-hl').backgroundColor,
+                litText: style('.gpuad-map-ir-after .gpuad-line.gpuad-hl .gpuad-text').color,
+                origin: style('.gpuad-line.gpuad-hl-origin').backgroundColor}; }""")
+    area = colours["area"]
+    box = over(colours["box"], area) if "rgba(0, 0, 0, 0)" not in colours["box"] else area
+    assert luminance(box) < 0.1, colours  # dark, as the notebook around it
+    for fg, bg in ((colours["heading"], box), (colours["text"], box),
+                   (colours["litText"], over(colours["lit"], box)),
+                   (colours["text"], over(colours["origin"], box))):
+        assert contrast_ratio(luminance(fg), luminance(bg)) >= 4.5, (fg, bg, colours)
+    page.screenshot(path=str(screenshot_dir(tmp_path) / "extension-jupyterlab-map-dark.png"), full_page=True)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("notebook") is None,

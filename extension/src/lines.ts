@@ -2,7 +2,9 @@
  * Source ↔ IR ↔ PTX line links, from the record's `line_map` (gpuad/compiler/lineinfo.py):
  * hovering a line highlights the lines linked to it in every code view built so far,
  * clicking one keeps them highlighted (and opens the folds that hold them), so switching
- * tabs shows the IR or PTX lines generated from a source line, and the reverse.
+ * tabs shows the IR or PTX lines generated from a source line, and the reverse. Boxes on
+ * screen beside the one under the mouse (the Map tab's columns) scroll their linked lines
+ * into view, only when none of them is in view already.
  *
  * A location is a (file index, line) pair, keyed `file:line`. Everything a hover needs is
  * indexed once per artefact (lines by location, locations by line); a hover then touches
@@ -203,10 +205,11 @@ const ORIGIN = 'gpuad-hl-origin';
 
 interface Attached {
   block: HTMLElement;
-  rows: HTMLElement[]; // the block's line rows (a block never changes once built)
+  rows: (HTMLElement | undefined)[]; // row of line first + k (a block never changes once built)
   view: View;
   first: number; // the line number of the block's first line
-  lit: HTMLElement[];
+  lit: HTMLElement[]; // the highlighted rows in line order, then the origin row
+  sorted: number; // how many of `lit` are in line order (the origin row is not)
 }
 
 /** A folded part of a module, not built yet: opened when a click highlights a line in it. */
@@ -227,12 +230,23 @@ export class LineLinks {
     private status: (message: string) => void
   ) {}
 
-  /** Register a built code block whose first line is line `first` of `view`. */
-  attach(block: HTMLElement, view: View, first: number): void {
+  /** Register a built code block whose first line is line `first` of `view`. With `numbered`,
+   * its rows are found by the numbers they show (the link diff: fillers, collapsed runs). */
+  attach(block: HTMLElement, view: View, first: number, numbered = false): void {
     if (!this.index.present) {
       return;
     }
-    const entry: Attached = { block, rows: Array.from(block.children) as HTMLElement[], view, first, lit: [] };
+    const children = Array.from(block.children) as HTMLElement[];
+    const rows: (HTMLElement | undefined)[] = numbered ? [] : children;
+    if (numbered) {
+      for (const row of children) {
+        const n = lineNumber(row);
+        if (n !== null && n >= first) {
+          rows[n - first] = row;
+        }
+      }
+    }
+    const entry: Attached = { block, rows, view, first, lit: [], sorted: 0 };
     this.blocks.push(entry);
     block.classList.add('gpuad-linked');
     block.addEventListener('mouseover', event => {
@@ -240,6 +254,7 @@ export class LineLinks {
       if (line !== null && (line !== this.hovered?.line || entry !== this.hovered.entry)) {
         this.hovered = { entry, line };
         this.show(this.index.keysOf(view, line), entry, line);
+        this.reveal(entry);
       }
     });
     block.addEventListener('mouseleave', () => {
@@ -256,16 +271,47 @@ export class LineLinks {
       this.openFolded();
       this.show(this.pinned, entry, line);
       this.status(this.describe(view, line, this.pinned));
-      for (const other of this.blocks) {
-        if (other !== entry) {
-          scrollToFirst(other);
-        }
-      }
+      this.reveal(entry);
     });
     this.draw(entry, this.pinned, this.origin?.entry === entry ? this.origin.line : null, new Map());
     if (entry.lit.length && this.origin?.entry !== entry) {
-      requestAnimationFrame(() => scrollToFirst(entry));  // a tab built after the click
+      // A tab or fold built after the click: once it has a layout.
+      requestAnimationFrame(() => this.reveal(this.origin?.entry ?? null, block));
     }
+  }
+
+  /** Forget a block that was replaced (the link diff redrawn with all lines). */
+  detach(block: HTMLElement): void {
+    this.blocks = this.blocks.filter(entry => entry.block !== block);
+  }
+
+  /**
+   * Scroll each box on screen that shows lit lines, none of them in view, so that its first
+   * one shows; never the box of `origin` (the line under the mouse must not move), nor a box
+   * that scrolls with it (the link diff's two sides). `within`: only boxes in or around it.
+   */
+  reveal(origin: Attached | null, within?: Element): void {
+    const fixed = origin === null ? null : scrollGroup(origin.block);
+    const boxes = new Map<HTMLElement, Attached[]>();
+    for (const entry of this.blocks) {
+      const box = entry.block.closest('.gpuad-scroll') as HTMLElement | null;
+      const panel = entry.block.closest('.gpuad-panel') as HTMLElement | null;
+      if (!entry.sorted || box === null || panel?.hidden || (fixed !== null && fixed.contains(box))) {
+        continue;
+      }
+      if (box.classList.contains('gpuad-diff-before')) {
+        continue; // the link diff's left side follows its right side
+      }
+      if (within && !within.contains(box) && !box.contains(within)) {
+        continue;
+      }
+      let entries = boxes.get(box);
+      if (entries === undefined) {
+        boxes.set(box, (entries = []));
+      }
+      entries.push(entry);
+    }
+    boxes.forEach((entries, box) => scrollIntoBox(box, entries));
   }
 
   /** Register a folded part of a module (lines first..last of `view`) and how to open it. */
@@ -312,6 +358,7 @@ export class LineLinks {
       el.classList.remove(HIGHLIGHT, ORIGIN);
     }
     entry.lit = [];
+    entry.sorted = 0;
     const rows = entry.rows;
     const last = entry.first + rows.length - 1;
     const name = JSON.stringify(entry.view);
@@ -321,11 +368,14 @@ export class LineLinks {
     }
     for (let i = lowerBound(lines, entry.first); i < lines.length && lines[i] <= last; i++) {
       const el = rows[lines[i] - entry.first];
-      el.classList.add(HIGHLIGHT);
-      entry.lit.push(el);
+      if (el !== undefined) {
+        el.classList.add(HIGHLIGHT);
+        entry.lit.push(el);
+      }
     }
-    if (origin !== null && origin >= entry.first && origin <= last) {
-      const el = rows[origin - entry.first];
+    entry.sorted = entry.lit.length;
+    const el = origin === null ? undefined : rows[origin - entry.first];
+    if (el !== undefined) {
       el.classList.add(ORIGIN);
       entry.lit.push(el);
     }
@@ -358,13 +408,45 @@ const TITLES: { [artefact: string]: string } = {
   ptx: 'PTX'
 };
 
-/** Scroll the block's box so that its first highlighted line shows (when the box is on screen). */
-function scrollToFirst(entry: Attached): void {
-  const first = entry.lit[0];
-  const scroller = first?.closest('.gpuad-scroll') as HTMLElement | null;
-  if (first && scroller && scroller.offsetParent !== null) {
-    const top = first.getBoundingClientRect().top - scroller.getBoundingClientRect().top + scroller.scrollTop;
-    scroller.scrollTop = Math.max(0, top - scroller.clientHeight / 3);
+/** The box that scrolls a block, or the link diff's grid when both its sides scroll together. */
+function scrollGroup(block: HTMLElement): Element | null {
+  return block.closest('.gpuad-diff') ?? block.closest('.gpuad-scroll');
+}
+
+/**
+ * Scroll `box` so that the first of its blocks' lit lines shows a third of the way down,
+ * unless one of them is wholly in view already. A block's lit rows are in line order, so the
+ * first below the box's top edge is found by bisection: a few layout reads, not one per line.
+ */
+function scrollIntoBox(box: HTMLElement, entries: Attached[]): void {
+  if (box.getClientRects().length === 0) {
+    return; // not drawn (a hidden column)
+  }
+  const top = box.getBoundingClientRect().top + box.clientTop;
+  const bottom = top + box.clientHeight; // above the horizontal scrollbar
+  let firstTop = Infinity;
+  for (const entry of entries) {
+    const lit = entry.lit;
+    if (entry.block.getClientRects().length === 0) {
+      continue; // in a closed fold
+    }
+    let lo = 0;
+    let hi = entry.sorted;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (lit[mid].getBoundingClientRect().top < top) {
+        lo = mid + 1;
+      } else {
+        hi = mid;
+      }
+    }
+    if (lo < entry.sorted && lit[lo].getBoundingClientRect().bottom <= bottom) {
+      return; // a lit line is in view: leave the box where the reader has it
+    }
+    firstTop = Math.min(firstTop, lit[0].getBoundingClientRect().top);
+  }
+  if (firstTop !== Infinity) {
+    box.scrollTop = Math.max(0, firstTop - top + box.scrollTop - box.clientHeight / 3);
   }
 }
 

@@ -12,6 +12,12 @@ import { segments } from './outline';
 // Modules up to this many lines open every function; longer ones start folded.
 const UNFOLD_LIMIT = 400;
 const DIFF_CONTEXT = 3;
+// The Map tab: source, IR after link and PTX side by side (not a stage of the record).
+const MAP = 'map';
+const MAP_TITLE = 'Map';
+const MAP_COLUMNS: { [stage: string]: string } = { 'ir-after': 'IR after link', ptx: 'PTX' };
+// Widths in shares of the row: IR lines are the longest.
+const MAP_WIDTHS: { [stage: string]: number } = { source: 1, 'ir-after': 1.2, ptx: 1 };
 
 export function renderCompilation(node: HTMLElement, data: Compilation): void {
   node.textContent = '';
@@ -29,6 +35,9 @@ export function renderCompilation(node: HTMLElement, data: Compilation): void {
   // The record's line map (gpuad/compiler/lineinfo.py); absent from records made before it.
   const lineMap = (data as Compilation & { line_map?: LineMap }).line_map;
   const index = new LineIndex(lineMap ?? { files: [] });
+  if (index.present && keys.includes('source') && mapColumns(data, keys).length) {
+    keys.splice(keys.indexOf('source') + 1, 0, MAP);
+  }
   const status = el('div', 'gpuad-note gpuad-linkinfo', linkHelp(index));
   const links = new LineLinks(index, message => (status.textContent = message));
   node.appendChild(bar);
@@ -45,13 +54,17 @@ export function renderCompilation(node: HTMLElement, data: Compilation): void {
     }
     if (!built[key]) {
       built[key] = el('div', `gpuad-panel gpuad-stage-${key}`);
-      built[key].appendChild(stageBody(key, data, symbols, links));
+      built[key].appendChild(key === MAP ? sourceMap(data, keys, symbols, links) : stageBody(key, data, symbols, links));
       body.appendChild(built[key]);
     }
     built[key].hidden = false;
+    links.reveal(null, built[key]); // the lines a click lit while this tab was hidden
   };
   for (const key of keys) {
-    const button = el('button', 'gpuad-tab', STAGE_TITLES[key]);
+    const button = el('button', 'gpuad-tab', key === MAP ? MAP_TITLE : STAGE_TITLES[key]);
+    if (key === MAP) {
+      button.title = 'Source, IR after link and PTX side by side, their lines linked';
+    }
     button.dataset.stage = key;
     button.setAttribute('role', 'tab');
     button.addEventListener('click', () => select(key));
@@ -130,7 +143,7 @@ function stageBody(key: string, d: Compilation, symbols: Symbols, links: LineLin
     case 'ir-after':
       return module(d.ir_after_link, 'llvm', symbols, links, 'ir_after_link');
     case 'diff':
-      return linkDiff(d, symbols);
+      return linkDiff(d, symbols, links);
     case 'ptx':
       return module(d.ptx, 'ptx', symbols, links, 'ptx');
   }
@@ -140,9 +153,14 @@ function stageBody(key: string, d: Compilation, symbols: Symbols, links: LineLin
 /** The kernel and each function it differentiates. */
 function sources(d: Compilation, symbols: Symbols, links: LineLinks): HTMLElement {
   const box = el('div', 'gpuad-scroll');
-  box.appendChild(
+  sourceFolds(d, symbols, links).forEach(f => box.appendChild(f));
+  return box;
+}
+
+function sourceFolds(d: Compilation, symbols: Symbols, links: LineLinks): HTMLElement[] {
+  const folds = [
     fold(titleText('kernel ', d.kernel_name), true, () => python(d.source, symbols, links, { source: 'kernel' }))
-  );
+  ];
   const seen = new Set<string>();
   for (const job of d.jobs) {
     if (seen.has(job.function)) {
@@ -150,7 +168,7 @@ function sources(d: Compilation, symbols: Symbols, links: LineLinks): HTMLElemen
     }
     seen.add(job.function);
     const title = titleText('differentiated ', job.function, ` (job ${job.id}: ${job.mode})`);
-    box.appendChild(
+    folds.push(
       fold(title, true, () =>
         job.source
           ? python(job.source, symbols, links, { source: `job ${job.id}` })
@@ -158,24 +176,92 @@ function sources(d: Compilation, symbols: Symbols, links: LineLinks): HTMLElemen
       )
     );
   }
-  return box;
+  return folds;
 }
 
 function derivatives(d: Compilation, symbols: Symbols, links: LineLinks): HTMLElement {
-  const ids = Object.keys(d.adjoint_sources ?? {}).sort((a, b) => Number(a) - Number(b));
-  if (ids.length === 0) {
+  const folds = derivativeFolds(d, symbols, links, '');
+  if (folds.length === 0) {
     return note('No derivative source was generated.');
   }
-  const byId = new Map<string, Job>(d.jobs.map(j => [String(j.id), j]));
   const box = el('div', 'gpuad-scroll');
-  for (const id of ids) {
-    const job = byId.get(id);
-    const title = titleText(`job ${id}`, job ? `: ${job.mode} of ` : '', job ? job.function : '');
-    box.appendChild(
-      fold(title, true, () => python(d.adjoint_sources[id], symbols, links, { source: `derivative ${id}` }))
-    );
-  }
+  folds.forEach(f => box.appendChild(f));
   return box;
+}
+
+function derivativeFolds(d: Compilation, symbols: Symbols, links: LineLinks, prefix: string): HTMLElement[] {
+  const ids = Object.keys(d.adjoint_sources ?? {}).sort((a, b) => Number(a) - Number(b));
+  const byId = new Map<string, Job>(d.jobs.map(j => [String(j.id), j]));
+  return ids.map(id => {
+    const job = byId.get(id);
+    const title = titleText(`${prefix}job ${id}`, job ? `: ${job.mode} of ` : '', job ? job.function : '');
+    return fold(title, true, () => python(d.adjoint_sources[id], symbols, links, { source: `derivative ${id}` }));
+  });
+}
+
+/** The Map tab's columns after the source: the module stages shown that the record has. */
+function mapColumns(d: Compilation, keys: string[]): string[] {
+  const text: { [stage: string]: string } = { 'ir-after': d.ir_after_link, ptx: d.ptx };
+  return Object.keys(MAP_COLUMNS).filter(stage => keys.includes(stage) && Boolean(text[stage]));
+}
+
+/**
+ * The Map tab, as Compiler Explorer shows source and assembly: the source (kernel, the
+ * functions it differentiates, their derivatives), IR after link and PTX in columns side by
+ * side, each scrolling on its own; a line hovered or clicked in one lights its linked lines in
+ * the others, which scroll to them when none is in view. Built when first opened; a module's
+ * functions are built when unfolded (by hand, or by a click that lights a line in them).
+ */
+function sourceMap(d: Compilation, keys: string[], symbols: Symbols, links: LineLinks): HTMLElement {
+  const map = el('div', 'gpuad-map');
+  const bar = el('div', 'gpuad-map-bar gpuad-note');
+  bar.appendChild(el('span', '', 'Columns:'));
+  const grid = el('div', 'gpuad-map-grid');
+  const columns: HTMLElement[] = [];
+  const layout = () => {
+    const shown = columns.filter(c => !c.hidden).map(c => `minmax(0, ${MAP_WIDTHS[c.dataset.stage ?? '']}fr)`);
+    grid.style.gridTemplateColumns = shown.join(' ');
+  };
+  const column = (stage: string, title: string, build: () => HTMLElement) => {
+    const c = el('div', `gpuad-map-column gpuad-map-${stage}`);
+    c.dataset.stage = stage;
+    c.appendChild(el('div', 'gpuad-map-heading', title));
+    const content = build();
+    content.classList.add('gpuad-scroll', 'gpuad-map-box');
+    c.appendChild(content);
+    grid.appendChild(c);
+    columns.push(c);
+    if (stage !== 'source') {
+      const label = el('label', '');
+      const box = document.createElement('input');
+      box.type = 'checkbox';
+      box.checked = true;
+      box.addEventListener('change', () => {
+        c.hidden = !box.checked;
+        layout();
+      });
+      label.appendChild(box);
+      label.appendChild(document.createTextNode(` ${title}`));
+      bar.appendChild(label);
+    }
+  };
+  column('source', 'Source', () => {
+    const box = el('div', '');
+    sourceFolds(d, symbols, links).forEach(f => box.appendChild(f));
+    derivativeFolds(d, symbols, links, 'derivative: ').forEach(f => box.appendChild(f));
+    return box;
+  });
+  const modules: { [stage: string]: () => HTMLElement } = {
+    'ir-after': () => module(d.ir_after_link, 'llvm', symbols, links, 'ir_after_link'),
+    ptx: () => module(d.ptx, 'ptx', symbols, links, 'ptx')
+  };
+  for (const stage of mapColumns(d, keys)) {
+    column(stage, MAP_COLUMNS[stage], modules[stage]);
+  }
+  layout();
+  map.appendChild(bar);
+  map.appendChild(grid);
+  return map;
 }
 
 function python(text: string, symbols: Symbols, links: LineLinks, view: View): HTMLElement {
@@ -255,7 +341,7 @@ function module(
   return box;
 }
 
-function linkDiff(d: Compilation, symbols: Symbols): HTMLElement {
+function linkDiff(d: Compilation, symbols: Symbols, links: LineLinks): HTMLElement {
   if (!d.link_diff || !(d.ir_before_link || d.ir_after_link)) {
     return note('No IR to compare.');
   }
@@ -292,10 +378,19 @@ function linkDiff(d: Compilation, symbols: Symbols): HTMLElement {
   heads.appendChild(el('div', '', 'IR before link'));
   heads.appendChild(el('div', '', 'IR after link'));
   box.appendChild(heads);
-  let grid = sideBySide(before, after, diff, symbols, DIFF_CONTEXT);
+  // Both sides are linked to the source like the IR tabs; a row is found by the number it shows.
+  const sides = (g: HTMLElement) => Array.from(g.querySelectorAll(':scope > .gpuad-diff-pane > .gpuad-code'));
+  const attach = (g: HTMLElement) => {
+    const [left, right] = sides(g) as HTMLElement[];
+    links.attach(left, { artefact: 'ir_before_link' }, 1, true);
+    links.attach(right, { artefact: 'ir_after_link' }, 1, true);
+    return g;
+  };
+  let grid = attach(sideBySide(before, after, diff, symbols, DIFF_CONTEXT));
   box.appendChild(grid);
   box2.addEventListener('change', () => {
-    const next = sideBySide(before, after, diff, symbols, box2.checked ? null : DIFF_CONTEXT);
+    const next = attach(sideBySide(before, after, diff, symbols, box2.checked ? null : DIFF_CONTEXT));
+    sides(grid).forEach(side => links.detach(side as HTMLElement));
     box.replaceChild(next, grid);
     grid = next;
   });
