@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from gpuad import api
 from gpuad.ad.cache_key import derivative_key
+from gpuad.ad.site_facts import KernelLanes
 from gpuad.errors import AutodiffCallError, InterpretError, SourceLocation
 from gpuad.intrinsics import is_global_thread_index
 from gpuad.method_table import MethodTable, qualified_name
@@ -50,6 +51,9 @@ class DeferredSite:
     # Duplicated arguments whose shadow is a `cuda.local.array` of the calling
     # function: the thread's own memory, so never atomic (see `private_shadows`).
     private: frozenset[int] = frozenset()
+    # Arguments that are the thread id plus or minus an int constant (`i + 1`): a different value
+    # in every lane of a warp, so their shadow updates combine nothing (`gpuad.ad.site_facts`).
+    distinct_lanes: frozenset[int] = frozenset()
 
 
 @dataclass
@@ -227,6 +231,8 @@ class _CallRewriter(ast.NodeTransformer):
         self.locals = local_names(parsed.tree)
         self.counter = 0
         self.thread_id_names = thread_id_names(parsed.tree, namespace) if interp.thread_ownership else set()
+        # Read before the rewrite: which arguments differ in every lane of a warp (gpuad.ad.site_facts).
+        self.lanes = KernelLanes(parsed.tree, self.thread_id_names)
         self.is_root = fn is interp._root
         # Read before the rewrite adds names of its own; only the kernel's shadows can be exclusive.
         self.name_uses = name_uses(parsed.tree) if self.is_root else {}
@@ -415,16 +421,19 @@ def site_ownership(site: DeferredSite, node: ast.Call, rewriter: _CallRewriter) 
     update that element. Two run-time facts remain, checked at launch: a 1-D
     grid (so the id is unique) and array arguments that do not overlap.
     """
-    thread_ids, exclusive = set(), set()
+    thread_ids, exclusive, distinct = set(), set(), set()
     for k, (arg, activity) in enumerate(zip(node.args[2:], site.activities)):
         wrapped = _activity_class(arg, rewriter.namespace, rewriter.locals) is not None
         values = arg.args if wrapped else [arg]
         if activity is api.Const and isinstance(values[0], ast.Name) \
                 and values[0].id in rewriter.thread_id_names:
             thread_ids.add(k)
+        if activity is api.Const and rewriter.lanes.distinct(values[0], node):
+            distinct.add(k)
         if issubclass(activity, api.Duplicated) and rewriter.is_root and _only_indexed(values[1], rewriter):
             exclusive.add(k)
-    return dataclasses.replace(site, thread_ids=frozenset(thread_ids), exclusive=frozenset(exclusive))
+    return dataclasses.replace(site, thread_ids=frozenset(thread_ids), exclusive=frozenset(exclusive),
+                               distinct_lanes=frozenset(distinct))
 
 
 def private_shadows(site: DeferredSite, node: ast.Call, rewriter: _CallRewriter) -> frozenset[int]:

@@ -126,7 +126,7 @@ def entry_name(fn, mode) -> str:
 @locked  # its caches and numba's typing are shared by every thread
 def differentiate(fn, mode: api.Mode, activities: tuple, argtypes: tuple, *,
                   tape_capacity: int = DEFAULT_TAPE_CAPACITY, thread_ids=frozenset(),
-                  exclusive=frozenset(), private=frozenset(),
+                  exclusive=frozenset(), private=frozenset(), distinct_lanes=frozenset(),
                   where: SourceLocation | None = None) -> Derivative:
     """Generate the derivative of `fn` (see the module docstring for the calling convention).
 
@@ -136,7 +136,9 @@ def differentiate(fn, mode: api.Mode, activities: tuple, argtypes: tuple, *,
     the thread's global id and exclusive shadows: reverse mode then updates
     shadows indexed only by the id without atomics (`gpuad.ad.site_facts`).
     `private`: positions whose shadow is the thread's own local memory,
-    updated without atomics however it is indexed. `where`: the autodiff call, for warnings.
+    updated without atomics however it is indexed. `distinct_lanes`: positions of ints that are the
+    id plus or minus a constant, whose shadow updates need no combining across lanes. `where`: the
+    autodiff call, for warnings.
     """
     from gpuad.ad.forward import forward_entry
     from gpuad.ad.reverse import reverse_entry
@@ -148,7 +150,7 @@ def differentiate(fn, mode: api.Mode, activities: tuple, argtypes: tuple, *,
     prep = prog.prepare(fn, argtypes, flags)
     name = prog.unique(entry_name(fn, mode))
     prog.in_progress.append(unwrap(fn))
-    prep = entry_facts(prep, activities, thread_ids, exclusive, private)
+    prep = entry_facts(prep, activities, thread_ids, exclusive, private, distinct_lanes)
     if mode.reverse:
         reverse_entry(prog, mode, prep, activities, argtypes, name)
     else:

@@ -83,7 +83,7 @@ def stored(s) -> tuple[str, object] | None:
     updates like stores)."""
     if isinstance(s, ir.Store):
         return s.array, s.value
-    if (isinstance(s, ir.Assign) and isinstance(s.value, ir.Call) and s.value.func is primitives.atomic_add
+    if (isinstance(s, ir.Assign) and isinstance(s.value, ir.Call) and s.value.func in primitives.ATOMIC_ADDS
             and isinstance(s.value.args[0], ir.Var)):
         return s.value.args[0].name, s.value.args[2]
     return None

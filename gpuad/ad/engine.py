@@ -41,12 +41,23 @@ class Prepared:
     own_arrays: frozenset = frozenset()  # shadows updated by one thread only (gpuad.ad.site_facts)
     no_store: frozenset = frozenset()  # DuplicatedNoNeed arrays whose primal stores are skipped
     views: dict = dataclasses.field(default_factory=dict)  # local array -> gpuad.ad.views.View
+    # ints that differ in every lane of a warp (the thread id plus a constant: gpuad.ad.site_facts)
+    distinct_lanes: frozenset = frozenset()
 
     def shadow(self, array: str, prefix: str = naming.ADJOINT) -> str:
         """The shadow (`d_`) or tangent (`t_`) of an array: a parameter's, or its view's expression."""
         if array in self.views:
             return view_text(self.views[array], prefix)
         return prefix + array
+
+    def atomic_add(self, array: str, index: tuple) -> str:
+        """The primitive that adds into `array`'s shadow at `index`: `atomic_add_distinct` when the
+        lanes of a warp are provably on different elements (a parameter's shadow, some position
+        of the index lane-distinct: different coordinates, different elements), else `atomic_add`
+        (which combines lanes that agree)."""
+        distinct = array in self.fir.params and array not in self.views and any(
+            isinstance(a, ir.Var) and a.name in self.distinct_lanes for a in index)
+        return primitives.atomic_add_distinct.__name__ if distinct else primitives.atomic_add.__name__
 
 
 def array_dtype_is_float(ty) -> bool:
@@ -75,7 +86,7 @@ class Program:
         self.ns = Namespace()
         self.ns.bind("np", np)
         self.ns.bind("math", math)
-        for prim in (primitives.atomic_add, primitives.guarded_mul, primitives.guarded_add_mul,
+        for prim in (*primitives.ATOMIC_ADDS, primitives.guarded_mul, primitives.guarded_add_mul,
                      primitives.tape_alloc, primitives.report_tape_overflow,
                      primitives.report_checkpoint_overflow):
             self.ns.bind(prim.__name__, prim)

@@ -26,7 +26,7 @@ from gpuad.ad.emit import (
 )
 from gpuad.ad.engine import Prepared, Program, inert_call, type_of_atom
 from gpuad.ad.normalize import unwrap
-from gpuad.ad.primitives import atomic_add
+from gpuad.ad.primitives import ATOMIC_ADDS
 from gpuad.ad.rules import DERIVATIVES, guarded_sum, rule_terms, user_rule
 from gpuad.ad.typing import is_float
 from gpuad.errors import UnsupportedConstruct
@@ -85,7 +85,7 @@ class TangentSweep:
                  and any(self.t(a) for a in ir.atoms_of(e)))
         if isinstance(e, ir.Call) and reads and e.func not in DERIVATIVES:
             return self.call(s)
-        if isinstance(e, ir.Call) and e.func is atomic_add:  # an inner adjoint's shadow update
+        if isinstance(e, ir.Call) and e.func in ATOMIC_ADDS:  # an inner adjoint's shadow update
             return [primal] + self.atomic_add_tangent(e)
         if isinstance(e, ir.AutodiffCall) and reads:
             return self.nested_autodiff(s)
@@ -118,7 +118,7 @@ class TangentSweep:
         tv = self.t(value)
         if tv is None or array.name not in self.active:
             return []
-        return [f"atomic_add(t_{array.name}, {atom_text(index)}, {tv})"]
+        return [f"{e.func.__name__}(t_{array.name}, {atom_text(index)}, {tv})"]  # same index, same lanes
 
     def rule_tangent(self, s: ir.Assign, out: str) -> str:
         zero = zero_text(self.prep.types[out])

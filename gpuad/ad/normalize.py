@@ -29,6 +29,7 @@ from gpuad.source import function_scope, function_source
 CHECKPOINT_COMMENT = "# gpuad: checkpoint"
 # Names the generated code uses itself; user locals with these names are renamed.
 RESERVED = {"status", "np", "math", "builtins", "atomic_add", "guarded_mul", "guarded_add_mul", "tape_alloc",
+            "atomic_add_distinct",
             "report_tape_overflow", "report_checkpoint_overflow", "None", "bool", "int", "float", "min",
             "max", "abs", "len", "range", "Const", "Active", "Duplicated", "DuplicatedNoNeed"}
 # A user local starting with a prefix of generated names (`gpuad.ad.naming`: temporaries, shadows

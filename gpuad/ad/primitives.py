@@ -25,6 +25,17 @@ def atomic_add(array, index, value):
     array[index] += value
 
 
+def atomic_add_distinct(array, index, value):
+    """`atomic_add` where the lanes of a warp that run it together add into different elements
+    (the index is the thread id plus a constant: `gpuad.ad.site_facts`), so the cuda target issues
+    the atomic alone, without first looking for lanes to combine (`gpuad.targets.warp_atomics`)."""
+    array[index] += value
+
+
+# The shadow updates of generated adjoints; forward over reverse and activity treat them alike.
+ATOMIC_ADDS = (atomic_add, atomic_add_distinct)
+
+
 def guarded_mul(factor, partial):
     """`factor * partial`, where a zero factor (an adjoint or tangent) contributes nothing, even
     times an infinite partial (`1.0 / x` unused, `sqrt(q)` on the branch not taken at q == 0): no

@@ -205,7 +205,7 @@ class AdjointSweep:
                 return [self.adj(f"{shadow}[{index_text(e.index)}] += d_{out}")]
             index = index_text(e.index)
             index = f"({index})" if len(e.index) > 1 else index
-            return [self.adj(f"atomic_add({shadow}, {index}, d_{out})")]
+            return [self.adj(f"{self.prep.atomic_add(e.array.name, e.index)}({shadow}, {index}, d_{out})")]
         lines = []
         for da, partial in rule_terms(self, s, out, self.d):
             sign, text = guarded_term(f"d_{out}", partial)  # a zero adjoint adds nothing

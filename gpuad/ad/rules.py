@@ -48,7 +48,7 @@ from numba.core import types
 
 from gpuad.ad import ir
 from gpuad.ad.emit import Namespace, expr_text
-from gpuad.ad.primitives import atomic_add, guarded_add_mul, guarded_mul
+from gpuad.ad.primitives import atomic_add, atomic_add_distinct, guarded_add_mul, guarded_mul
 
 
 @dataclass(frozen=True)
@@ -164,6 +164,7 @@ DERIVATIVES: dict = {
     math.isfinite: D("x", None),
     # primitives appearing in generated code (higher order): linear in the value
     atomic_add: D("array, index, value", None, None, None),
+    atomic_add_distinct: D("array, index, value", None, None, None),
     # the zero-guarded product of every adjoint and tangent update (each factor's term is
     # guarded by its own tangent, so the zero factor's tangent still counts)
     guarded_mul: D("factor, partial", "partial", "factor"),

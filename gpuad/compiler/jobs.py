@@ -111,7 +111,7 @@ class JobRegistry:
         primals = primal_types(site.activities, flat_types)
         # derivative_key: the function's code, the globals it reads, its callees and the rules now.
         key = (derivative_key(site.function), site.mode, site.activities, primals, site.thread_ids,
-               site.exclusive, site.private)
+               site.exclusive, site.private, site.distinct_lanes)
         job = self._by_key.get(key)
         where = f"{site.location.filename}:{site.location.line}"
         if job is not None:
@@ -149,7 +149,8 @@ class JobRegistry:
         self._building.append(job.id)
         try:
             options = {"thread_ids": job.site.thread_ids, "exclusive": job.site.exclusive,
-                       "private": job.site.private, "where": job.site.location}
+                       "private": job.site.private, "distinct_lanes": job.site.distinct_lanes,
+                       "where": job.site.location}
             if self.tape_capacity is not None:
                 options["tape_capacity"] = self.tape_capacity
             with self.clock("differentiate") as span, numba_adapter.outside_enclosing_compilation():

@@ -74,6 +74,7 @@ def _install_overlays() -> None:
         CPU.add_attribute(owner, "x", replacement, needs_context=True)
     CPU.add(cuda.atomic.add, cpu_atomic_add)
     CPU.add(primitives.atomic_add, cpu_atomic_add)
+    CPU.add(primitives.atomic_add_distinct, cpu_atomic_add)
     CPU.add(cuda.local.array, cpu_local_array)
     CPU.add(primitives.tape_alloc, cpu_local_array)
     CPU.add(primitives.guarded_mul, numba_intrinsics.cpu_guarded_mul(), listed=False)

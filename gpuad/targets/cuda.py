@@ -24,7 +24,7 @@ from gpuad.method_table import CUDA
 from gpuad.record import CompilationRecord
 from gpuad.targets import block_shadows
 from gpuad.targets import status as status_array
-from gpuad.targets.warp_atomics import warp_atomic_add
+from gpuad.targets.warp_atomics import lane_atomic_add, warp_atomic_add
 
 
 def cuda_thread_index():
@@ -51,6 +51,7 @@ def cuda_report_checkpoint_overflow(status, line, capacity, needed):
 def _install_overlays() -> None:
     CUDA.add(api.thread_index, cuda_thread_index)
     CUDA.add(primitives.atomic_add, warp_atomic_add)
+    CUDA.add(primitives.atomic_add_distinct, lane_atomic_add)
     CUDA.add(primitives.tape_alloc, cuda.local.array, spelled=(cuda, "local.array"))
     CUDA.add(primitives.guarded_mul, numba_intrinsics.cuda_guarded_mul(), listed=False)
     CUDA.add(primitives.guarded_add_mul, numba_intrinsics.cuda_guarded_add_mul(), listed=False)

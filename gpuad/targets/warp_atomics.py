@@ -46,3 +46,10 @@ def warp_atomic_add(array, index, value):
             issue = cuda.laneid == 0
     if issue:
         cuda.atomic.add(array, index, total)
+
+
+def lane_atomic_add(array, index, value):
+    """`cuda.atomic.add` alone, for updates whose lanes are on different elements by construction
+    (`primitives.atomic_add_distinct`: the index is the thread id plus a constant): combining could
+    never apply, so the shuffle and vote that look for it are left out."""
+    cuda.atomic.add(array, index, value)
