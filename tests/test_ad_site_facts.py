@@ -13,6 +13,7 @@ from test_ad_helpers import status
 
 import gpuad
 from gpuad.ad import differentiate
+from gpuad.ad.primitives import atomic_add, atomic_add_distinct
 from gpuad.ad.typing import jit_derivative
 from gpuad.api import Const, Duplicated, DuplicatedNoNeed, Forward, Reverse, autodiff
 
@@ -486,3 +487,20 @@ def test_one_function_at_two_sites_on_the_cpu_target(n):
     expected[1:] += 2 * x[1:]
     np.add.at(expected, idx[:n - 1], 2 * x[idx[:n - 1]])
     np.testing.assert_allclose(dx, expected, rtol=1e-14)
+
+
+def adds_into(a, x, i):
+    atomic_add_distinct(a, i, x * x)
+    atomic_add(a, i + 1, x)
+    return x
+
+
+def test_forward_over_an_adjoints_updates_keeps_each_kind_of_atomic():
+    """The tangent of a shadow update is the same update of the shadow's tangent, at the same index
+    (so with the same lanes): `atomic_add_distinct` stays itself, not a plain `+=` of its body."""
+    d = differentiate(adds_into, Forward, (Duplicated, Duplicated, Const), (VEC, numba.float64, INT))
+    assert "atomic_add_distinct(t_a, i, t__t0)" in d.source
+    assert re.search(r"\batomic_add\(t_a, _t\d+, t_x\)", d.source)
+    a, ta = np.zeros(4), np.zeros(4)
+    assert d.function(a, ta, 3.0, 1.0, 1, status()) == (1.0,)
+    np.testing.assert_array_equal(ta, [0.0, 6.0, 1.0, 0.0])

@@ -13,6 +13,11 @@ together, so all 32 take the same branch and all reach the `*_sync` calls with t
 lanes are only combined when the element *addresses* are equal (both 32-bit halves), so different arrays, or
 different indices naming different elements, never merge. Only the order of the float
 additions changes, which atomics never fixed anyway.
+
+Where the engine proves that the lanes are on different elements (the index is the thread id plus
+a constant, or a periodic neighbour of it: `gpuad.ad.site_facts`), it emits
+`atomic_add_distinct`, bound here to `lane_atomic_add`: the atomic alone, as a hand-written
+scatter does it, without the activemask, shuffle and vote that could never find lanes to combine.
 """
 from __future__ import annotations
 
