@@ -227,11 +227,13 @@ def test_colliding_and_distinct_lanes_on_the_cpu_target(n):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype,rtol", [(np.float32, 1e-4), (np.float64, 1e-12)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n", [1, 31, 32, 1000, 100_003])
-def test_colliding_and_distinct_lanes_on_gpu(dtype, rtol, n):
+def test_colliding_and_distinct_lanes_on_gpu(dtype, n):
     dx, expected = colliding_kernel_launch("cuda", n, dtype)
-    np.testing.assert_allclose(dx, expected, rtol=rtol, atol=rtol * np.abs(expected).max())
+    # the four crowded elements sum ~n/4 terms of size <= 1.25 in any order: n eps bounds the error
+    eps = np.finfo(dtype).eps
+    np.testing.assert_allclose(dx, expected, rtol=8 * eps, atol=4 * n * eps)
 
 
 def periodic_scatter(x, dx):
