@@ -45,7 +45,8 @@ on 0 <= i < n each of those is a bijection of [0, n), so distinct ids give
 distinct values. Each spelled directly or through a local bound once. Inside the
 function, an int is *lane-distinct* when it is such a parameter, a plain copy,
 or one of them plus or minus an int constant (`x + c`, `c + x`, `x - c`,
-`c - x`, `-x`), each bound once outside loops and never changed: then lanes
+`c - x`, `-x`), each bound by one statement (in a loop, the same value every
+iteration) and the parameter never rebound: then lanes
 with different ids hold different values. An update of a parameter's shadow
 one of whose index positions is lane-distinct reaches a different element in
 every lane, so nothing can be combined and it is a plain atomic
