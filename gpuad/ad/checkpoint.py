@@ -35,7 +35,7 @@ def checkpointed_loop(sweep, s: ir.Loop) -> tuple[list, list, TapeUse]:
     # what adjoints read (values the code after the loop overwrites are saved).
     # Names the body assigns are not among them: a segment's recomputation takes those from its
     # snapshot or assigns them before reading them (`loop_state`).
-    sweep.reads |= loop_reads(s) - body_assigned(s)
+    sweep.note_reads(loop_reads(s) - body_assigned(s), "checkpoint")
     snap_f, snap_r, snap_use = [], [], TapeUse()
     for name in sorted(loop_state(s, sweep.types, outside_assigned(sweep.fir, s))):
         if name not in sweep.fir.params:

@@ -17,7 +17,7 @@ import numpy as np
 from numba.core import types
 
 from gpuad import api
-from gpuad.ad import checkpoint, ir, naming, tape
+from gpuad.ad import checkpoint, ir, naming, recompute, tape
 from gpuad.ad.emit import (
     atom_text,
     binds,
@@ -59,14 +59,22 @@ class AdjointSweep:
     """Forward and reverse code of one prepared function (one pass)."""
 
     def __init__(self, prog: Program, prep: Prepared, split: bool, needed: set | None,
-                 first_read: dict | None = None):
+                 first_read: dict | None = None, recomputed: dict | None = None):
         self.prog, self.prep, self.fir = prog, prep, prep.fir
         self.types, self.active = prep.types, prep.active
         self.split = split
         self.needed = needed  # None: first pass, save everything
         self.reads: set = set()
-        # name -> the first top-level statement whose reverse code reads it (first pass); the
-        # statement of the function's body being generated
+        # name -> {key of what reads it in the reverse sweep (the statement, or why): the first
+        # top-level statement whose code reads it there} (first pass)
+        self.read_by: dict = {}
+        self.reader = None  # the key of the statement being generated
+        # id(statement) -> id(statement before whose reverse code it is computed again)
+        # (`recompute.plan`): its value is not saved
+        self.recomputed: dict = {} if recomputed is None else recomputed
+        self.recompute_at: dict = {}  # id(statement) -> the statements computed again before it
+        # name -> the first top-level statement whose reverse code reads it (from the first pass's
+        # read_by); the statement of the function's body being generated
         self.first_read: dict = {} if first_read is None else first_read
         self.top = 0
         self.multi = multi_assigned(self.fir)
@@ -88,8 +96,15 @@ class AdjointSweep:
 
     def adj(self, line: str) -> str:
         """An adjoint line; the names it reads must survive until the reverse sweep."""
-        self.reads |= names_read(line)
+        self.note_reads(names_read(line))
         return line
+
+    def note_reads(self, names, reader=None) -> None:
+        """The reverse sweep reads `names` (in the code of `reader`, default the current statement)."""
+        reader = self.reader if reader is None else reader
+        self.reads |= set(names)
+        for n in names:
+            self.read_by.setdefault(n, {}).setdefault(reader, self.top)
 
     def is_needed(self, name: str) -> bool:
         """Whether the value `name` had before the current statement is read once it is restored.
@@ -127,7 +142,7 @@ class AdjointSweep:
     def record(self, name: str, ty=types.int64) -> tuple[list, list, TapeUse]:
         """Keep a decision or trip count for the reverse sweep."""
         if not self.record_on_tape():
-            self.reads.add(name)
+            self.note_reads([name], "record")
             return [], [], TapeUse()
         code, use = tape.push(name, ty)
         self.uses_tape = True
@@ -139,7 +154,8 @@ class AdjointSweep:
         top = stmts is self.fir.body
         for k, s in enumerate(stmts):
             if top:
-                self.top, seen = k, set(self.reads)
+                self.top = k
+            outer, self.reader = self.reader, id(s)
             if isinstance(s, ir.Assign):
                 f, r, u = self.assign(s)
             elif isinstance(s, ir.Store):
@@ -148,12 +164,12 @@ class AdjointSweep:
                 f, r, u = self.if_(s)
             else:
                 f, r, u = self.loop(s)
+            self.reader = outer
+            r = [recompute.line(t) for t in self.recompute_at.pop(id(s), [])] + r
             label = source_line(self.fir.filename, s.line)  # `# line N: <the user's line>`
             fwd += labelled(label, f)
             rev = labelled(label, r) + rev
             use = use + u
-            if top and self.needed is None:
-                self.first_read.update(dict.fromkeys(self.reads - seen, k))
         return fwd, rev, use
 
     def assign(self, s: ir.Assign) -> tuple[list, list, TapeUse]:
@@ -164,6 +180,11 @@ class AdjointSweep:
         # A name this one statement binds to the same constant every time (`_t0 = float32(0.01)`
         # in a loop) keeps its value: nothing to save.
         same = isinstance(s.target, str) and self.sites.get(s.target) == 1 and constant_expr(s.value)
+        if id(s) in self.recomputed:  # computed again before its first reader's reverse code
+            same = True
+            self.recompute_at.setdefault(self.recomputed[id(s)], []).insert(0, s)
+        elif self.needed is None and self.depth > 0 and (operands := recompute.candidate(self, s)):
+            self.note_reads(operands, recompute.key(s))  # kept only if the plan chooses `s`
         for n in [] if same else names:
             f, r, u = self.save(n)
             fwd += f
@@ -391,7 +412,11 @@ def two_pass(prog: Program, prep: Prepared, split: bool) -> AdjointSweep:
     first = AdjointSweep(prog, prep, split, None)
     first.block(prep.fir.body)
     locals_ = set(prep.types) | set(prep.fir.params)
-    sweep = AdjointSweep(prog, prep, split, first.reads & locals_, first.first_read)
+    chosen = recompute.plan(first, prep.fir)
+    dropped = {recompute.key(s) for s in ir.walk(prep.fir.body)} - {("recompute", i) for i in chosen}
+    first_read = {n: min(top for reader, top in readers.items() if reader not in dropped)
+                  for n, readers in first.read_by.items() if readers.keys() - dropped}
+    sweep = AdjointSweep(prog, prep, split, set(first_read) & locals_, first_read, chosen)
     sweep.code = sweep.block(prep.fir.body)
     return sweep
 
