@@ -303,3 +303,30 @@ def test_locations_made_once_per_line_give_the_same_ir(monkeypatch):
     monkeypatch.setattr(numba_adapter, "memoised_locations", contextlib.nullcontext)
     assert memoised == lowered()
     assert any("!DILocation" in line for line in memoised)
+
+
+def test_nvvm_gets_locations_without_variable_records_and_emission_survives_a_refused_line_table(monkeypatch):
+    """NVVM refused a module numba-cuda wrote in line-info mode ("Symbol name with unsupported
+    characters", from a `llvm.dbg.value` record in a random program's derivative): every such
+    kernel failed to compile. The records are dropped, and a line table NVVM still refuses is
+    dropped too rather than the kernel."""
+    from gpuad.errors import EmissionError
+    from gpuad.targets import cuda as cuda_target
+
+    linked = ('define void @"k"() !dbg !3\n{\nentry:\n'
+              '  call void @"llvm.dbg.value"(metadata double 0.0, metadata !4, metadata !5), !dbg !6\n'
+              '  ret void, !dbg !6\n}\n'
+              'declare void @"llvm.dbg.value"(metadata %".1", metadata %".2", metadata %".3")\n')
+    assert "llvm.dbg" not in lineinfo.locations_only(linked)
+    assert "ret void, !dbg !6" in lineinfo.locations_only(linked)
+    given = []
+
+    def nvvm(text, **_):
+        given.append(text)
+        if "!dbg" in text or "llvm.dbg" in text:
+            raise EmissionError("NVVM rejected the linked module: ERROR_COMPILATION (9)")
+        return "// ptx"
+
+    monkeypatch.setattr(cuda_target, "emit_ptx", nvvm)
+    assert cuda_target.CudaTarget(arch="sm_90").emit(linked) == "// ptx"
+    assert "llvm.dbg" not in given[0] and "!dbg" not in given[-1]

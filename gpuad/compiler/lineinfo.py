@@ -41,6 +41,14 @@ class Mapped:
 
 # ---------------------------------------------------------------------------------- LLVM IR
 
+def locations_only(ir_text: str) -> str:
+    """The IR without its `llvm.dbg.*` variable records (calls and declarations), keeping the
+    `!dbg` locations that become PTX `.loc` lines. The viewer needs only the locations, and NVVM
+    refuses some records numba-cuda writes even in line-info mode (a `llvm.dbg.value` of a
+    derivative's temporary: "Symbol name with unsupported characters", ERROR_COMPILATION)."""
+    return "\n".join(line for line in ir_text.split("\n") if not _DBG_INTRINSIC.search(line))
+
+
 def strip_ir(ir_text: str) -> Mapped:
     """The IR without its debug info (`!dbg` attachments, `llvm.dbg.*` calls, DI metadata), and
     the location each remaining line had. Metadata the module keeps for other reasons

@@ -107,9 +107,9 @@ def merge_into(base: IRModule, other: IRModule) -> None:
     """
     offset = max(base.metadata, default=-1) + 1
     renumber = (lambda text: _MD_REF.sub(lambda m: f"!{int(m.group(1)) + offset}", text))
-    for entity in other.entities.values():
-        moved = Entity(entity.kind, entity.name, renumber(entity.text))
-        base._add(moved)
+    entities = [Entity(e.kind, e.name, renumber(e.text)) for e in other.entities.values()]
+    for entity in _local_clashes_renamed(base, entities):
+        base._add(entity)
     for number, line in other.metadata.items():
         base.metadata[number + offset] = renumber(line)
     for name, operands in other.named_metadata.items():
@@ -119,6 +119,44 @@ def merge_into(base: IRModule, other: IRModule) -> None:
         if name == "llvm.module.flags":  # the verifier refuses a flag named twice (debug info's)
             moved = _new_flags(base, moved)
         base.named_metadata.setdefault(name, []).extend(moved)
+
+
+_LOCAL_GLOBAL = re.compile(r"^" + _SYMBOL + r"\s*=\s*(?:internal|private)\b")
+_LOCAL_DEFINE = re.compile(r"^define\s+(?:internal|private)\b")
+
+
+def _is_local(entity: Entity) -> bool:
+    if entity.kind == "global":
+        return bool(_LOCAL_GLOBAL.match(entity.text))
+    return entity.kind == "define" and bool(_LOCAL_DEFINE.match(entity.text))
+
+
+def _local_clashes_renamed(base: IRModule, entities: list[Entity]) -> list[Entity]:
+    """`entities` with each internal or private symbol that `base` already defines differently
+    given a fresh name, and every reference to it in `entities` rewritten.
+
+    Such symbols belong to their module alone, so two modules may both use one name: numba-cuda
+    calls every constant array `_cudapy_cmem`. Kept as one (the first), a function would read
+    another module's array — a kernel reading one global numpy array and differentiating a
+    function that reads another computed with the wrong numbers."""
+    renames = {}
+    for entity in entities:
+        existing = base.entities.get(entity.name)
+        if _is_local(entity) and existing is not None and existing.text != entity.text:
+            renames[entity.name] = _fresh_name(base, entity.name, renames)
+    if not renames:
+        return entities
+    reference = re.compile(r'@(?:"(' + "|".join(map(re.escape, renames)) + r')"|('
+                           + "|".join(map(re.escape, renames)) + r')(?![-\w.$]))')
+    rename = (lambda m: f'@"{renames[m.group(1) or m.group(2)]}"')
+    return [Entity(e.kind, renames.get(e.name, e.name), reference.sub(rename, e.text)) for e in entities]
+
+
+def _fresh_name(base: IRModule, name: str, taken: dict) -> str:
+    n = 1
+    while (candidate := f"{name}.linked{n}") in base.entities or candidate in taken.values():
+        n += 1
+    return candidate
 
 
 _FLAG_ID = re.compile(r'!"([^"]*)"')

@@ -19,6 +19,7 @@ from gpuad.compiler.emit import emit_ptx, parse_arch
 from gpuad.compiler.jobs import DeferredJob, JobRegistry
 from gpuad.compiler.link import JobModule, link_deferred
 from gpuad.compiler.llvm_text import merge_texts
+from gpuad.errors import EmissionError
 from gpuad.interpreter import DeferredSite
 from gpuad.method_table import CUDA
 from gpuad.record import CompilationRecord
@@ -133,7 +134,15 @@ class CudaTarget:
         return link_deferred(lowered.ir_text, job_module).ir_text
 
     def emit(self, linked: str) -> str:
-        return emit_ptx(linked, arch=self.arch, fastmath=self.fastmath)
+        if not self.lineinfo:
+            return emit_ptx(linked, arch=self.arch, fastmath=self.fastmath)
+        try:
+            return emit_ptx(lineinfo.locations_only(linked), arch=self.arch, fastmath=self.fastmath)
+        except EmissionError:
+            # The line table only serves the viewer: where NVVM refuses the debug info that is
+            # left, the PTX is emitted without it (its lines then map to no source line), and a
+            # module NVVM refuses for another reason is refused again, as it would be without.
+            return emit_ptx(lineinfo.strip_ir(linked).text, arch=self.arch, fastmath=self.fastmath)
 
     def record(self, output, pyfunc) -> CompilationRecord:
         """The compilation record of a kernel the driver compiled for this target."""
