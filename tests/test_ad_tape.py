@@ -40,7 +40,8 @@ def pendulum_by_hand(q, p, k, steps):
 
 
 def pushes(source: str) -> int:
-    return source.count("_tf[_spf] = ")
+    """Float tape writes in `source` (checked, or into room reserved before the loop)."""
+    return len(re.findall(r"^\s*_tf\[[^\n]*\] = ", source, re.M))
 
 
 def test_a_loop_tapes_only_the_values_its_reverse_sweep_reads():
@@ -181,4 +182,92 @@ def test_only_values_whose_operands_are_unchanged_are_computed_again():
     source = differentiate(recomputed_in_a_branch, Reverse, (Active, Const), (F64, I64),
                            tape_capacity=8).source
     code = [line.strip() for line in source.splitlines()]
-    assert "_tf[_spf] = t" not in code and code.count("t = math.exp(s)") == 2  # forward, reverse
+    assert not [c for c in code if c.startswith("_tf[") and c.endswith("= t")]
+    assert code.count("t = math.exp(s)") == 2  # forward, reverse
+
+
+def two_loops(x, n, m):
+    s = x
+    for _ in range(n):
+        s = math.sin(s) * x + s
+    for _ in range(m):
+        s = s * math.cos(x) + s * s * 0.1
+    return s
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_room_reserved_before_a_loop_is_counted_and_written_in_bounds(jit):
+    # Each loop's room is reserved before it (n + m floats in all, capacity 2 x 4): an overflow of
+    # either is reported after the forward sweep with what both needed, and a loop whose entries do
+    # not fit writes them in bounds (in Python an index past the tape raises).
+    d = differentiate(two_loops, Reverse, (Active, Const, Const), (F64, I64, I64), tape_capacity=4)
+    assert "if _spf < _capf:" not in d.source
+    fn = jit_derivative(d) if jit else d.function
+    line = two_loops.__code__.co_firstlineno + 2
+    for n, m in ((3, 5), (0, 8), (8, 0), (9, 2), (2, 9), (12, 12), (-3, 4)):
+        st = status()
+        (dx, _, _), = fn(0.4, n, m, st)
+        if max(n, 0) + max(m, 0) <= 8:
+            assert st[0] == 0 and dx == pytest.approx(fd(two_loops, (0.4, n, m), 0), rel=1e-6), (n, m)
+        else:
+            assert list(st) == [1, line, 8, max(n, 0) + max(m, 0)] and dx == 0.0, (n, m)
+
+
+def strided(x, a, b):
+    s = x
+    for i in range(a, b, 3):
+        s = math.sin(s) * x + i * 0.01
+    return s
+
+
+def leaves_early(x, n):
+    s = x
+    for _ in range(n):
+        s = math.sin(s) * x + 0.1
+        if s > 0.9:
+            break
+    return s
+
+
+@pytest.mark.parametrize("args", [(2, 11), (2, 12), (2, 13), (-4, 5), (5, 2), (0, 0), (-7, -1)])
+def test_a_strided_loops_reserved_room_is_its_trip_count(args):
+    d = differentiate(strided, Reverse, (Active, Const, Const), (F64, I64, I64), tape_capacity=4)
+    assert "_n0 = max((b - _t0 + 2) // 3, 0)" in d.source  # _t0: a, bound before the loop
+    st = status()
+    (dx, _, _), = jit_derivative(d)(0.5, *args, st)
+    assert st[0] == 0 and dx == pytest.approx(fd(strided, (0.5, *args), 0), rel=1e-6)
+
+
+def test_a_loop_that_may_break_is_not_reserved():
+    d = differentiate(leaves_early, Reverse, (Active, Const), (F64, I64), tape_capacity=64)
+    assert "if _spf < _capf:" in d.source  # its trip count is not known before it
+    for x in (0.3, 0.95, 2.0):
+        (dx, _), = jit_derivative(d)(x, 40, status())
+        assert dx == pytest.approx(fd(leaves_early, (x, 40), 0), rel=1e-6)
+
+
+def forward_loops(ptx: str) -> list[str]:
+    """The text of each loop that ends before the reverse sweep's first read of the tape."""
+    lines = ptx.splitlines()
+    first_pop = next(i for i, line in enumerate(lines) if "ld.local.f32" in line)
+    return [body for body in all_loops(lines) if body[1] < first_pop and "st.local.f32" in body[0]]
+
+
+def all_loops(lines: list[str]) -> list[tuple[str, int]]:
+    labels = {line.strip()[:-1]: i for i, line in enumerate(lines)
+              if re.fullmatch(r"\$L__BB\d+_\d+:", line.strip())}
+    found = []
+    for i, line in enumerate(lines):
+        back = re.search(r"\bbra(?:\.uni)?\s+(\$L__BB\d+_\d+);", line)
+        if back and labels.get(back.group(1), i) < i:
+            found.append(("\n".join(lines[labels[back.group(1)]:i + 1]), i))
+    return found
+
+
+def test_the_taped_forward_loop_stores_without_a_capacity_test():
+    # Its room is reserved before the loop: the only 64-bit compare left in it is the range's own
+    # counter (the old loop compared the stack pointer with the capacity at every store).
+    loops = forward_loops(pendulum_record().ptx)
+    assert len(loops) == 1
+    assert len(re.findall(r"\bsetp\.\w+\.[su]64", loops[0][0])) == 1
+

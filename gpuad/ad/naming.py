@@ -47,6 +47,8 @@ LEGEND: dict[str, str] = {
     "_spi": "stack pointer of the int tape",
     "_capf": "capacity of the float tape",
     "_capi": "capacity of the int tape",
+    "_base": "where a loop's entries start on the tape (their room reserved before the loop)",
+    "_step": "the entries a reserved loop writes per iteration (0 when they do not fit)",
     "_s": "a value saved in a local (outside loops) before a statement overwrites it",
     "_c": "a recorded branch decision",
     "_n": "a loop's recorded trip count",

@@ -278,7 +278,13 @@ class AdjointSweep:
             return fv + [(loop_header(s), fb + exit_)], rv, uv + ub * self.trips(s, ub)
         n = f"_n{s.ident}"
         fr, rr, ur = self.record(n)
-        fwd = fv + [f"{n} = 0", (loop_header(s), [f"{n} += 1"] + fb + exit_)] + fr
+        trips = self.trip_text(s)
+        if trips is not None and not fr and tape.pushes_per_run(fb) is not None:
+            # the trip count is known before the loop: its room on the tape is reserved there
+            before, body = tape.reserved_loop(fb, n, s.ident)
+            fwd = fv + [f"{n} = {trips}"] + before + [(loop_header(s), body)]
+        else:
+            fwd = fv + [f"{n} = 0", (loop_header(s), [f"{n} += 1"] + fb + exit_)] + fr
         k = f"_k{s.ident}"
         body = []
         if s.var:
@@ -289,6 +295,23 @@ class AdjointSweep:
                    else tape.pushes_every_iteration(fb))
         rev = rr + [(tape.countdown(k, n, bounded), body + rb)] + rv
         return fwd, rev, uv + ub * self.trips(s, ub) + ur
+
+    def trip_text(self, s: ir.Loop) -> str | None:
+        """The trip count of `s` as an expression evaluated before it, if that is known then: a
+        `range` over signed integers with a positive constant step that no `break` leaves."""
+        if s.trips is not None and not s.exit_flag:
+            return str(s.trips)
+        if s.var is None or s.exit_flag or not (isinstance(s.step, ir.Const) and type(s.step.value) is int
+                                                 and s.step.value > 0):
+            return None
+        for a in (s.start, s.stop):
+            ty = self.types.get(a.name) if isinstance(a, ir.Var) else None
+            if not (isinstance(a, ir.Const) and type(a.value) is int
+                    or isinstance(ty, types.Integer) and ty.signed):
+                return None
+        span = atom_text(s.stop) if s.start == ir.Const(0) else f"{atom_text(s.stop)} - {atom_text(s.start)}"
+        step = s.step.value
+        return f"max({span}, 0)" if step == 1 else f"max(({span} + {step - 1}) // {step}, 0)"
 
     def loop_parts(self, s: ir.Loop) -> tuple[tuple, tuple]:
         """(saving the loop variable, one iteration of the body), as (forward, reverse, use) each."""

@@ -119,3 +119,58 @@ def alloc(use: TapeUse) -> tuple[list, list]:
     dtype = "np.float64" if use.f64 else "np.float32"
     return ([f"_tf = tape_alloc({capf}, {dtype})", f"_ti = tape_alloc({capi}, np.int64)"],
             [f"_capf = {use.floats}", f"_capi = {use.ints}", "_spf = 0", "_spi = 0"])
+
+
+def pushes_per_run(body: list) -> TapeUse | None:
+    """The entries `body` pushes each time it runs, when all its pushes are at its top level (none
+    in a branch, an inner loop or a callee), else None."""
+    use = TapeUse()
+    for line in body:
+        if isinstance(line, tuple):
+            if line[0] not in _TESTS and _mentions_tape(line[1]):
+                return None
+        elif line in ("_spf += 1", "_spi += 1"):
+            use = use + (TapeUse(1, 0) if line == "_spf += 1" else TapeUse(0, 1))
+        elif isinstance(line, str) and ("_spf" in line or "_spi" in line):
+            return None
+    return use
+
+
+def _mentions_tape(code: list) -> bool:
+    return any(_mentions_tape(line[1]) if isinstance(line, tuple)
+               else isinstance(line, str) and ("_spf" in line or "_spi" in line) for line in code)
+
+
+_TESTS = {f"if {sp} < {cap}:": (t, sp) for t, sp, cap in (stack(types.float64), stack(types.int64))}
+
+
+def reserved_loop(body: list, trips: str, ident: int) -> tuple[list, list]:
+    """(code before the loop, its body) for a loop whose `trips` iterations each push the same
+    entries (`pushes_per_run`): their room is reserved once before the loop and every push writes
+    without a capacity test, at a 32-bit position.
+
+    The stack pointer moves past them all before the loop, so the overflow check after the forward
+    sweep counts them. When they do not fit, the reverse sweep will not run: the loop writes its
+    entries over one another at the bottom of the tape (which holds at least one iteration's)."""
+    use = pushes_per_run(body)
+    before, advance, base = [], [], {}
+    for count, ty in ((use.floats, types.float64), (use.ints, types.int64)):
+        if not count:
+            continue
+        tape, sp, cap = stack(ty)
+        b, z = f"_base{sp[-1]}{ident}", f"_step{sp[-1]}{ident}"
+        base[tape] = b
+        room = trips if count == 1 else f"{trips} * {count}"
+        before += [f"{b} = np.int32({sp})", f"{sp} += {room}", f"{z} = np.int32({count})",
+                   (f"if {sp} > {cap}:", [f"{b} = np.int32(0)", f"{z} = np.int32(0)"])]
+        advance.append(f"{b} = np.int32({b} + {z})")
+    out, offset = [], {tape: 0 for tape in base}
+    for line in body:
+        if isinstance(line, tuple) and line[0] in _TESTS:
+            tape, sp = _TESTS[line[0]]
+            at = f"{base[tape]} + np.int32({offset[tape]})" if offset[tape] else base[tape]
+            out += [text.replace(f"{tape}[{sp}]", f"{tape}[np.uint32({at})]", 1) for text in line[1]]
+            offset[tape] += 1
+        elif line not in ("_spf += 1", "_spi += 1"):
+            out.append(line)
+    return before, out + advance
