@@ -175,6 +175,25 @@ def test_values_computed_again_in_the_reverse_sweep_give_the_taped_gradient(f, m
         assert dx == pytest.approx(fd(f, (0.7, n), 0), rel=1e-6), n
 
 
+def exp_of_a_temporary(x, n):
+    s = x
+    for _ in range(n):
+        b = -(s * x)
+        c = math.exp(b)  # its adjoint reads c; only recomputing it would read b
+        s = s + c
+    return s
+
+
+def test_a_value_is_not_computed_again_where_its_operand_would_be_taped_instead():
+    # Recomputing c would tape b in its place: an entry for an entry, plus an exp per iteration.
+    d = differentiate(exp_of_a_temporary, Reverse, (Active, Const), (F64, I64), tape_capacity=8)
+    code = [line.strip() for line in d.source.splitlines()]
+    assert code.count("c = math.exp(b)") == 1 and pushes(d.source) == 2  # c, s
+    for n in (0, 3):
+        (dx, _), = jit_derivative(d)(0.3, n, status())
+        assert dx == pytest.approx(fd(exp_of_a_temporary, (0.3, n), 0), rel=1e-6)
+
+
 def test_only_values_whose_operands_are_unchanged_are_computed_again():
     source = differentiate(operand_changes_before_the_reader, Reverse, (Active, Const), (F64, I64),
                            tape_capacity=8).source

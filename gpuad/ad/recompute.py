@@ -58,6 +58,7 @@ def plan(first, fir: ir.FunctionIR) -> dict:
     """id(statement recomputed) -> id(statement before whose reverse code it is recomputed), from
     the first pass's readers (`first.read_by`)."""
     chosen, operands_of = {}, {}
+    free = available_operands(first, fir)
 
     def visit(stmts, in_loop):
         for k, s in enumerate(stmts):
@@ -66,7 +67,8 @@ def plan(first, fir: ir.FunctionIR) -> dict:
                 visit(s.orelse, in_loop)
             elif isinstance(s, ir.Loop):
                 visit(s.body, True)
-            elif in_loop and (operands := candidate(first, s)) is not None:
+            elif in_loop and (operands := candidate(first, s)) is not None and all(
+                    free(n, s) for n in operands):
                 # another candidate's recomputation reading it is settled below
                 readers = {r for r in first.read_by.get(s.target, ()) if not isinstance(r, tuple)}
                 last = last_reader(stmts, k, set(operands), readers)
@@ -81,6 +83,28 @@ def plan(first, fir: ir.FunctionIR) -> dict:
         if operands_of[i][1] & targets:
             del chosen[i]
     return chosen
+
+
+def available_operands(first, fir: ir.FunctionIR):
+    """free(name, s): whether the reverse sweep has `name` at `s` without saving it for `s`'s
+    recomputation (which would tape the operand in place of the value: no entry saved, a
+    computation added). So: something else there reads it already (and it is restored), or no
+    statement in a loop assigns it (nothing to save), or it is a loop's variable (the reverse
+    sweep sets it every iteration)."""
+    in_loops, loop_vars = set(), set()
+    for loop in ir.walk(fir.body):
+        if isinstance(loop, ir.Loop):
+            loop_vars.add(loop.var)
+            in_loops |= {n for t in ir.walk(loop.body) if isinstance(t, ir.Assign)
+                         for n in ir.target_names(t.target)}
+
+    def free(name: str, s) -> bool:
+        readers = first.read_by.get(name, {})
+        top = readers.get(key(s))
+        read = any(at <= top for reader, at in readers.items() if not isinstance(reader, tuple))
+        return read or name not in in_loops or name in loop_vars
+
+    return free
 
 
 def last_reader(stmts: list, k: int, operands: set, readers: set):
