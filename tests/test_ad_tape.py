@@ -290,3 +290,39 @@ def test_the_taped_forward_loop_stores_without_a_capacity_test():
     assert len(loops) == 1
     assert len(re.findall(r"\bsetp\.\w+\.[su]64", loops[0][0])) == 1
 
+
+def pendulum24(q, p, k):
+    for _ in range(24):
+        q, p = q + float32(0.01) * p, p - float32(0.01) * (k * math.sin(q) + float32(0.1) * p)
+    return q * q + p * p
+
+
+
+def static_pendulum(q, p, k):
+    for _ in range(24):
+        q, p = q + 0.01 * p, p - 0.01 * (k * math.sin(q) + 0.1 * p)
+    return q * q + p * p
+
+
+def grad_pendulum24(qs, ps, ks, dqs):
+    i = gpuad.thread_index()
+    if i < qs.shape[0]:
+        (dq, _, _), = autodiff(Reverse, pendulum24, Active(qs[i]), Active(ps[i]), Active(ks[i]))
+        dqs[i] = dq
+
+
+def test_a_small_static_tape_lives_in_registers():
+    # 24 steps, one float each: the loop is written out step by step in both sweeps, every tape
+    # position is a constant and NVVM promotes the tape to registers (the loop kept 24 floats of
+    # local memory: st.local.f32 / ld.local.f32 in the PTX). What local memory remains is sin's.
+    a = np.zeros(4, np.float32)
+    record = gpuad.kernel(grad_pendulum24).compile(a, a, a, a)
+    assert "st.local.f32" not in record.ptx and "ld.local.f32" not in record.ptx
+    assert record.local_memory_bytes < 24 * 4
+
+
+def test_an_unrolled_static_loop_gives_the_looped_gradient():
+    d = differentiate(static_pendulum, Reverse, (Active, Active, Active), (F64, F64, F64))
+    assert "for u__" not in d.source  # written out
+    (dq, dp, dk), = jit_derivative(d)(0.3, -0.2, 1.5, status())
+    assert (dq, dp, dk) == pytest.approx(pendulum_by_hand(0.3, -0.2, 1.5, 24), rel=1e-12, abs=1e-15)

@@ -276,6 +276,8 @@ class AdjointSweep:
         exit_ = [(f"if {s.exit_flag}:", ["break"])] if s.exit_flag else []
         if not rb:
             return fv + [(loop_header(s), fb + exit_)], rv, uv + ub * self.trips(s, ub)
+        if self.unrolls(s, fb, rb):
+            return self.unrolled(s, (fv, rv, uv), (fb, rb, ub))
         n = f"_n{s.ident}"
         fr, rr, ur = self.record(n)
         trips = self.trip_text(s)
@@ -295,6 +297,27 @@ class AdjointSweep:
                    else tape.pushes_every_iteration(fb))
         rev = rr + [(tape.countdown(k, n, bounded), body + rb)] + rv
         return fwd, rev, uv + ub * self.trips(s, ub) + ur
+
+    def unrolls(self, s: ir.Loop, fb: list, rb: list) -> bool:
+        """Whether taped loop `s` is written out iteration by iteration in both sweeps: a `range` of
+        the entry function with a static trip count whose iterations tape at most
+        tape.REGISTER_ENTRIES in all, and come to at most tape.UNROLLED_LINES lines of code (the
+        compile time grows with them). Every tape position is then a constant, and NVVM keeps the
+        entries in registers instead of local memory."""
+        if s.trips is None or s.exit_flag or s.var is None or self.split or self.depth > 0:
+            return False
+        use = tape.pushes_per_run(fb)
+        return (use is not None and 0 < (use.floats + use.ints) * s.trips <= tape.REGISTER_ENTRIES
+                and s.trips * (tape.code_lines(fb) + tape.code_lines(rb)) <= tape.UNROLLED_LINES)
+
+    def unrolled(self, s: ir.Loop, var: tuple, body: tuple) -> tuple[list, list, TapeUse]:
+        (fv, rv, uv), (fb, rb, ub) = var, body
+        fwd, rev = list(fv), []
+        for j in range(s.trips):
+            at = f"{s.var} = {index_text_of(s, str(j))}"
+            fwd += [at] + fb
+            rev = [self.adj(at)] + rb + rev
+        return fwd, rev + rv, uv + ub * s.trips
 
     def trip_text(self, s: ir.Loop) -> str | None:
         """The trip count of `s` as an expression evaluated before it, if that is known then: a

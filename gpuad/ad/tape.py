@@ -54,6 +54,16 @@ def push(value: str, ty) -> tuple[list, TapeUse]:
 
 
 INT32_MAX = 2**31 - 1
+# A static loop taping at most this many entries is written out iteration by iteration (both sweeps):
+# its tape positions are constants, and NVVM keeps the entries in registers.
+REGISTER_ENTRIES = 32
+UNROLLED_LINES = 2048
+
+
+def code_lines(code: list) -> int:
+    """The statements of generated `code` (comments aside)."""
+    return sum(1 + code_lines(line[1]) if isinstance(line, tuple) else isinstance(line, str)
+               for line in code)
 
 
 def pushes_every_iteration(body: list) -> bool:
