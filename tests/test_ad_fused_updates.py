@@ -12,7 +12,7 @@ from test_ad_helpers import status
 
 from gpuad.ad import differentiate
 from gpuad.ad.emit import fuse_guarded_increments, fuse_guarded_temporaries, render
-from gpuad.ad.primitives import guarded_add_mul
+from gpuad.ad.primitives import guarded_add_mul, guarded_mul
 from gpuad.ad.typing import jit_derivative
 from gpuad.api import Active, Const, Duplicated, Forward, ForwardWithPrimal, Reverse, autodiff
 
@@ -21,6 +21,10 @@ INF = math.inf
 
 def update(acc, a, b):
     return guarded_add_mul(acc, a, b)
+
+
+def product(a, b):
+    return guarded_mul(a, b)
 
 
 def compiled(fn, mode, activities, jit):
@@ -82,6 +86,56 @@ def test_forward_over_reverse_where_a_fused_update_has_a_zero_adjoint_and_an_inf
     assert t == pytest.approx(-3.0 / (4.0 * 8.0), rel=1e-15)  # -y / (4 x^1.5)
     t, _ = fn(4.0, 0.0, 3.0, 1.0, status())
     assert t == pytest.approx(1.0 / 4.0 + 1.0, rel=1e-15)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("primitive", ["guarded_mul", "guarded_add_mul"])
+def test_a_zero_factor_leaves_out_the_partials_tangent_even_where_it_is_not_finite(jit, primitive):
+    """Where the factor (an adjoint) is 0 the product is 0 whatever the partial, so the partial's
+    tangent adds nothing even when inf or NaN: its term was guarded by that tangent instead, and
+    gave inf * 0 = NaN (found on the GPU: forward over reverse through a dead `s = 1.0 / x` at
+    x == 0)."""
+    if primitive == "guarded_mul":
+        fn = compiled(product, ForwardWithPrimal, (Duplicated,) * 2, jit)
+        for t_b in (INF, -INF, math.nan):
+            assert fn(0.0, 1.5, INF, t_b, status()) == (1.5 * INF, 0.0)
+            assert fn(0.0, 0.0, 2.0, t_b, status()) == (0.0, 0.0)
+        return
+    fn = compiled(update, ForwardWithPrimal, (Duplicated,) * 3, jit)
+    for t_b in (INF, -INF, math.nan):
+        assert fn(2.5, 1.0, 0.0, 0.0, INF, t_b, status()) == (1.0, 2.5)
+        assert fn(2.5, 1.0, -0.0, 0.0, 3.0, t_b, status()) == (1.0, 2.5)
+
+
+def dead_division(x, y):
+    s = 1.0 / x  # noqa: F841 - never used: its adjoint is exactly zero
+    return x * 0.7 + y * math.sin(x * y)
+
+
+def dead_division_grad(x, y):
+    (gx, gy), = autodiff(Reverse, dead_division, Active(x), Active(y))
+    return gx + 0.3 * gy
+
+
+def test_forward_over_reverse_through_a_dead_division_by_zero_in_a_kernel():
+    """At x == 0 the dead `1.0 / x` is inf and its partial's tangent inf or NaN; the second
+    derivative is still that of the live code: d/dx (0.7 + y^2 cos(xy) + 0.3 (sin(xy) + xy cos(xy)))
+    = 0.6 y at x == 0. It was NaN."""
+    import numpy as np
+
+    import gpuad
+
+    def kernel(xs, ys, out):
+        i = gpuad.thread_index()
+        if i < xs.shape[0]:
+            (t,) = autodiff(Forward, dead_division_grad, Duplicated(xs[i], 1.0), Const(ys[i]))
+            out[i] = t
+
+    xs, ys, out = np.array([0.0, 0.5]), np.array([0.7, 0.7]), np.full(2, np.nan)
+    gpuad.kernel(kernel, target="cpu").launch(2, xs, ys, out)
+    x, y = 0.5, 0.7
+    at_half = (-y ** 3 * math.sin(x * y) + 0.3 * (2 * y * math.cos(x * y) - x * y * y * math.sin(x * y)))
+    np.testing.assert_allclose(out, [0.6 * 0.7, at_half], rtol=1e-13)
 
 
 # -- the emitter's fusions, on the text ------------------------------------------------------

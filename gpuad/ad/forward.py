@@ -6,6 +6,8 @@ own tangent functions (`tan_g`), user rules are called as written.
 """
 from __future__ import annotations
 
+import ast
+
 from numba.core import types
 
 from gpuad import api
@@ -26,7 +28,7 @@ from gpuad.ad.emit import (
 )
 from gpuad.ad.engine import Prepared, Program, inert_call, type_of_atom
 from gpuad.ad.normalize import unwrap
-from gpuad.ad.primitives import ATOMIC_ADDS
+from gpuad.ad.primitives import ATOMIC_ADDS, guarded_add_mul, guarded_mul
 from gpuad.ad.rules import DERIVATIVES, guarded_sum, rule_terms, user_rule
 from gpuad.ad.typing import is_float
 from gpuad.errors import UnsupportedConstruct
@@ -123,7 +125,21 @@ class TangentSweep:
     def rule_tangent(self, s: ir.Assign, out: str) -> str:
         zero = zero_text(self.prep.types[out])
         terms = rule_terms(self, s, out, self.t)
+        if isinstance(s.value, ir.Call) and s.value.func in (guarded_mul, guarded_add_mul):
+            terms = self.partial_guarded_by_factor(s.value, terms)
         return guarded_sum(terms) if terms else zero  # a zero tangent contributes nothing
+
+    def partial_guarded_by_factor(self, e: ir.Call, terms: list) -> list:
+        """The tangent terms of `guarded_mul(factor, partial)` (or `acc + ` it, fused) with the
+        partial's term guarded by the factor: where the factor (an adjoint) is 0 the product is 0
+        whatever the partial, so the partial's tangent adds nothing even where it is inf or NaN
+        (a dead `s = 1.0 / x` at x = 0: the second derivative came out NaN). The factor's term
+        stays guarded by its own tangent, so an exactly zero adjoint's tangent still counts."""
+        *_, factor, partial = ir.atoms_of(e)
+        t_partial = self.t(partial)
+        if t_partial is None or not terms or terms[-1][0] != t_partial:
+            return terms
+        return [*terms[:-1], (atom_text(factor), ast.Name(t_partial))]
 
     def call(self, s: ir.Assign) -> list:
         """A plain function (or one with a user rule) called with active arguments."""
