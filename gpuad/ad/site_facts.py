@@ -231,16 +231,22 @@ def distinct_lanes(fir: ir.FunctionIR, params: set) -> frozenset:
         elif isinstance(s, ir.Loop) and s.var:
             sites[s.var] = 2  # bound anew by every iteration
     reassigned = {n for n, k in sites.items() if k > 1} | set(fir.params)
-    names = set(params)
+    return frozenset(bound_from(fir, params, reassigned, shifted))
+
+
+def bound_from(fir: ir.FunctionIR, names, reassigned: set, derives) -> set:
+    """`names` and, to a fixed point, every name assigned once (not in `reassigned`) from a value
+    that `derives(value, names so far)` accepts."""
+    names = set(names)
     changed = True
     while changed:
         changed = False
         for s in ir.walk(fir.body):
             if (isinstance(s, ir.Assign) and isinstance(s.target, str) and s.target not in names
-                    and s.target not in reassigned and shifted(s.value, names)):
+                    and s.target not in reassigned and derives(s.value, names)):
                 names.add(s.target)
                 changed = True
-    return frozenset(names)
+    return names
 
 
 def shifted(e, names: set) -> bool:
@@ -276,17 +282,10 @@ def private_arrays(prep: Prepared, private_params: set) -> frozenset:
 
 def thread_ids(fir: ir.FunctionIR, params: set, reassigned: set) -> set:
     """The id parameters and plain copies of them (assigned once)."""
-    ids = set(params)
-    changed = True
-    while changed:
-        changed = False
-        for s in ir.walk(fir.body):
-            if (isinstance(s, ir.Assign) and isinstance(s.target, str) and s.target not in ids
-                    and s.target not in reassigned and isinstance(s.value, ir.Copy)
-                    and isinstance(s.value.a, ir.Var) and s.value.a.name in ids):
-                ids.add(s.target)
-                changed = True
-    return ids
+    def copied(value, ids: set) -> bool:
+        return isinstance(value, ir.Copy) and isinstance(value.a, ir.Var) and value.a.name in ids
+
+    return bound_from(fir, params, reassigned, copied)
 
 
 def only_indexed_by(stmts: list, array: str, ids: set | None, loads: bool = True) -> bool:
