@@ -449,6 +449,14 @@ def _folded_increment(item, name: str) -> str | None:
     return f"{name} = {value}"
 
 
+def negated(partial: ast.expr) -> ast.expr:
+    """`-partial`, a leading minus dropped rather than doubled (`acc - f * p` is `acc + f * -p`
+    exactly, so a fused update carries the sign on its partial)."""
+    if isinstance(partial, ast.UnaryOp) and isinstance(partial.op, ast.USub):
+        return partial.operand
+    return ast.UnaryOp(ast.USub(), partial)
+
+
 def fuse_guarded_increments(code: list) -> list:
     """`d += guarded_mul(a, b)` as `d = guarded_add_mul(d, a, b)` (`d -= ...` with `-b`): the
     guard then selects between `d + a * b` and `d`, and NVVM fuses the multiply-add into one fma,
@@ -468,8 +476,7 @@ def _fused_increment(item: str) -> str | None:
         return None
     factor, partial = stmt.value.args
     if isinstance(stmt.op, ast.Sub):
-        negated = isinstance(partial, ast.UnaryOp) and isinstance(partial.op, ast.USub)
-        partial = partial.operand if negated else ast.UnaryOp(ast.USub(), partial)
+        partial = negated(partial)
     indent = item[:len(item) - len(item.lstrip())]
     name = stmt.target.id
     return f"{indent}{name} = guarded_add_mul({name}, {ast.unparse(factor)}, {ast.unparse(partial)})"
@@ -581,8 +588,7 @@ def _fused_use(stmt, name: str, factor: ast.expr, partial: ast.expr) -> str | No
         left, right = node.left, node.right
         if isinstance(right, ast.Name) and right.id == name:
             if isinstance(node.op, ast.Sub):
-                negated = isinstance(partial, ast.UnaryOp) and isinstance(partial.op, ast.USub)
-                partial = partial.operand if negated else ast.UnaryOp(ast.USub(), partial)
+                partial = negated(partial)
             return _replaced(stmt, parent, node, left, factor, partial)
         if isinstance(left, ast.Name) and left.id == name and isinstance(node.op, ast.Add):
             return _replaced(stmt, parent, node, right, factor, partial)  # t + x is x + t exactly

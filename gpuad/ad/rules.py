@@ -47,7 +47,7 @@ import numpy as np
 from numba.core import types
 
 from gpuad.ad import ir
-from gpuad.ad.emit import Namespace, expr_text
+from gpuad.ad.emit import Namespace, expr_text, negated
 from gpuad.ad.primitives import atomic_add, atomic_add_distinct, guarded_add_mul, guarded_mul
 
 
@@ -367,10 +367,7 @@ def guarded_add_mul_text(acc: str, sign: str, factor: str, partial: ast.expr) ->
     """`acc ± guarded_mul(factor, partial)` as one `guarded_add_mul` (the sign moved onto the
     partial: `acc - f * p` is `acc + f * -p` exactly)."""
     if sign == "-":
-        if isinstance(partial, ast.UnaryOp) and isinstance(partial.op, ast.USub):
-            partial = partial.operand
-        else:
-            partial = ast.UnaryOp(ast.USub(), partial)
+        partial = negated(partial)
     return f"guarded_add_mul({acc}, {factor}, {ast.unparse(partial)})"
 
 
