@@ -46,17 +46,24 @@ def compute_capability(cc: tuple[int, int]):
     """
     import numba.cuda.dispatcher as dispatcher
 
+    with patched(dispatcher, "get_current_device", lambda saved: lambda: _FixedDevice(cc)):
+        yield
+
+
+@contextlib.contextmanager
+def patched(owner, name: str, replacement):
+    """`owner.name` replaced by `replacement(original)` for the block, then restored. Under the
+    compile lock: another thread's compile would save the patch as "the original" and put it
+    back for good."""
     from gpuad.compiler.compile_lock import compiling
 
-    # Under the compile lock: another thread's compile would save our patch
-    # as "the original" and put it back for good.
     with compiling():
-        saved = dispatcher.get_current_device
+        saved = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
         try:
-            dispatcher.get_current_device = lambda: _FixedDevice(cc)
+            setattr(owner, name, replacement(saved))
             yield
         finally:
-            dispatcher.get_current_device = saved
+            setattr(owner, name, saved)
 
 
 @contextlib.contextmanager
@@ -110,23 +117,17 @@ def memoised_locations():
     """
     from numba.cuda import debuginfo
 
-    from gpuad.compiler.compile_lock import compiling
-
-    with compiling():
-        saved = debuginfo.DIBuilder.__dict__["_di_location"]
-
+    def memoised(saved):
         def _di_location(self, line):
             made = self.__dict__.setdefault("_gpuad_locations", {})
             key = (line, len(self.subprograms))  # subprograms only grow: the last one is the scope
             if key not in made:
                 made[key] = saved(self, line)
             return made[key]
+        return _di_location
 
-        try:
-            debuginfo.DIBuilder._di_location = _di_location
-            yield
-        finally:
-            debuginfo.DIBuilder._di_location = saved
+    with patched(debuginfo.DIBuilder, "_di_location", memoised):
+        yield
 
 
 @dataclass
@@ -175,15 +176,8 @@ def linear_singly_assigned():
     """
     from numba.cuda import lowering
 
-    from gpuad.compiler.compile_lock import compiling
-
-    with compiling():
-        saved = lowering.Lower.__dict__["_find_singly_assigned_variable"]
-        try:
-            lowering.Lower._find_singly_assigned_variable = _find_singly_assigned_variable
-            yield
-        finally:
-            lowering.Lower._find_singly_assigned_variable = saved
+    with patched(lowering.Lower, "_find_singly_assigned_variable", lambda _: _find_singly_assigned_variable):
+        yield
 
 
 _SCALAR_TYPING_MEMO: dict | None = None  # while a compile runs: (function, context, args) -> signature
@@ -208,24 +202,24 @@ def memoised_scalar_typing():
         if _SCALAR_TYPING_MEMO is not None:  # a job compiled inside the kernel's compile
             yield
             return
-        original = functions.BaseFunction.__dict__["get_call_type"]
         memo: dict = {}  # the closure's own: a call still running after the compile keeps it
 
-        def get_call_type(self, context, args, kws):
-            if kws or not _scalar_call(self, args):
-                return original(self, context, args, kws)
-            key = (self, context, args)
-            sig = memo.get(key)
-            if sig is None:
-                sig = memo[key] = original(self, context, args, kws)
-            return sig
+        def memoised(original):
+            def get_call_type(self, context, args, kws):
+                if kws or not _scalar_call(self, args):
+                    return original(self, context, args, kws)
+                key = (self, context, args)
+                sig = memo.get(key)
+                if sig is None:
+                    sig = memo[key] = original(self, context, args, kws)
+                return sig
+            return get_call_type
 
         _SCALAR_TYPING_MEMO = memo
-        functions.BaseFunction.get_call_type = get_call_type
         try:
-            yield
+            with patched(functions.BaseFunction, "get_call_type", memoised):
+                yield
         finally:
-            functions.BaseFunction.get_call_type = original
             _SCALAR_TYPING_MEMO = None
 
 
