@@ -29,7 +29,7 @@ from gpuad.ad.emit import (
 from gpuad.ad.engine import Prepared, Program, inert_call, type_of_atom
 from gpuad.ad.normalize import unwrap
 from gpuad.ad.primitives import ATOMIC_ADDS, guarded_add_mul, guarded_mul
-from gpuad.ad.rules import DERIVATIVES, guarded_sum, rule_terms, user_rule
+from gpuad.ad.rules import DERIVATIVES, grouped_terms, guarded_sum, repeated, rule_terms, user_rule
 from gpuad.ad.typing import is_float
 from gpuad.errors import UnsupportedConstruct
 
@@ -127,6 +127,7 @@ class TangentSweep:
         terms = rule_terms(self, s, out, self.t)
         if isinstance(s.value, ir.Call) and s.value.func in (guarded_mul, guarded_add_mul):
             terms = self.partial_guarded_by_factor(s.value, terms)
+        terms = [(repeated(t, count), partial) for t, partial, count in grouped_terms(terms)]
         return guarded_sum(terms) if terms else zero  # a zero tangent contributes nothing
 
     def partial_guarded_by_factor(self, e: ir.Call, terms: list) -> list:

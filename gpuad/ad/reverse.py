@@ -40,7 +40,7 @@ from gpuad.ad.emit import (
 from gpuad.ad.engine import Prepared, Program, inert_call, type_of_atom
 from gpuad.ad.ir import multi_assigned
 from gpuad.ad.normalize import unwrap
-from gpuad.ad.rules import DERIVATIVES, guarded_term, rule_terms, user_rule
+from gpuad.ad.rules import DERIVATIVES, grouped_terms, guarded_term, repeated, rule_terms, user_rule
 from gpuad.ad.tape import TapeUse
 from gpuad.ad.typing import is_float
 
@@ -228,8 +228,8 @@ class AdjointSweep:
             index = f"({index})" if len(e.index) > 1 else index
             return [self.adj(f"{self.prep.atomic_add(e.array.name, e.index)}({shadow}, {index}, d_{out})")]
         lines = []
-        for da, partial in rule_terms(self, s, out, self.d):
-            sign, text = guarded_term(f"d_{out}", partial)  # a zero adjoint adds nothing
+        for da, partial, count in grouped_terms(rule_terms(self, s, out, self.d)):
+            sign, text = guarded_term(repeated(f"d_{out}", count), partial)  # a zero adjoint adds nothing
             lines.append(self.adj(f"{da} {sign}= {text}"))
         return lines
 

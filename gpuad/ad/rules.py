@@ -216,6 +216,30 @@ def rule_terms(sweep, s: ir.Assign, out: str, shadow_of) -> list[tuple[str, str]
     return terms
 
 
+def grouped_terms(terms: list[tuple[str, ast.expr]]) -> list[tuple[str, ast.expr, int]]:
+    """(shadow, partial, count) for `terms` with the same shadow and the same partial counted once,
+    in their order: `x * x`'s adjoint is one `guarded_mul((d + d), x)`, not `d * x` twice. The
+    doubled factor is zero exactly where the factor is (the same guard) and exact below half the
+    largest float (beyond, `d + d` overflows as `x ** 2`'s partial `2 * x` does); NVVM computes
+    `d + d` once for the statements that read one adjoint (`dx * dx + dy * dy`), and the product
+    fuses with the add that takes it into an fma. Number partials (`x + x`) stay apart: their
+    adds keep their order."""
+    grouped: list = []
+    for shadow, partial in terms:
+        same = next((g for g in grouped if not is_number(partial) and g[0] == shadow
+                     and ast.dump(g[1]) == ast.dump(partial)), None)
+        if same is None:
+            grouped.append([shadow, partial, 1])
+        else:
+            same[2] += 1
+    return [tuple(g) for g in grouped]
+
+
+def repeated(factor: str, count: int) -> str:
+    """The text of `factor` added to itself `count` times (`(d + d)`): the factor of a grouped term."""
+    return factor if count == 1 else f"({' + '.join([factor] * count)})"
+
+
 def fill_template(template: str, values: dict, namespace: Namespace, globals_: dict,
                   float32: bool = False) -> ast.expr:
     """Parse a rule expression and substitute its names.

@@ -3,8 +3,12 @@
 `primitives.guarded_mul(factor, partial)` is `factor * partial` where a zero factor adds nothing.
 Compiled as a Python function it would be a separate function with a branch (numba IR blocks,
 a function in the link diff); as an intrinsic it lowers inline to a multiply, a compare and a
-`select`, on the CPU and on the GPU alike. `guarded_add_mul(acc, factor, partial)` selects between
-`acc + factor * partial` and `acc`, so that NVVM fuses its multiply-add into an fma.
+`select`, on the CPU and on the GPU alike. The select picks the partial or 0 before the multiply
+(`factor * (partial if factor != 0 else 0)`, the same value: a zero factor times 0 is that zero),
+so that an add of the product that follows (a caller's `f + ax` of a returned adjoint) fuses
+with it into an fma; a select after the multiply stands between them.
+`guarded_add_mul(acc, factor, partial)` selects between `acc + factor * partial` and `acc`, so
+that NVVM fuses its multiply-add into an fma.
 `cuda_element_address` gives the address of an array element, which warp-combined atomics
 (`targets/warp_atomics.py`) compare across lanes.
 """
@@ -24,16 +28,11 @@ def guarded_mul_typer(typingctx, factor, partial):
     result = product.return_type
 
     def codegen(context, builder, sig, args):
-        f = args[0]
-        operands = [context.cast(builder, v, t, want)
-                    for v, t, want in zip(args, (factor, partial), product.args)]
-        value = context.get_function(operator.mul, product)(builder, operands)
-        zero = context.get_constant_generic(builder, factor, 0)
-        f_nonzero = context.cast(builder, f, factor, is_nonzero.args[0])
-        zero = context.cast(builder, zero, factor, is_nonzero.args[1])
-        nonzero = context.get_function(operator.ne, is_nonzero)(builder, [f_nonzero, zero])
-        nonzero = context.is_true(builder, is_nonzero.return_type, nonzero)
-        return builder.select(nonzero, value, context.cast(builder, f, factor, result))
+        f, p = [context.cast(builder, v, t, want)
+                for v, t, want in zip(args, (factor, partial), product.args)]
+        nonzero = _is_nonzero(context, builder, args[0], factor, is_nonzero)
+        p = builder.select(nonzero, p, context.get_constant_generic(builder, product.args[1], 0))
+        return context.get_function(operator.mul, product)(builder, [f, p])
 
     return signature(result, factor, partial), codegen
 
