@@ -15,7 +15,7 @@ from test_ad_helpers import status
 
 import gpuad
 from gpuad.ad import differentiate
-from gpuad.ad.emit import SourceLine, fold_zero_inits, merge_shadow_increments, render
+from gpuad.ad.emit import SourceLine, fold_zero_inits, hoist_shadow_reads, merge_shadow_increments, render
 from gpuad.ad.typing import jit_derivative
 from gpuad.api import Const, Duplicated, Reverse
 
@@ -188,3 +188,147 @@ def test_the_kernel_of_the_suite_still_gives_its_gradient_on_the_cpu_target():
     xs = x.astype(np.float64)
     np.testing.assert_allclose(dx, 1.5 + np.cos(xs) * xs * xs + 2 * xs * np.sin(xs) - np.exp(-xs),
                                rtol=1e-5, atol=1e-5)
+
+
+# -- hoist_shadow_reads: a shadow element an update reads, read early ------------------
+
+UPDATE = "d_x[i] = guarded_add_mul(d_x[i] + d_5, d_3, math.cos(t0))"
+EARLY_UPDATE = "d_x[i] = guarded_add_mul(_e0 + d_5, d_3, math.cos(t0))"
+
+
+def test_a_shadow_read_moves_above_loads_and_math_to_the_top():
+    work = ["t0 = x[i]", "t1 = math.sin(t0)", "d_3 = guarded_mul(d_r, t1)"]
+    code = ["# forward sweep", SourceLine(3, "x"), *work, UPDATE]
+    early = ["# forward sweep", SourceLine(3, "x"), "_e0 = d_x[i]", *work, EARLY_UPDATE]
+    assert hoist_shadow_reads(code) == early
+
+
+@pytest.mark.parametrize("barrier", [
+    "out[j] = 5.0",  # a primal array: may be the shadow under another name
+    "v[0] = t",  # a view
+    "_tf[_spf] = t",  # even the tape
+    "d_x[j] = t",  # a store to the shadow, maybe to the same element
+    "atomic_add(d_x, j, t)",
+    "_r0, _spf = rev_g(x, d_x, _spf)",  # a call that may store
+    "i = i + 1",  # another element
+    "d_x = d_y",  # another array
+    ("if c:", ["y = 1"]),
+])
+def test_a_shadow_read_stays_below_what_may_store_or_rebind_its_element(barrier):
+    code = ["t0 = x[i]", barrier, "t1 = math.sin(t0)", UPDATE]
+    early = ["t0 = x[i]", barrier, "_e0 = d_x[i]", "t1 = math.sin(t0)", EARLY_UPDATE]
+    assert hoist_shadow_reads(code) == early
+
+
+def test_an_increment_reads_early_as_an_assignment():
+    code = ["t = math.exp(y)", "d_x[i] += t * c", "s = x[k]", "d_x[k] -= s + t"]
+    early = ["_e0 = d_x[i]", "t = math.exp(y)", "d_x[i] = _e0 + t * c",
+             "_e1 = d_x[k]", "s = x[k]", "d_x[k] = _e1 - (s + t)"]  # d_x[k]: below the store to d_x[i]
+    assert hoist_shadow_reads(code) == early
+
+
+@pytest.mark.parametrize("code", [
+    ["a = b * c", "d_x[i] += a"],  # nothing slow to pass
+    ["t = math.sin(y)", "d_x[idx[k]] += t"],  # an index read from memory
+    ["t = math.sin(y)", "d_x[1:3] += t"],  # a slice: a view, not a value
+    ["t = math.sin(y)", "d_x[i] = t"],  # a store that reads nothing
+    ["t = math.sin(y)", "x[i] += t"],  # not a shadow
+    ["t = math.sin(y)", "d_x[i] += g(t)"],  # a call that may store, in the update itself
+])
+def test_nothing_moves_where_nothing_is_gained_or_it_is_not_a_read_of_one_element(code):
+    assert hoist_shadow_reads(code) == code
+
+
+def test_reads_move_inside_each_block_never_out_of_it():
+    body = ["k = _k0", "t = x[k]", "d_x[i] += t"]
+    assert render([("for _k0 in range(n):", body)]) == [
+        "for _k0 in range(n):", "    _e0 = d_x[i]", "    k = _k0", "    t = x[k]", "    d_x[i] = _e0 + t"]
+
+
+def test_the_elementwise_dup_derivative_reads_its_shadow_before_sin():
+    x = np.zeros(4, np.float32)
+    source = differentiate(energy_at, Reverse, (Duplicated, Const), (numba.typeof(x), numba.int64),
+                           thread_ids={1}, exclusive={0}).source
+    assert source.index("_e0 = d_x[i]") < source.index("= math.sin(")
+
+
+def _branches_before_last_global_load(ptx: str) -> int:
+    body = ptx[:ptx.rindex("ld.global")]
+    return _count(r"^\s*@%p\d+ bra\b", body)
+
+
+def test_elementwise_dup_loads_its_shadow_before_sins_branches_as_the_hand_written_kernel():
+    """The hand-written `dxs[i] += ...` loads dxs[i] first, only the bounds check before it;
+    the generated update loaded it after sin's and cos's range reductions (7 branches)."""
+    ptx, hand = _ptx("elementwise_dup")
+    assert _branches_before_last_global_load(hand) == 1
+    assert _branches_before_last_global_load(ptx) == _branches_before_last_global_load(hand)
+
+
+# -- early reads against aliasing: the numbers on the cpu target ---------------------
+
+def _own_element(fn, activities, argtypes, thread_ids):
+    """`fn`'s reverse derivative with the shadow of argument 0 updated without atomics at `thread_ids`."""
+    d = differentiate(fn, Reverse, activities, argtypes, thread_ids=thread_ids, exclusive={0})
+    assert "atomic_add" not in d.source  # plain read-add-stores: what an early read could get wrong
+    return d
+
+
+def write_then_square(x, out, i, j):
+    out[j] = 5.0
+    return math.sin(x[i]) * x[i]
+
+
+@pytest.mark.parametrize("alias", ["same", "view"])
+def test_a_primal_store_into_the_shadow_under_another_name_is_read_back(alias):
+    """`out` is the shadow itself (or a view of it): the update must read what `out[j] = 5.0`
+    stored, so the read stays below that store (read above it, the 5.0 is lost)."""
+    x = np.linspace(-1, 1, 6).astype(np.float32)
+    f32 = numba.typeof(x)
+    argtypes = (f32, f32, numba.int64, numba.int64)
+    d = _own_element(write_then_square, (Duplicated, Const, Const, Const), argtypes, {2})
+    fn = jit_derivative(d)
+    for i in range(1, 6):
+        dx = np.full(6, 0.5, np.float32)
+        out, j = (dx, i) if alias == "same" else (dx[1:], i - 1)
+        fn(x, dx, out, i, j, status())
+        xi = np.float64(x[i])
+        assert dx[i] == pytest.approx(5.0 + np.cos(xi) * xi + np.sin(xi), rel=1e-6)
+    assert d.source.index("out[j] = 5.0") < d.source.index("_e0 = d_x[i]") < d.source.index("= math.sin(")
+
+
+def product(x, i, j):
+    return math.sin(x[i]) * math.exp(x[j])
+
+
+def test_two_updates_of_one_element_under_two_index_names_both_count():
+    """`i` and `j` are both the thread id, so `d_x[i]` and `d_x[j]` are one element: the second
+    update reads after the first one's store."""
+    x = np.linspace(-1, 1, 5).astype(np.float32)
+    d = _own_element(product, (Duplicated, Const, Const), (numba.typeof(x), numba.int64, numba.int64), {1, 2})
+    fn = jit_derivative(d)
+    dx = np.full(5, 0.25, np.float32)
+    for i in range(5):
+        fn(x, dx, i, i, status())
+    xs = x.astype(np.float64)
+    np.testing.assert_allclose(dx, 0.25 + (np.cos(xs) + np.sin(xs)) * np.exp(xs), rtol=1e-5)
+
+
+def looped(x, i, n):
+    s = 0.0
+    for k in range(n):
+        s += math.sin(x[i] * k)
+    return s
+
+
+def test_an_update_in_a_loop_reads_each_iterations_sum():
+    """The reverse loop updates `d_x[i]` every iteration: each iteration's read must see the last
+    iteration's store (a read moved out of the loop would keep only the last term)."""
+    x = np.linspace(-1, 1, 5).astype(np.float32)
+    d = _own_element(looped, (Duplicated, Const, Const), (numba.typeof(x), numba.int64, numba.int64), {1})
+    fn = jit_derivative(d)
+    dx = np.full(5, 0.25, np.float32)
+    for i in range(5):
+        fn(x, dx, i, 6, status())
+    xs, k = x.astype(np.float64)[:, None], np.arange(6)[None, :]
+    np.testing.assert_allclose(dx, 0.25 + (np.cos(xs * k) * k).sum(axis=1), rtol=1e-5, atol=1e-6)

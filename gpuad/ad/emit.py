@@ -10,13 +10,14 @@ forward part of every derivative). Rule templates are filled in `gpuad.ad.rules`
 from __future__ import annotations
 
 import ast
+import itertools
 import linecache
 import math
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from gpuad.ad import ir
+from gpuad.ad import ir, naming
 
 
 class Namespace:
@@ -244,12 +245,13 @@ def render(code: list, level: int = 0, last: list | None = None) -> list:
 
     Each list is first tidied where that keeps every value (`fold_zero_inits`,
     `merge_shadow_increments`, `fuse_guarded_increments`: fewer instructions in the kernel, the
-    same numbers up to the sign of a zero adjoint and an fma's single rounding).
+    same numbers up to the sign of a zero adjoint and an fma's single rounding), then each shadow
+    element an update reads is read as early as that reads the same value (`hoist_shadow_reads`).
     A label is written only where the source line changes (`last` holds the line of the label
     written last); a comment line (`# reverse sweep`) starts over, so the next label is written.
     """
     if last is None:  # the whole function: fusions that must see every use of a name
-        code = fuse_guarded_temporaries(tidied(code))
+        code = hoist_shadow_reads(fuse_guarded_temporaries(tidied(code)))
     last = [None] if last is None else last
     out = []
     for item in code:
@@ -714,3 +716,124 @@ def _operand(value: ast.expr) -> str:
     text = ast.unparse(value)
     loose = isinstance(value, ast.BinOp | ast.BoolOp | ast.IfExp | ast.Compare | ast.UnaryOp)
     return f"({text})" if loose else text
+
+
+# -- reading a shadow element early --------------------------------------------
+
+# A line that may update an element of a shadow: `d_a[...] = ...`, `d_a[...] += ...` (cheap test first).
+_SHADOW_UPDATE = re.compile(rf"\s*{naming.ADJOINT}\w+\[.*\]\s*[-+]?=\s")
+# Calls that compute a value and write no memory: `_PURE_CALLS` and numpy's scalar types (tape pops).
+_WRITE_FREE_CALLS = re.compile(rf"{_PURE_CALLS.pattern}|np\.u?int(8|16|32|64)|int|bool|len")
+EARLY = "_e"  # naming.LEGEND: a shadow element read early
+
+
+def hoist_shadow_reads(code: list, fresh=None) -> list:
+    """Each update `d_a[i] = ... d_a[i] ...` (or `d_a[i] += e`) of a shadow element reads the
+    element into `_e0` as early as that is the same value: right after the last statement before
+    it that may write memory (any store, to any array: a primal array or a view may alias the
+    shadow; any call that may store; any block) or that binds `d_a` or a name of `i`. Loads and
+    scalar statements in between are passed over. The reverse sweep's update of an own element
+    (`Duplicated(x, dx)`, the atomic dropped) read `dx[i]` at its very end, after sin/cos/exp,
+    whose branches keep NVVM from moving the load up: the kernel waited for it after all the
+    work, where a hand-written `dx[i] += ...` loads it first and overlaps its latency.
+    Straight-line lists only (each block's list on its own). A read that would pass no load and
+    no `math` call stays where it is: among plain arithmetic NVVM schedules the load itself."""
+    fresh = itertools.count() if fresh is None else fresh
+    code = [item if isinstance(item, str | SourceLine) else (item[0], hoist_shadow_reads(item[1], fresh))
+            for item in code]
+    if not any(isinstance(item, str) and _SHADOW_UPDATE.match(item) for item in code):
+        return code
+    reads: dict[int, list[str]] = {}  # position -> early reads to insert before it
+    barrier, bound_at = -1, {}  # the last item that may write memory; name -> its last binding
+    slow = -1  # the last write-free statement that is `_slow` (what a read is worth moving past)
+    for k, item in enumerate(code):
+        if not _is_code(item):
+            continue
+        stmt = _statement(item) if isinstance(item, str) else None
+        update = _shadow_update(stmt) if stmt is not None and _SHADOW_UPDATE.match(item) else None
+        if update is not None:
+            element, names = update
+            start = _first_code(code, max([barrier, *(bound_at.get(n, -1) for n in names)]) + 1)
+            if start <= slow:
+                early = f"{EARLY}{next(fresh)}"
+                indent = item[:len(item) - len(item.lstrip())]
+                reads.setdefault(start, []).append(f"{indent}{early} = {ast.unparse(element)}")
+                code[k] = indent + ast.unparse(_reading(stmt, element, early))
+        if stmt is not None and _write_free(stmt):
+            bound_at.update((name, k) for name in _names(stmt, ast.Store))
+            if _slow(stmt.value):
+                slow = k
+        else:
+            barrier = k
+    return [line for k, item in enumerate(code) for line in (*reads.get(k, ()), item)]
+
+
+def _slow(value: ast.expr) -> bool:
+    """A value that loads or calls `math` (whose functions branch: sin's range reduction)."""
+    nodes = list(ast.walk(value))
+    calls = (ast.unparse(n.func) for n in nodes if isinstance(n, ast.Call))
+    return any(isinstance(n, ast.Subscript) for n in nodes) or any(f.startswith("math.") for f in calls)
+
+
+def _first_code(code: list, start: int) -> int:
+    """The first statement or block at or after `start` (labels and comments stay above a read)."""
+    while start < len(code) and not _is_code(code[start]):
+        start += 1
+    return start
+
+
+def _shadow_update(stmt) -> tuple[ast.Subscript, set] | None:
+    """(`d_a[i]`, the names `d_a[i]` reads) of `d_a[i] = ...d_a[i]...` or `d_a[i] += e` (or
+    `-=`) whose value and index write no memory, with an index of names and arithmetic."""
+    if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1:
+        element = stmt.targets[0]
+    elif isinstance(stmt, ast.AugAssign) and isinstance(stmt.op, ast.Add | ast.Sub):
+        element = stmt.target
+    else:
+        return None
+    if not (isinstance(element, ast.Subscript) and isinstance(element.value, ast.Name)
+            and element.value.id.startswith(naming.ADJOINT) and _write_free_value(stmt.value)):
+        return None
+    if any(isinstance(n, ast.Subscript | ast.Slice | ast.Call) for n in ast.walk(element.slice)):
+        return None  # an index that reads memory (or a slice: a view, not a value)
+    if isinstance(stmt, ast.Assign) and not any(_same(n, element) for n in ast.walk(stmt.value)):
+        return None
+    return element, _names(element, ast.Load)
+
+
+def _same(node: ast.AST, element: ast.Subscript) -> bool:
+    return isinstance(node, ast.Subscript) and ast.unparse(node) == ast.unparse(element)
+
+
+def _reading(stmt, element: ast.Subscript, early: str) -> ast.Assign:
+    """The update with its reads of `element` reading the name `early` instead."""
+    name = ast.Name(early, ast.Load())
+    if isinstance(stmt, ast.AugAssign):
+        return ast.Assign([element], ast.BinOp(name, stmt.op, stmt.value), lineno=0)
+
+    class Swap(ast.NodeTransformer):
+        def visit_Subscript(self, node):
+            return name if _same(node, element) else self.generic_visit(node)
+
+    return ast.Assign(stmt.targets, Swap().visit(stmt.value), lineno=0)
+
+
+def _write_free(stmt) -> bool:
+    """`name = e`, `a, b = e`, `name += e` with `e` reading memory at most: stores nothing."""
+    if isinstance(stmt, ast.Assign):
+        targets = [n for t in stmt.targets for n in ast.walk(t) if not isinstance(n, ast.expr_context)]
+        return all(isinstance(n, ast.Name | ast.Tuple) for n in targets) and _write_free_value(stmt.value)
+    if isinstance(stmt, ast.AugAssign):
+        return isinstance(stmt.target, ast.Name) and _write_free_value(stmt.value)
+    return False
+
+
+def _write_free_value(node: ast.AST) -> bool:
+    """An expression that may load (subscripts, attributes) but stores nothing and calls only
+    `_WRITE_FREE_CALLS`."""
+    for n in ast.walk(node):
+        if isinstance(n, ast.NamedExpr | ast.Lambda | ast.Yield | ast.YieldFrom | ast.Await):
+            return False
+        if isinstance(n, ast.Call) and not _WRITE_FREE_CALLS.fullmatch(ast.unparse(n.func)):
+            return False
+    return True

@@ -50,6 +50,7 @@ LEGEND: dict[str, str] = {
     "_base": "where a loop's entries start on the tape (their room reserved before the loop)",
     "_step": "the entries a reserved loop writes per iteration (0 when they do not fit)",
     "_s": "a value saved in a local (outside loops) before a statement overwrites it",
+    "_e": "a shadow element an update reads, read early (before the loads and math it computes from)",
     "_c": "a recorded branch decision",
     "_n": "a loop's recorded trip count",
     "_k": "a loop's counter in the reverse sweep",
