@@ -35,7 +35,8 @@ def test_the_table_of_issue_11_is_covered():
     names = set(all_cases())
     assert names == {"elementwise", "elementwise_dup", "horner", "horner_shared", "stencil_gather",
                      "stencil_scatter", "pairwise_naive", "pairwise_tiled", "pairwise_split",
-                     "pairwise_checkpointed", "ode_taped", "ode_checkpointed", "ode_forward"}
+                     "pairwise_checkpointed", "pairwise_checkpointed_vs_naive", "ode_taped",
+                     "ode_checkpointed", "ode_forward"}
 
 
 def test_check_cpu_every_case_against_float64(tmp_path):
