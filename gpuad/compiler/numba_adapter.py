@@ -379,10 +379,11 @@ class PtxKernel:
         from numba.cuda.cudadrv import devices, driver
         from numba.cuda.dispatcher import _Kernel
 
-        ctx = devices.get_context()
-        linker = driver._Linker(cc=device_compute_capability())
-        linker.add_ptx(ptx.encode())
-        self._module = ctx.create_module_image(linker.complete())
+        # The driver's own PTX JIT, not numba's `_Linker` (nvJitLink): for the same PTX the
+        # latter kept an atomic add whose result is unused as ATOMG, where the driver makes the
+        # fire-and-forget REDG; the kernel then waits for every atomic's reply before it exits
+        # (stencil_scatter: 0.43 ms via the linker, 0.33 ms via the driver, on an H200).
+        self._module = devices.get_context().create_module_ptx(ptx)
         self._function = self._module.get_function(symbol)
         self._cu_kernel = self._function.kernel
         self.argtypes = argtypes[:-1]  # the status array is packed here (`_status_args`)
