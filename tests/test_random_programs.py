@@ -39,6 +39,17 @@ Features (what users write, issue 9's classes), each switchable so that a failur
                   exactly 0.0 (q = x * x, inputs 0.0 with `singular`)
   while_data      `while i < n and v < 0.9:` loops whose exit depends on the data (v grows in the body)
   int_float       ints mixed into float arithmetic (`n % 3`, `i // 2`, `i / 4`, `v * (n + 1)`)
+  tape_loops      loops with run-time trip counts where the tape must hold them: helpers looping `n` times
+                  (`h_loop(a, v0, n)`), helpers calling looping helpers in a loop (`h_nest`), a while loop
+                  in a helper whose exit depends on the data, and a taped loop beside a `# gpuad: checkpoint`
+                  loop at the top level (the `tape_edges_*` tests set the capacity at, below and above need)
+  shadow_alias    one array element reached through two names (`w = a`, `w = a[1:]`, `w = m[r]`, a tuple
+                  `(a, a[1:])` or two view arguments given to a helper) and index expressions equal only at
+                  run time (`(n - n) + 2`, `(i0 + 4) % 4`): two increments of one shadow element, an
+                  increment then a read of the element by the other name, a read, a store and an
+                  increment, in loops and branches (what an early read of a shadow element gets wrong)
+  guarded_div     divisions guarded by their denominator (`math.tanh(0.1 / q) if q != 0.0 else 0.0`)
+  loopvar_branch  a `for` loop variable rebound inside a branch of the body, then used as an index
   shared_shadow   the shared-shadow kernel tests (`*_shared_in_*kernel`, see "shadows many threads add
                   into" below): programs `prog(x, y, a, m, n, c, g2, fld, acc, k)` whose arrays c, g2,
                   fld, acc are one object shared by every thread of a launch, indexed by constants, loop
@@ -63,6 +74,7 @@ import inspect
 import itertools
 import math
 import os
+import re
 import traceback
 from dataclasses import dataclass, field
 
@@ -100,14 +112,19 @@ CHECKPOINT_CAPACITY = 5
 ALL_FEATURES = ("alias", "matrix", "slice", "view_in_loop", "cond_array", "helper_array", "helper_tuple",
                 "helper_returns_tuple", "rebind_loopvar", "rebind_param", "rebind_array", "rebind_name",
                 "engine_names", "singular", "globals", "chained", "global_array", "tuple_unpack",
-                "helper_chain", "guarded", "while_data", "int_float", "shared_shadow")
+                "helper_chain", "guarded", "while_data", "int_float", "shared_shadow", "tape_loops",
+                "shadow_alias", "guarded_div", "loopvar_branch")
 # Features whose programs the engine still gets wrong go here, each with its hand-reduced program
 # pinned where it gets fixed. None today: helper_tuple, rebind_name and rebind_array waited for the
 # engine fixes pinned in tests/test_ad_views.py::test_found_programs and tests/test_ad_soundness.py
 # (tuples to helpers, names bound on some paths only); with every feature on, the engine tests then
 # passed 2,000 examples each and the reverse/forward host tests 300 each.
 PENDING_FEATURES: frozenset = frozenset()
-DEFAULT_FEATURES = frozenset(ALL_FEATURES) - PENDING_FEATURES
+# Features the tests at the end of this file aim at (tape capacities, shadow aliasing, float32): they
+# add them to FEATURES; the other tests draw them only when GPUAD_FUZZ_FEATURES names them (`+shadow_alias`),
+# so that CI's programs for those stay the same.
+AIMED_FEATURES = frozenset({"tape_loops", "shadow_alias", "guarded_div", "loopvar_branch"})
+DEFAULT_FEATURES = frozenset(ALL_FEATURES) - PENDING_FEATURES - AIMED_FEATURES
 
 
 def features_from(spec: str | None) -> frozenset:
@@ -158,7 +175,9 @@ class Names:
     # helpers: h is the one whose derivative names (aug_h, rev_h, tan_h) user variables may take
     helpers: dict = field(default_factory=lambda: {"rd": "h_rd", "wr": "h", "tup": "inner", "pair": "h_pair",
                                                    "tup2": "h_swap", "side": "h_side", "unp": "h_unp",
-                                                   "leaf": "h_leaf", "mid": "h_mid"})
+                                                   "leaf": "h_leaf", "mid": "h_mid", "loop": "h_loop",
+                                                   "loopw": "h_lw", "nest": "h_nest", "two": "h_two",
+                                                   "tarr": "h_tarr"})
     helper_params: tuple = ("b", "u", "p")
     # shared-shadow programs only: arrays shared by every thread, and the thread's index
     coef: str = "c"  # N_COEF coefficients, read
@@ -335,6 +354,8 @@ class Gen:
             kinds += ["break", "continue"]
         kinds.append("return")
         kinds += [k for k, feature in FEATURE_STATEMENTS if feature in self.f]
+        # the aimed features' statements are drawn often: a third of the statements or so
+        kinds += [k for k, feature in FEATURE_STATEMENTS if feature in self.f & AIMED_FEATURES] * 4
         if self.views():
             kinds += ["view_store", "view_store"]
         if "rebind_name" in self.f:
@@ -393,6 +414,12 @@ class Gen:
         if not kind.startswith("while") and self.flag("rebind_loopvar"):
             step = self.choice([f"{var} + 1", f"{var} * 2", f"{var} + {self.names.n}"])
             body.insert(0, New(f"{var} = {step}"))
+        if not kind.startswith("while") and self.flag("loopvar_branch"):
+            # rebound on one path only, somewhere in the body: later indices read either binding
+            cond, _ = self.condition()
+            step = self.choice([f"{var} + 1", f"{var} * 3 + 1", f"{var} + {self.names.n}"])
+            at = self.draw(st.integers(0, len(body)))
+            body.insert(at, ("if", cond, [New(f"{var} = {step}")], None))
         self.loop_vars.pop()
         # A top-level loop may be checkpointed where gpuad allows it; it then runs up to 3n
         # times, so that with CHECKPOINT_CAPACITY it spans several segments.
@@ -568,6 +595,134 @@ class Gen:
         orelse = [New(f"{v} = 0.5 * {v}")] if kind == "if_else" else None
         return [head, ("if", f"{q} > 0.0", [New(f"{v} = 0.5 * {v} + 0.3 * {op}")], orelse)]
 
+    # - aimed features: tape capacities, shadow aliasing, guarded division -
+
+    def trips(self) -> str:
+        """A run-time trip count for a helper's loop (the loop variable of an enclosing loop too)."""
+        n = self.names.n
+        options = [n, n, f"{n} % 3 + 1", f"2 * {n}", "2"]
+        if self.loop_vars:
+            options.append(f"{self.choice(self.loop_vars)} % 3 + 1")
+        return self.choice(options)
+
+    def stmt_tape_loops(self, depth, in_loop):
+        v = self.choice(self.names.floats)
+        kinds = ["loop", "loopw", "nest"] + (["sibling", "sibling"] if depth == 0 and not in_loop else [])
+        kind = self.choice(kinds)
+        if kind != "sibling":
+            self.helpers_used |= {kind, "loop"} if kind == "nest" else {kind}
+            source, _ = self.array_source()
+            call = f"{self.names.helpers[kind]}({source}, {self.expr(1)}, {self.trips()})"
+            return New(f"{v} = 0.5 * {v} + 0.3 * math.tanh({call})")
+        return self.taped_and_checkpointed()
+
+    def taped_and_checkpointed(self) -> list:
+        """A taped top-level loop with a run-time trip count beside a checkpointed one (either order):
+        the checkpointed loop's reruns push onto the tape the other loop filled, or leaves to it."""
+        n = self.names.n
+        loops = []
+        for checkpoint in (False, True):
+            var = self.names.loops[0] + (f"_{next(self.counter)}" if UNIQUE_NAMES else "")
+            self.loop_vars.append(var)
+            v = self.choice(self.names.floats)
+            body = [f"{v} = 0.6 * {v} + 0.4 * math.sin({self.expr()})"]
+            if self.draw(st.booleans()):
+                body.append(f"{self.choice(self.names.floats)} = {self.bounded()}")
+            if self.draw(st.booleans()):
+                cond, _ = self.condition()
+                end = self.choice(["break", "continue"])
+                body.insert(self.draw(st.integers(0, len(body))), ("if", cond, [end], None))
+            self.loop_vars.pop()
+            trips = f"3 * {n}" if checkpoint else self.choice([n, f"{n} + 1", f"2 * {n}"])
+            shape = self.choice(["range", "range", "range1", "while"])
+            if shape == "while":
+                loops.append(("while", var, body, checkpoint, trips))
+            else:
+                bounds = trips if shape == "range" else f"1, {trips} + 1"
+                loops.append(("for", var, f"range({bounds})", body, checkpoint))
+        return loops if self.draw(st.booleans()) else loops[::-1]
+
+    def same_element(self):
+        """(statement binding a second name w, element by the first name, element by w, the array w is
+        a view of, w as an array of that length): one element of `a` or of a row of `m`, reached
+        through an alias, a slice or a row view, the two index expressions equal only at run time."""
+        nm = self.names
+        if "matrix" in self.f and self.draw(st.booleans()):
+            r = self.draw(st.integers(0, ROWS - 1))
+            array, sources = f"{nm.m}[{r}]", [(f"{nm.m}[{r}]", 0), (f"{nm.m}[{r}, 1:]", 1), (nm.m, None)]
+        else:
+            array, sources = nm.a, [(nm.a, 0), (f"{nm.a}[1:]", 1)]
+        source, offset = self.choice(sources)
+        if offset is None:  # a 2-D alias: other statements index views in 1-D, so it is not one of them
+            w = f"{self.choice(self.names.views)}_{next(self.counter)}"
+            bind = New(f"{w} = {source}")
+        else:
+            bind = self.bind_view(source, N_ARRAY - offset)
+            w = self.scopes[-1][-1].name
+        row = f"{w}[{r}]" if offset is None else w  # w as a 1-D array
+        span = N_ARRAY - (offset or 0)
+        if self.loop_vars and self.draw(st.booleans()):
+            i = self.choice(self.loop_vars)
+            inner = [f"{i} % {span}", f"({i} + {span}) % {span}"]  # index into w's row
+        else:
+            j = self.draw(st.integers(0, span - 1))
+            inner = [str(j), f"({nm.n} - {nm.n}) + {j}"]
+        first = f"{array}[{self.choice(inner)}{f' + {offset}' if offset else ''}]"
+        second = f"{row}[{self.choice(inner)}]"
+        if offset is None and self.draw(st.booleans()):
+            second = f"{w}[{r}, {self.choice(inner)}]"
+        return bind, first, second, array, row
+
+    def stmt_shadow_alias(self, depth, in_loop):
+        bind, e1, e2, array, row = self.same_element()
+        if self.draw(st.booleans()):
+            e1, e2 = e2, e1
+        v = self.choice(self.names.floats)
+        kind = self.choice(["two_incs", "inc_read", "read_store_inc", "inc_reads_other", "branch_incs"]
+                           + (["tuple_helper", "two_args"] if "helper_array" in self.f else []))
+        inc1, inc2 = f"0.2 * {self.bounded()}", f"0.2 * {self.bounded()}"
+        if kind == "two_incs":
+            return [bind, Writes(f"{e1} += {inc1}"), Writes(f"{e2} {self.choice(['+=', '-='])} {inc2}")]
+        if kind == "inc_read":
+            read = New(f"{v} = 0.5 * {v} + 0.3 * math.sin({e2} * {self.leaf()})")
+            return [bind, Writes(f"{e1} += {inc1}"), read]
+        if kind == "read_store_inc":
+            store = Writes(f"{self.choice([e1, e2])} = {self.bounded()}")
+            return [bind, New(f"{v} = 0.5 * {v} + 0.3 * math.sin({e1})"), store,
+                    Writes(f"{e2} += 0.2 * math.sin({v} * {self.leaf()})")]
+        if kind == "inc_reads_other":
+            return [bind, Writes(f"{e1} += 0.2 * math.sin({e2} * {self.leaf()} + {v})")]
+        if kind == "branch_incs":
+            cond, _ = self.condition()
+            orelse = [Writes(f"{e2} += {inc2}")] if self.draw(st.booleans()) else None
+            return [bind, ("if", cond, [Writes(f"{e1} += {inc1}")], orelse),
+                    New(f"{v} = 0.5 * {v} + 0.3 * math.sin({self.choice([e1, e2])})")]
+        h = self.names.helpers
+        if kind == "tuple_helper":  # p[0][1] and p[1][0] are one element when p = (a, a[1:])
+            self.helpers_used.add("tarr")
+            pair = self.choice([f"({array}, {row})", f"({row}, {row})", f"({row}, {array})"])
+            call = f"{h['tarr']}({pair}, {self.expr(1)})"
+        else:  # b[2] and c[1] are one element when c = b[1:]
+            self.helpers_used.add("two")
+            call = f"{h['two']}({self.choice([f'{array}, {row}', f'{row}, {array}'])}, {self.expr(1)})"
+        return [bind, Writes(f"{v} = 0.5 * {v} + 0.3 * math.tanh({call})")]
+
+    def stmt_guarded_div(self, depth, in_loop):
+        nm = self.names
+        b = self.choice([nm.x, nm.y, self.choice(nm.floats)])
+        v = self.choice(nm.floats)
+        q = self.choice(nm.temps)
+        if UNIQUE_NAMES or "rebind_name" not in self.f:
+            q = f"{q}_{next(self.counter)}"
+        head = New(f"{q} = {self.choice([f'{b} * {b}', f'{b} * 0.5', f'math.sin({b})'])}")
+        # tanh(0.1 / q) has a bounded derivative (<= 4.4) on either side of q = 0
+        ratio = self.choice([f"math.tanh(0.1 / {q})", f"0.1 * {v} / ({q} * {q} + 0.1) / (1.0 + {q} * {q})"])
+        kind = self.choice(["ternary", "if", "if_else"])
+        if kind == "ternary":
+            return [head, New(f"{v} = 0.5 * {v} + 0.3 * ({ratio} if {COND}{q} != 0.0) else 0.0)")]
+        orelse = [New(f"{v} = 0.5 * {v} - 0.1")] if kind == "if_else" else None
+        return [head, ("if", f"{q} != 0.0", [New(f"{v} = 0.5 * {v} + 0.3 * {ratio}")], orelse)]
+
     def stmt_int_float(self, depth, in_loop):
         v = self.choice(self.names.floats)
         n = self.names.n
@@ -664,7 +819,10 @@ FEATURE_STATEMENTS = [("alias", "alias"), ("alias", "alias"), ("row", "matrix"),
                       ("rebind_param", "rebind_param"), ("rebind_name", "rebind_name"),
                       ("singular", "singular"), ("singular", "singular"), ("chained", "chained"),
                       ("tuple_unpack", "tuple_unpack"), ("helper_chain", "helper_chain"),
-                      ("guarded", "guarded"), ("guarded", "guarded"), ("int_float", "int_float")]
+                      ("guarded", "guarded"), ("guarded", "guarded"), ("int_float", "int_float"),
+                      ("tape_loops", "tape_loops"), ("tape_loops", "tape_loops"),
+                      ("shadow_alias", "shadow_alias"), ("shadow_alias", "shadow_alias"),
+                      ("guarded_div", "guarded_div")]
 FEATURE_KINDS = {k for k, _ in FEATURE_STATEMENTS}
 
 
@@ -699,8 +857,9 @@ def checkpointable(body, n: str) -> bool:
 
 # --- rendering -----------------------------------------------------------------------------------
 
-def helper_sources(gen: Gen) -> list[str]:
+def helper_sources(gen: Gen, traced: bool = False) -> list[str]:
     h, (b, u, p) = gen.names.helpers, gen.names.helper_params
+    cond = "_t(" if traced else "("  # a helper's branch decision, traced like the function's
     rebind = f"    {u} = {u} * 0.5 + 0.1\n" if "rebind_param" in gen.f else ""
     templates = {
         "rd": f"def {h['rd']}({b}, {u}):\n    return {b}[0] * {u} + math.sin({b}[2]) * {b}[1]\n",
@@ -716,6 +875,19 @@ def helper_sources(gen: Gen) -> list[str]:
         "leaf": f"def {h['leaf']}({u}):\n    return math.sin({u}) * 0.5 + {u} * 0.25\n",
         "mid": (f"def {h['mid']}({b}, {u}):\n"
                 f"    return {h['leaf']}({u} * {b}[0]) + math.cos({b}[2]) * {h['leaf']}({u})\n"),
+        # tape_loops: loops with run-time trip counts `p` in helpers, one calling another in its loop
+        "loop": (f"def {h['loop']}({b}, {u}, {p}):\n    s = {u}\n    for j in range({p}):\n"
+                 f"        s = 0.6 * s + 0.4 * math.sin(s * {b}[j % 3] + 0.1)\n    return s\n"),
+        "loopw": (f"def {h['loopw']}({b}, {u}, {p}):\n    j = 0\n    s = {u}\n"
+                  f"    while j < {p} and {cond}s < 0.9):\n        j += 1\n"
+                  f"        s = s + 0.25 + 0.1 * math.tanh({b}[j % 3] * s)\n    return s * {b}[1]\n"),
+        "nest": (f"def {h['nest']}({b}, {u}, {p}):\n    s = 0.0\n    for j in range({p}):\n"
+                 f"        s = 0.5 * s + 0.3 * {h['loop']}({b}, {u} + s, j + 1)\n    return s\n"),
+        # shadow_alias: helpers given two names of one array
+        "two": (f"def {h['two']}({b}, {p}, {u}):\n    {b}[2] += 0.3 * {u} * {p}[1]\n"
+                f"    {p}[1] += 0.2 * math.sin({b}[2])\n    return {b}[2] * {p}[1] + {u}\n"),
+        "tarr": (f"def {h['tarr']}({p}, {u}):\n    {p}[0][1] += 0.2 * math.sin({u} * {p}[1][0])\n"
+                 f"    return {p}[1][0] * {u} + {p}[0][1]\n"),
     }
     return [templates[k] for k in sorted(gen.helpers_used)]
 
@@ -771,7 +943,7 @@ def render(gen: Gen, stmts, name: str, traced: bool) -> tuple[str, str]:
     lines.append(f"    return {v0} * 0.7 + {v1} * {v2} - {v3} + {last} * 0.5{tail}")
     function = "\n".join(lines) + "\n"
     header = "".join(f"{k} = {v}\n" for k, v in gen.globals.items())
-    helpers = helper_sources(gen)
+    helpers = helper_sources(gen, traced)
     module = "\n\n".join(([header] if header else []) + helpers + [function])
     return module, function
 
@@ -780,15 +952,28 @@ _serial = itertools.count()
 
 
 @st.composite
-def programs(draw, features=None, shared=False):
+def programs(draw, features=None, shared=False, float32=False):
     gen = Gen(draw, FEATURES if features is None else features, shared=shared)
-    return make_program(gen, gen.program())
+    return make_program(gen, gen.program(), float32)
 
 
-def make_program(gen: Gen, stmts):
+FLOAT_LITERAL = re.compile(r"(?<![\w.])(\d+\.\d+)(?![\w.])")
+
+
+def as_float32(source: str) -> str:
+    """The program in float32: every float literal `np.float32(0.5)`, `float(i)` `np.float32(i)`
+    (numba would otherwise promote float32 operands to float64)."""
+    return FLOAT_LITERAL.sub(r"np.float32(\1)", source).replace("float(", "np.float32(")
+
+
+def make_program(gen: Gen, stmts, float32: bool = False):
+    """`float32`: the function the runners differentiate is the float32 form (as_float32); the traced
+    twin, which finite differences evaluate, stays float64."""
     k = next(_serial)
     name = f"prog_{k}"
     module, function = render(gen, stmts, name, traced=False)
+    if float32:
+        module, function = as_float32(module), as_float32(function)
     fn = corpus.exec_source(module, f"<random-program {k}>", {"math": math, "np": np})[name]
     assert inspect.getsource(fn) == function  # what the interpreter and the engine read
     trace: list = []
@@ -1931,3 +2116,494 @@ def test_random_program_fwd_over_rev_in_kernel(prog):
 def test_random_program_fwd_over_rev_in_cuda_kernel(progs):
     """PER_KERNEL programs per example, each differentiated twice (forward over reverse)."""
     check_second_in_kernel("fwd_over_rev_in_cuda_kernel", progs, "cuda")
+
+
+# --- tape capacities at the edge: exactly what a program needs, one less, one more ---------------
+#
+# Programs with loops of run-time trip counts (tape_loops: helpers looping n times, nested, a taped
+# loop beside a checkpointed one). The engine's reverse derivative runs at capacities found from
+# the overflow reports (each names the entries or iterations needed) down to the least C that
+# fits: at C, C + 1 (and at each capacity tried on the way) it must give the exact gradient, at
+# C - 1 a tape or checkpoint overflow - never a number. Each report must be consistent (needed >
+# what the tape holds), and where the program has no checkpointed loop, the capacity of the hint
+# (`TapeOverflow`'s `tape_capacity=`) must fit. The kernel tests then launch a kernel compiled at
+# the largest C of its threads, one less and one more: TapeOverflow with the arrays untouched
+# below, every thread's gradient equal to the engine's at and above.
+
+TAPE_FEATURES = FEATURES | {"tape_loops", "loopvar_branch"}
+TAPE_MAX_CAPACITY = 4096
+
+
+@dataclass
+class TapeOutcome:
+    capacity: int
+    overflow: int  # 0, or primitives.TAPE_OVERFLOW / CHECKPOINT_OVERFLOW
+    holds: int = 0  # what the tape (or the checkpoint segment) held
+    needed: int = 0  # the entries (or iterations) needed
+    grad: np.ndarray | None = None
+    primal: float = 0.0
+
+    def hint(self) -> int:
+        """The capacity TapeOverflow's hint proposes (gpuad.targets.status.status_error)."""
+        if self.overflow == 2:
+            return math.isqrt(self.needed - 1) + 1
+        return -(-self.capacity * self.needed // max(self.holds, 1))
+
+
+def engine_reverse_at(prog, p: Point, capacity: int) -> TapeOutcome:
+    from gpuad.ad.primitives import CAPACITY, FLAG, NEEDED, STATUS_SIZE
+
+    d = differentiate(prog.fn, ReverseWithPrimal, (Active, Active, Duplicated, Duplicated, Const), ARG_TYPES,
+                      tape_capacity=capacity)
+    a, m = p.a.copy(), p.m.copy()
+    da, dm = p.seeds[:N_ARRAY].copy(), p.seeds[N_ARRAY:].reshape(ROWS, N_ARRAY).copy()
+    status = np.zeros(STATUS_SIZE, np.int64)
+    result = in_python(d, p.x, p.y, a, da, m, dm, p.n, status)
+    if status[FLAG]:
+        return TapeOutcome(capacity, int(status[FLAG]), int(status[CAPACITY]), int(status[NEEDED]))
+    (gx, gy, *_), primal = result
+    return TapeOutcome(capacity, 0, grad=np.concatenate([[gx, gy], da, dm.ravel()]), primal=primal)
+
+
+def short_hint(text: str) -> None:
+    """A TapeOverflow hint that does not fit (fuzz_findings F12: the report names the first stack that
+    overflowed, while the other needs more): not a wrong number, so noted under
+    $GPUAD_FUZZ_FAILURES/hints rather than failed; GPUAD_FUZZ_STRICT_HINTS=1 fails it."""
+    assert os.environ.get("GPUAD_FUZZ_STRICT_HINTS") != "1", text
+    if directory := os.environ.get("GPUAD_FUZZ_FAILURES"):
+        os.makedirs(os.path.join(directory, "hints"), exist_ok=True)
+        with open(os.path.join(directory, "hints", f"{os.getpid()}.txt"), "a") as out:
+            out.write(text + "\n\n")
+
+
+def capacity_edges(prog, p: Point, expected) -> TapeOutcome:
+    """The outcome at the least capacity that fits, checking every outcome on the way (see above);
+    `expected`: the gradient by finite differences, or None where they are unusable."""
+    seen: dict[int, TapeOutcome] = {}
+
+    def at(c: int) -> TapeOutcome:
+        if c not in seen:
+            out = seen[c] = engine_reverse_at(prog, p, c)
+            where = f"tape_capacity={c}, n={p.n}\n{prog.source}"
+            if out.overflow:
+                assert out.overflow in (1, 2), f"unknown status flag {out.overflow}, {where}"
+                limit = out.holds if out.overflow == 1 else out.holds * out.holds
+                assert out.needed > limit, f"overflow reported needing {out.needed} of {limit}, {where}"
+            else:
+                assert np.all(np.isfinite(out.grad)), f"not finite: {out.grad}, {where}"
+                if expected is not None:
+                    np.testing.assert_allclose(out.grad, expected, rtol=1e-6, atol=1e-8, err_msg=where)
+        return seen[c]
+
+    low, c = 0, 1  # low: the largest capacity known to overflow
+    while at(c).overflow:
+        out = at(c)
+        low, hint = c, out.hint()
+        if out.overflow == 1 and CHECKPOINT not in prog.source and at(hint).overflow:
+            again = at(hint)
+            short_hint(f"the hint tape_capacity={hint} after needing {out.needed} of {out.holds} at {c} "
+                       f"overflows too (needing {again.needed} of {again.holds}), n={p.n}\n{prog.source}")
+        c = max(c + 1, hint)
+        assert c <= TAPE_MAX_CAPACITY, f"no capacity up to {TAPE_MAX_CAPACITY} fits, n={p.n}\n{prog.source}"
+    while c - low > 1:  # the least that fits, between low and c
+        mid = (low + c) // 2
+        low, c = (mid, c) if at(mid).overflow else (low, mid)
+    if c > 1:
+        assert at(c - 1).overflow
+    above = at(c + 1)
+    assert not above.overflow, f"tape_capacity={c} fits but {c + 1} overflows, n={p.n}\n{prog.source}"
+    np.testing.assert_allclose(above.grad, at(c).grad, rtol=1e-12, atol=1e-14, err_msg=prog.source)
+    return at(c)
+
+
+def check_tape_edges(prog, values):
+    p = Point.of(values)
+    expected = expected_reverse(prog, p)
+    primal = python_primal(prog, p)
+    fits = capacity_edges(prog, p, expected)
+    if primal is not None:
+        assert fits.primal == pytest.approx(primal[0], rel=1e-13, abs=1e-15), prog.source
+
+
+tape_edges = recorded(check_tape_edges)
+tape_values = st.tuples(scalars(TAPE_FEATURES), scalars(TAPE_FEATURES),
+                        st.lists(st.floats(-1.0, 1.0), min_size=N_ARRAY, max_size=N_ARRAY),
+                        st.lists(st.floats(-1.0, 1.0), min_size=ROWS * N_ARRAY, max_size=ROWS * N_ARRAY),
+                        st.integers(0, 6),
+                        st.lists(st.floats(-1.0, 1.0), min_size=N_INPUTS, max_size=N_INPUTS))
+
+
+@settings(SETTINGS, max_examples=EXAMPLES if "GPUAD_HYPOTHESIS_EXAMPLES" in os.environ else 4)
+@given(programs(TAPE_FEATURES), tape_values)
+def test_random_program_tape_edges_engine(prog, values):
+    tape_edges("tape_edges_engine", prog, values)
+
+
+TAPE_THREADS = 6
+TAPE_NAMES = ("x", "y", "a", "da", "m", "dm", "n", "gx", "gy", "pr")
+
+
+def tape_kernel(prog, target: str, capacity: int):
+    import gpuad
+
+    f = prog.fn.__name__
+    source = (f"def tapes({', '.join(TAPE_NAMES)}):\n    i = gpuad.thread_index()\n    if i < pr.shape[0]:\n"
+              f"        (g_x, g_y, _u0, _u1, _u2), p_i = autodiff(ReverseWithPrimal, {f}, Active(x[i]), "
+              f"Active(y[i]), Duplicated(a[i], da[i]), Duplicated(m[i], dm[i]), n[i])\n"
+              f"        gx[i] = g_x\n        gy[i] = g_y\n        pr[i] = p_i\n")
+    namespace = {"gpuad": gpuad, "autodiff": autodiff, "ReverseWithPrimal": ReverseWithPrimal,
+                 "Active": Active, "Duplicated": Duplicated, f: prog.fn}
+    corpus.exec_source(source, f"<random-program tape kernel {next(_serial)}>", namespace)
+    return gpuad.kernel(namespace["tapes"], target=target, tape_capacity=capacity)
+
+
+def check_tape_edges_in_kernel(test_name: str, progs, target: str) -> None:
+    """One kernel at the largest least capacity of its threads (n = 0 .. 6), one less and one more."""
+    from gpuad.errors import TapeOverflow
+
+    (prog,) = progs
+    rng = np.random.default_rng(int(prog.fn.__name__.removeprefix("prog_")))
+    u = rng.uniform
+    points = [Point(float(u(-1, 1)), float(u(-1, 1)), u(-1, 1, N_ARRAY), u(-1, 1, (ROWS, N_ARRAY)),
+                    6 if t == 0 else int(rng.integers(0, 7)),
+                    np.concatenate([[0.0, 0.0], u(-1, 1, N_INPUTS - 2)]))
+              for t in range(TAPE_THREADS)]
+    refs = [capacity_edges(prog, p, None) for p in points]  # the engine's, at each thread's least capacity
+    need = max(r.capacity for r in refs)
+    for capacity in (need - 1, need, need + 1):
+        if capacity < 1:
+            continue
+        arrays = [np.array([p.x for p in points]), np.array([p.y for p in points]),
+                  np.array([p.a for p in points]), np.array([p.seeds[:N_ARRAY] for p in points]),
+                  np.array([p.m for p in points]),
+                  np.array([p.seeds[N_ARRAY:].reshape(ROWS, N_ARRAY) for p in points]),
+                  np.array([p.n for p in points], dtype=np.int64)] + \
+            [np.full(TAPE_THREADS, np.nan) for _ in range(3)]
+        before = [a.copy() for a in arrays]
+        kernel = tape_kernel(prog, target, capacity)
+        where = f"kernel tape_capacity={capacity}, least {need}\n{prog.source}"
+        if capacity < need:
+            with pytest.raises(TapeOverflow):
+                kernel.launch(TAPE_THREADS, *arrays)
+            for got, old in zip(arrays, before):  # "no result was written back"
+                np.testing.assert_array_equal(got, old, err_msg=f"written back after TapeOverflow, {where}")
+            continue
+        kernel.launch(TAPE_THREADS, *arrays)
+        _, _, _, da, _, dm, _, gx, gy, pr = arrays
+        for t, ref in enumerate(refs):
+            got = np.concatenate([[gx[t], gy[t]], da[t], dm[t].ravel()])
+            close(got, ref.grad, 1e-9 * (1 + np.abs(ref.grad)), f"thread {t}, n={points[t].n}, {where}")
+            close(np.array([pr[t]]), np.array([ref.primal]), 1e-9 * (1 + abs(ref.primal)), f"primal, {where}")
+    if passes := os.environ.get("GPUAD_FUZZ_PASSES"):
+        with open(passes, "a") as out:
+            out.write("1\n")
+
+
+def kernel_recorded(test_name: str, check, progs, *args) -> None:
+    try:
+        check(test_name, progs, *args)
+    except Exception:
+        if directory := os.environ.get("GPUAD_FUZZ_FAILURES"):
+            os.makedirs(directory, exist_ok=True)
+            with open(os.path.join(directory, f"{test_name}-{os.getpid()}.txt"), "w") as out:
+                out.write(f"# features: {','.join(sorted(FEATURES))}\n" + "\n".join(p.source for p in progs)
+                          + f"\n# error\n{traceback.format_exc()}")
+        raise
+
+
+_ONLY_EXPLICIT = pytest.mark.skipif("GPUAD_HYPOTHESIS_EXAMPLES" not in os.environ,
+                                    reason="kernels compiled thrice per example: tests/fuzz_parallel.py")
+
+
+@_ONLY_EXPLICIT
+@settings(SETTINGS, max_examples=EXAMPLES)
+@given(programs(TAPE_FEATURES))
+def test_random_program_tape_edges_in_kernel(prog):
+    kernel_recorded("tape_edges_in_kernel", check_tape_edges_in_kernel, [prog], "cpu")
+
+
+@pytest.mark.gpu
+@settings(SETTINGS, max_examples=EXAMPLES)
+@given(programs(TAPE_FEATURES))
+def test_random_program_tape_edges_in_cuda_kernel(prog):
+    kernel_recorded("tape_edges_in_cuda_kernel", check_tape_edges_in_kernel, [prog], "cuda")
+
+
+# --- one shadow element through two names ------------------------------------------------------
+#
+# shadow_alias, guarded_div and loopvar_branch on top of FEATURES: reverse and forward against finite
+# differences on the same program and point (engine and host), and in kernels (reverse, forward and
+# finite differences of every thread; the cuda test is the one that sees a reordered reverse sweep's
+# loads).
+
+ALIAS_FEATURES = FEATURES | {"shadow_alias", "guarded_div", "loopvar_branch"}
+alias_values = inputs_for(ALIAS_FEATURES)
+
+
+def check_both(prog, values, runners):
+    check_reverse(prog, values, runners[0])
+    check_forward(prog, values, runners[1])
+
+
+both_modes = recorded(check_both)
+
+
+@settings(SETTINGS, max_examples=EXAMPLES if "GPUAD_HYPOTHESIS_EXAMPLES" in os.environ else 8)
+@given(programs(ALIAS_FEATURES), alias_values)
+def test_random_program_aliasing_engine(prog, values):
+    both_modes("aliasing_engine", prog, values, RUNNERS["engine"])
+
+
+@settings(SETTINGS, max_examples=EXAMPLES if "GPUAD_HYPOTHESIS_EXAMPLES" in os.environ else 2)
+@given(programs(ALIAS_FEATURES), alias_values)
+def test_random_program_aliasing_host(prog, values):
+    both_modes("aliasing_host", prog, values, RUNNERS["host"])
+
+
+@_ONLY_EXPLICIT
+@settings(SETTINGS, max_examples=EXAMPLES)
+@given(st.lists(programs(ALIAS_FEATURES), min_size=2, max_size=2))
+def test_random_program_aliasing_in_kernel(progs):
+    check_kernel_batch("aliasing_in_kernel", progs, "cpu")
+
+
+@pytest.mark.gpu
+@SETTINGS
+@given(st.lists(programs(ALIAS_FEATURES), min_size=PER_KERNEL, max_size=PER_KERNEL))
+def test_random_program_aliasing_in_cuda_kernel(progs):
+    check_kernel_batch("aliasing_in_cuda_kernel", progs, "cuda")
+
+
+# --- float32 programs against float64 finite differences ---------------------------------------
+#
+# The function differentiated is the program in float32 (float32 arguments, every literal
+# `np.float32(...)`); the reference is central differences of the float64 program at the same
+# (float32-rounded) point. Honest tolerance: each gradient element is a sum of products along
+# paths of at most ~15 loop trips of bounded operations, each rounded to float32 (u = 6e-8), so
+# a few hundred roundings of O(1) values: |got - expected| <= 3e-4 * (1 + max |expected|). A lost,
+# doubled or misdirected term of these programs is 1e-2 or more.
+
+F32_FEATURES = (FEATURES | AIMED_FEATURES) - {"engine_names", "int_float", "global_array"}
+F32_TOLERANCE = 3e-4
+f32_values = inputs_for(F32_FEATURES)
+
+
+def rounded32(p: Point) -> Point:
+    r = np.float32
+    return Point(float(r(p.x)), float(r(p.y)), p.a.astype(r).astype(float), p.m.astype(r).astype(float), p.n,
+                 p.extra.astype(r).astype(float))
+
+
+def close32(got, expected, what: str) -> None:
+    got, expected = np.asarray(got, float), np.asarray(expected, float)
+    tolerance = F32_TOLERANCE * (1 + np.max(np.abs(expected), initial=0.0))
+    close(got, expected, tolerance, what)
+
+
+def check_float32(prog, values):
+    f32 = np.float32
+    p = rounded32(Point.of(values))
+    primal = python_primal(prog, p)
+    expected = expected_reverse(prog, p)
+    usable(expected is not None and primal is not None)
+    a, m = p.a.astype(f32), p.m.astype(f32)
+    da, dm = p.seeds[:N_ARRAY].astype(f32), p.seeds[N_ARRAY:].reshape(ROWS, N_ARRAY).astype(f32)
+    (derivs, value) = autodiff(ReverseWithPrimal, prog.fn, Active(f32(p.x)), Active(f32(p.y)),
+                               Duplicated(a, da), Duplicated(m, dm), p.n)
+    got = np.concatenate([[derivs[0], derivs[1]], da, dm.ravel()])
+    close32(got, expected, f"float32 reverse\n{prog.source}")
+    close32([value], [primal[0]], f"float32 primal\n{prog.source}")
+    close32(np.concatenate([a, m.ravel()]), np.concatenate([primal[1], primal[2].ravel()]),
+            f"float32 arrays after\n{prog.source}")
+    v = p.extra
+    expected = directional(prog, p, v)
+    usable(expected is not None)
+    _, _, ta, tm = unpack(v.astype(f32))
+    a, m, ta, tm = p.a.astype(f32), p.m.astype(f32), ta.copy(), tm.copy()
+    (t,) = autodiff(Forward, prog.fn, Duplicated(f32(p.x), f32(v[0])), Duplicated(f32(p.y), f32(v[1])),
+                    Duplicated(a, ta), Duplicated(m, tm), Const(p.n))
+    close32(np.concatenate([[t], ta, tm.ravel()]), expected, f"float32 forward\n{prog.source}")
+
+
+float32 = recorded(check_float32)
+
+
+@settings(SETTINGS, max_examples=EXAMPLES if "GPUAD_HYPOTHESIS_EXAMPLES" in os.environ else 2)
+@given(programs(F32_FEATURES, float32=True), f32_values)
+def test_random_program_float32_host(prog, values):
+    float32("float32_host", prog, values)
+
+
+def check_float32_in_kernel(test_name: str, progs, target: str) -> None:
+    """Reverse (with primal) and forward of every program in one float32 kernel, each thread against
+    finite differences of the float64 program at its float32-rounded point."""
+    import gpuad
+
+    name, source = batch_kernel_source(progs)
+    namespace = {"gpuad": gpuad, "autodiff": autodiff, "ReverseWithPrimal": ReverseWithPrimal,
+                 "Forward": Forward, "Active": Active, "Const": Const, "Duplicated": Duplicated}
+    namespace.update({p.fn.__name__: p.fn for p in progs})
+    corpus.exec_source(source, f"<random-program float32 kernel {next(_serial)}>", namespace)
+    launches = [launch_inputs(seed=int(p.fn.__name__.removeprefix("prog_"))) for p in progs]
+    for arr in launches:
+        arr["kernel"] = [a if a.dtype == np.int64 else a.astype(np.float32) for a in arr["kernel"]]
+    kernel = gpuad.kernel(namespace[name], target=target, tape_capacity=KERNEL_TAPE_CAPACITY)
+    kernel.launch(KERNEL_POINTS, *[a for arr in launches for a in arr["kernel"]])
+    for prog, arr in zip(progs, launches):
+        x, y, _, rda, _, rdm, _, fta, _, ftm, n, tx, ty, gx, gy, df, pr = arr["kernel"]
+        for t in range(KERNEL_POINTS):
+            where = f"thread {t}, x={x[t]!r}, y={y[t]!r}, n={n[t]}\n{prog.source}"
+            seeds = np.concatenate([arr["sa"][t], arr["sm"][t].ravel()])
+            v = np.concatenate([[tx[t], ty[t]], arr["ta"][t], arr["tm"][t].ravel()])
+            p = rounded32(Point(float(x[t]), float(y[t]), arr["a"][t], arr["m"][t], int(n[t]),
+                                np.concatenate([[0.0, 0.0], seeds])))
+            primal = python_primal(prog, p)
+            if primal is None:
+                continue
+            close32([pr[t]], [primal[0]], f"float32 primal, {where}")
+            if (expected := expected_reverse(prog, p)) is not None:
+                got = np.concatenate([[gx[t], gy[t]], rda[t], rdm[t].ravel()])
+                close32(got, expected, f"float32 reverse vs FD, {where}")
+            p_fwd = Point(p.x, p.y, p.a, p.m, p.n, v.astype(np.float32).astype(float))
+            if (expected := directional(prog, p_fwd, p_fwd.extra)) is not None:
+                got = np.concatenate([[df[t]], fta[t], ftm[t].ravel()])
+                close32(got, expected, f"float32 forward vs FD, {where}")
+    if passes := os.environ.get("GPUAD_FUZZ_PASSES"):
+        with open(passes, "a") as out:
+            out.write(f"{len(progs)}\n")
+
+
+@_ONLY_EXPLICIT
+@settings(SETTINGS, max_examples=EXAMPLES)
+@given(st.lists(programs(F32_FEATURES, float32=True), min_size=2, max_size=2))
+def test_random_program_float32_in_kernel(progs):
+    kernel_recorded("float32_in_kernel", check_float32_in_kernel, progs, "cpu")
+
+
+@pytest.mark.gpu
+@SETTINGS
+@given(st.lists(programs(F32_FEATURES, float32=True), min_size=PER_KERNEL, max_size=PER_KERNEL))
+def test_random_program_float32_in_cuda_kernel(progs):
+    kernel_recorded("float32_in_cuda_kernel", check_float32_in_kernel, progs, "cuda")
+
+
+# --- private shadows: the program's arrays in the thread's cuda.local.array ---------------------
+#
+# A shadow in the calling thread's local memory is updated without atomics (`d_a[k] += e`), so the
+# reverse sweep reads the element early (emit.hoist_shadow_reads) - the case shadow_alias aims at:
+# one element through two names, stores and increments between a read and an update. Helpers given
+# arrays are left out (their derivatives keep atomics, which local memory refuses on the GPU).
+# Every thread against the host's gradient (1e-9) and finite differences where usable.
+
+PRIVATE_FEATURES = ALIAS_FEATURES - {"helper_array", "helper_chain", "chained"}
+PRIVATE_NAMES = ("x", "y", "a", "da", "m", "dm", "n", "gx", "gy", "pr")
+
+
+def private_kernel_source(progs) -> tuple[str, str]:
+    params = [f"{a}{j}" for j in range(len(progs)) for a in PRIVATE_NAMES]
+    lines = [f"def private({', '.join(params)}):", "    i = gpuad.thread_index()", "    if i < pr0.shape[0]:"]
+    for j, prog in enumerate(progs):
+        pad = "        "
+        lines += [f"{pad}la{j} = cuda.local.array({N_ARRAY}, float64)",
+                  f"{pad}lda{j} = cuda.local.array({N_ARRAY}, float64)",
+                  f"{pad}lm{j} = cuda.local.array(({ROWS}, {N_ARRAY}), float64)",
+                  f"{pad}ldm{j} = cuda.local.array(({ROWS}, {N_ARRAY}), float64)",
+                  f"{pad}for k in range({N_ARRAY}):",
+                  f"{pad}    la{j}[k] = a{j}[i, k]", f"{pad}    lda{j}[k] = da{j}[i, k]",
+                  f"{pad}    for r in range({ROWS}):",
+                  f"{pad}        lm{j}[r, k] = m{j}[i, r, k]", f"{pad}        ldm{j}[r, k] = dm{j}[i, r, k]",
+                  f"{pad}s_x = 0.0", f"{pad}s_y = 0.0",
+                  f"{pad}for _c in range({private_calls(prog)}):",
+                  f"{pad}    (g_x, g_y, _u0, _u1, _u2), p_i = autodiff(ReverseWithPrimal, {prog.fn.__name__},"
+                  " "
+                  f"Active(x{j}[i]), Active(y{j}[i]), Duplicated(la{j}, lda{j}), "
+                  f"Duplicated(lm{j}, ldm{j}), n{j}[i])",
+                  f"{pad}    s_x += g_x", f"{pad}    s_y += g_y",
+                  f"{pad}for k in range({N_ARRAY}):",
+                  f"{pad}    a{j}[i, k] = la{j}[k]", f"{pad}    da{j}[i, k] = lda{j}[k]",
+                  f"{pad}    for r in range({ROWS}):",
+                  f"{pad}        m{j}[i, r, k] = lm{j}[r, k]", f"{pad}        dm{j}[i, r, k] = ldm{j}[r, k]",
+                  f"{pad}gx{j}[i] = s_x", f"{pad}gy{j}[i] = s_y", f"{pad}pr{j}[i] = p_i"]
+    return "private", "\n".join(lines) + "\n"
+
+
+def private_calls(prog) -> int:
+    """Calls of the program per thread: two for every other program (per-call autodiff in a loop;
+    the second call starts from the arrays and shadows the first left)."""
+    return 1 + int(prog.fn.__name__.removeprefix("prog_")) % 2
+
+
+def check_private_in_kernel(test_name: str, progs, target: str) -> None:
+    from numba import cuda, float64
+
+    import gpuad
+
+    name, source = private_kernel_source(progs)
+    namespace = {"gpuad": gpuad, "autodiff": autodiff, "ReverseWithPrimal": ReverseWithPrimal, "cuda": cuda,
+                 "float64": float64, "Active": Active, "Duplicated": Duplicated}
+    namespace.update({p.fn.__name__: p.fn for p in progs})
+    corpus.exec_source(source, f"<random-program private kernel {next(_serial)}>", namespace)
+    launches = []
+    for prog in progs:
+        arr = launch_inputs(seed=int(prog.fn.__name__.removeprefix("prog_")))
+        arr["kernel"] = [arr["x"], arr["y"], arr["a"].copy(), arr["sa"].copy(), arr["m"].copy(),
+                         arr["sm"].copy(), arr["n"]] + [np.full(KERNEL_POINTS, np.nan) for _ in range(3)]
+        launches.append(arr)
+    kernel = gpuad.kernel(namespace[name], target=target, tape_capacity=KERNEL_TAPE_CAPACITY)
+    kernel.launch(KERNEL_POINTS, *[a for arr in launches for a in arr["kernel"]])
+    for prog, arr in zip(progs, launches):
+        _, _, ka, kda, km, kdm, _, gx, gy, pr = arr["kernel"]
+        for t in range(KERNEL_POINTS):
+            p = Point(float(arr["x"][t]), float(arr["y"][t]), arr["a"][t].copy(), arr["m"][t].copy(),
+                      int(arr["n"][t]), np.concatenate([[0.0, 0.0], arr["sa"][t], arr["sm"][t].ravel()]))
+            where = f"thread {t}, x={p.x!r}, y={p.y!r}, n={p.n}\n{prog.source}"
+            got = np.concatenate([[gx[t], gy[t]], kda[t], kdm[t].ravel()])
+            host, result, a_host, m_host = run_reverse(prog, p, reverse_on_host, ReverseWithPrimal)
+            if private_calls(prog) == 2:  # again, from the arrays and shadows the first call left
+                again = Point(p.x, p.y, a_host, m_host, p.n, np.concatenate([[0.0, 0.0], host[2:]]))
+                second, result, a_host, m_host = run_reverse(prog, again, reverse_on_host, ReverseWithPrimal)
+                host = np.concatenate([host[:2] + second[:2], second[2:]])
+            close(got, host, 1e-9 * (1 + np.abs(host)), f"private kernel vs host, {where}")
+            after = np.concatenate([[result[1]], a_host, m_host.ravel()])
+            close(np.concatenate([[pr[t]], ka[t], km[t].ravel()]), after, 1e-12 * (1 + np.abs(after)),
+                  f"private kernel primal and arrays, {where}")
+            if private_calls(prog) == 1 and (expected := expected_reverse(prog, p)) is not None:
+                np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-8, err_msg=f"vs FD, {where}")
+    if passes := os.environ.get("GPUAD_FUZZ_PASSES"):
+        with open(passes, "a") as out:
+            out.write(f"{len(progs)}\n")
+
+
+@_ONLY_EXPLICIT
+@settings(SETTINGS, max_examples=EXAMPLES)
+@given(st.lists(programs(PRIVATE_FEATURES), min_size=2, max_size=2))
+def test_random_program_private_in_kernel(progs):
+    kernel_recorded("private_in_kernel", check_private_in_kernel, progs, "cpu")
+
+
+@pytest.mark.gpu
+@SETTINGS
+@given(st.lists(programs(PRIVATE_FEATURES), min_size=PER_KERNEL, max_size=PER_KERNEL))
+def test_random_program_private_in_cuda_kernel(progs):
+    kernel_recorded("private_in_cuda_kernel", check_private_in_kernel, progs, "cuda")
+
+
+def reverse_by_engine_private(prog, mode, x, y, a, da, m, dm, n):
+    """The engine's reverse derivative with a's and m's shadows private (the thread's local memory, as
+    for `cuda.local.array` shadows): plain updates `d_a[k] = _e0 + ...`, read early."""
+    capacity = CHECKPOINT_CAPACITY if CHECKPOINT in prog.source else DEFAULT_TAPE_CAPACITY
+    d = differentiate(prog.fn, mode, (Active, Active, Duplicated, Duplicated, Const), ARG_TYPES,
+                      tape_capacity=capacity, private=frozenset({2, 3}))
+    status = np.zeros(8, np.int64)
+    result = in_python(d, x, y, a, da, m, dm, n, status)
+    assert status[0] == 0
+    return result
+
+
+private_reverse = recorded(check_reverse)
+
+
+@settings(SETTINGS, max_examples=EXAMPLES if "GPUAD_HYPOTHESIS_EXAMPLES" in os.environ else 8)
+@given(programs(ALIAS_FEATURES), alias_values)
+def test_random_program_private_engine(prog, values):
+    private_reverse("private_engine", prog, values, reverse_by_engine_private)
