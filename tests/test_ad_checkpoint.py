@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -429,9 +430,12 @@ def temporaries_and_carried_branch_taped(x, w, n):
 
 
 def test_a_snapshot_holds_only_what_a_segment_cannot_recompute():
+    """`e` is carried, but no reverse code reads it: a segment run again from any value of it tapes
+    the same temporaries, so it has no snapshot (and the forward sweep does not count its steps)."""
     d = reverse(pair_energy, 8)
-    snapshot = d.source.split("if _n0 % 8 == 0:")[1].split("_n0 += 1")[0]
-    assert snapshot.count("_tf[_spf] = ") == 1 and "_tf[_spf] = e\n" in snapshot
+    forward = d.source.split("# reverse sweep")[0]
+    assert "% 8 == 0" not in forward and "_n0 += 1" not in forward and "_n0 = max(" in forward
+    assert "_tf[_spf] = e\n" not in d.source and "e = 0.0\n" in d.source.split("for _g0 in")[1]
     (dx, dw, _), = jit_derivative(d)(0.3, 0.4, 50, status())
     for k, got in enumerate((dx, dw)):
         assert got == pytest.approx(fd(pair_energy, (0.3, 0.4, 50), k), rel=1e-8), k
@@ -500,3 +504,109 @@ def test_checkpointed_segments_count_in_32_bits_and_tape_without_wraparound():
     assert "_tf = tape_alloc(48, np.float32)" in source  # 16 x (q, p) snapshots, 16 x q (sin q again)
     loops = reverse_loops(record.ptx)
     assert len(loops) >= 3 and not [WIDE_INDEX.findall(body) for body in loops if WIDE_INDEX.search(body)]
+
+
+def energy32(xi, xs):
+    """The per-particle energy of benchmarks/cases/pairwise.py in one dimension: `e` is carried
+    but read by no reverse code, the temporaries are."""
+    e = float32(0)
+    for j in range(xs.shape[0]):  # gpuad: checkpoint
+        d = xi - xs[j]
+        e += math.exp(-(d * d))
+    return e
+
+
+def grad_energy32(xs, gs):
+    i = gpuad.thread_index()
+    if i < xs.shape[0]:
+        (g, _), = autodiff(Reverse, energy32, Active(xs[i]), xs)
+        gs[i] = g
+
+
+def ptx_blocks(ptx: str) -> list[str]:
+    """The PTX split at its labels: straight-line pieces of code."""
+    return re.split(r"^\$L__BB\d+_\d+:$", ptx, flags=re.MULTILINE)
+
+
+def test_an_unread_accumulator_costs_no_snapshot_and_no_forward_sweep():
+    """The old code taped `e` every K steps: the tape entry kept the forward sweep's loop (an exp per
+    step, computed for nothing) alive in the PTX, and the frame held K snapshots more."""
+    a = np.zeros(4, np.float32)
+    record = gpuad.kernel(grad_energy32, tape_capacity=16).compile(a, a)
+    source = next(iter(record.adjoint_sources.values()))
+    assert "_tf = tape_alloc(32, np.float32)" in source  # one segment of (d, exp term); was 48
+    assert "% 16 == 0" not in source and "_n0 = max(" in source
+    assert record.local_memory_bytes == 32 * 4
+    exps = [block for block in ptx_blocks(record.ptx) if "ex2.approx" in block]
+    assert exps and all("st.local.f32" in block for block in exps)  # every exp computed is taped
+
+
+def pair_energy_dead_state(x, w, n):
+    """Carried and unread by the reverse sweep: a float, an int and a bool, read after the loop by
+    the primal only (`e` and `hits` in a branch); the temporaries are taped."""
+    e, hits, odd = 0.0, 0, False
+    for j in range(n):  # gpuad: checkpoint
+        dx, dy = x - 0.01 * j, w + 0.02 * j
+        t = math.exp(-(dx * dx + dy * dy))
+        if t > 0.01:
+            e += t
+            hits += 1
+        odd = odd != (t > 0.5)
+    return e * 2.0 + hits + odd
+
+
+def gated_energy(x, w, n):
+    """`e` decides whether a term is added: every segment must start from its true value."""
+    e = 0.0
+    for j in range(n):  # gpuad: checkpoint
+        d = x - 0.05 * j
+        if e < 1.5:
+            e += math.exp(-(d * d)) * w
+    return e
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 23, 63, 64])
+def test_dead_carried_state_gradients_match_finite_differences(n):
+    d = reverse(pair_energy_dead_state, 8)
+    assert "_tf[_spf] = " not in d.source.split("# reverse sweep")[0]  # no snapshot at all
+    rerun = d.source.split("for _g0 in")[1]
+    assert "hits = 0\n" in rerun and "odd = False\n" in rerun and "e = 0.0\n" in rerun
+    for run in (d.function, jit_derivative(d)):
+        st = status()
+        (dx, dw, _), = run(0.3, 0.2, n, st)
+        assert st[0] == 0
+        for k, got in enumerate((dx, dw)):
+            want = fd(pair_energy_dead_state, (0.3, 0.2, n), k)
+            assert got == pytest.approx(want, rel=1e-8, abs=1e-12), (n, k)
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 9, 40, 64])
+def test_state_a_branch_reads_keeps_its_snapshot(n):
+    d = reverse(gated_energy, 8)
+    assert "_tf[_spf] = e\n" in d.source.split("# reverse sweep")[0]
+    st = status()
+    (dx, dw, _), = jit_derivative(d)(0.4, 0.7, n, st)
+    assert st[0] == 0 and (n < 30 or dx != 0.0)
+    for k, got in enumerate((dx, dw)):
+        assert got == pytest.approx(fd(gated_energy, (0.4, 0.7, n), k, h=1e-5), rel=1e-7, abs=1e-12), (n, k)
+
+
+def test_a_loop_without_snapshots_reports_overflow_at_capacity_squared_plus_one():
+    d = reverse(pair_energy_dead_state, 8)
+    st = status()
+    assert d.function(0.3, 0.2, 64, st)[0][0] != 0.0 and st[0] == 0
+    st = status()
+    (dx, dw, _), = d.function(0.3, 0.2, 65, st)
+    assert (dx, dw) == (0.0, 0.0)
+    assert list(st[:4]) == [2, pair_energy_dead_state.__code__.co_firstlineno + 4, 8, 65]
+
+
+def test_an_energy_kernel_on_the_cpu_target_at_and_past_its_capacity():
+    xs = np.linspace(0.0, 3.0, 64).astype(np.float32)
+    want = np.array([np.sum(-2.0 * (x - xs.astype(np.float64)) * np.exp(-(x - xs.astype(np.float64)) ** 2))
+                     for x in xs.astype(np.float64)])
+    gs = np.zeros(64, np.float32)
+    gpuad.kernel(grad_energy32, target="cpu", tape_capacity=8).launch(64, xs, gs)  # 8 * 8 = 64 steps
+    np.testing.assert_allclose(gs, want, rtol=1e-4, atol=1e-4 * np.max(np.abs(want)))
+    with pytest.raises(TapeOverflow, match="tape_capacity=8"):
+        gpuad.kernel(grad_energy32, target="cpu", tape_capacity=7).launch(64, xs, gs)

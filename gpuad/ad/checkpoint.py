@@ -1,7 +1,8 @@
 """Checkpointed loops (`# gpuad: checkpoint`): recompute segments instead of taping every iteration.
 
 A loop marked on its line is run without taping, snapshotting its state (`loop_state`) on the
-tape every K = tape_capacity iterations. The reverse sweep takes the segments last to first:
+tape every K = tape_capacity iterations: the part of it a segment's recomputation reads again
+(`read_again`; an accumulated result only the primal reads needs none). The reverse sweep takes the segments last to first:
 restore the segment's snapshot, run its iterations again while taping, then reverse them. What
 a recomputation must redo exactly is checked first (`check_checkpointable`): no stores, no
 calls gpuad differentiates, no inner loops with run-time trip counts, and no later write into
@@ -9,12 +10,15 @@ memory the loop reads (`later_write`). Beside the tape (`gpuad.ad.tape`), which 
 """
 from __future__ import annotations
 
+import re
+
 from numba.core import types
 
 from gpuad.ad import ir, tape
-from gpuad.ad.emit import expr_text, index_text_of, loop_header, primal_code
+from gpuad.ad.emit import cast_text, expr_text, index_text_of, loop_header, primal_code
 from gpuad.ad.engine import inert_call
 from gpuad.ad.normalize import may_write_memory
+from gpuad.ad.recompute import PURE_CALLS
 from gpuad.ad.rules import DERIVATIVES, user_rule
 from gpuad.ad.tape import TapeUse
 
@@ -37,9 +41,12 @@ def checkpointed_loop(sweep, s: ir.Loop) -> tuple[list, list, TapeUse]:
     # snapshot or assigns them before reading them (`loop_state`).
     sweep.note_reads(loop_reads(s) - body_assigned(s), "checkpoint")
     snap_f, snap_r, snap_use = [], [], TapeUse()
-    for name in sorted(loop_state(s, sweep.types, outside_assigned(sweep.fir, s))):
+    state = loop_state(s, sweep.types, outside_assigned(sweep.fir, s))
+    for name in sorted(state):
         if name not in sweep.fir.params:
             sweep.preinit.add(name)
+    kept = state & read_again(sweep, s)
+    for name in sorted(kept):
         code, u = tape.push(name, sweep.types[name])
         snap_f += code
         snap_r = tape.pop(name, sweep.types[name]) + snap_r
@@ -50,13 +57,17 @@ def checkpointed_loop(sweep, s: ir.Loop) -> tuple[list, list, TapeUse]:
     sweep.preinit.add(n)  # the overflow check after the forward sweep reads it on every path
     exit_ = [(f"if {s.exit_flag}:", ["break"])] if s.exit_flag else []
     primal = primal_code(s.body, filename=sweep.fir.filename)
-    body = [(f"if {n} % {k} == 0:", snap_f), f"{n} += 1"] + primal + exit_
+    # Without snapshots to time, a trip count known before the loop needs no counting in it.
+    trips = None if snap_f else sweep.trip_text(s)
+    counting = [f"{n} = 0"] if trips is None else [f"{n} = {trips}"]
+    body = ([(f"if {n} % {k} == 0:", snap_f)] if snap_f else []) + (
+        [f"{n} += 1"] if trips is None else []) + primal + exit_
     fr, rr, ur = sweep.record(n)
     # The reverse sweep pushes a segment on top of the snapshots: its room is reserved in the
     # forward sweep, so that the overflow check counts it (a run-time loop before this one may
     # have filled more than its share), and the segment's pushes need no test of their own.
     hold, release = tape.reserve(ub * k)
-    fwd = fv + [f"{n} = 0", (loop_header(s), body)] + hold + fr
+    fwd = fv + counting + [(loop_header(s), body)] + hold + fr
 
     def at(i: str) -> list:  # the loop variable of iteration i of the segment
         return [sweep.adj(f"{s.var} = {index_text_of(s, f'{g} * {k} + {i}')}")] if s.var else []
@@ -64,12 +75,93 @@ def checkpointed_loop(sweep, s: ir.Loop) -> tuple[list, list, TapeUse]:
     # The reverse sweep runs only for n <= K * K: its counters are int32 where that fits.
     small = k * k <= tape.INT32_MAX
     length = f"min({k}, {n} - {g} * {k})"
-    segment = snap_r + [f"{m} = np.int32({length})" if small else f"{m} = {length}",
-                        (f"for {j} in range({m}):", at(j) + tape.unchecked(fb)),
-                        (tape.countdown(r, m, small), at(r) + rb)]
+    unread = (state - kept) | (pushed_names(fb) - state)
+    segment = snap_r + unread_reset(sweep, unread) + [
+        f"{m} = np.int32({length})" if small else f"{m} = {length}",
+        (f"for {j} in range({m}):", at(j) + tape.unchecked(fb)),
+        (tape.countdown(r, m, small), at(r) + rb)]
     rev = rr + release + [(tape.countdown(g, f"({n} + {k - 1}) // {k}", small), segment)] + rv
     sweep.checkpoints.append((s.line, n, k * k))
     return fwd, rev, uv + snap_use * k + ub * k + ur
+
+
+def read_again(sweep, s: ir.Loop) -> set:
+    """The names whose values matter once the loop runs again: a carried name outside this set needs no
+    snapshot (a segment's recomputation of it, from whatever value it holds, is read by nothing).
+
+    Read again are what some reverse code reads (the second pass's `needed`: the body's adjoints, the
+    code before the loop), what decides what runs (tests, loop bounds, exit flags) or reaches memory or
+    a call (an index), and the operands of a statement assigning any of these. So a name left out is
+    read only by arithmetic and pure math functions, which give some number from any number and fail
+    on none: a loop's accumulated result (`e += term`, read after the loop only by the forward sweep)
+    then costs neither its snapshots nor, once nothing reads them, the forward sweep computing it.
+    In the first pass (`needed` is None) everything is read again."""
+    if sweep.needed is None:
+        return set(loop_reads(s)) | body_assigned(s)
+    live = set(sweep.needed) | {t.exit_flag for t in ir.walk([s]) if isinstance(t, ir.Loop) and t.exit_flag}
+    grown = True
+    while grown:
+        grown = False
+        for t in ir.walk(s.body):
+            if isinstance(t, ir.Assign) and pure(t.value) and not live & set(ir.target_names(t.target)):
+                continue
+            reads = {a.name for a in own_atoms(t) if isinstance(a, ir.Var)} - live
+            if reads:
+                live |= reads
+                grown = True
+    return live
+
+
+def unread_reset(sweep, names: set) -> list:
+    """Assignments of a constant to `names` before a segment runs again: values nothing reads then
+    (carried ones without a snapshot, and the body's temporaries, whose value before the segment
+    its first iteration tapes and its reverse restores for nobody). Otherwise they would come from
+    the forward sweep's last iteration (or the later segment's restore), which keeps that sweep's
+    work alive: the compiler cannot see that the tape entry holding it is never read."""
+    out = []
+    for name in sorted(names):
+        ty = types.unliteral(sweep.types.get(name))
+        if isinstance(ty, types.Boolean):
+            out.append(f"{name} = False")
+        elif isinstance(ty, types.Number) and not isinstance(ty, types.Complex):
+            out.append(f"{name} = {cast_text('0.0' if isinstance(ty, types.Float) else '0', ty)}")
+    return out
+
+
+PUSH = re.compile(r"_t[fi]\[_sp[fi]\] = (\w+)")
+
+
+def pushed_names(code: list) -> set:
+    """The names generated `code` pushes onto the tape (`tape.push`)."""
+    names = set()
+    for line in code:
+        if isinstance(line, tuple):
+            names |= pushed_names(line[1])
+        elif isinstance(line, str) and (hit := PUSH.fullmatch(line)):
+            names.add(hit.group(1))
+    return names
+
+
+def own_atoms(t) -> list:
+    """The atoms statement `t` reads itself (an `if` its test, a loop its bounds: not their bodies)."""
+    if isinstance(t, ir.Assign):
+        return ir.atoms_of(t.value)
+    if isinstance(t, ir.Store):
+        return [*ir.index_atoms(t.index), t.value]
+    if isinstance(t, ir.If):
+        return [t.test]
+    return [t.start, t.stop, t.step]
+
+
+def pure(e) -> bool:
+    """Whether expression `e` gives a number from any operands without touching memory or failing
+    (numba's numpy error model: an integer division by zero gives 0, a float one inf or nan)."""
+    if isinstance(e, ir.BinOp):
+        return e.op != "**"  # an integer power of a negative exponent raises
+    if isinstance(e, ir.Call):
+        return e.leaves is None and e.func in PURE_CALLS
+    return isinstance(e, ir.Copy | ir.UnaryOp | ir.Compare | ir.Pack | ir.TupleGet)
+
 
 def check_checkpointable(sweep, s: ir.Loop) -> None:
     """Recomputing must redo exactly what the first run did, and tape no more than a segment."""
