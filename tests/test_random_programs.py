@@ -2302,8 +2302,12 @@ def check_tape_edges_in_kernel(test_name: str, progs, target: str) -> None:
 
 
 def kernel_recorded(test_name: str, check, progs, *args) -> None:
+    from hypothesis.errors import UnsatisfiedAssumption
+
     try:
         check(test_name, progs, *args)
+    except UnsatisfiedAssumption:
+        raise
     except Exception:
         if directory := os.environ.get("GPUAD_FUZZ_FAILURES"):
             os.makedirs(directory, exist_ok=True)
@@ -2430,7 +2434,7 @@ def check_float32(prog, values):
 float32 = recorded(check_float32)
 
 
-@settings(SETTINGS, max_examples=EXAMPLES if "GPUAD_HYPOTHESIS_EXAMPLES" in os.environ else 2)
+@settings(SETTINGS, max_examples=EXAMPLES if "GPUAD_HYPOTHESIS_EXAMPLES" in os.environ else 1)
 @given(programs(F32_FEATURES, float32=True), f32_values)
 def test_random_program_float32_host(prog, values):
     float32("float32_host", prog, values)
@@ -2450,7 +2454,12 @@ def check_float32_in_kernel(test_name: str, progs, target: str) -> None:
     for arr in launches:
         arr["kernel"] = [a if a.dtype == np.int64 else a.astype(np.float32) for a in arr["kernel"]]
     kernel = gpuad.kernel(namespace[name], target=target, tape_capacity=KERNEL_TAPE_CAPACITY)
-    kernel.launch(KERNEL_POINTS, *[a for arr in launches for a in arr["kernel"]])
+    from gpuad.errors import TapeOverflow
+
+    try:
+        kernel.launch(KERNEL_POINTS, *[a for arr in launches for a in arr["kernel"]])
+    except TapeOverflow:  # tape_loops' helpers may loop more than KERNEL_TAPE_CAPACITY times: no number
+        assume(False)
     for prog, arr in zip(progs, launches):
         x, y, _, rda, _, rdm, _, fta, _, ftm, n, tx, ty, gx, gy, df, pr = arr["kernel"]
         for t in range(KERNEL_POINTS):
