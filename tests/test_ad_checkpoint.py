@@ -463,21 +463,27 @@ def taped_then_checkpointed(x, n, m):
 
 
 @pytest.mark.parametrize("jit", [False, True])
-def test_a_segment_that_would_not_fit_above_a_full_tape_is_an_overflow(jit):
-    # Capacity 8: 24 floats. 20 taped steps and 1 snapshot fit, but the 8 steps of the segment
-    # run again on top of them did not: the reverse sweep read entries never written.
+@pytest.mark.parametrize("capacity, taped, floats", [(8, 10, 16), (40, 100, 120)])
+def test_a_segment_that_would_not_fit_above_a_full_tape_is_an_overflow(jit, capacity, taped, floats):
+    # Capacity 8: 16 floats (8 snapshots of `t` are held in registers: `register_snapshots`);
+    # capacity 40: 120 floats (40 snapshots do not fit in registers, they are on the tape). `taped`
+    # steps and a snapshot fit, but the `capacity` steps of the segment run again on top of them did
+    # not: the reverse sweep read entries never written.
     d = differentiate(taped_then_checkpointed, Reverse, (Active, Const, Const), (F64, I64, I64),
-                      tape_capacity=8)
+                      tape_capacity=capacity)
+    assert ("_tf[_spf] = t\n" in d.source) == (capacity == 40)
     run = jit_derivative(d) if jit else d.function
     st = status()
-    (dx, _, _), = run(0.5, 20, 8, st)
-    assert (st[0], st[1], st[2]) == (1, taped_then_checkpointed.__code__.co_firstlineno + 2, 24) and dx == 0
-    assert st[3] >= 20 + 1 + 8
+    (dx, _, _), = run(0.5, taped, capacity, st)
+    line = taped_then_checkpointed.__code__.co_firstlineno + 2
+    assert (st[0], st[1], st[2]) == (1, line, floats) and dx == 0
+    assert st[3] >= taped + capacity
     roomy = differentiate(taped_then_checkpointed, Reverse, (Active, Const, Const), (F64, I64, I64),
-                          tape_capacity=40)
-    for n, m in ((20, 8), (3, 5), (0, 0), (7, 30)):
+                          tape_capacity=200)
+    for n, m in ((taped, capacity), (3, 5), (0, 0), (7, 60)):
         st = status()
-        (dx, _, _), = run(0.5, n, m, st) if n + 1 + 8 <= 24 and m <= 8 else roomy.function(0.5, n, m, st)
+        fits = n + 1 + capacity <= floats and m <= capacity
+        (dx, _, _), = run(0.5, n, m, st) if fits else roomy.function(0.5, n, m, st)
         assert st[0] == 0 and dx == pytest.approx(fd(taped_then_checkpointed, (0.5, n, m), 0), rel=1e-7)
 
 
@@ -495,15 +501,21 @@ def grad_pendulum32(qs, ps, ks, steps, dqs):
         dqs[i] = dq
 
 
-def test_checkpointed_segments_count_in_32_bits_and_tape_without_wraparound():
+@pytest.mark.parametrize("capacity, floats, loops_found", [(16, 16, 2), (17, 51, 3)])
+def test_checkpointed_segments_count_in_32_bits_and_tape_without_wraparound(capacity, floats, loops_found):
+    """K = 16: the tape holds a segment's 16 q (sin q again), the 16 (q, p) snapshots are in registers,
+    so the first tape read is in the reversed loop: it and the segments' loop are found. K = 17:
+    17 x (q, p) snapshots do not fit in registers, they are on the tape (and the recomputing loop,
+    after the first read of a snapshot, is found too)."""
     from test_ad_tape import WIDE_INDEX, reverse_loops
 
     a = np.zeros(4, np.float32)
-    record = gpuad.kernel(grad_pendulum32, tape_capacity=16).compile(a, a, a, 256, a)
+    record = gpuad.kernel(grad_pendulum32, tape_capacity=capacity).compile(a, a, a, 256, a)
     source = next(iter(record.adjoint_sources.values()))
-    assert "_tf = tape_alloc(48, np.float32)" in source  # 16 x (q, p) snapshots, 16 x q (sin q again)
+    assert f"_tf = tape_alloc({floats}, np.float32)" in source
     loops = reverse_loops(record.ptx)
-    assert len(loops) >= 3 and not [WIDE_INDEX.findall(body) for body in loops if WIDE_INDEX.search(body)]
+    assert len(loops) >= loops_found
+    assert not [WIDE_INDEX.findall(body) for body in loops if WIDE_INDEX.search(body)]
 
 
 def energy32(xi, xs):

@@ -1,8 +1,10 @@
 """Checkpointed loops (`# gpuad: checkpoint`): recompute segments instead of taping every iteration.
 
-A loop marked on its line is run without taping, snapshotting its state (`loop_state`) on the
-tape every K = tape_capacity iterations: the part of it a segment's recomputation reads again
-(`read_again`; an accumulated result only the primal reads needs none). The reverse sweep takes the segments last to first:
+A loop marked on its line is run without taping, snapshotting its state (`loop_state`) every
+K = tape_capacity iterations: the part of it a segment's recomputation reads again (`read_again`;
+an accumulated result only the primal reads needs none), on the tape, or in registers where the
+segments times the snapshotted names are few (`register_snapshots`). The reverse sweep takes the
+segments last to first:
 restore the segment's snapshot, run its iterations again while taping, then reverse them. What
 a recomputation must redo exactly is checked first (`check_checkpointable`): no stores, no
 calls gpuad differentiates, no inner loops with run-time trip counts, and no later write into
@@ -28,9 +30,9 @@ def checkpointed_loop(sweep, s: ir.Loop) -> tuple[list, list, TapeUse]:
 
     K = tape_capacity. The reverse sweep takes the segments last to first:
     restore the segment's snapshot, run its (at most K) iterations again
-    while taping, then reverse them. The tape holds K snapshots and one
-    segment, so the loop may run K * K iterations; more is reported as an
-    overflow before the reverse sweep reads anything.
+    while taping, then reverse them. The tape holds K snapshots (unless they are in
+    registers: `register_snapshots`) and one segment, so the loop may run K * K
+    iterations; more is reported as an overflow before the reverse sweep reads anything.
     """
     check_checkpointable(sweep, s)
     k = sweep.prog.tape_capacity
@@ -46,13 +48,17 @@ def checkpointed_loop(sweep, s: ir.Loop) -> tuple[list, list, TapeUse]:
         if name not in sweep.fir.params:
             sweep.preinit.add(name)
     kept = state & read_again(sweep, s)
-    for name in sorted(kept):
-        code, u = tape.push(name, sweep.types[name])
-        snap_f += code
-        snap_r = tape.pop(name, sweep.types[name]) + snap_r
-        snap_use = snap_use + u
-    sweep.uses_tape = True
     n, g, m, j, r = (f"{v}{s.ident}" for v in ("_n", "_g", "_m", "_j", "_r"))
+    held = register_snapshots(sweep, s, kept)
+    if held is not None:
+        snap_f, snap_r = held
+    else:
+        for name in sorted(kept):
+            code, u = tape.push(name, sweep.types[name])
+            snap_f += code
+            snap_r = tape.pop(name, sweep.types[name]) + snap_r
+            snap_use = snap_use + u
+    sweep.uses_tape = True
     sweep.types[n] = types.int64
     sweep.preinit.add(n)  # the overflow check after the forward sweep reads it on every path
     exit_ = [(f"if {s.exit_flag}:", ["break"])] if s.exit_flag else []
@@ -83,6 +89,39 @@ def checkpointed_loop(sweep, s: ir.Loop) -> tuple[list, list, TapeUse]:
     rev = rr + release + [(tape.countdown(g, f"({n} + {k - 1}) // {k}", small), segment)] + rv
     sweep.checkpoints.append((s.line, n, k * k))
     return fwd, rev, uv + snap_use * k + ub * k + ur
+
+
+def register_snapshots(sweep, s: ir.Loop, kept: set) -> tuple[list, list] | None:
+    """(forward, reverse) code keeping the snapshots of checkpointed loop `s` in scalars, a stack of
+    one per segment and name (`_snap0_3_q`: the `q` of the fourth segment from the top), or None
+    where they would not fit in tape.REGISTER_ENTRIES (or a name is not a number).
+
+    On the tape, a snapshot's position is the segment's, known only at run time: the entries live
+    in local memory. Here the forward sweep pushes a segment's snapshot by moving the stack's
+    scalars one place down, and the reverse sweep, which takes the segments last to first, pops
+    it by moving them back up: every name is a constant one, and NVVM keeps them in registers.
+    Moves rather than a choice of the scalar by the segment's number (`if g == 3: q = _snap0_3_q`):
+    numba's compile time grows with the blocks of every `if`, the moves are straight-line code.
+    A loop runs at most K segments (more is an overflow, reported before the reverse sweep); a
+    static trip count may need fewer. The code grows with segments times snapshots, at most
+    REGISTER_ENTRIES lines a sweep, not with the loop's body, which is not written out."""
+    k = sweep.prog.tape_capacity
+    depth = k if s.trips is None else max(1, min(k, -(-s.trips // k)))
+    kinds = types.Float, types.Integer, types.Boolean
+    if not kept or depth * len(kept) > tape.REGISTER_ENTRIES or not all(
+            isinstance(types.unliteral(sweep.types.get(name)), kinds) for name in kept):
+        return None
+    fwd, rev = [], []
+    for name in sorted(kept):
+        slots = [f"_snap{s.ident}_{at}_{name}" for at in range(depth)]
+        for slot in slots:
+            sweep.types[slot] = types.unliteral(sweep.types[name])
+            sweep.preinit.add(slot)  # numba: defined on every path
+        fwd += [f"{lower} = {upper}" for lower, upper in zip(slots[:0:-1], slots[-2::-1])]
+        fwd.append(f"{slots[0]} = {name}")
+        rev.append(f"{name} = {slots[0]}")
+        rev += [f"{upper} = {lower}" for upper, lower in zip(slots, slots[1:])]
+    return fwd, rev
 
 
 def read_again(sweep, s: ir.Loop) -> set:
