@@ -13,7 +13,7 @@ from numba.core import types
 from test_ad_helpers import fd, status
 
 import gpuad
-from gpuad.ad import differentiate
+from gpuad.ad import checkpoint, differentiate
 from gpuad.ad.typing import jit_derivative
 from gpuad.api import Active, Const, Duplicated, Forward, Reverse, autodiff
 from gpuad.errors import TapeOverflow, UnsupportedConstruct
@@ -463,15 +463,16 @@ def taped_then_checkpointed(x, n, m):
 
 
 @pytest.mark.parametrize("jit", [False, True])
-@pytest.mark.parametrize("capacity, taped, floats", [(8, 10, 16), (40, 100, 120)])
+@pytest.mark.parametrize("capacity, taped, floats", [(4, 5, 8), (8, 20, 24), (40, 100, 120)])
 def test_a_segment_that_would_not_fit_above_a_full_tape_is_an_overflow(jit, capacity, taped, floats):
-    # Capacity 8: 16 floats (8 snapshots of `t` are held in registers: `register_snapshots`);
-    # capacity 40: 120 floats (40 snapshots do not fit in registers, they are on the tape). `taped`
+    # Capacity 4: 8 floats (4 snapshots of `t` are held in registers: `register_snapshots`);
+    # capacity 8 and 40: 24 and 120 floats (more segments than checkpoint.REGISTER_SEGMENTS: the
+    # snapshots are on the tape). `taped`
     # steps and a snapshot fit, but the `capacity` steps of the segment run again on top of them did
     # not: the reverse sweep read entries never written.
     d = differentiate(taped_then_checkpointed, Reverse, (Active, Const, Const), (F64, I64, I64),
                       tape_capacity=capacity)
-    assert ("_tf[_spf] = t\n" in d.source) == (capacity == 40)
+    assert ("_tf[_spf] = t\n" in d.source) == (capacity > checkpoint.REGISTER_SEGMENTS)
     run = jit_derivative(d) if jit else d.function
     st = status()
     (dx, _, _), = run(0.5, taped, capacity, st)
@@ -501,12 +502,12 @@ def grad_pendulum32(qs, ps, ks, steps, dqs):
         dqs[i] = dq
 
 
-@pytest.mark.parametrize("capacity, floats, loops_found", [(16, 16, 2), (17, 51, 3)])
+@pytest.mark.parametrize("capacity, floats, loops_found", [(4, 4, 2), (16, 48, 3), (17, 51, 3)])
 def test_checkpointed_segments_count_in_32_bits_and_tape_without_wraparound(capacity, floats, loops_found):
-    """K = 16: the tape holds a segment's 16 q (sin q again), the 16 (q, p) snapshots are in registers,
-    so the first tape read is in the reversed loop: it and the segments' loop are found. K = 17:
-    17 x (q, p) snapshots do not fit in registers, they are on the tape (and the recomputing loop,
-    after the first read of a snapshot, is found too)."""
+    """K = 4: the tape holds a segment's 4 q (sin q again), the 4 (q, p) snapshots are in registers,
+    so the first tape read is in the reversed loop: it and the segments' loop are found. K = 16 and
+    17: more segments than checkpoint.REGISTER_SEGMENTS, the (q, p) snapshots are on the tape (and
+    the recomputing loop, after the first read of a snapshot, is found too)."""
     from test_ad_tape import WIDE_INDEX, reverse_loops
 
     a = np.zeros(4, np.float32)

@@ -1,7 +1,7 @@
-"""Checkpoint snapshots in registers (`checkpoint.register_snapshots`): where K segments (or fewer, for
-a static trip count) times the snapshotted names fit in tape.REGISTER_ENTRIES, the snapshots are a
-stack of named scalars instead of tape entries; gradients and overflow reports are those of the
-tape form."""
+"""Checkpoint snapshots in registers (`checkpoint.register_snapshots`): where a loop runs at most
+checkpoint.REGISTER_SEGMENTS segments (K, or fewer for a static trip count) and their snapshots fit in
+tape.REGISTER_ENTRIES, the snapshots are a stack of named scalars instead of tape entries; gradients
+and overflow reports are those of the tape form."""
 # ruff: noqa: B007 - some loops exist for their trip counts
 from __future__ import annotations
 
@@ -164,34 +164,38 @@ def local_floats(ptx: str) -> tuple[int, int]:
 
 
 A = np.zeros(4, np.float32)
-PTX_CASES = [  # kernel, arguments, capacity, snapshots (K segments x (q, p))
-    (grad_pendulum32, (A, A, A, 256, A, A, A), 16, 16 * 2),  # run-time steps: 16 segments at most
-    (grad_pendulum32_60, (A, A, A, A, A, A), 8, 8 * 2),      # 60 static steps: ceil(60 / 8) = 8
+PTX_CASES = [  # kernel, arguments, capacity, the tape form's snapshot room (K x (q, p))
+    (grad_pendulum32, (A, A, A, 16, A, A, A), 4, 4 * 2),     # run-time steps: 4 segments at most
+    (grad_pendulum32_60, (A, A, A, A, A, A), 15, 15 * 2),    # 60 static steps: ceil(60 / 15) = 4 segments
 ]
 
 
 @pytest.mark.parametrize("kernel, args, capacity, snapshots", PTX_CASES)
 def test_snapshots_leave_local_memory(kernel, args, capacity, snapshots, monkeypatch):
     """The tape form stores each segment's (q, p) at a run-time position of the local tape and loads
-    it back; in registers, the only local floats left are the segment's own q (pushed, popped)."""
+    it back; in registers, the local floats left are the segment's own q (pushed, popped: NVVM may
+    write out a short static segment, one store per step)."""
     record = gpuad.kernel(kernel, tape_capacity=capacity).compile(*args, target="cuda", arch="sm_90")
     source = next(iter(record.adjoint_sources.values()))
     assert f"_tf = tape_alloc({capacity}, np.float32)" in source  # one segment of q
-    assert local_floats(record.ptx) == (1, 1)
     tape_form(monkeypatch)
     taped = gpuad.kernel(kernel, tape_capacity=capacity).compile(*args, target="cuda", arch="sm_90")
     taped_source = next(iter(taped.adjoint_sources.values()))
     assert f"_tf = tape_alloc({capacity + snapshots}, np.float32)" in taped_source
-    assert local_floats(taped.ptx) == (3, 3)
+    (stores, loads), (taped_stores, taped_loads) = local_floats(record.ptx), local_floats(taped.ptx)
+    # the snapshots of q and of p: a store and a load each (NVVM writes out a static segment loop's)
+    assert taped_stores - stores >= 2 and taped_loads - loads >= 2
     assert taped.local_memory_bytes - record.local_memory_bytes >= snapshots * 4
 
 
-def test_a_large_run_time_case_is_unchanged(monkeypatch):
-    """17 segments x (q, p) > 32 entries: nothing changes."""
+@pytest.mark.parametrize("capacity", [checkpoint.REGISTER_SEGMENTS + 1, 16, 17])
+def test_a_large_run_time_case_is_unchanged(capacity, monkeypatch):
+    """More segments than REGISTER_SEGMENTS (16 x (q, p): the ODE benchmark, slower with register
+    snapshots; 17 x (q, p) > 32 entries): nothing changes."""
     args = (A, A, A, 256, A, A, A)
-    record = gpuad.kernel(grad_pendulum32, tape_capacity=17).compile(*args, target="cuda", arch="sm_90")
+    record = gpuad.kernel(grad_pendulum32, tape_capacity=capacity).compile(*args, target="cuda", arch="sm_90")
     tape_form(monkeypatch)
-    taped = gpuad.kernel(grad_pendulum32, tape_capacity=17).compile(*args, target="cuda", arch="sm_90")
+    taped = gpuad.kernel(grad_pendulum32, tape_capacity=capacity).compile(*args, target="cuda", arch="sm_90")
     source = next(iter(record.adjoint_sources.values()))
     assert "_snap" not in source and source == next(iter(taped.adjoint_sources.values()))
     assert record.local_memory_bytes == taped.local_memory_bytes and local_floats(record.ptx) == (3, 3)
@@ -209,16 +213,16 @@ def pendulum_reference(q, p, k, steps):
     return aq, ap, ak
 
 
-@pytest.mark.parametrize("steps", [0, 1, 15, 16, 17, 250, 256])
+@pytest.mark.parametrize("steps", [0, 1, 3, 4, 5, 15, 16])
 def test_a_kernel_on_the_cpu_target(steps):
     rng = np.random.default_rng(3)
     qs, ps = (rng.uniform(-1, 1, 32).astype(np.float32) for _ in range(2))
     ks = rng.uniform(0.5, 2.0, 32).astype(np.float32)
     outs = [np.zeros(32, np.float32) for _ in range(3)]
-    kernel = gpuad.kernel(grad_pendulum32, target="cpu", tape_capacity=16)
-    assert "_snap0_15_q" in next(iter(kernel.compile(qs, ps, ks, steps, *outs).adjoint_sources.values()))
+    kernel = gpuad.kernel(grad_pendulum32, target="cpu", tape_capacity=4)
+    assert "_snap0_3_q" in next(iter(kernel.compile(qs, ps, ks, steps, *outs).adjoint_sources.values()))
     kernel.launch(32, qs, ps, ks, steps, *outs)
     for got, want in zip(outs, pendulum_reference(*(a.astype(np.float64) for a in (qs, ps, ks)), steps)):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
-    with pytest.raises(TapeOverflow, match="tape_capacity=17"):
-        kernel.launch(32, qs, ps, ks, 257, *outs)
+    with pytest.raises(TapeOverflow, match="tape_capacity=5"):
+        kernel.launch(32, qs, ps, ks, 17, *outs)
