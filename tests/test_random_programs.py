@@ -580,13 +580,18 @@ class Gen:
         mid = self.names.helpers["mid"]
         return New(f"{v} = 0.5 * {v} + 0.3 * math.tanh({mid}({source}, {self.expr(1)}))")
 
-    def stmt_guarded(self, depth, in_loop):
+    def guard_names(self):
+        """(base, value, guarded temporary) of a guarded statement: `q` from `b`, `v` updated."""
         nm = self.names
         b = self.choice([nm.x, nm.y, self.choice(nm.floats)])
         v = self.choice(nm.floats)
         q = self.choice(nm.temps)
         if UNIQUE_NAMES or "rebind_name" not in self.f:
             q = f"{q}_{next(self.counter)}"
+        return b, v, q
+
+    def stmt_guarded(self, depth, in_loop):
+        b, v, q = self.guard_names()
         op = self.choice(["math.sqrt({q})", "math.tanh(0.1 * math.log({q}))", "{q} ** 0.5"]).format(q=q)
         head = New(f"{q} = {b} * {b}")
         kind = self.choice(["if", "if_else", "ternary"])
@@ -708,12 +713,7 @@ class Gen:
         return [bind, Writes(f"{v} = 0.5 * {v} + 0.3 * math.tanh({call})")]
 
     def stmt_guarded_div(self, depth, in_loop):
-        nm = self.names
-        b = self.choice([nm.x, nm.y, self.choice(nm.floats)])
-        v = self.choice(nm.floats)
-        q = self.choice(nm.temps)
-        if UNIQUE_NAMES or "rebind_name" not in self.f:
-            q = f"{q}_{next(self.counter)}"
+        b, v, q = self.guard_names()
         head = New(f"{q} = {self.choice([f'{b} * {b}', f'{b} * 0.5', f'math.sin({b})'])}")
         # tanh(0.1 / q) has a bounded derivative (<= 4.4) on either side of q = 0
         ratio = self.choice([f"math.tanh(0.1 / {q})", f"0.1 * {v} / ({q} * {q} + 0.1) / (1.0 + {q} * {q})"])
