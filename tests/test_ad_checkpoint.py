@@ -13,7 +13,7 @@ from numba.core import types
 from test_ad_helpers import fd, status
 
 import gpuad
-from gpuad.ad import checkpoint, differentiate
+from gpuad.ad import checkpoint, differentiate, tape
 from gpuad.ad.typing import jit_derivative
 from gpuad.api import Active, Const, Duplicated, Forward, Reverse, autodiff
 from gpuad.errors import TapeOverflow, UnsupportedConstruct
@@ -95,7 +95,7 @@ def test_a_loop_longer_than_capacity_squared_reports_an_overflow():
     st = status()
     (dx, dw, _), = d.function(0.4, 0.9, 65, st)
     assert (dx, dw) == (0.0, 0.0)
-    assert list(st[:4]) == [2, orbit.__code__.co_firstlineno + 2, 8, 65]
+    assert list(st[:3]) == [2, orbit.__code__.co_firstlineno + 2, 65]  # flag, line, iterations
 
 
 def test_the_host_raises_with_a_capacity_that_suffices():
@@ -477,7 +477,8 @@ def test_a_segment_that_would_not_fit_above_a_full_tape_is_an_overflow(jit, capa
     st = status()
     (dx, _, _), = run(0.5, taped, capacity, st)
     line = taped_then_checkpointed.__code__.co_firstlineno + 2
-    assert (st[0], st[1], st[2]) == (1, line, floats) and dx == 0
+    assert (st[0], st[1], st[2]) == (1, line, capacity) and dx == 0  # flag, line, iterations
+    assert tape.poly_at(dict(d.tape_growth)[line][0], capacity) == floats  # what the tape holds
     assert st[3] >= taped + capacity
     roomy = differentiate(taped_then_checkpointed, Reverse, (Active, Const, Const), (F64, I64, I64),
                           tape_capacity=200)
@@ -611,7 +612,7 @@ def test_a_loop_without_snapshots_reports_overflow_at_capacity_squared_plus_one(
     st = status()
     (dx, dw, _), = d.function(0.3, 0.2, 65, st)
     assert (dx, dw) == (0.0, 0.0)
-    assert list(st[:4]) == [2, pair_energy_dead_state.__code__.co_firstlineno + 4, 8, 65]
+    assert list(st[:3]) == [2, pair_energy_dead_state.__code__.co_firstlineno + 4, 65]  # flag, line, ran
 
 
 def test_an_energy_kernel_on_the_cpu_target_at_and_past_its_capacity():

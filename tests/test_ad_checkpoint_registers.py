@@ -98,9 +98,9 @@ def test_static_trip_counts_match_the_tape_form_and_finite_differences(n, monkey
     taped = derivative(f, args)
     assert "_snap" not in taped.source and "_tf[_spf] = s" in taped.source
     want, st_taped = gradient(taped, args)
-    assert list(st) == list(st_taped)
+    assert list(st[:3]) == list(st_taped[:3])  # flag, line, iterations (the tape form's needs more)
     if n > K * K:  # reported, as the tape form does
-        assert list(st[:4]) == [2, f.__code__.co_firstlineno + 2, K, n] and got == (0.0, 0.0)
+        assert list(st[:3]) == [2, f.__code__.co_firstlineno + 2, n] and got == (0.0, 0.0)
         return
     assert st[0] == 0 and got == want
     for k in (0, 1):
@@ -116,9 +116,9 @@ def test_run_time_trip_counts_match_the_tape_form_and_finite_differences(f, n, m
     got, st = gradient(d, args)
     tape_form(monkeypatch)
     want, st_taped = gradient(derivative(f, args), args)
-    assert list(st) == list(st_taped) and got == want
+    assert list(st[:3]) == list(st_taped[:3]) and got == want
     if st[0]:
-        assert n > K * K and list(st[:4]) == [2, f.__code__.co_firstlineno + 2, K, n]
+        assert n > K * K and list(st[:3]) == [2, f.__code__.co_firstlineno + 2, n]
         return
     for k in (0, 1):
         assert got[k] == pytest.approx(fd(f, args, k, h=1e-4), rel=1e-7, abs=1e-10), k

@@ -56,7 +56,7 @@ def test_forward_over_reverse_keeps_the_inner_adjoints_failure():
 
 def test_the_status_names_the_job_whose_loop_overflowed():
     status = np.zeros(st.SIZE, dtype=np.int64)
-    status[st.FLAG], status[st.LINE], status[st.CAPACITY], status[st.NEEDED] = st.TAPE_OVERFLOW, 14, 8, 20
+    status[st.FLAG], status[st.LINE], status[st.NEEDED] = st.TAPE_OVERFLOW, 14, 20
     jobs = [JobFacts(False, frozenset(), frozenset(), "other.py", "other"),
             JobFacts(True, frozenset({14}), frozenset(), "mine.py", "mine")]
     error = st.status_error(status, "k", jobs, 4)

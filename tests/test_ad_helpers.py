@@ -6,12 +6,13 @@ import numpy as np
 from numba.core import types
 
 from gpuad.ad import differentiate
+from gpuad.ad.primitives import STATUS_SIZE
 from gpuad.ad.typing import jit_derivative
 from gpuad.api import Active, Const, Duplicated, Forward, ForwardWithPrimal, Reverse, ReverseWithPrimal
 
 
 def status():
-    return np.zeros(4, np.int64)
+    return np.zeros(STATUS_SIZE, np.int64)
 
 
 def fd(f, args, i, h=1e-3):

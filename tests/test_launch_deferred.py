@@ -77,7 +77,7 @@ class Device:
         self.slots_used.append(pointer)
         if self.overflow.pop(0):
             status[st.FLAG], status[st.LINE] = st.TAPE_OVERFLOW, LONG_LOOP_LINE
-            status[st.CAPACITY], status[st.NEEDED] = 8, 20
+            status[st.NEEDED] = 20
 
 
 class DeviceArray:

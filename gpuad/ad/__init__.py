@@ -63,6 +63,9 @@ class Derivative:
     # (line, file, function) of every loop its overflow reports can name, callees' and inner
     # adjoints' included (their lines are in other files)
     overflow_owners: tuple = ()
+    # (line, growth) of every loop line its tape overflow reports can name: how the tape of the
+    # function reporting there grows with the capacity (`gpuad.ad.tape.TapeUse.growth`)
+    tape_growth: tuple = ()
 
 
 def check_call(fn, mode, activities, argtypes, where: SourceLocation | None = None) -> None:
@@ -167,7 +170,8 @@ def differentiate(fn, mode: api.Mode, activities: tuple, argtypes: tuple, *,
     return Derivative(name, source, namespace, scope[name], mode, activities, argtypes, filename,
                       prep.own_arrays if mode.reverse else frozenset(), prog.can_fail,
                       frozenset(prog.overflow_lines),
-                      tuple(sorted((line, *owner) for line, owner in prog.overflow_owners.items())))
+                      tuple(sorted((line, *owner) for line, owner in prog.overflow_owners.items())),
+                      tuple(sorted(prog.tape_growth.items())))
 
 
 

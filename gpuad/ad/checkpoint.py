@@ -88,7 +88,8 @@ def checkpointed_loop(sweep, s: ir.Loop) -> tuple[list, list, TapeUse]:
         (tape.countdown(r, m, small), at(r) + rb)]
     rev = rr + release + [(tape.countdown(g, f"({n} + {k - 1}) // {k}", small), segment)] + rv
     sweep.checkpoints.append((s.line, n, k * k))
-    return fwd, rev, uv + snap_use * k + ub * k + ur
+    segment_snapshots = TapeUse(snapshots=((snap_use.floats, snap_use.ints),))  # none in registers
+    return fwd, rev, uv + snap_use.per_capacity(k) + ub.per_capacity(k).rerun() + ur + segment_snapshots
 
 
 # At most this many segments keep their snapshots in registers. Each push and pop moves the whole

@@ -99,6 +99,8 @@ class Program:
         # line -> (file, function) of the loop there: a callee's or an inner adjoint's loop
         # reports its own line, which the entry's file does not hold
         self.overflow_owners: dict = {}
+        # line -> how the entry's tape grows with the capacity (`TapeUse.growth`), for the hint
+        self.tape_growth: dict = {}
 
     def enter_callee(self, fn, site, caller) -> None:
         """Start generating a callee's derivative; calling back into one in progress is recursion."""

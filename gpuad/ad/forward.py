@@ -197,6 +197,7 @@ class TangentSweep:
             self.prog.overflow_owners.setdefault(line, (inner.co_filename, inner.co_name))
         for line, filename, function in deriv.overflow_owners:
             self.prog.overflow_owners[line] = (filename, function)
+        self.prog.tape_growth.update(deriv.tape_growth)
         flat = [a for _, _, atoms in e.wrappers for a in atoms]
         argtypes = tuple(type_of_atom(a, self.prep.types, ns) for a in flat) + (STATUS_TYPE,)
         flags = tuple(self.t(a) is not None for a in flat) + (False,)

@@ -9,11 +9,13 @@ from __future__ import annotations
 import numpy as np
 
 # The per-launch status array (int64), written by generated code and read by the host
-# (`gpuad.targets.status`): [FLAG] error (TAPE_OVERFLOW or CHECKPOINT_OVERFLOW), [LINE] source
-# line, [CAPACITY] tape capacity, [NEEDED] entries (or iterations) needed; the cpu target keeps
-# its emulated [TID] thread index, [BLOCK] block size and [GRID] grid size there too.
+# (`gpuad.targets.status`): [FLAG] error (TAPE_OVERFLOW or CHECKPOINT_OVERFLOW) and [LINE] the
+# loop's source line, the first report's; the largest of every report (every thread's): [RAN]
+# iterations of the longest checkpointed loop, [NEEDED] float and [NEEDED_INTS] int tape entries
+# needed. The cpu target keeps its emulated [TID] thread index, [BLOCK] block size and [GRID] grid
+# size there too.
 STATUS_SIZE = 8
-FLAG, LINE, CAPACITY, NEEDED, TID, BLOCK, GRID = range(7)
+FLAG, LINE, RAN, NEEDED, TID, BLOCK, GRID, NEEDED_INTS = range(8)
 TAPE_OVERFLOW, CHECKPOINT_OVERFLOW = 1, 2
 
 
@@ -68,26 +70,30 @@ def tape_alloc(n, dtype):
     return np.zeros(n, dtype)
 
 
-def report_tape_overflow(status, line, capacity, needed):
-    """Record that a tape of `capacity` entries needed `needed`.
+def report_tape_overflow(status, line, ran, floats, ints):
+    """Record that a tape needed `floats` and `ints` entries, more than one of its stacks holds;
+    `ran`: iterations of the longest checkpointed loop.
 
-    `status` is an int64 array: [flag, line, capacity, needed, ...]; the first
-    overflow gives line and capacity, `needed` is the largest of all threads
-    (so the host's hint suffices for the whole launch). The host raises
+    `status` is an int64 array (layout above); the first report gives the line, the needs are the
+    largest of all reports (so the host's hint suffices for the whole launch). The host raises
     `gpuad.errors.TapeOverflow` when status[FLAG] != 0.
     """
-    report(status, TAPE_OVERFLOW, line, capacity, needed)
+    report(status, TAPE_OVERFLOW, line, ran, floats, ints)
 
 
-def report_checkpoint_overflow(status, line, capacity, needed):
-    """Record that a checkpointed loop ran `needed` iterations, more than `capacity`**2."""
-    report(status, CHECKPOINT_OVERFLOW, line, capacity, needed)
+def report_checkpoint_overflow(status, line, ran, floats, ints):
+    """Record that a checkpointed loop ran `ran` iterations, more than tape_capacity**2 (the rest
+    as in `report_tape_overflow`)."""
+    report(status, CHECKPOINT_OVERFLOW, line, ran, floats, ints)
 
 
-def report(status, flag, line, capacity, needed):
+def report(status, flag, line, ran, floats, ints):
     if status[FLAG] == 0:
         status[FLAG] = flag
         status[LINE] = line
-        status[CAPACITY] = capacity
-    if needed > status[NEEDED]:
-        status[NEEDED] = needed
+    if ran > status[RAN]:
+        status[RAN] = ran
+    if floats > status[NEEDED]:
+        status[NEEDED] = floats
+    if ints > status[NEEDED_INTS]:
+        status[NEEDED_INTS] = ints

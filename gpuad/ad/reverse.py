@@ -275,7 +275,7 @@ class AdjointSweep:
         (fv, rv, uv), (fb, rb, ub) = self.loop_parts(s)
         exit_ = [(f"if {s.exit_flag}:", ["break"])] if s.exit_flag else []
         if not rb:
-            return fv + [(loop_header(s), fb + exit_)], rv, uv + ub * self.trips(s, ub)
+            return fv + [(loop_header(s), fb + exit_)], rv, uv + self.repeated(s, ub)
         if self.unrolls(s, fb, rb):
             return self.unrolled(s, (fv, rv, uv), (fb, rb, ub))
         n = f"_n{s.ident}"
@@ -296,7 +296,7 @@ class AdjointSweep:
         bounded = (s.trips <= tape.INT32_MAX if s.trips is not None
                    else tape.pushes_every_iteration(fb))
         rev = rr + [(tape.countdown(k, n, bounded), body + rb)] + rv
-        return fwd, rev, uv + ub * self.trips(s, ub) + ur
+        return fwd, rev, uv + self.repeated(s, ub) + ur
 
     def unrolls(self, s: ir.Loop, fb: list, rb: list) -> bool:
         """Whether taped loop `s` is written out iteration by iteration in both sweeps: a `range` of
@@ -355,6 +355,14 @@ class AdjointSweep:
         if self.dynamic_line is None:
             self.dynamic_line, self.dynamic_owner = s.line, loop_owner(self.fir)
         return self.prog.tape_capacity
+
+    def repeated(self, s: ir.Loop, body_use: TapeUse) -> TapeUse:
+        """The tape room of loop `s` whose body pushes `body_use`: a static count's, or the
+        configured capacity's (growing with it: `TapeUse.per_capacity`)."""
+        trips = self.trips(s, body_use)
+        if s.trips is None and trips:
+            return body_use.per_capacity(trips)
+        return body_use * trips
 
     # --------------------------------------------------------------- calls
     def call(self, s: ir.Assign) -> tuple[list, list, TapeUse]:
@@ -535,6 +543,33 @@ def split_functions(prog: Program, fn, argtypes, flags, site, caller) -> SplitIn
     return info
 
 
+def overflow_report(prog: Program, sweep: AdjointSweep, use: TapeUse):
+    """`report(kind, line)`: the call reporting an overflow of `kind` ("tape" or "checkpoint") at
+    loop `line`, after the forward sweep. Every report gives all the host needs for a capacity that
+    fits (`gpuad.targets.status`), whichever check failed first: the iterations of the longest
+    checkpointed loop and both stacks' entries needed (the forward sweep counts every push, also
+    past the capacity; what they hold the host knows from `TapeUse.growth`)."""
+    trips = [t for _, t, _ in sweep.checkpoints]
+    ran = "0" if not trips else trips[0] if len(trips) == 1 else f"max({', '.join(trips)})"
+    floats = "_spf" if use.floats else "0"
+    ints = "_spi" if use.ints else "0"
+
+    def report(kind: str, line: int) -> str:
+        return f"report_{kind}_overflow(status, {line}, {ran}, {floats}, {ints})"
+    return report
+
+
+def note_overflow_line(prog: Program, line: int, owner: tuple, use: TapeUse) -> None:
+    """The entry can report an overflow at loop `line` of `owner`, its tape sized by `use`."""
+    prog.can_fail = True
+    prog.overflow_lines.add(line)
+    prog.overflow_owners[line] = owner
+    size_f, size_i = use.size_f, use.size_i
+    if tape.poly_at(size_f, prog.tape_capacity) == use.floats and tape.poly_at(
+            size_i, prog.tape_capacity) == use.ints:  # else the hint says "at least"
+        prog.tape_growth[line] = use.growth()
+
+
 def reverse_entry(prog: Program, mode, prep: Prepared, activities, argtypes, name: str) -> None:
     """The entry adjoint function: forward sweep, reverse sweep, `(derivs,)` [+ primal]."""
     fir = prep.fir
@@ -566,21 +601,16 @@ def reverse_entry(prog: Program, mode, prep: Prepared, activities, argtypes, nam
         return f"return ({tup}, {primal})" if mode.with_primal else f"return ({tup},)"
 
     forward = fwd + ([f"_primal = {fir.ret}"] if keep_primal else [])
+    report = overflow_report(prog, sweep, use)
     for line, trips, most in sweep.checkpoints:
-        report = f"report_checkpoint_overflow(status, {line}, {prog.tape_capacity}, {trips})"
-        forward.append((f"if {trips} > {most}:", [report, result(zero_derivs)]))
-        prog.can_fail = True
-        prog.overflow_lines.add(line)
-        prog.overflow_owners[line] = loop_owner(prep.fir)
-    if sweep.dynamic_line is not None:
-        for sp, cap, used in (("_spf", "_capf", use.floats), ("_spi", "_capi", use.ints)):
-            if not used:
-                continue
-            report = f"report_tape_overflow(status, {sweep.dynamic_line}, {cap}, {sp})"
-            forward.append((f"if {sp} > {cap}:", [report, result(zero_derivs)]))
-            prog.can_fail = True
-            prog.overflow_lines.add(sweep.dynamic_line)
-            prog.overflow_owners[sweep.dynamic_line] = sweep.dynamic_owner
+        forward.append((f"if {trips} > {most}:", [report("checkpoint", line), result(zero_derivs)]))
+        note_overflow_line(prog, line, loop_owner(prep.fir), use)
+    stacks = [(sp, cap) for sp, cap, used in (("_spf", "_capf", use.floats), ("_spi", "_capi", use.ints))
+              if used]
+    if sweep.dynamic_line is not None and stacks:
+        test = " or ".join(f"{sp} > {cap}" for sp, cap in stacks)
+        forward.append((f"if {test}:", [report("tape", sweep.dynamic_line), result(zero_derivs)]))
+        note_overflow_line(prog, sweep.dynamic_line, sweep.dynamic_owner, use)
     reverse = [f"d_{fir.ret} += {one_text(prep.types[fir.ret])}"] if fir.ret in prep.active else []
     reverse = drop_dead_stores(reverse + rev, [result(derivs)]) + [result(derivs)]
     reverse = live_inits(adjoint_inits(prep), reverse) + reverse

@@ -20,24 +20,90 @@ from gpuad.ad.typing import is_float
 
 @dataclass
 class TapeUse:
-    """Upper bound of entries pushed by one execution of some code."""
+    """Upper bound of entries pushed by one execution of some code.
+
+    `floats` and `ints` are the entries at the capacity the code is generated for. Beside them,
+    how they grow with the capacity C, as polynomials in C (coefficients, lowest degree first), so
+    that an overflow report can say which capacity fits (`gpuad.targets.status`): `size_f` and
+    `size_i` are at most the entries at every C (a branch's `max` keeps the larger branch's at the
+    generated C) and equal to them there; `rerun_f` and `rerun_i` are at least the entries a
+    checkpointed loop reserves for running a segment again (K = C iterations), which the forward
+    sweep pushes whatever the trip count, so a run needs more of them at a larger capacity.
+    `snapshots`: (floats, ints) each checkpointed loop snapshots per segment on the tape (one
+    segment per K iterations: a run needs fewer of them at a larger capacity)."""
 
     floats: int = 0
     ints: int = 0
     f64: bool = False  # some float entry is a float64: the float tape must be float64
+    size_f: tuple = None
+    size_i: tuple = None
+    rerun_f: tuple = ()
+    rerun_i: tuple = ()
+    snapshots: tuple = ()
+
+    def __post_init__(self):
+        if self.size_f is None:  # a constant count
+            self.size_f = (self.floats,) if self.floats else ()
+        if self.size_i is None:
+            self.size_i = (self.ints,) if self.ints else ()
 
     def __add__(self, other: TapeUse) -> TapeUse:
-        return TapeUse(self.floats + other.floats, self.ints + other.ints, self.f64 or other.f64)
+        return TapeUse(self.floats + other.floats, self.ints + other.ints, self.f64 or other.f64,
+                       poly_add(self.size_f, other.size_f), poly_add(self.size_i, other.size_i),
+                       poly_add(self.rerun_f, other.rerun_f), poly_add(self.rerun_i, other.rerun_i),
+                       self.snapshots + other.snapshots)
 
     def __mul__(self, n: int) -> TapeUse:
-        return TapeUse(self.floats * n, self.ints * n, self.f64)
+        """`n` runs, `n` a static count (see `per_capacity` for C runs)."""
+        return TapeUse(self.floats * n, self.ints * n, self.f64, poly_scale(self.size_f, n),
+                       poly_scale(self.size_i, n), poly_scale(self.rerun_f, n), poly_scale(self.rerun_i, n),
+                       self.snapshots if n else ())
+
+    def per_capacity(self, capacity: int) -> TapeUse:
+        """Room for `capacity` runs, where `capacity` is the configured tape_capacity."""
+        return TapeUse(self.floats * capacity, self.ints * capacity, self.f64, (0, *self.size_f),
+                       (0, *self.size_i), (0, *self.rerun_f), (0, *self.rerun_i), self.snapshots)
+
+    def rerun(self) -> TapeUse:
+        """This use, all of it reserved for a checkpointed segment run again."""
+        return TapeUse(self.floats, self.ints, self.f64, self.size_f, self.size_i,
+                       poly_add(self.rerun_f, self.size_f), poly_add(self.rerun_i, self.size_i),
+                       self.snapshots)
 
     def max(self, other: TapeUse) -> TapeUse:
-        return TapeUse(max(self.floats, other.floats), max(self.ints, other.ints), self.f64 or other.f64)
+        """Either branch: the sizes of the one larger at the generated capacity (at most the larger
+        at any capacity), the reruns of both (at least either's)."""
+        size_f = self.size_f if self.floats >= other.floats else other.size_f
+        size_i = self.size_i if self.ints >= other.ints else other.size_i
+        return TapeUse(max(self.floats, other.floats), max(self.ints, other.ints), self.f64 or other.f64,
+                       size_f, size_i, poly_max(self.rerun_f, other.rerun_f),
+                       poly_max(self.rerun_i, other.rerun_i), self.snapshots + other.snapshots)
 
     @property
     def empty(self) -> bool:
         return self.floats == 0 and self.ints == 0
+
+    def growth(self) -> tuple:
+        """(size_f, size_i, rerun_f, rerun_i, snapshots): what an overflow report's hint needs."""
+        return self.size_f, self.size_i, self.rerun_f, self.rerun_i, tuple(sorted(set(self.snapshots)))
+
+
+def poly_add(p: tuple, q: tuple) -> tuple:
+    n = max(len(p), len(q))
+    return tuple((p[i] if i < len(p) else 0) + (q[i] if i < len(q) else 0) for i in range(n))
+
+
+def poly_scale(p: tuple, n: int) -> tuple:
+    return tuple(c * n for c in p) if n else ()
+
+
+def poly_max(p: tuple, q: tuple) -> tuple:
+    n = max(len(p), len(q))
+    return tuple(max(p[i] if i < len(p) else 0, q[i] if i < len(q) else 0) for i in range(n))
+
+
+def poly_at(p: tuple, capacity: int) -> int:
+    return sum(c * capacity**i for i, c in enumerate(p))
 
 
 def stack(ty) -> tuple[str, str, str]:

@@ -38,6 +38,7 @@ class JobFacts:
     filename: str
     function: str
     overflow_owners: tuple = ()  # (line, file, function): the loop each reported line is in
+    tape_growth: tuple = ()  # (line, growth): how the reporting tape grows with the capacity
 
 
 @dataclass
@@ -58,7 +59,7 @@ class DeferredJob:
         code = self.site.function.__code__
         d = self.derivative
         return JobFacts(d.can_fail, d.overflow_lines, frozenset(d.own_arrays), code.co_filename,
-                        code.co_name, d.overflow_owners)
+                        code.co_name, d.overflow_owners, d.tape_growth)
 
     def record(self) -> JobRecord:
         return JobRecord(

@@ -13,7 +13,15 @@ from numba import cuda
 
 from gpuad import api
 from gpuad.ad import primitives
-from gpuad.ad.primitives import CAPACITY, CHECKPOINT_OVERFLOW, FLAG, LINE, NEEDED, TAPE_OVERFLOW
+from gpuad.ad.primitives import (
+    CHECKPOINT_OVERFLOW,
+    FLAG,
+    LINE,
+    NEEDED,
+    NEEDED_INTS,
+    RAN,
+    TAPE_OVERFLOW,
+)
 from gpuad.compiler import lineinfo, numba_adapter, numba_intrinsics
 from gpuad.compiler.emit import emit_ptx, parse_arch
 from gpuad.compiler.jobs import DeferredJob, JobRegistry
@@ -33,20 +41,21 @@ def cuda_thread_index():
     return cuda.grid(1)
 
 
-def cuda_report(status, flag, line, capacity, needed):
-    """`primitives.report` for many threads at once: atomics keep the largest need."""
+def cuda_report(status, flag, line, ran, floats, ints):
+    """`primitives.report` for many threads at once: atomics keep the largest needs."""
     if cuda.atomic.cas(status, FLAG, 0, flag) == 0:
         status[LINE] = line
-        status[CAPACITY] = capacity
-    cuda.atomic.max(status, NEEDED, needed)
+    cuda.atomic.max(status, RAN, ran)
+    cuda.atomic.max(status, NEEDED, floats)
+    cuda.atomic.max(status, NEEDED_INTS, ints)
 
 
-def cuda_report_tape_overflow(status, line, capacity, needed):
-    cuda_report(status, TAPE_OVERFLOW, line, capacity, needed)
+def cuda_report_tape_overflow(status, line, ran, floats, ints):
+    cuda_report(status, TAPE_OVERFLOW, line, ran, floats, ints)
 
 
-def cuda_report_checkpoint_overflow(status, line, capacity, needed):
-    cuda_report(status, CHECKPOINT_OVERFLOW, line, capacity, needed)
+def cuda_report_checkpoint_overflow(status, line, ran, floats, ints):
+    cuda_report(status, CHECKPOINT_OVERFLOW, line, ran, floats, ints)
 
 
 def _install_overlays() -> None:

@@ -18,16 +18,18 @@ import numpy as np
 
 from gpuad.ad.primitives import (  # noqa: F401 - the layout, under the names launchers use
     BLOCK,
-    CAPACITY,
     CHECKPOINT_OVERFLOW,
     FLAG,
     GRID,
     LINE,
     NEEDED,
+    NEEDED_INTS,
+    RAN,
     TAPE_OVERFLOW,
     TID,
 )
 from gpuad.ad.primitives import STATUS_SIZE as SIZE
+from gpuad.ad.tape import poly_at
 from gpuad.errors import SourceLocation, TapeOverflow
 
 
@@ -53,7 +55,7 @@ def status_error(status: np.ndarray, kernel_name: str, jobs, tape_capacity: int,
     """The error a launch reported, or None.
 
     `tape_capacity` is the kernel's setting, in loop iterations; the status
-    counts tape entries (a loop may tape several values per iteration).
+    counts tape entries (a loop may tape several values per iteration) of both stacks.
     `earlier` names a launch whose status was read after it returned
     (`check="deferred"`): its results in device arrays are not valid.
     """
@@ -63,26 +65,90 @@ def status_error(status: np.ndarray, kernel_name: str, jobs, tape_capacity: int,
                "its results in device arrays are not valid (check='deferred' read this status after "
                "the launch returned)")
     prefix = f"{earlier}: " if earlier else ""
+    line = int(status[LINE])
+    filename, function = _loop_owner(jobs, line)
+    if status[FLAG] not in (TAPE_OVERFLOW, CHECKPOINT_OVERFLOW):
+        return TapeOverflow(f"{prefix}kernel {kernel_name} reported error code {status[FLAG]}; {outcome}")
+    growth, exact = _growth(jobs, line)
+    enough, fits = hint_capacity(status, tape_capacity, growth)
+    hint = (f"raise the capacity: gpuad.kernel(tape_capacity={enough})" if fits and exact else
+            f"raise the capacity to at least gpuad.kernel(tape_capacity={enough}) (what this launch "
+            "needs beyond that is not known here: a larger capacity may report again)")
     if status[FLAG] == TAPE_OVERFLOW:
-        line, needed, holds = int(status[LINE]), int(status[NEEDED]), int(status[CAPACITY])
-        enough = -(-tape_capacity * needed // max(holds, 1))
-        filename, function = _loop_owner(jobs, line)
-        return TapeOverflow(
-            f"{prefix}a loop in kernel {kernel_name} needed {needed} tape entries per thread but the tape "
-            f"holds {holds} (tape_capacity={tape_capacity} iterations); {outcome}",
-            SourceLocation(filename, line, "loop", function),
-            hint=f"raise the capacity: gpuad.kernel(tape_capacity={enough})",
-        )
-    if status[FLAG] == CHECKPOINT_OVERFLOW:
-        line, ran, segment = int(status[LINE]), int(status[NEEDED]), int(status[CAPACITY])
-        filename, function = _loop_owner(jobs, line)
-        return TapeOverflow(
-            f"{prefix}a checkpointed loop in kernel {kernel_name} ran {ran} iterations but tape_capacity="
-            f"{segment} checkpoints at most {segment}*{segment} = {segment * segment}; {outcome}",
-            SourceLocation(filename, line, "loop", function),
-            hint=f"raise the capacity: gpuad.kernel(tape_capacity={math.isqrt(ran - 1) + 1})",
-        )
-    return TapeOverflow(f"{prefix}kernel {kernel_name} reported error code {status[FLAG]}; {outcome}")
+        message = (f"{prefix}a loop in kernel {kernel_name} {_entries(status, tape_capacity, growth)} "
+                   f"(tape_capacity={tape_capacity} iterations); {outcome}")
+    else:
+        ran = int(status[RAN])
+        message = (f"{prefix}a checkpointed loop in kernel {kernel_name} ran {ran} iterations but "
+                   f"tape_capacity={tape_capacity} checkpoints at most {tape_capacity}*{tape_capacity} = "
+                   f"{tape_capacity * tape_capacity}; {outcome}")
+    return TapeOverflow(message, SourceLocation(filename, line, "loop", function), hint=hint)
+
+
+def _entries(status: np.ndarray, capacity: int, growth: tuple | None) -> str:
+    """What the tape needed per thread and, where known, what it holds."""
+    needs = int(status[NEEDED]), int(status[NEEDED_INTS])
+    if growth is None:
+        return f"needed {needs[0]} float and {needs[1]} int tape entries per thread"
+    holds = [poly_at(size, capacity) for size in growth[:2]]
+    over = [(kind, need, held) for kind, need, held in zip(("float", "int"), needs, holds) if need > held]
+    if len(over) == 1:
+        (kind, need, held), = over
+        return f"needed {need} tape entries per thread ({kind}s) but the tape holds {held}"
+    return (f"needed {needs[0]} float and {needs[1]} int tape entries per thread but the tape holds "
+            f"{holds[0]} and {holds[1]}")
+
+
+# The largest capacity the hint looks at: beyond, it names the least that fits by scaling alone.
+HINT_LIMIT = 2**40
+
+
+def hint_capacity(status: np.ndarray, capacity: int, growth: tuple | None) -> tuple[int, bool]:
+    """(a tape_capacity, whether the launch that reported `status` fits it), for a launch at
+    `capacity` whose tape grows as `growth` (`gpuad.ad.tape.TapeUse.growth`, None: unknown).
+
+    Every overflow report gives both stacks' needs and the longest checkpointed loop's iterations
+    n (the forward sweep counts every push, also past the capacity). At a capacity c > `capacity`
+    the loops run as before: a stack needs more by what checkpointed loops reserve for running a
+    segment again (`rerun`, K = c iterations), and fewer snapshots (one per K iterations): the
+    longest loop's ceil(n / capacity) - ceil(n / c) fewer segments of at least the fewest
+    snapshot entries of any checkpointed loop (`snapshots`); a stack holds at least `size`(c). So
+    c fits where n <= c * c and need - fewer + rerun(c) - rerun(capacity) <= size(c) for both
+    stacks. Without `growth`: the least capacity the checkpointed loops need, or one more.
+    """
+    ran = int(status[RAN])
+    needs = int(status[NEEDED]), int(status[NEEDED_INTS])
+    at_least = max(capacity + 1, math.isqrt(ran - 1) + 1 if ran > capacity * capacity else 0)
+    if growth is None:
+        return at_least, False
+    size_f, size_i, rerun_f, rerun_i, snapshots = growth
+    fewest = [min((snap[k] for snap in snapshots), default=0) for k in (0, 1)]
+
+    def fits(c: int) -> bool:
+        segments = -(-ran // capacity) - -(-ran // c)
+        return c * c >= ran and all(
+            need - segments * least + poly_at(rerun, c) - poly_at(rerun, capacity) <= poly_at(size, c)
+            for need, least, size, rerun in zip(needs, fewest, (size_f, size_i), (rerun_f, rerun_i)))
+
+    low = at_least - 1  # overflows: `capacity` did, and a checkpointed loop needs n <= c * c
+    high = low + 1  # find a capacity that fits, then bisect down to low
+    while not fits(high):
+        low, high = high, 2 * high
+        if high > HINT_LIMIT:
+            return at_least, False
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if fits(mid) else (mid, high)
+    return high, True
+
+
+def _growth(jobs, line: int) -> tuple[tuple | None, bool]:
+    """(how the tape reporting at `line` grows with the capacity, or None; whether it is every
+    reporting thread's: every job that can report has the same tape, else the needs, the largest
+    of all threads, may be another job's)."""
+    tables = {getattr(job, "tape_growth", ()) for job in jobs if job.can_fail}
+    growth = next((dict(table)[line] for table in tables if line in dict(table)), None)
+    return growth, len(tables) == 1
 
 
 def _loop_owner(jobs, line: int) -> tuple[str, str]:
