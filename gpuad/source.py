@@ -15,6 +15,7 @@ import textwrap
 from dataclasses import dataclass
 
 from gpuad.ad.cache_key import source_matches, source_mismatch
+from gpuad.compiler.compile_lock import locked
 from gpuad.errors import SourceLocation
 
 
@@ -28,6 +29,10 @@ class FunctionSource:
     text: str
 
 
+# Under the compile lock: a kernel's first launch reads its source outside any compilation, and
+# CPython 3.11's ast conversions share one recursion counter, so an `ast.parse` here beside one in
+# another thread's compilation failed that compilation ("AST constructor recursion depth mismatch").
+@locked
 def function_source(fn, error: type, cannot_read_hint: str) -> FunctionSource:
     """The source of `fn`, or `error` (a GpuadError class) saying why it cannot be used."""
     code = fn.__code__

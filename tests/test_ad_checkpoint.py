@@ -13,7 +13,8 @@ from numba.core import types
 from test_ad_helpers import fd, status
 
 import gpuad
-from gpuad.ad import checkpoint, differentiate, tape
+from gpuad.ad import checkpoint, differentiate
+from gpuad.ad.capacity import poly_at
 from gpuad.ad.typing import jit_derivative
 from gpuad.api import Active, Const, Duplicated, Forward, Reverse, autodiff
 from gpuad.errors import TapeOverflow, UnsupportedConstruct
@@ -478,7 +479,7 @@ def test_a_segment_that_would_not_fit_above_a_full_tape_is_an_overflow(jit, capa
     (dx, _, _), = run(0.5, taped, capacity, st)
     line = taped_then_checkpointed.__code__.co_firstlineno + 2
     assert (st[0], st[1], st[2]) == (1, line, capacity) and dx == 0  # flag, line, iterations
-    assert tape.poly_at(dict(d.tape_growth)[line][0], capacity) == floats  # what the tape holds
+    assert poly_at(dict(d.tape_growth)[line][0], capacity) == floats  # what the tape holds
     assert st[3] >= taped + capacity
     roomy = differentiate(taped_then_checkpointed, Reverse, (Active, Const, Const), (F64, I64, I64),
                           tape_capacity=200)

@@ -2155,7 +2155,7 @@ class TapeOutcome:
     @property
     def holds(self) -> tuple:
         """(float entries, int entries, checkpointed iterations) the tape holds at this capacity."""
-        from gpuad.ad.tape import poly_at
+        from gpuad.ad.capacity import poly_at
 
         return (*(poly_at(size, self.capacity) for size in self.growth[:2]), self.capacity**2)
 

@@ -498,3 +498,26 @@ def test_a_kernel_calling_a_numba_cuda_kernel_is_refused_at_its_line():
         calls_a_kernel.launch(1, np.zeros(1))
     assert caught.value.location.line == calls_a_kernel.pyfunc.__code__.co_firstlineno + 2
 
+
+
+def test_a_kernels_source_is_parsed_holding_the_compile_lock(monkeypatch):
+    """A kernel's first launch reads its source (`gpuad.source.function_source`) outside any
+    compilation. CPython 3.11's ast conversions share one recursion counter, so a parse there
+    beside another thread's compilation failed that compilation ("AST constructor recursion
+    depth mismatch", seen once in CI in the eight-thread test above): the parse holds the lock."""
+    import ast
+
+    from numba.core.compiler_lock import global_compiler_lock
+
+    import gpuad.source
+
+    held, original = [], ast.parse
+
+    def parse(*args, **kwargs):
+        held.append(global_compiler_lock._lock._is_owned())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(gpuad.source.ast, "parse", parse)
+    f, c = fresh()
+    assert cpu_kernel_gradient_is_right(make_grad_kernel(f, "cpu"), c)
+    assert held and all(held)

@@ -18,6 +18,7 @@ from numba.core import types
 
 from gpuad import api
 from gpuad.ad import checkpoint, ir, naming, recompute, tape
+from gpuad.ad.capacity import poly_at
 from gpuad.ad.emit import (
     atom_text,
     binds,
@@ -565,7 +566,7 @@ def note_overflow_line(prog: Program, line: int, owner: tuple, use: TapeUse) -> 
     prog.overflow_lines.add(line)
     prog.overflow_owners[line] = owner
     size_f, size_i = use.size_f, use.size_i
-    if tape.poly_at(size_f, prog.tape_capacity) == use.floats and tape.poly_at(
+    if poly_at(size_f, prog.tape_capacity) == use.floats and poly_at(
             size_i, prog.tape_capacity) == use.ints:  # else the hint says "at least"
         prog.tape_growth[line] = use.growth()
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from numba.core import types
 
+from gpuad.ad.capacity import poly_add, poly_max, poly_scale
 from gpuad.ad.emit import cast_text
 from gpuad.ad.typing import is_float
 
@@ -86,24 +87,6 @@ class TapeUse:
     def growth(self) -> tuple:
         """(size_f, size_i, rerun_f, rerun_i, snapshots): what an overflow report's hint needs."""
         return self.size_f, self.size_i, self.rerun_f, self.rerun_i, tuple(sorted(set(self.snapshots)))
-
-
-def poly_add(p: tuple, q: tuple) -> tuple:
-    n = max(len(p), len(q))
-    return tuple((p[i] if i < len(p) else 0) + (q[i] if i < len(q) else 0) for i in range(n))
-
-
-def poly_scale(p: tuple, n: int) -> tuple:
-    return tuple(c * n for c in p) if n else ()
-
-
-def poly_max(p: tuple, q: tuple) -> tuple:
-    n = max(len(p), len(q))
-    return tuple(max(p[i] if i < len(p) else 0, q[i] if i < len(q) else 0) for i in range(n))
-
-
-def poly_at(p: tuple, capacity: int) -> int:
-    return sum(c * capacity**i for i, c in enumerate(p))
 
 
 def stack(ty) -> tuple[str, str, str]:

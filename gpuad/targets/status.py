@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from gpuad.ad.capacity import poly_at
 from gpuad.ad.primitives import (  # noqa: F401 - the layout, under the names launchers use
     BLOCK,
     CHECKPOINT_OVERFLOW,
@@ -29,7 +30,6 @@ from gpuad.ad.primitives import (  # noqa: F401 - the layout, under the names la
     TID,
 )
 from gpuad.ad.primitives import STATUS_SIZE as SIZE
-from gpuad.ad.tape import poly_at
 from gpuad.errors import SourceLocation, TapeOverflow
 
 
