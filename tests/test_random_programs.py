@@ -1250,6 +1250,16 @@ def check_modes_agree(prog, values, runners):
                                err_msg=f"reverse vs forward\n{prog.source}")
 
 
+def write_failure(test_name: str, *parts: str) -> None:
+    """The failing programs of one test and process (`parts`: sources, notes), with the error being
+    handled, in a file under $GPUAD_FUZZ_FAILURES."""
+    if directory := os.environ.get("GPUAD_FUZZ_FAILURES"):
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, f"{test_name}-{os.getpid()}.txt"), "w") as out:
+            out.write(f"# features: {','.join(sorted(FEATURES))}\n" + "\n".join(parts)
+                      + f"\n# error\n{traceback.format_exc()}")
+
+
 def recorded(check):
     """Write each failing program (source, inputs, error) under $GPUAD_FUZZ_FAILURES: the last
     one written per test and process is hypothesis's shrunk example."""
@@ -1481,12 +1491,7 @@ def check_kernel_batch(test_name, progs, target):
             with open(passes, "a") as out:
                 out.write(f"{len(progs)}\n")
     except Exception:
-        directory = os.environ.get("GPUAD_FUZZ_FAILURES")
-        if directory:
-            os.makedirs(directory, exist_ok=True)
-            with open(os.path.join(directory, f"{test_name}-{os.getpid()}.txt"), "w") as out:
-                out.write(f"# features: {','.join(sorted(FEATURES))}\n"
-                          + "\n".join(p.source for p in progs) + f"\n# error\n{traceback.format_exc()}")
+        write_failure(test_name, *(p.source for p in progs))
         raise
 
 
@@ -2084,11 +2089,7 @@ def check_second_in_kernel(test_name: str, progs, target: str) -> None:
             with open(passes, "a") as out:
                 out.write(f"{len(progs)}\n")
     except Exception:
-        if directory := os.environ.get("GPUAD_FUZZ_FAILURES"):
-            os.makedirs(directory, exist_ok=True)
-            with open(os.path.join(directory, f"{test_name}-{os.getpid()}.txt"), "w") as out:
-                out.write(f"# features: {','.join(sorted(FEATURES))}\n" + "\n".join(p.source for p in progs)
-                          + f"\n# error\n{traceback.format_exc()}")
+        write_failure(test_name, *(p.source for p in progs))
         raise
 
 
@@ -2329,11 +2330,7 @@ def kernel_recorded(test_name: str, check, progs, *args) -> None:
     except UnsatisfiedAssumption:
         raise
     except Exception:
-        if directory := os.environ.get("GPUAD_FUZZ_FAILURES"):
-            os.makedirs(directory, exist_ok=True)
-            with open(os.path.join(directory, f"{test_name}-{os.getpid()}.txt"), "w") as out:
-                out.write(f"# features: {','.join(sorted(FEATURES))}\n" + "\n".join(p.source for p in progs)
-                          + f"\n# error\n{traceback.format_exc()}")
+        write_failure(test_name, *(p.source for p in progs))
         raise
 
 
