@@ -24,10 +24,10 @@ from gpuad.errors import TapeOverflow
 F64, I64 = types.float64, types.int64
 K = 4  # tape capacity of the cpu tests: K * K = 16 iterations at most
 
-STATIC = '''
-def static_{n}(x, w):
+LOOP = '''
+def {name}(x, w{params}):
     s, c, flip = x, 0, False
-    for i in range({n}):  # gpuad: checkpoint
+    for i in range({trips}):  # gpuad: checkpoint
         a = math.sin(s) * w + 0.01 * i
         b = math.cos(s) * w - 0.02 * c
         if flip:
@@ -40,24 +40,19 @@ def static_{n}(x, w):
 '''
 
 
+def loop(name: str, params: str, trips: str):
+    """A checkpointed loop carrying a float, an int and a bool, all read again (the temporaries `a`
+    and `b` are assigned before the branch: a segment recomputes them)."""
+    source = LOOP.format(name=name, params=params, trips=trips)
+    return exec_source(source, f"<checkpoint {name}>", {"math": math})[name]
+
+
 def static_loop(n: int):
-    """A checkpointed loop of `n` (static) trips carrying a float, an int and a bool, all read again
-    (the temporaries `a` and `b` are assigned before the branch: a segment recomputes them)."""
-    return exec_source(STATIC.format(n=n), f"<static checkpoint {n}>", {"math": math})[f"static_{n}"]
+    """The loop with `n` (static) trips."""
+    return loop(f"static_{n}", "", str(n))
 
 
-def runtime_loop(x, w, n):
-    s, c, flip = x, 0, False
-    for i in range(n):  # gpuad: checkpoint
-        a = math.sin(s) * w + 0.01 * i
-        b = math.cos(s) * w - 0.02 * c
-        if flip:
-            s = a
-        else:
-            s = b
-        c += 1
-        flip = s > 0.3
-    return s
+runtime_loop = loop("runtime_loop", ", n", "n")  # the same loop with run-time trips
 
 
 def breaking_loop(x, w, n):

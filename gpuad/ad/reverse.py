@@ -276,7 +276,7 @@ class AdjointSweep:
         (fv, rv, uv), (fb, rb, ub) = self.loop_parts(s)
         exit_ = [(f"if {s.exit_flag}:", ["break"])] if s.exit_flag else []
         if not rb:
-            return fv + [(loop_header(s), fb + exit_)], rv, uv + self.repeated(s, ub)
+            return fv + [(loop_header(s), fb + exit_)], rv, uv + self.loop_room(s, ub)
         if self.unrolls(s, fb, rb):
             return self.unrolled(s, (fv, rv, uv), (fb, rb, ub))
         n = f"_n{s.ident}"
@@ -297,7 +297,7 @@ class AdjointSweep:
         bounded = (s.trips <= tape.INT32_MAX if s.trips is not None
                    else tape.pushes_every_iteration(fb))
         rev = rr + [(tape.countdown(k, n, bounded), body + rb)] + rv
-        return fwd, rev, uv + self.repeated(s, ub) + ur
+        return fwd, rev, uv + self.loop_room(s, ub) + ur
 
     def unrolls(self, s: ir.Loop, fb: list, rb: list) -> bool:
         """Whether taped loop `s` is written out iteration by iteration in both sweeps: a `range` of
@@ -357,7 +357,7 @@ class AdjointSweep:
             self.dynamic_line, self.dynamic_owner = s.line, loop_owner(self.fir)
         return self.prog.tape_capacity
 
-    def repeated(self, s: ir.Loop, body_use: TapeUse) -> TapeUse:
+    def loop_room(self, s: ir.Loop, body_use: TapeUse) -> TapeUse:
         """The tape room of loop `s` whose body pushes `body_use`: a static count's, or the
         configured capacity's (growing with it: `TapeUse.per_capacity`)."""
         trips = self.trips(s, body_use)
@@ -544,7 +544,7 @@ def split_functions(prog: Program, fn, argtypes, flags, site, caller) -> SplitIn
     return info
 
 
-def overflow_report(prog: Program, sweep: AdjointSweep, use: TapeUse):
+def overflow_report(sweep: AdjointSweep, use: TapeUse):
     """`report(kind, line)`: the call reporting an overflow of `kind` ("tape" or "checkpoint") at
     loop `line`, after the forward sweep. Every report gives all the host needs for a capacity that
     fits (`gpuad.targets.status`), whichever check failed first: the iterations of the longest
@@ -602,7 +602,7 @@ def reverse_entry(prog: Program, mode, prep: Prepared, activities, argtypes, nam
         return f"return ({tup}, {primal})" if mode.with_primal else f"return ({tup},)"
 
     forward = fwd + ([f"_primal = {fir.ret}"] if keep_primal else [])
-    report = overflow_report(prog, sweep, use)
+    report = overflow_report(sweep, use)
     for line, trips, most in sweep.checkpoints:
         forward.append((f"if {trips} > {most}:", [report("checkpoint", line), result(zero_derivs)]))
         note_overflow_line(prog, line, loop_owner(prep.fir), use)
